@@ -1,0 +1,49 @@
+"""Command line: `python -m backend COMMAND ...`. Every job the dashboard can launch is a command here.
+
+Commands are contributed by the modules in backend/cli/ (each defines `register(subparsers)` and sets
+`func` on its parsers); a module that is not there yet is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from backend.errors import RelinkError
+
+CLI_MODULES = ("data", "audit", "dp", "jobs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="CXR Re-Link Audit, headless.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in CLI_MODULES:
+        try:
+            module = importlib.import_module(f"backend.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"backend.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except RelinkError as exc:  # a user error: one clear line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished chunks are kept and the job resumes when run again", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

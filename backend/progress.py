@@ -1,0 +1,50 @@
+"""Progress reporting: a plain callback `progress(done, total, message)` that long work calls.
+
+The command line wraps it in tqdm; the job worker throttles it into the store. A callback may raise
+(e.g. JobError on cancel) to stop the work between chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def __call__(self, done: int, total: int, message: str = "") -> None: ...
+
+
+def null_progress(done: int, total: int, message: str = "") -> None:
+    """A progress callback that does nothing."""
+
+
+def tqdm_progress(desc: str = "") -> Progress:
+    """A callback that drives a tqdm bar on stderr (for the command line)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=0, desc=desc, dynamic_ncols=True)
+
+    def update(done: int, total: int, message: str = "") -> None:
+        if bar.total != total:
+            bar.total = total
+        if message:
+            bar.set_description(f"{desc} {message}".strip())
+        bar.n = done
+        bar.refresh()
+        if total and done >= total:
+            bar.close()
+
+    return update
+
+
+def scaled(progress: Progress, start: int, span: int, total: int) -> Progress:
+    """A sub-task's callback mapped into [start, start + span] of a parent task of size `total`."""
+
+    def update(done: int, sub_total: int, message: str = "") -> None:
+        frac = done / sub_total if sub_total else 1.0
+        progress(start + int(round(frac * span)), total, message)
+
+    return update
+
+
+ProgressLike = Callable[[int, int, str], None]

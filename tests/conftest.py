@@ -1,0 +1,41 @@
+"""Shared test setup: offline, seeded, a private cache folder per test session, one torch thread."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("CXR_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SHARED_OPENI = REPO.parent / "shared" / "data" / "openi"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session writes its cache (DuckDB, embeddings, weights) to a fresh temp folder."""
+    path = tmp_path_factory.mktemp("cxr-cache")
+    os.environ["CXR_CACHE_DIR"] = str(path)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    return path
+
+
+@pytest.fixture()
+def openi_dir() -> Path:
+    """The real OpenI reports beside the repository; the test is skipped when they are absent."""
+    if not (SHARED_OPENI / "NLMCXR_reports.tgz").is_file():
+        pytest.skip("../shared/data/openi is absent (it is only on the developers' machines)")
+    return SHARED_OPENI

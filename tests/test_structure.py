@@ -1,0 +1,34 @@
+"""Project rules that a grep can check: backend never imports streamlit; pages never compute."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+IMPORT = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w.]*)", re.M)
+
+
+def _imports(path: Path) -> set[str]:
+    return {m.split(".")[0] for m in IMPORT.findall(path.read_text())}
+
+
+def test_backend_never_imports_streamlit() -> None:
+    offenders = [p.name for p in (REPO / "backend").rglob("*.py") if "streamlit" in _imports(p)]
+    assert offenders == []
+
+
+def test_pages_do_no_ml_or_sql() -> None:
+    banned = {"torch", "open_clip", "opacus", "duckdb", "faiss", "sklearn"}
+    offenders = {p.name: sorted(_imports(p) & banned) for p in (REPO / "pages").glob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_only_ui_and_pages_import_streamlit() -> None:
+    allowed = {"app.py", "ui.py"}
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in REPO.glob("*.py")
+        if p.name not in allowed and "streamlit" in _imports(p)
+    ]
+    assert offenders == []
