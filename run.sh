@@ -16,7 +16,7 @@ setup_python() {
   echo "[setup] creating $VENV (first run takes a few minutes: torch is large)" >&2
   rm -rf "$VENV"
   # Environments of older requirements.txt versions are several GB each: keep only this one.
-  find "$(dirname "$VENV")" -maxdepth 1 -name 'venv-*' ! -path "$VENV" -exec rm -rf {} + 2>/dev/null || true
+  [ -n "${CXR_VENV:-}" ] || find "$(dirname "$VENV")" -maxdepth 1 -name 'venv-*' ! -path "$VENV" -exec rm -rf {} + 2>/dev/null || true
   python3 -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   "$PY" -m pip install --quiet -r requirements.txt

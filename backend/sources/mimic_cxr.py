@@ -1,0 +1,190 @@
+"""`mimic-cxr`: MIMIC-CXR-JPG 2.0.0 images + the MIMIC-CXR reports (PhysioNet, credentialed access).
+
+Layout under `root` (the official names; each CSV may be gzipped or not):
+    mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ViewPosition, ...   (required)
+    mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split train/validate/test
+                                        (the official split, used as is; absent -> patient-hash split)
+    mimic-cxr-2.0.0-chexpert.csv(.gz)   subject_id, study_id + 14 labels 1/0/-1/blank (absent -> NaN labels)
+    files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg            the images (read lazily)
+and the reports, from the MIMIC-CXR (not -JPG) project, under `reports_root` (default: root; a
+'mimic-cxr-reports' folder inside root is found too):
+    files/pXX/pXXXXXXXX/sXXXXXXXX.txt   free text with FINDINGS: / IMPRESSION: headings
+
+One pair per image (dicom_id); study = study_id; patient = subject_id. Labels: the CheXpert labeller
+file shipped with MIMIC-CXR-JPG; blank (not mentioned) -> `blank_as` (default 0.0), -1 -> NaN.
+A study whose report file is missing is dropped and counted (stats['dropped_missing_report']).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backend.errors import SourceError
+from backend.sources import SourceInfo, register_source
+from backend.sources.csv_source import normalise_split
+from backend.sources.files import (
+    drop_bad_images,
+    find_file,
+    find_optional,
+    label_columns,
+    make_reader,
+    read_table,
+    require_root,
+)
+from backend.sources.schema import (
+    LABELS,
+    SourceData,
+    apply_section_policy,
+    assign_split,
+    finalize_pairs,
+    normalise_view,
+)
+
+log = logging.getLogger(__name__)
+
+METADATA = "mimic-cxr-2.0.0-metadata.csv"
+CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv"
+SPLIT = "mimic-cxr-2.0.0-split.csv"
+_HEADING = re.compile(r"^\s*([A-Z][A-Z /&()-]{2,40}):", re.M)
+_FINDINGS_NAMES = ("FINDINGS", "FINDING", "FINDINGS AND IMPRESSION")
+_IMPRESSION_NAMES = ("IMPRESSION", "IMPRESSIONS", "CONCLUSION", "CONCLUSIONS", "SUMMARY")
+
+
+def parse_report(text: str) -> tuple[str, str]:
+    """(findings, impression) of a MIMIC-CXR report ('' when a section is absent).
+
+    Sections run from a heading 'NAME:' at the start of a line to the next heading. A report with
+    neither heading keeps its last paragraph as the impression (as MIMIC-CXR's own section parser does)."""
+    sections: dict[str, str] = {}
+    heads = list(_HEADING.finditer(text))
+    for k, head in enumerate(heads):
+        end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
+        name = head.group(1).strip()
+        body = " ".join(text[head.end():end].split())
+        if body:
+            sections[name] = (sections.get(name, "") + " " + body).strip()
+    findings = next((sections[n] for n in _FINDINGS_NAMES if n in sections), "")
+    impression = next((sections[n] for n in _IMPRESSION_NAMES if n in sections), "")
+    if not findings and not impression:
+        paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip() and "FINAL REPORT" not in p]
+        last = paragraphs[-1] if paragraphs else ""
+        impression = "" if _HEADING.match(last) else " ".join(last.split())
+    return findings, impression
+
+
+def study_folder(subject_id: int | str, study_id: int | str) -> str:
+    """files/pXX/pXXXXXXXX/sXXXXXXXX (relative), the official path of a study."""
+    subject = str(subject_id)
+    return f"files/p{subject[:2]}/p{subject}/s{study_id}"
+
+
+def _reports_base(root: Path, reports_root: str | None) -> Path:
+    if reports_root is not None:
+        base = Path(reports_root).expanduser()
+        if not base.is_dir():
+            raise SourceError(f"MIMIC-CXR reports folder {str(base)!r} does not exist; check reports_root.")
+        return base
+    nested = root / "mimic-cxr-reports"
+    return nested if nested.is_dir() else root
+
+
+def read_study_reports(base: Path, studies: pd.DataFrame) -> pd.DataFrame:
+    """study_id, findings, impression for every (subject_id, study_id) whose sXXX.txt exists."""
+    rows = []
+    for subject, study in zip(studies["subject_id"], studies["study_id"], strict=True):
+        path = base / f"{study_folder(subject, study)}.txt"
+        if path.is_file():
+            findings, impression = parse_report(path.read_text(errors="replace"))
+            rows.append({"study_id": study, "findings": findings or None, "impression": impression or None})
+    return pd.DataFrame(rows, columns=["study_id", "findings", "impression"])
+
+
+def _labels(root: Path, blank_as: float) -> pd.DataFrame | None:
+    path = find_optional(root, (CHEXPERT,))
+    if path is None:
+        log.warning("mimic-cxr: no %s(.gz) in %s; labels will be NaN", CHEXPERT, root)
+        return None
+    table = read_table(path, ["study_id"], "MIMIC-CXR chexpert labels")
+    return pd.concat([table[["study_id"]], label_columns(table, blank_as)], axis=1).drop_duplicates("study_id")
+
+
+def _split(root: Path) -> pd.DataFrame | None:
+    path = find_optional(root, (SPLIT,))
+    if path is None:
+        log.warning("mimic-cxr: no %s(.gz) in %s; using the patient-hash split", SPLIT, root)
+        return None
+    table = read_table(path, ["dicom_id", "split"], "MIMIC-CXR split file", dtype={"dicom_id": str})
+    return pd.DataFrame({"dicom_id": table["dicom_id"], "split": normalise_split(table["split"], str(path))})
+
+
+def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impression", *,
+                   reports_root: str | None = None, blank_as: float = 0.0, check_images: bool = False,
+                   **options: object) -> SourceData:
+    """Load MIMIC-CXR-JPG + reports as the canonical pair table (see module docstring).
+
+    check_images: verify every JPEG first, skipping missing/corrupt ones (slow on the full 377k set)."""
+    if options:
+        raise SourceError(f"Unknown option(s) for source 'mimic-cxr': {sorted(options)}; "
+                          "known: reports_root, blank_as, check_images.")
+    from backend.settings import data_root
+
+    base = require_root(root if root is not None else data_root("mimic-cxr"), "mimic-cxr", "CXR_MIMIC_ROOT")
+    meta_path = find_file(base, (METADATA,), "MIMIC-CXR-JPG metadata file",
+                          "Point root at the MIMIC-CXR-JPG 2.0.0 folder (physionet.org/content/mimic-cxr-jpg).")
+    meta = read_table(meta_path, ["dicom_id", "subject_id", "study_id", "ViewPosition"], "MIMIC-CXR-JPG metadata",
+                      dtype={"dicom_id": str})
+    studies = meta[["subject_id", "study_id"]].drop_duplicates()
+    reports = read_study_reports(_reports_base(base, reports_root), studies)
+    missing_reports = len(studies) - len(reports)
+    if len(reports) == 0:
+        raise SourceError(f"No MIMIC-CXR report files (files/pXX/pXXXXXXXX/sXXXXXXXX.txt) under "
+                          f"{str(_reports_base(base, reports_root))!r}; extract mimic-cxr-reports.zip there or pass "
+                          "reports_root=<folder>.")
+    table = meta.merge(reports, on="study_id", how="inner")
+    labels = _labels(base, blank_as)
+    if labels is not None:
+        table = table.merge(labels, on="study_id", how="left")
+    else:
+        table = table.assign(**{lab: np.nan for lab in LABELS})
+    pairs = pd.DataFrame({
+        "pair_id": table["dicom_id"].astype(str), "study_id": "s" + table["study_id"].astype(str),
+        "patient_id": "p" + table["subject_id"].astype(str),
+        "image_path": [f"{study_folder(p, s)}/{d}.jpg" for p, s, d in
+                       zip(table["subject_id"], table["study_id"], table["dicom_id"], strict=True)],
+        "view": [normalise_view(v) for v in table["ViewPosition"]], "findings": table["findings"],
+        "impression": table["impression"], "site": "mimic-cxr", "dicom_id": table["dicom_id"].astype(str),
+    })
+    pairs = pd.concat([pairs, table[list(LABELS)].reset_index(drop=True)], axis=1)
+    pairs, dropped = apply_section_policy(pairs, section_policy)
+    skipped = 0
+    if check_images:
+        pairs, skipped = drop_bad_images(pairs, base, source="mimic-cxr")
+    split = _split(base)
+    if split is not None:
+        pairs = pairs.merge(split, on="dicom_id", how="left")
+        pairs["split"] = pairs["split"].fillna(pd.Series(assign_split(pairs["patient_id"]), index=pairs.index))
+    else:
+        pairs["split"] = assign_split(pairs["patient_id"])
+    out = finalize_pairs(pairs, "mimic-cxr")
+    stats = {"images": len(meta), "pairs": len(out), "studies": int(out["study_id"].nunique()),
+             "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped,
+             "dropped_missing_report": int(missing_reports), "skipped_images": skipped,
+             "official_split": int(split is not None), "labelled": int(labels is not None)}
+    return SourceData(name="mimic-cxr", pairs=out, read_image=make_reader(base, hint=_IMAGE_HINT), root=str(base),
+                      stats=stats)
+
+
+_IMAGE_HINT = "point root at the MIMIC-CXR-JPG folder that holds files/pXX/... (the image may be absent or partial)"
+
+register_source(SourceInfo(
+    name="mimic-cxr",
+    description="MIMIC-CXR-JPG + reports (PhysioNet, credentialed): point at your local copy.",
+    loader=load_mimic_cxr,
+    needs_root=True,
+    credentialed=True,
+))

@@ -1,0 +1,96 @@
+"""csv source: a user's own folder with pairs.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fixtures_data import write_corrupt, write_image
+
+from backend.errors import ImageReadError, SourceError
+from backend.sources import load_source
+
+
+def _folder(tmp_path: Path, rows: list[dict], name: str = "pairs.csv") -> Path:
+    for k, row in enumerate(rows):
+        if not str(row.get("image_path", "")).startswith("missing"):
+            write_image(tmp_path / row["image_path"], seed=k)
+    pd.DataFrame(rows).to_csv(tmp_path / name, index=False)
+    return tmp_path
+
+
+def _rows(n: int = 6) -> list[dict]:
+    return [{"image_path": f"img/{k}.png", "report": f"Report {k // 2}: small effusion.", "patient_id": f"P{k // 4}",
+             "Pleural Effusion": 1 if k % 2 else -1, "Cardiomegaly": ""} for k in range(n)]
+
+
+def test_minimal_csv(tmp_path: Path) -> None:
+    data = load_source("csv", root=str(_folder(tmp_path, _rows())))
+    pairs = data.pairs
+    assert len(pairs) == 6 and pairs["study_id"].nunique() == 3 and pairs["patient_id"].nunique() == 2
+    assert pairs.groupby("patient_id")["split"].nunique().max() == 1
+    assert pairs["Pleural Effusion"].isna().sum() == 3 and (pairs["Pleural Effusion"] == 1).sum() == 3
+    assert (pairs["Cardiomegaly"] == 0).all() and pairs["Edema"].isna().all()
+    assert (pairs["view"] == "UNKNOWN").all() and (pairs["site"] == "csv").all()
+    # a lone report column is the text for every section policy
+    assert load_source("csv", root=str(tmp_path), section_policy="impression").pairs["report"].iloc[0] == \
+        "Report 0: small effusion."
+    assert data.read_image("img/0.png").size == (16, 16)
+
+
+def test_full_csv_with_sections_split_view_and_study(tmp_path: Path) -> None:
+    rows = [{"image_path": f"a/{k}.png", "findings": "Heart normal." if k else "", "impression": f"Imp {k}.",
+             "patient_id": k // 2, "study_id": f"S{k // 2}", "view": "ll" if k % 2 else "pa",
+             "split": ["train", "valid", "test"][k // 2]} for k in range(6)]
+    data = load_source("csv", root=str(_folder(tmp_path, rows, "mine.csv")), csv="mine.csv")
+    pairs = data.pairs
+    assert list(pairs["split"]) == ["train", "train", "val", "val", "test", "test"]
+    assert list(pairs["view"][:2]) == ["PA", "LATERAL"] and list(pairs["study_id"][:2]) == ["S0", "S0"]
+    assert pairs["report"].iloc[1] == "Heart normal. Imp 1." and pairs["report"].iloc[0] == "Imp 0."
+    findings_only = load_source("csv", root=str(tmp_path), csv="mine.csv", section_policy="findings")
+    assert findings_only.stats["dropped_empty_report"] == 1 and findings_only.pairs["study_id"].iloc[0] == "S0"
+
+
+def test_empty_report_and_bad_images_are_dropped_and_counted(tmp_path: Path) -> None:
+    rows = _rows(8)
+    rows[1]["report"] = "   "
+    rows[2]["image_path"] = "missing/2.png"
+    _folder(tmp_path, rows)
+    write_corrupt(tmp_path / "img/3.png")
+    data = load_source("csv", root=str(tmp_path))
+    assert data.stats["dropped_empty_report"] == 1 and data.stats["skipped_images"] == 2 and len(data.pairs) == 5
+    unchecked = load_source("csv", root=str(tmp_path), check_images=False)
+    assert len(unchecked.pairs) == 7
+    with pytest.raises(ImageReadError, match="3.png"):
+        unchecked.read_image("img/3.png")
+    with pytest.raises(ImageReadError, match="missing/2.png"):
+        unchecked.read_image("missing/2.png")
+
+
+@pytest.mark.parametrize(("drop", "match"), [("patient_id", "patient_id"), ("image_path", "image_path"),
+                                             ("report", "no report text")])
+def test_missing_required_column(tmp_path: Path, drop: str, match: str) -> None:
+    rows = [{k: v for k, v in r.items() if k != drop} for r in _rows()]
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    with pytest.raises(SourceError, match=match):
+        load_source("csv", root=str(tmp_path))
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        load_source("csv", root=str(tmp_path / "nope"))
+    with pytest.raises(SourceError, match="pairs.csv"):
+        load_source("csv", root=str(tmp_path))
+    rows = _rows()
+    rows[0]["split"] = "holdout"
+    _folder(tmp_path, rows)
+    with pytest.raises(SourceError, match="holdout"):
+        load_source("csv", root=str(tmp_path))
+    with pytest.raises(SourceError, match="section policy"):
+        load_source("csv", root=str(tmp_path), section_policy="everything")
+    rows = _rows()
+    rows[0]["patient_id"] = None
+    _folder(tmp_path, rows)
+    with pytest.raises(SourceError, match="no patient_id"):
+        load_source("csv", root=str(tmp_path))

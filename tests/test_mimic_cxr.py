@@ -1,0 +1,112 @@
+"""mimic-cxr source on a tiny tree in the exact MIMIC-CXR-JPG 2.0.0 + reports layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fixtures_data import write_corrupt, write_mimic
+
+from backend.errors import ImageReadError, SourceError
+from backend.sources import load_source
+from backend.sources.mimic_cxr import parse_report, study_folder
+
+
+def test_loads_official_layout_with_official_split(tmp_path: Path) -> None:
+    info = write_mimic(tmp_path)
+    data = load_source("mimic-cxr", root=str(tmp_path))
+    pairs = data.pairs
+    assert len(pairs) == info["n_images"] == 12 and pairs["study_id"].nunique() == 6
+    assert pairs["patient_id"].nunique() == 3
+    assert set(pairs["split"]) == {"train", "val", "test"}  # 'validate' -> 'val'
+    assert pairs.groupby("patient_id")["split"].nunique().max() == 1
+    assert set(pairs["view"]) == {"PA", "LATERAL"}
+    assert (pairs["Pleural Effusion"] == 1.0).all() and (pairs["Pneumothorax"] == 0.0).all()
+    assert pairs["Cardiomegaly"].isna().all()  # -1 (uncertain) -> NaN
+    assert (pairs["Edema"] == 0.0).all()  # blank (not mentioned) -> blank_as=0.0
+    assert pairs["report"].iloc[0].startswith("Patient 0 study 0: there is a small left pleural effusion.")
+    assert pairs["report"].iloc[0].endswith("Small left effusion. No pneumothorax.")
+    img = data.read_image(pairs["image_path"].iloc[0])
+    assert img.size == (16, 16)
+    assert data.stats["official_split"] == 1 and data.stats["dropped_missing_report"] == 0
+
+
+def test_blank_as_nan_and_uncompressed_csvs(tmp_path: Path) -> None:
+    write_mimic(tmp_path, n_patients=2, gz=False)
+    pairs = load_source("mimic-cxr", root=str(tmp_path), blank_as=float("nan")).pairs
+    assert pairs["Edema"].isna().all() and len(pairs) == 8
+
+
+def test_reports_root_option_and_missing_report(tmp_path: Path) -> None:
+    write_mimic(tmp_path / "jpg")
+    reports = tmp_path / "reports"
+    for txt in (tmp_path / "jpg" / "files").rglob("*.txt"):
+        dest = reports / txt.relative_to(tmp_path / "jpg")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        txt.rename(dest)
+    with pytest.raises(SourceError, match="reports_root"):
+        load_source("mimic-cxr", root=str(tmp_path / "jpg"))
+    first = sorted(reports.rglob("*.txt"))[0]
+    first.unlink()
+    data = load_source("mimic-cxr", root=str(tmp_path / "jpg"), reports_root=str(reports))
+    assert data.stats["dropped_missing_report"] == 1 and len(data.pairs) == 10
+
+
+def test_empty_report_is_dropped_and_counted(tmp_path: Path) -> None:
+    write_mimic(tmp_path)
+    txt = tmp_path / f"{study_folder(10000032, 50000000)}.txt"
+    txt.write_text("                FINAL REPORT\n EXAMINATION: CHEST\n\n FINDINGS:\n\n IMPRESSION:\n\n")
+    data = load_source("mimic-cxr", root=str(tmp_path))
+    assert data.stats["dropped_empty_report"] == 2 and len(data.pairs) == 10
+
+
+def test_corrupt_image_skipped_when_checked_and_named_when_read(tmp_path: Path) -> None:
+    info = write_mimic(tmp_path)
+    m = info["meta"][0]
+    bad = tmp_path / study_folder(m["subject_id"], m["study_id"]) / f"{m['dicom_id']}.jpg"
+    write_corrupt(bad)
+    data = load_source("mimic-cxr", root=str(tmp_path))
+    with pytest.raises(ImageReadError, match=m["dicom_id"]):
+        data.read_image(data.pairs.loc[data.pairs["pair_id"] == m["dicom_id"], "image_path"].iloc[0])
+    checked = load_source("mimic-cxr", root=str(tmp_path), check_images=True)
+    assert checked.stats["skipped_images"] == 1 and len(checked.pairs) == 11
+
+
+def test_missing_files_and_columns(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="needs a data folder"):
+        load_source("mimic-cxr", root=None)
+    with pytest.raises(SourceError, match="mimic-cxr-2.0.0-metadata.csv"):
+        load_source("mimic-cxr", root=str(tmp_path))
+    write_mimic(tmp_path)
+    meta = pd.read_csv(tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz").drop(columns=["ViewPosition"])
+    meta.to_csv(tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
+    with pytest.raises(SourceError, match="ViewPosition"):
+        load_source("mimic-cxr", root=str(tmp_path))
+
+
+def test_without_split_and_label_files(tmp_path: Path) -> None:
+    write_mimic(tmp_path)
+    (tmp_path / "mimic-cxr-2.0.0-split.csv.gz").unlink()
+    (tmp_path / "mimic-cxr-2.0.0-chexpert.csv.gz").unlink()
+    data = load_source("mimic-cxr", root=str(tmp_path))
+    assert data.stats["official_split"] == 0 and data.stats["labelled"] == 0
+    assert data.pairs["Edema"].isna().all() and data.pairs.groupby("patient_id")["split"].nunique().max() == 1
+
+
+def test_parse_report_sections_and_fallback() -> None:
+    text = " FINAL REPORT\n INDICATION: cough\n\n FINDINGS: Lungs clear.\n Heart normal.\n\n IMPRESSION: Normal.\n"
+    assert parse_report(text) == ("Lungs clear. Heart normal.", "Normal.")
+    findings, impression = parse_report(" FINAL REPORT\n\n Chest radiograph.\n\n No acute process.\n")
+    assert findings == "" and impression == "No acute process."
+    assert parse_report("") == ("", "")
+
+
+def test_reports_in_extracted_mimic_cxr_reports_folder(tmp_path: Path) -> None:
+    write_mimic(tmp_path, n_patients=1)
+    for txt in (tmp_path / "files").rglob("*.txt"):
+        dest = tmp_path / "mimic-cxr-reports" / txt.relative_to(tmp_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        txt.rename(dest)
+    data = load_source("mimic-cxr", root=str(tmp_path))
+    assert len(data.pairs) == 4 and data.stats["dropped_missing_report"] == 0
