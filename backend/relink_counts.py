@@ -1,0 +1,245 @@
+"""The one blocked pass of backend.relink: for every query image, how many eligible distractor reports
+beat or tie its true report (random and pathology-matched pools, study and patient level).
+
+Memory is O(block x n_candidates): a block of query rows against every candidate (torch matmul, float32, on
+the chosen device), then counts by comparisons against the row's threshold. Which distractors are eligible
+and which tie by text is settled on a small gathered set per row (the patient's own studies and the text
+twins of the anchor report), so no n x n mask is ever built. Candidates are kept sorted by label group, so a
+row's pathology-matched distractors are one contiguous column range.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backend.errors import RelinkError
+from backend.progress import ProgressLike
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_ELEMENTS = 1 << 24  # similarities per block (64 MB of float32 on the device)
+NUMPY_ON_CPU = True  # count CPU blocks with numpy (faster); False runs the torch code path that GPUs use
+
+
+@dataclass
+class Candidates:
+    """Unique studies (the candidate reports), sorted by label group.
+
+    emb (m, d) float32 L2-normalised; patient, text, label (m,) int64 group ids; label is non-decreasing,
+    so label group g occupies columns [lab_start[g], lab_end[g]). pat_ptr/pat_idx and txt_ptr/txt_idx are
+    CSR lists of the candidates of each patient and of each text group (text groups of size 1 left empty).
+    """
+
+    emb: np.ndarray
+    patient: np.ndarray
+    text: np.ndarray
+    label: np.ndarray
+    lab_start: np.ndarray
+    lab_end: np.ndarray
+    pat_ptr: np.ndarray
+    pat_idx: np.ndarray
+    txt_ptr: np.ndarray
+    txt_idx: np.ndarray
+
+    @property
+    def m(self) -> int:
+        return int(self.emb.shape[0])
+
+
+def _csr(groups: np.ndarray, n_groups: int, min_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (ptr (G+1,), idx) listing the positions of each group id; groups smaller than min_size are empty."""
+    sizes = np.bincount(groups, minlength=n_groups)
+    keep = sizes[groups] >= min_size
+    order = np.argsort(groups, kind="stable")
+    order = order[keep[order]]
+    ptr = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.where(sizes >= min_size, sizes, 0), out=ptr[1:])
+    return ptr, order.astype(np.int64)
+
+
+def build_candidates(emb: np.ndarray, patient: np.ndarray, text: np.ndarray, label: np.ndarray) -> Candidates:
+    """Index candidates already sorted by label group: emb (m, d) float32 L2-normalised (kept, not copied);
+    patient, text, label (m,) dense int group ids with label non-decreasing."""
+    if (np.diff(label) < 0).any():
+        raise RelinkError("internal: build_candidates needs candidates sorted by label group")
+    n_lab = int(label.max()) + 1
+    lab_start = np.searchsorted(label, np.arange(n_lab), side="left")
+    lab_end = np.searchsorted(label, np.arange(n_lab), side="right")
+    pat_ptr, pat_idx = _csr(patient, int(patient.max()) + 1)
+    txt_ptr, txt_idx = _csr(text, int(text.max()) + 1, min_size=2)
+    return Candidates(np.ascontiguousarray(emb, dtype=np.float32), patient, text, label,
+                      lab_start, lab_end, pat_ptr, pat_idx, txt_ptr, txt_idx)
+
+
+def _take(ptr: np.ndarray, idx: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged gather: for row r the members idx[ptr[groups[r]]:ptr[groups[r]+1]] -> (rows (E,), members (E,))."""
+    starts = ptr[groups]
+    lens = ptr[groups + 1] - starts
+    rows = np.repeat(np.arange(groups.shape[0]), lens)
+    offs = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    return rows, idx[np.repeat(starts, lens) + offs]
+
+
+@dataclass
+class _Gather:
+    """Per-row special candidates: the patient's studies (in_p) and the anchor's text twins of other patients."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    in_p: np.ndarray
+
+
+def _gather(cands: Candidates, patient: np.ndarray, anchor_text: np.ndarray) -> _Gather:
+    p_rows, p_cols = _take(cands.pat_ptr, cands.pat_idx, patient)
+    t_rows, t_cols = _take(cands.txt_ptr, cands.txt_idx, anchor_text)
+    other = cands.patient[t_cols] != patient[t_rows]  # own studies are already in the patient part
+    rows = np.concatenate([p_rows, t_rows[other]])
+    cols = np.concatenate([p_cols, t_cols[other]])
+    in_p = np.concatenate([np.ones(p_rows.size, bool), np.zeros(int(other.sum()), bool)])
+    return _Gather(rows, cols, in_p)
+
+
+def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
+    """Maximal runs of equal values: [(start, stop, value)]."""
+    cut = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate([[0], cut])
+    stops = np.concatenate([cut, [values.size]])
+    return [(int(a), int(b), int(values[a])) for a, b in zip(starts, stops, strict=True)]
+
+
+def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates) -> np.ndarray:
+    """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group.
+
+    On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions)."""
+    if sim.device.type == "cpu" and NUMPY_ON_CPU:
+        s, t = sim.numpy(), thr.numpy()[:, None]
+        gt, eq = np.greater(s, t), np.equal(s, t)
+
+        def count(mask: np.ndarray) -> np.ndarray:
+            return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
+    else:
+        gt, eq = sim > thr[:, None], sim == thr[:, None]
+
+        def count(mask: torch.Tensor) -> np.ndarray:
+            return mask.view(torch.uint8).sum(1, dtype=torch.int32).cpu().numpy()
+
+    out = np.zeros((4, sim.shape[0]), dtype=np.int64)
+    out[0], out[1] = count(gt), count(eq)
+    for a, b, g in _runs(row_label):
+        lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
+        out[2, a:b], out[3, a:b] = count(gt[a:b, lo:hi]), count(eq[a:b, lo:hi])
+    return out
+
+
+def _corrections(vals: torch.Tensor, thr: torch.Tensor, g: _Gather, in_x: np.ndarray, in_t: np.ndarray,
+                 in_l: np.ndarray, n_rows: int) -> np.ndarray:
+    """(4, B) corrections turning row counts into beaters/ties among eligible distractors (all, label group).
+
+    Outside the gathered set a candidate is eligible and not a text twin, so it counts as scored; inside it,
+    excluded ones (in_x) are removed and text twins (in_t) move from beaters to ties."""
+    dev = vals.device
+    rows = torch.as_tensor(g.rows, device=dev)
+    x, t, lab = (torch.as_tensor(a, device=dev) for a in (in_x, in_t, in_l))
+    gt = vals > thr[rows]
+    eq = vals == thr[rows]
+    drop_b = (gt & (x | t)).to(torch.int64)
+    add_t = (~x & (t | eq)).to(torch.int64) - eq.to(torch.int64)
+    out = torch.zeros((4, n_rows), dtype=torch.int64, device=dev)
+    for i, w in enumerate((drop_b, add_t, drop_b * lab, add_t * lab)):
+        out[i].index_add_(0, rows, w)
+    return out.cpu().numpy()
+
+
+def _anchor_counts(sim: torch.Tensor, thr: torch.Tensor, cands: Candidates, patient: np.ndarray,
+                   anchor_text: np.ndarray, row_label: np.ndarray, in_x_of: Callable[[_Gather], np.ndarray],
+                   base: np.ndarray | None = None,
+                   g: _Gather | None = None) -> np.ndarray:
+    """(4, B) beaters, ties, beaters in label group, ties in label group for threshold thr (B,).
+
+    in_x_of(gather) -> (E,) bool marks the gathered candidates excluded from the distractors."""
+    g = g if g is not None else _gather(cands, patient, anchor_text)
+    base = base if base is not None else _row_counts(sim, thr, row_label, cands)
+    vals = sim[torch.as_tensor(g.rows, device=sim.device), torch.as_tensor(g.cols, device=sim.device)]
+    in_t = cands.text[g.cols] == anchor_text[g.rows]
+    in_l = cands.label[g.cols] == row_label[g.rows]
+    corr = _corrections(vals, thr, g, in_x_of(g), in_t, in_l, sim.shape[0])
+    return np.stack([base[0] - corr[0], base[1] + corr[1], base[2] - corr[2], base[3] + corr[3]])
+
+
+def _best_anchor(sim: torch.Tensor, thr: np.ndarray, g: _Gather) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The patient's best-scoring study per row (the true one whenever it shares the best score).
+
+    Returns (rows whose best beats the true report (R,), their best score (R,) float32, their best column (R,))."""
+    rows, cols = g.rows[g.in_p], g.cols[g.in_p]
+    vals = sim[torch.as_tensor(rows, device=sim.device), torch.as_tensor(cols, device=sim.device)].cpu().numpy()
+    best = np.full(thr.shape[0], -np.inf, dtype=np.float32)
+    np.maximum.at(best, rows, vals)
+    moved = np.flatnonzero(best > thr)
+    hit = np.flatnonzero(vals == best[rows])
+    hit_rows, first = np.unique(rows[hit], return_index=True)  # first best column of every row
+    anchor = np.empty(thr.shape[0], dtype=np.int64)
+    anchor[hit_rows] = cols[hit[first]]
+    return moved, best[moved], anchor[moved]
+
+
+def count_block(q_emb: torch.Tensor, c_emb: torch.Tensor, true: np.ndarray, cands: Candidates,
+                include_same_patient: bool) -> dict[str, np.ndarray]:
+    """Counts for one block of queries q_emb (B, d) whose true candidates are `true` (B,), rows sorted by label.
+
+    Returns arrays (B,): score, b/t (study, random), bh/th (study, hard), pb/pt, pbh/pth (patient level)."""
+    sim = q_emb @ c_emb.T
+    thr = sim[torch.arange(sim.shape[0], device=sim.device), torch.as_tensor(true, device=sim.device)]
+    patient, text, label = cands.patient[true], cands.text[true], cands.label[true]
+    g = _gather(cands, patient, text)
+    base = _row_counts(sim, thr, label, cands)
+    in_p = lambda gg: gg.in_p  # noqa: E731 - the patient's studies are excluded
+    own = (lambda gg: gg.cols == true[gg.rows]) if include_same_patient else in_p
+    study = _anchor_counts(sim, thr, cands, patient, text, label, own, base, g)
+    pat = _anchor_counts(sim, thr, cands, patient, text, label, in_p, base, g) if include_same_patient else study.copy()
+    thr_np = thr.cpu().numpy()
+    moved, best, anchor = _best_anchor(sim, thr_np, g)
+    if moved.size:  # patient level re-counted against the patient's best report
+        sub = torch.as_tensor(moved, device=sim.device)
+        pat[:, moved] = _anchor_counts(sim[sub], torch.as_tensor(best, device=sim.device), cands, patient[moved],
+                                       cands.text[anchor], label[moved], in_p)
+    return {"score": thr_np, "b": study[0], "t": study[1], "bh": study[2], "th": study[3],
+            "pb": pat[0], "pt": pat[1], "pbh": pat[2], "pth": pat[3]}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def count_all(q_emb: np.ndarray, true: np.ndarray, cands: Candidates, *, include_same_patient: bool,
+              block_size: int | None, device: str | torch.device | None,
+              progress: ProgressLike | None) -> dict[str, np.ndarray]:
+    """Run count_block over all queries q_emb (n_q, d) with true candidates `true` (n_q,), in label order.
+
+    Returns the arrays of count_block, each (n_q,), in the original query order."""
+    dev = resolve_device(device)
+    n_q = q_emb.shape[0]
+    block = int(block_size) if block_size else max(1, min(n_q, DEFAULT_BLOCK_ELEMENTS // max(cands.m, 1)))
+    order = np.argsort(cands.label[true], kind="stable")
+    c_emb = torch.from_numpy(cands.emb).to(dev)
+    out: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for start in range(0, n_q, block):
+            idx = order[start:start + block]
+            q = torch.from_numpy(np.ascontiguousarray(q_emb[idx], dtype=np.float32)).to(dev)
+            res = count_block(q, c_emb, true[idx], cands, include_same_patient)
+            for key, val in res.items():
+                if key not in out:
+                    out[key] = np.empty(n_q, dtype=val.dtype)
+                out[key][idx] = val
+            if progress is not None:
+                progress(min(start + block, n_q), n_q, "relink: scoring candidates")
+    log.debug("relink counts: %d queries x %d candidates, block %d, device %s", n_q, cands.m, block, dev)
+    return out

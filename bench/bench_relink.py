@@ -1,0 +1,199 @@
+"""Benchmark of backend.relink.relink_curves against baselines measured in the same process.
+
+For each n (default 20,000 and 43,793; d = 512) one subprocess (so that its peak memory is its own):
+  1. synthetic pairs: ~2 images per study, ~3 studies per patient, label vectors from 12 groups, image and
+     report embeddings correlated, 5% of studies reuse another study's report text (text ties);
+  2. the whole curve: relink_curves with every N of the default grid, K in {1, 5, 10}, random and hard
+     pools, study and patient level, 200 patient-bootstrap resamples; wall time and peak RSS (getrusage);
+  3. baseline: one float32 n x n x d matrix product (torch, computed in row chunks of 1,024 so that the n x n
+     result is never held; same flops), and the ratio curve / matmul (goal <= 2), each timed twice, interleaved;
+  4. the same curve by sampling 1,000 pools per N the way a study would (similarity row once per query,
+     then per pool rng.choice without replacement and a count): timed on a subset of queries and N,
+     extrapolated linearly to all queries, every N of the grid and both pool kinds (study level only,
+     so the ratio is conservative).
+--scale: 43,793 query images against 400,000 candidate reports (time and peak memory).
+
+Usage: python bench/bench_relink.py [--n 20000 43793] [--scale] [--skip-sampling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+D = 512
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def synthetic(n_pairs: int, seed: int = 0, n_studies: int | None = None) -> dict:
+    """Pairs with structure: ~2 images/study, ~3 studies/patient, 12 label groups, correlated embeddings.
+
+    n_studies > n_pairs / 2 adds report-only studies (one pair each) and a query_mask over the first n_pairs."""
+    rng = np.random.default_rng(seed)
+    base = max(1, n_pairs // 2)
+    n_studies = n_studies or base
+    study_of_pair = np.minimum(np.arange(n_pairs) // 2, base - 1)
+    extra = n_studies - base
+    study = np.concatenate([study_of_pair, base + np.arange(extra)])
+    patient = study // 3
+    centers = rng.normal(size=(12, 14))
+    group = np.minimum(rng.geometric(0.3, size=n_studies) - 1, 11)
+    labels14 = (centers[group] > 0.3).astype(np.float32)
+    labels14[rng.random(labels14.shape) < 0.02] = np.nan
+    protos = rng.standard_normal(size=(12, D), dtype=np.float32)
+    rep = rng.standard_normal(size=(n_studies, D), dtype=np.float32)  # float32 throughout: small generator peak
+    rep += 0.6 * protos[group]
+    text = np.arange(n_studies)
+    dup = rng.random(n_studies) < 0.05
+    src = rng.integers(0, n_studies, size=n_studies)
+    text[dup] = text[src[dup]]
+    rep[dup] = rep[src[dup]]
+    img = np.empty((study.size, D), np.float32)
+    for a in range(0, study.size, 50_000):  # chunked to keep the generator's memory small
+        s = study[a:a + 50_000]
+        img[a:a + 50_000] = 0.07 * rep[s] + rng.standard_normal(size=(s.size, D), dtype=np.float32)
+    mask = np.zeros(study.size, bool)
+    mask[:n_pairs] = True
+    return {"image_emb": img, "report_emb": rep[study], "study_id": study, "patient_id": patient,
+            "report_text": text[study].astype(str), "labels": labels14[study], "query_mask": mask}
+
+
+def matmul_seconds(x: np.ndarray, chunk: int = 1024) -> float:
+    """Wall time of one float32 x @ x.T (n x n x d) in torch, in row chunks (the result is discarded)."""
+    import torch
+
+    t = torch.from_numpy(x)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for a in range(0, t.shape[0], chunk):
+            (t[a:a + chunk] @ t.T).sum()
+    return time.perf_counter() - start
+
+
+def sampling_seconds(data: dict, res, n_sub: int = 20, n_pools: int = 1000, seed: int = 0) -> dict:
+    """Per-query cost of 1,000 sampled pools per N (random pool, study level), fitted as a + b * N
+    (N below every query's number of eligible distractors, so no pool is capped)."""
+    rng = np.random.default_rng(seed)
+    pq = res.per_query
+    img = data["image_emb"][data["query_mask"]]
+    study, patient = data["study_id"], data["patient_id"]
+    _, first = np.unique(study, return_index=True)
+    reps = data["report_emb"][first]
+    reps = reps / np.linalg.norm(reps, axis=1, keepdims=True)
+    c_pat = patient[first]
+    pts, costs = [], []
+    q_idx = rng.choice(len(pq), size=n_sub, replace=False)
+    for n_pool in sorted({min(v, int(pq.eligible.min()) + 1) for v in (10, 100, 1000, 10000)}):
+        start = time.perf_counter()
+        for q in q_idx:
+            v = img[q] / np.linalg.norm(img[q])
+            sims = reps @ v  # the query's similarity row, once
+            true = int(pq.study_id.iloc[q])
+            elig = np.flatnonzero(c_pat != c_pat[true])
+            take = min(n_pool - 1, elig.size)
+            hits = 0
+            for _ in range(n_pools):
+                pool = elig[rng.choice(elig.size, size=take, replace=False)]
+                hits += int((sims[pool] > sims[true]).sum() < 1)
+        pts.append(n_pool)
+        costs.append((time.perf_counter() - start) / n_sub)
+    slope, icpt = np.polyfit(pts, costs, 1)
+    return {"per_query_s": dict(zip(pts, costs, strict=True)), "fit_a_s": float(icpt), "fit_b_s_per_n": float(slope)}
+
+
+def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None) -> dict:
+    """One benchmark case in this process; returns its figures."""
+    import torch
+
+    from backend.relink import relink_curves
+
+    data = synthetic(n, seed=n, n_studies=n_candidates)
+
+    def curve() -> tuple[float, object]:
+        start = time.perf_counter()
+        res = relink_curves(**data, pools=("random", "hard"), ks=(1, 5, 10), n_bootstrap=200, seed=0)
+        return time.perf_counter() - start, res
+
+    rss0 = _maxrss_mb()
+    curve_s, res = curve()
+    rss1 = _maxrss_mb()
+    out = {"n_queries": int(data["query_mask"].sum()), "n_candidates": res.summary["n_candidates"], "d": D,
+           "torch_threads": torch.get_num_threads(), "curve_s": curve_s, "rows": len(res.rows),
+           "grid": res.summary["n_grid"], "maxrss_before_mb": rss0, "maxrss_after_curve_mb": rss1,
+           "curve_peak_delta_mb": rss1 - rss0, "frac_ties": res.summary["frac_queries_with_ties"],
+           "input_arrays_mb": sum(v.nbytes for v in data.values()) / 2**20,
+           "r1_random_study": res.rows.query("pool_kind == 'random' and level == 'study' and k == 1")
+           .set_index("n").recall.round(4).to_dict()}
+    if n_candidates is None:
+        # interleaved (matmul, curve, matmul) so that load from other processes hits both alike
+        mm = [matmul_seconds(data["image_emb"])]
+        curve_s2, _ = curve()
+        mm.append(matmul_seconds(data["image_emb"]))
+        out["curve_runs_s"] = [curve_s, curve_s2]
+        out["matmul_runs_s"] = mm
+        out["curve_s"] = (curve_s + curve_s2) / 2
+        out["matmul_nxnxd_s"] = sum(mm) / 2
+        out["ratio_curve_over_matmul"] = out["curve_s"] / out["matmul_nxnxd_s"]
+        if not skip_sampling:
+            samp = sampling_seconds(data, res)
+            rows = res.rows[(res.rows.level == "study") & (res.rows.k == 1) & res.rows.pool_kind.isin(["random", "hard"])]
+            eff_n = rows.effective_n.to_numpy()  # mean pool size actually drawn at each grid N, both kinds
+            out["sampling"] = samp
+            out["sampling_est_s"] = float((samp["fit_a_s"] * eff_n.size + samp["fit_b_s_per_n"] * eff_n.sum())
+                                          * out["n_queries"])
+            out["ratio_sampling_over_curve"] = out["sampling_est_s"] / curve_s
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="*", default=[20_000, 43_793],
+                        help="numbers of query pairs (none: only --scale)")
+    parser.add_argument("--scale", action="store_true", help="43,793 queries against 400,000 candidate reports")
+    parser.add_argument("--scale-candidates", type=int, default=400_000)
+    parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--case-candidates", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.case is not None:
+        print(json.dumps(run_case(args.case, args.skip_sampling, args.case_candidates)))
+        return
+    cases = [(n, None) for n in args.n] + ([(43_793, args.scale_candidates)] if args.scale else [])
+    print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
+    for n, m in cases:
+        cmd = [sys.executable, __file__, "--case", str(n)] + (["--case-candidates", str(m)] if m else [])
+        cmd += ["--skip-sampling"] if args.skip_sampling else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            print(f"case n={n} m={m} failed:\n{proc.stderr[-3000:]}")
+            continue
+        fig = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps(fig, indent=1))
+        line = (f"n={fig['n_queries']} candidates={fig['n_candidates']}: curve {fig['curve_s']:.1f} s, "
+                f"peak RSS {fig['maxrss_after_curve_mb']:.0f} MB (+{fig['curve_peak_delta_mb']:.0f} MB over the inputs)")
+        if "matmul_nxnxd_s" in fig:
+            line += f"; n x n x d matmul {fig['matmul_nxnxd_s']:.1f} s; ratio {fig['ratio_curve_over_matmul']:.2f}x"
+        if "sampling_est_s" in fig:
+            line += f"; sampling (extrapolated) {fig['sampling_est_s']:.0f} s = {fig['ratio_sampling_over_curve']:.0f}x"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

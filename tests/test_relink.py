@@ -1,0 +1,324 @@
+"""backend.relink against independent references: exact rational sums, Monte-Carlo pools sampled and ranked
+explicitly, numpy argsort; plus the invariants (identical embeddings, random embeddings, block size)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backend.errors import SpecError
+from backend.relink import build_index, default_grid, relink_curves, top_k
+from backend.relink_stats import expected_recall, group_chance
+
+KS = (1, 3, 5)
+
+
+def _data(seed: int = 0, n_patients: int = 30, d: int = 6, signal: float = 1.2, dup_texts: bool = True,
+          noisy_dups: bool = True) -> dict:
+    """Pairs: 1-3 studies per patient, 1-2 images per study, 3 label groups (with NaNs), weak image-report
+    signal; optionally duplicated report texts across patients (identical or slightly perturbed embeddings)."""
+    rng = np.random.default_rng(seed)
+    rows, study_vecs, n_study = [], [], 0
+    for p in range(n_patients):
+        for _ in range(int(rng.integers(1, 4))):
+            vec = rng.normal(size=d)
+            text = f"report {n_study}"
+            lab = np.array([[1, 0, np.nan], [0, 1, 0], [0, 0, 1]][int(rng.integers(0, 3))], dtype=float)
+            study_vecs.append(vec)
+            for _ in range(int(rng.integers(1, 3))):
+                rows.append((f"s{n_study}", f"p{p}", text, lab, vec + rng.normal(size=d) / signal, n_study))
+            n_study += 1
+    study, patient, text, labels, img, sidx = (list(c) for c in zip(*rows, strict=True))
+    rep = np.array([study_vecs[i] for i in sidx])
+    if dup_texts:  # a later study of another patient reuses an earlier report text (and embedding)
+        first_row = {s: i for i, s in reversed(list(enumerate(sidx)))}
+        for src, dst in [(0, 7), (0, 19), (3, 25), (10, 40), (12, 33)]:
+            if dst >= n_study or patient[first_row[src]] == patient[first_row[dst]]:
+                continue
+            noise = rng.normal(size=d) * 1e-4 if noisy_dups and dst % 2 else 0.0
+            for i, s in enumerate(sidx):
+                if s == dst:
+                    text[i] = text[first_row[src]]
+                    rep[i] = rep[first_row[src]] + noise
+    return {"image_emb": np.array(img, np.float32), "report_emb": rep.astype(np.float32), "study_id": np.array(study),
+            "patient_id": np.array(patient), "report_text": np.array(text), "labels": np.array(labels)}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _mc(data: dict, n_pool: int, ks: tuple[int, ...], hard: bool, level: str, n_pools: int, seed: int,
+        include_same_patient: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Monte-Carlo Recall@K: sample pools explicitly, rank with random tie-breaking. Returns (mean, se) per K."""
+    rng = np.random.default_rng(seed)
+    sid = data["study_id"]
+    first = {s: i for i, s in reversed(list(enumerate(sid)))}
+    cand = sorted(first, key=lambda s: first[s])
+    ci = [first[s] for s in cand]
+    c_emb = _unit(data["report_emb"][ci].astype(np.float32))
+    c_text, c_pat = data["report_text"][ci], data["patient_id"][ci]
+    c_lab = [tuple(np.nan_to_num(data["labels"][i])) for i in ci]
+    pos = {s: j for j, s in enumerate(cand)}
+    sims = _unit(data["image_emb"].astype(np.float32)) @ c_emb.T
+    per_query = []
+    for q in range(len(sid)):
+        c, s = pos[sid[q]], sims[q]
+        own = np.flatnonzero(c_pat == c_pat[c])
+        anchor = c if level == "study" or s[c] >= s[own].max() else own[np.argmax(s[own])]
+        ok = np.array([j != c and (c_lab[j] == c_lab[c] or not hard) and
+                       (c_pat[j] != c_pat[c] or (include_same_patient and level == "study")) for j in range(len(cand))])
+        elig = np.flatnonzero(ok)
+        take = min(n_pool - 1, elig.size)
+        picks = np.argsort(rng.random((n_pools, elig.size)), axis=1)[:, :take]
+        pool = elig[picks]
+        ps = s[pool]
+        tie = (c_text[pool] == c_text[anchor]) | (ps == s[anchor])
+        beat = (ps > s[anchor]) & ~tie
+        rank = 1 + beat.sum(1) + rng.integers(0, tie.sum(1) + 1)
+        per_query.append([(rank <= k).mean() for k in ks])
+    per_query = np.array(per_query)
+    return per_query.mean(0), np.sqrt((per_query * (1 - per_query)).sum(0) / n_pools) / len(sid)
+
+
+def _row(res, pool: str, level: str, k: int, n: int) -> pd.Series:
+    rows = res.rows
+    sel = rows[(rows.pool_kind == pool) & (rows.level == level) & (rows.k == k) & (rows.n == n)]
+    assert len(sel) == 1
+    return sel.iloc[0]
+
+
+def _exact(m: int, b: int, t: int, n: int, k: int) -> float:
+    """The multivariate hypergeometric double sum in exact rational arithmetic."""
+    total, other, acc = math.comb(m, n), m - b - t, Fraction(0)
+    for x in range(min(k - 1, b, n) + 1):
+        for y in range(min(t, n - x) + 1):
+            if 0 <= n - x - y <= other:
+                w = math.comb(b, x) * math.comb(t, y) * math.comb(other, n - x - y)
+                acc += Fraction(w, total) * Fraction(min(k - x, y + 1), y + 1)
+    return float(acc)
+
+
+def test_closed_form_equals_exact_double_sum() -> None:
+    rng = np.random.default_rng(3)
+    cases = []
+    for _ in range(120):
+        m = int(rng.integers(0, 50))
+        b = int(rng.integers(0, m + 1))
+        t = int(rng.integers(0, m - b + 1))
+        cases.append((m, b, t, int(rng.integers(0, m + 1))))
+    # large pools with few ties (direct tail sums), many ties (complement), everything drawn
+    cases += [(400000, 0, 1, 1), (400000, 3, 1, 1), (400000, 2, 5, 999), (400000, 5, 40, 399999),
+              (5000, 2, 6, 400), (600, 1, 400, 300), (200, 0, 150, 100)]
+    m, b, t, n = (np.array(c) for c in zip(*cases, strict=True))
+    got = expected_recall(m, b, t, n, (1, 5, 10))
+    want = np.array([[_exact(*c, k) for k in (1, 5, 10)] for c in cases])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+    no_tie = (t == 0) & (m > 0)
+    from scipy.stats import hypergeom
+
+    np.testing.assert_allclose(got[no_tie, 1], hypergeom.cdf(4, m[no_tie], b[no_tie], n[no_tie]), atol=1e-9)
+
+
+def test_group_chance_matches_enumeration() -> None:
+    for draws, group, k in [(0, 1, 1), (9, 1, 1), (9, 3, 2), (20, 4, 5), (3, 2, 5)]:
+        want = 1 - Fraction(math.comb(draws, k), math.comb(draws + group, k)) if draws >= k else 1.0
+        assert group_chance(np.array([draws]), np.array([group]), k)[0] == pytest.approx(float(want), abs=1e-12)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("dups", [False, True])
+def test_closed_form_matches_monte_carlo_pools(hard: bool, dups: bool) -> None:
+    data = _data(seed=1, dup_texts=dups)
+    res = relink_curves(**data, ks=KS, n_grid=(2, 5, 12, 1000), n_bootstrap=0)
+    if dups:
+        assert (res.per_query.ties > 0).sum() >= 4
+    kind = "hard" if hard else "random"
+    for level in ("study", "patient"):
+        for n_pool in (2, 5, 12, 1000):
+            mean, se = _mc(data, n_pool, KS, hard, level, n_pools=300, seed=n_pool)
+            for i, k in enumerate(KS):
+                got = _row(res, kind, level, k, n_pool).recall
+                assert abs(got - mean[i]) <= 4.5 * se[i] + 1e-9, (kind, level, n_pool, k, got, mean[i], se[i])
+
+
+def test_include_same_patient_matches_monte_carlo() -> None:
+    data = _data(seed=2)
+    res = relink_curves(**data, ks=KS, n_grid=(4, 10), n_bootstrap=0, include_same_patient=True)
+    for n_pool in (4, 10):
+        mean, se = _mc(data, n_pool, KS, False, "study", n_pools=300, seed=5, include_same_patient=True)
+        for i, k in enumerate(KS):
+            assert abs(_row(res, "random", "study", k, n_pool).recall - mean[i]) <= 4.5 * se[i] + 1e-9
+
+
+def test_full_pool_rank_and_rows_agree_with_brute_force() -> None:
+    data = _data(seed=4, dup_texts=False)
+    res = relink_curves(**data, ks=(1,), n_bootstrap=0)
+    sid = data["study_id"]
+    first = {s: i for i, s in reversed(list(enumerate(sid)))}
+    cand = sorted(first, key=lambda s: first[s])
+    c_pat = data["patient_id"][[first[s] for s in cand]]
+    sims = _unit(data["image_emb"]) @ _unit(data["report_emb"][[first[s] for s in cand]]).T
+    pos = {s: j for j, s in enumerate(cand)}
+    beaters = np.array([int(((sims[q] > sims[q, pos[sid[q]]]) & (c_pat != data["patient_id"][q])).sum())
+                        for q in range(len(sid))])
+    np.testing.assert_array_equal(res.per_query.beaters.to_numpy(), beaters)
+    np.testing.assert_allclose(res.per_query.rank_full.to_numpy(), beaters + 1.0)
+    full = _row(res, "full", "study", 1, int(round(res.per_query.eligible.mean() + 1)))
+    assert full.recall == pytest.approx(np.mean(beaters == 0))
+    assert res.summary["median_rank"] == pytest.approx(np.median(beaters + 1.0))
+
+
+def test_identical_embeddings_give_recall_one() -> None:
+    data = _data(seed=5, dup_texts=False)
+    data["image_emb"] = data["report_emb"].copy()
+    res = relink_curves(**data, n_bootstrap=20)
+    assert np.allclose(res.rows.recall, 1.0)
+    assert res.summary["median_rank"] == 1.0
+
+
+def test_random_embeddings_give_chance() -> None:
+    rng = np.random.default_rng(6)
+    n = 1500
+    res = relink_curves(rng.normal(size=(n, 16)), rng.normal(size=(n, 16)), np.arange(n), np.arange(n) // 3,
+                        np.arange(n).astype(str), None, pools=("random",), ks=(1, 5), n_grid=(10, 100), n_bootstrap=100)
+    for k in (1, 5):
+        for n_pool in (10, 100):
+            row = _row(res, "random", "study", k, n_pool)
+            assert row.chance == pytest.approx(k / n_pool)
+            assert abs(row.recall - k / n_pool) < 0.03
+            assert row.ci_low - 0.01 <= k / n_pool <= row.ci_high + 0.01
+
+
+def test_patient_level_at_least_study_level() -> None:
+    data = _data(seed=7, n_patients=40)
+    rows = relink_curves(**data, n_bootstrap=0).rows
+    study = rows[rows.level == "study"].set_index(["pool_kind", "k", "n"]).recall
+    patient = rows[rows.level == "patient"].set_index(["pool_kind", "k", "n"]).recall
+    assert (patient.loc[study.index].to_numpy() >= study.to_numpy() - 1e-12).all()
+    assert (patient.loc[study.index].to_numpy() > study.to_numpy() + 1e-6).any()
+
+
+def test_results_do_not_depend_on_block_size() -> None:
+    data = _data(seed=8)
+    ref = relink_curves(**data, n_bootstrap=30, block_size=1000)
+    for block in (1, 7):
+        res = relink_curves(**data, n_bootstrap=30, block_size=block)
+        pd.testing.assert_frame_equal(res.rows, ref.rows, check_exact=True)
+        # counts are exact; the float32 score itself may differ in its last bit between BLAS kernels
+        pd.testing.assert_frame_equal(res.per_query.drop(columns="score_true"), ref.per_query.drop(columns="score_true"),
+                                      check_exact=True)
+        np.testing.assert_allclose(res.per_query.score_true, ref.per_query.score_true, rtol=0, atol=1e-6)
+
+
+def test_torch_counting_path_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPUs count with torch ops; run that code path on the CPU and compare with the numpy one."""
+    import backend.relink_counts as counts
+
+    data = _data(seed=13)
+    ref = relink_curves(**data, n_bootstrap=0, block_size=9)
+    monkeypatch.setattr(counts, "NUMPY_ON_CPU", False)
+    res = relink_curves(**data, n_bootstrap=0, block_size=9, device="cpu")
+    pd.testing.assert_frame_equal(res.per_query, ref.per_query, check_exact=True)
+
+
+def test_bootstrap_ci_contains_estimate_and_shrinks_with_patients() -> None:
+    widths = []
+    for n_patients in (15, 120):
+        res = relink_curves(**_data(seed=9, n_patients=n_patients, dup_texts=False), pools=("random",),
+                            ks=(1,), n_grid=(5,), n_bootstrap=200)
+        row = _row(res, "random", "study", 1, 5)
+        assert row.ci_low <= row.recall <= row.ci_high
+        widths.append(row.ci_high - row.ci_low)
+        lo, hi = res.summary["median_rank_ci"]
+        assert lo <= res.summary["median_rank"] <= hi
+    assert widths[0] > widths[1]
+
+
+def test_capped_hard_pools_report_effective_n() -> None:
+    data = _data(seed=10)
+    res = relink_curves(**data, ks=(1,), n_grid=(2, 10_000), n_bootstrap=0)
+    big = _row(res, "hard", "study", 1, 10_000)
+    assert big.capped_frac == 1.0 and big.effective_n == pytest.approx(res.per_query.eligible_hard.mean() + 1)
+    assert big.chance == pytest.approx(np.mean(1.0 / (res.per_query.eligible_hard + 1)))
+    assert default_grid(43793)[-3:] == [10000, 20000, 43793] and default_grid(2) == [2]
+
+
+def test_top_k_agrees_with_argsort() -> None:
+    rng = np.random.default_rng(11)
+    reports, query = rng.normal(size=(300, 24)), rng.normal(size=24)
+    idx, scores = top_k(query, reports, 7)
+    cos = _unit(reports) @ (query / np.linalg.norm(query))
+    np.testing.assert_array_equal(idx, np.argsort(-cos)[:7])
+    np.testing.assert_allclose(scores, cos[idx], atol=1e-5)
+    index = build_index(reports)
+    np.testing.assert_array_equal(top_k(query, index, 7)[0], idx)
+    assert index.search(reports[:3], 1)[0].ravel().tolist() == [0, 1, 2]
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    data = _data(seed=12, n_patients=5)
+    with pytest.raises(SpecError, match="same shape"):
+        relink_curves(**{**data, "report_emb": data["report_emb"][:, :3]})
+    with pytest.raises(SpecError, match="non-empty"):
+        relink_curves(**{**data, "image_emb": np.zeros((0, 6))})
+    with pytest.raises(SpecError, match="patient_id has"):
+        relink_curves(**{**data, "patient_id": data["patient_id"][:-1]})
+    with pytest.raises(SpecError, match="Unknown pool"):
+        relink_curves(**data, pools=("easy",))
+    with pytest.raises(SpecError, match="NaN"):
+        relink_curves(**{**data, "image_emb": np.full_like(data["image_emb"], np.nan)})
+    with pytest.raises(SpecError, match="two patients"):
+        relink_curves(**{**data, "patient_id": np.array([f"x{i}" for i in range(len(data["study_id"]))])})
+    with pytest.raises(SpecError, match="dimension"):
+        top_k(np.ones(3), np.ones((4, 5)), 2)
+
+
+def test_query_mask_keeps_every_study_as_candidate_and_progress_reaches_total() -> None:
+    data = _data(seed=14)
+    n = len(data["study_id"])
+    ids = np.array([f"pair{i}" for i in range(n)])
+    full = relink_curves(**data, n_bootstrap=0, pair_id=ids)
+    mask = np.arange(n) % 3 == 0
+    calls: list[tuple[int, int]] = []
+    part = relink_curves(**data, n_bootstrap=0, pair_id=ids, query_mask=mask, block_size=4,
+                         progress=lambda done, total, message="": calls.append((done, total)))
+    assert part.per_query.pair_id.tolist() == ids[mask].tolist()
+    assert part.summary["n_candidates"] == full.summary["n_candidates"]
+    cols = ["beaters", "ties", "beaters_hard", "ties_hard", "patient_beaters", "patient_ties", "rank_full"]
+    pd.testing.assert_frame_equal(part.per_query[cols].reset_index(drop=True),
+                                  full.per_query.loc[mask, cols].reset_index(drop=True))
+    assert calls[-1] == (int(mask.sum()), int(mask.sum())) and len(calls) == -(-int(mask.sum()) // 4)
+
+
+def test_patient_level_matches_any_report_in_top_k() -> None:
+    """Patient level simulated literally: the patient's reports + sampled distractors, sorted by score
+    (random tie-breaking), hit = any of the patient's reports in the top K (no text twins in this data)."""
+    data = _data(seed=15, n_patients=25, dup_texts=False)
+    res = relink_curves(**data, ks=KS, n_grid=(3, 8), n_bootstrap=0)
+    rng = np.random.default_rng(0)
+    sid, pid = data["study_id"], data["patient_id"]
+    first = {s: i for i, s in reversed(list(enumerate(sid)))}
+    cand = sorted(first, key=lambda s: first[s])
+    c_pat = pid[[first[s] for s in cand]]
+    sims = _unit(data["image_emb"]) @ _unit(data["report_emb"][[first[s] for s in cand]]).T
+    n_pools = 300
+    for n_pool in (3, 8):
+        hits = np.zeros(len(KS))
+        for q in range(len(sid)):
+            own, other = np.flatnonzero(c_pat == pid[q]), np.flatnonzero(c_pat != pid[q])
+            picks = other[np.argsort(rng.random((n_pools, other.size)), axis=1)[:, :n_pool - 1]]
+            pool = np.concatenate([np.broadcast_to(own, (n_pools, own.size)), picks], axis=1)
+            score, key = sims[q, pool], rng.random(pool.shape)
+            above = (score[:, None, :] > score[:, :, None]) | ((score[:, None, :] == score[:, :, None])
+                                                               & (key[:, None, :] > key[:, :, None]))
+            best_own_rank = (above.sum(2) + 1)[:, :own.size].min(1)
+            hits += [(best_own_rank <= k).sum() for k in KS]
+        hits /= n_pools * len(sid)
+        for i, k in enumerate(KS):
+            got = _row(res, "random", "patient", k, n_pool).recall
+            assert abs(got - hits[i]) <= 4.5 * math.sqrt(max(hits[i] * (1 - hits[i]), 1e-4) / (n_pools * len(sid)))
