@@ -1,0 +1,120 @@
+"""The headless audit: source -> embeddings (resumable, cached) -> re-linkage curves -> AuditResult.
+
+`AuditResult.to_json()` is the command line's --json file: the full spec, counts, versions, the
+summary and every curve point as a tidy record (pool_kind, level, k, n, recall, ci_low, ci_high,
+chance, lift, effective_n), the same rows the dashboard's store keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backend.embed import EmbeddingSet, embed_split
+from backend.progress import ProgressLike, null_progress
+from backend.specs import AuditSpec
+
+ROW_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_low", "ci_high", "chance", "lift",
+                                "effective_n")  # the engine may add columns (e.g. capped_frac); all are kept
+
+
+@dataclass
+class AuditResult:
+    """What run_audit returns. rows: tidy DataFrame (ROW_COLUMNS); per_query: one row per query image."""
+
+    spec: AuditSpec
+    rows: pd.DataFrame
+    summary: dict[str, Any]
+    per_query: pd.DataFrame
+    embedding_path: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def headline(self, k: int = 1, level: str = "study") -> pd.DataFrame:
+        """Recall@k and lift at N=100 and at the largest N, per pool kind (what a README quotes)."""
+        return headline(self.rows, k=k, level=level)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "audit", "run_id": self.spec.run_id(), "created": self.created, "spec": self.spec.to_dict(),
+            "counts": self.counts, "versions": versions(), "summary": _plain(self.summary),
+            "embedding_path": self.embedding_path, "headline": _records(self.headline()),
+            "rows": _records(self.rows),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN/inf to None (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [_plain(r) for r in df.to_dict(orient="records")]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that determine the numbers."""
+    out = {"python": platform.python_version()}
+    for pkg in ("numpy", "torch", "open_clip_torch", "faiss-cpu", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def headline(rows: pd.DataFrame, k: int = 1, level: str = "study", n_ref: int = 100) -> pd.DataFrame:
+    """Per pool kind: the point at N = n_ref (or the largest N below it) and at the largest N."""
+    sel = rows[(rows["k"] == k) & (rows["level"] == level)]
+    out = []
+    for pool, grp in sel.groupby("pool_kind", sort=False):
+        grp = grp.sort_values("n")
+        near = grp[grp["n"] <= n_ref]
+        picks = ([near.iloc[-1]] if len(near) else []) + [grp.iloc[-1]]
+        for point in {int(p["n"]): p for p in picks}.values():
+            out.append({"pool_kind": pool, **{c: point[c] for c in ROW_COLUMNS if c != "pool_kind" and c in point}})
+    return pd.DataFrame(out, columns=list(ROW_COLUMNS))
+
+
+def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None) -> AuditResult:
+    """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`."""
+    from backend.relink import relink_curves  # the metric engine (numpy/faiss; imported when needed)
+
+    meta = es.meta
+    result = relink_curves(
+        es.image_emb, es.report_emb, meta["study_id"].to_numpy(), meta["patient_id"].to_numpy(),
+        meta["report"].to_numpy(), es.labels(), pools=tuple(spec.pools), ks=tuple(spec.ks),
+        include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
+        progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy())
+    counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
+              "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique())}
+    return AuditResult(spec=spec, rows=result.rows, summary=dict(result.summary), per_query=result.per_query,
+                       embedding_path=str(es.path) if es.path else None, counts=counts)
+
+
+def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: str | None = None,
+              embeddings: EmbeddingSet | None = None) -> AuditResult:
+    """Embed spec.embed (cached/resumable; trains the demo model on first use) and measure re-linkage."""
+    es = embeddings if embeddings is not None else embed_split(spec.embed, progress, device=device)
+    return audit_embeddings(es, spec, progress)

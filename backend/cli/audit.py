@@ -1,0 +1,152 @@
+"""Commands: models, prepare-demo, embed, audit (python -m backend COMMAND --help)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from backend.errors import SpecError
+from backend.progress import Progress, tqdm_progress
+from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
+
+log = logging.getLogger(__name__)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, value), the value read as JSON when it parses (numbers, true/false, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise SpecError(f"Option {text!r} is not KEY=VALUE (e.g. --source-option n_patients=500).")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
+def phased_progress(desc: str) -> Progress:
+    """tqdm bars for multi-phase work (render, train, embed, relink): tqdm_progress closes its bar when a
+    phase completes, so a new bar is opened whenever the total changes or the last phase has finished."""
+    state: dict[str, Any] = {"bar": None, "total": None, "finished": False}
+
+    def update(done: int, total: int, message: str = "") -> None:
+        if state["bar"] is None or total != state["total"] or state["finished"]:
+            state.update(bar=tqdm_progress(desc), total=total)
+        state["finished"] = bool(total) and done >= total
+        state["bar"](done, total, message)
+
+    return update
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="synthetic", help="registered source (python -m backend sources)")
+    p.add_argument("--root", default=None, help="the source's data folder (for downloaded datasets)")
+    p.add_argument("--section-policy", default="findings+impression",
+                   help="which report sections are embedded: findings+impression, findings, impression, longest")
+    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="source option, repeatable (synthetic: n_patients=500, seed=0, image_size=128)")
+    p.add_argument("--model", default="demo", help="registered model (python -m backend models) or local:<path>")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+
+
+def embed_spec_from(args: argparse.Namespace) -> EmbedSpec:
+    options = dict(parse_option(o) for o in args.source_option)
+    source = SourceSpec(name=args.source, root=args.root, section_policy=args.section_policy, options=options)
+    return EmbedSpec(source=source, model=args.model, split=args.split, batch_size=args.batch_size)
+
+
+def audit_spec_from(args: argparse.Namespace) -> AuditSpec:
+    pools = list(dict.fromkeys(args.pools))
+    if args.hard_negatives and "hard" not in pools:
+        pools.append("hard")
+    return AuditSpec(embed=embed_spec_from(args), pools=tuple(pools), ks=tuple(args.ks),
+                     include_same_patient=args.include_same_patient, n_bootstrap=args.n_bootstrap, seed=args.seed)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from backend.models import list_models
+
+    for info in list_models():
+        print(f"{info.name:18s} {info.domain:12s} {info.description}\n{'':31s}weights: {info.weights}")
+    print(f"{'local:<path>':18s} {'any':12s} an open_clip checkpoint: a folder with open_clip_config.json, "
+          "or local:<file>#<config>")
+    return 0
+
+
+def cmd_prepare_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from backend.demo_train import DEFAULT_DEMO, prepare_demo
+
+    changes = {k: v for k, v in (("epochs", args.epochs), ("max_pairs", args.max_pairs)) if v is not None}
+    if args.n_patients is not None:
+        changes["source_options"] = {**DEFAULT_DEMO.source_options, "n_patients": args.n_patients}
+    config = dataclasses.replace(DEFAULT_DEMO, **changes)
+    folder = prepare_demo(phased_progress("demo"), config)
+    print(folder)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from backend.embed import embed_split
+
+    es = embed_split(embed_spec_from(args), phased_progress("embed"), device=args.device)
+    print(json.dumps({"path": str(es.path), "pairs": len(es), "dim": int(es.image_emb.shape[1]),
+                      "distinct_reports": es.info.get("n_reports")}, indent=1))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from backend.audit import run_audit
+    from backend.embed import save_npz
+
+    spec = audit_spec_from(args)
+    result = run_audit(spec, phased_progress("audit"), device=args.device)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.to_json())
+    if args.save_embeddings:
+        from backend.embed import load_embedding_set
+
+        save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)
+        print(f"embeddings: {args.save_embeddings}")
+    print(f"{len(result.rows)} curve points -> {out}")
+    table = result.headline()
+    if not table.empty:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the commands of this module to `python -m backend`."""
+    p = subparsers.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = subparsers.add_parser("prepare-demo", help="train the demo model now (otherwise done on first use)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-pairs", type=int, default=None)
+    p.add_argument("--n-patients", type=int, default=None, help="synthetic patients generated for training")
+    p.set_defaults(func=cmd_prepare_demo)
+
+    p = subparsers.add_parser("embed", help="embed one split (cached, resumable)")
+    _add_source_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = subparsers.add_parser("audit", help="measure re-linkage of a source's split under a model")
+    _add_source_args(p)
+    p.add_argument("--pools", nargs="+", default=list(POOL_KINDS), choices=POOL_KINDS,
+                   help="pool kinds: random (any other study), hard (same 14-label vector)")
+    p.add_argument("--hard-negatives", action="store_true", help="include pathology-matched pools (same as adding hard)")
+    p.add_argument("--include-same-patient", action="store_true",
+                   help="let other studies of the same patient be distractors (default: excluded)")
+    p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
+    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples over patients for the CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", required=True, help="write the result (spec, counts, every curve point) here")
+    p.add_argument("--save-embeddings", default=None, metavar="OUT.npz",
+                   help="also write image/report embeddings, ids, labels and reports to this npz")
+    p.set_defaults(func=cmd_audit)

@@ -1,0 +1,122 @@
+"""The headless audit and its command line, end to end on a tiny synthetic set with a tiny demo training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.__main__ import build_parser, main
+from backend.audit import ROW_COLUMNS, AuditResult, headline, run_audit
+from backend.cli.audit import audit_spec_from, parse_option
+from backend.embed import embed_split
+from backend.errors import SpecError
+from backend.relink import relink_curves
+from backend.specs import AuditSpec, EmbedSpec, SourceSpec
+from tests.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
+
+register_tiny_models()
+SOURCE_ARGS = [f"--source-option={k}={v}" for k, v in TINY_SOURCE_OPTIONS.items()]
+
+
+def _strict(text: str) -> dict:
+    def bad(value: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {value}")
+
+    return json.loads(text, parse_constant=bad)
+
+
+def test_cli_audit_end_to_end_with_tiny_demo_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, npz = tmp_path / "out.json", tmp_path / "emb.npz"
+    rc = main(["audit", "--source", "synthetic", *SOURCE_ARGS, "--model", "demo-tiny", "--split", "all",
+               "--n-bootstrap", "20", "--ks", "1", "5", "--json", str(out), "--save-embeddings", str(npz)])
+    assert rc == 0
+    doc = _strict(out.read_text())
+    assert doc["spec"]["embed"]["model"] == "demo-tiny" and doc["spec"]["pools"] == ["random", "hard"]
+    assert doc["spec"]["embed"]["source"]["options"] == TINY_SOURCE_OPTIONS
+    assert doc["counts"]["pairs"] > doc["counts"]["studies"] >= doc["counts"]["patients"] > 5
+    assert {"torch", "open_clip_torch", "numpy"} <= set(doc["versions"])
+    rows = doc["rows"]
+    assert rows and set(ROW_COLUMNS) <= set(rows[0])
+    assert {r["pool_kind"] for r in rows} >= {"random", "hard"} and {r["level"] for r in rows} >= {"study", "patient"}
+    assert {r["k"] for r in rows} == {1, 5}
+    for r in rows:
+        assert 0 <= r["recall"] <= 1 and r["n"] >= 2
+        if r["ci_low"] is not None:
+            assert r["ci_low"] <= r["recall"] + 1e-9 and r["recall"] <= r["ci_high"] + 1e-9
+    with np.load(npz, allow_pickle=False) as z:
+        assert z["image_emb"].shape[0] == doc["counts"]["pairs"]
+    assert "curve points" in capsys.readouterr().out
+
+
+def test_run_audit_matches_the_metric_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    spec = AuditSpec(embed=EmbedSpec(source=SourceSpec(options=TINY_SOURCE_OPTIONS), model="tiny-random",
+                                     split="all", batch_size=16), ks=(1,), n_bootstrap=10, seed=3)
+    result = run_audit(spec)
+    es = embed_split(spec.embed)
+    ref = relink_curves(es.image_emb, es.report_emb, es.meta["study_id"], es.meta["patient_id"], es.meta["report"],
+                        es.labels(), pools=("random", "hard"), ks=(1,), n_bootstrap=10, seed=3)
+    np.testing.assert_allclose(result.rows["recall"].to_numpy(), ref.rows["recall"].to_numpy())
+    assert result.embedding_path == str(es.path) and len(result.per_query) == len(es)
+    doc = _strict(result.to_json())
+    assert doc["run_id"] == spec.run_id() and len(doc["rows"]) == len(result.rows)
+    top = result.headline()
+    assert set(top["pool_kind"]) >= {"random", "hard"}
+    assert isinstance(result, AuditResult)
+
+
+def test_headline_picks_n100_and_the_largest_n() -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame([{"pool_kind": "random", "level": "study", "k": 1, "n": n, "recall": 1 / n, "ci_low": 0,
+                          "ci_high": 1, "chance": 1 / n, "lift": 1.0, "effective_n": n} for n in (10, 100, 500)])
+    assert headline(rows)["n"].tolist() == [100, 500]
+    assert headline(rows[rows["n"] < 100])["n"].tolist() == [10]
+
+
+def test_cli_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert parse_option("n_patients=500") == ("n_patients", 500)
+    assert parse_option("sites=[\"A\"]") == ("sites", ["A"])
+    assert parse_option("name=abc") == ("name", "abc")
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        parse_option("n_patients")
+    args = build_parser().parse_args(["audit", "--pools", "random", "--hard-negatives", "--json", "x.json"])
+    assert audit_spec_from(args).pools == ("random", "hard")
+    args = build_parser().parse_args(["audit", "--pools", "random", "--json", "x.json"])
+    assert audit_spec_from(args).pools == ("random",)
+    rc = main(["audit", "--model", "no-such-model", *SOURCE_ARGS, "--json", str(tmp_path / "x.json")])
+    assert rc == 2 and "Known models" in capsys.readouterr().err
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "openai-vit-b-16" in listing and "biomedclip" in listing and "chexzero" in listing
+
+
+def test_cli_embed_prints_the_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    assert main(["embed", *SOURCE_ARGS, "--model", "tiny-random", "--split", "all", "--batch-size", "16"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert Path(doc["path"]).parent == tmp_path / "embeddings" and doc["pairs"] > doc["distinct_reports"] > 0
+
+
+def test_phased_progress_opens_a_bar_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.cli.audit as cli
+
+    bars: list[list[tuple[int, int]]] = []
+
+    def fake_bar(desc: str = ""):
+        calls: list[tuple[int, int]] = []
+        bars.append(calls)
+        return lambda done, total, message="": calls.append((done, total))
+
+    monkeypatch.setattr(cli, "tqdm_progress", fake_bar)
+    update = cli.phased_progress("audit")
+    for done in (1, 2, 3):
+        update(done, 3, "render")
+    for done in (1, 5):
+        update(done, 5, "train")
+    update(2, 5, "embed")  # same total as the finished phase: still a new bar
+    assert [len(b) for b in bars] == [3, 2, 1]

@@ -1,0 +1,125 @@
+"""Embedding: unit norm, determinism, report dedup, features+heads reproduce embeddings, cache reuse, a job
+killed mid-run resumes without recomputing finished chunks (identical result), the npz round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backend.embed as embed_mod
+from backend.embed import embed_split, embedding_key, load_embedding_set, load_npz, save_npz
+from backend.errors import JobError
+from backend.models import load_model
+from backend.sources import load_source
+from backend.specs import EmbedSpec, SourceSpec
+from tests.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
+
+register_tiny_models()
+SPEC = EmbedSpec(source=SourceSpec(options=TINY_SOURCE_OPTIONS), model="tiny-random", split="all", batch_size=8)
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = embed_mod._image_chunk
+
+    def wrapped(lm, source, paths, batch_size, num_workers):
+        calls.append(len(paths))
+        return real(lm, source, paths, batch_size, num_workers)
+
+    monkeypatch.setattr(embed_mod, "_image_chunk", wrapped)
+    return calls
+
+
+def test_embeddings_unit_norm_dedup_and_heads(fresh_cache: Path) -> None:
+    es = embed_split(SPEC, chunk_size=16, num_workers=0)
+    n = len(es)
+    assert n > 30 and es.image_emb.shape == es.report_emb.shape and es.image_emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(es.image_emb, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(es.report_emb, axis=1), 1, atol=1e-5)
+    assert es.info["n_reports"] == es.meta["report"].nunique() < n  # each distinct report embedded once
+    same = es.meta["report"].to_numpy()[:, None] == es.meta["report"].to_numpy()[None, :]
+    i, j = np.argwhere(same & ~np.eye(n, dtype=bool))[0]
+    assert np.array_equal(es.report_emb[i], es.report_emb[j])
+    h = es.heads
+    img = es.image_feat @ h["image_w"] + (0 if h["image_b"] is None else h["image_b"])
+    np.testing.assert_allclose(img / np.linalg.norm(img, axis=1, keepdims=True), es.image_emb, atol=1e-5)
+    txt = es.text_feat @ h["text_w"]
+    np.testing.assert_allclose(txt / np.linalg.norm(txt, axis=1, keepdims=True), es.report_emb, atol=1e-5)
+    assert es.heads["kind"] == "linear" and es.meta.columns[0] == "pair_id" and "No Finding" in es.meta
+
+
+def test_deterministic_and_cached(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    first = embed_split(SPEC, chunk_size=16, num_workers=0)
+    calls = _counting(monkeypatch)
+    again = embed_split(SPEC, chunk_size=16, num_workers=0)
+    assert calls == [] and again.path == first.path  # served from the cache
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.mktemp("other-cache")))
+    fresh = embed_split(SPEC, chunk_size=16, num_workers=1)  # recomputed, with a DataLoader worker
+    assert calls and fresh.path != first.path
+    np.testing.assert_array_equal(fresh.image_emb, first.image_emb)
+    np.testing.assert_array_equal(fresh.report_emb, first.report_emb)
+
+
+def test_killed_job_resumes_from_its_last_finished_chunk(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path_factory) -> None:
+    chunk = 8
+    calls = _counting(monkeypatch)
+
+    def cancel_after_three_chunks(done: int, total: int, message: str = "") -> None:
+        if len(calls) == 3:
+            raise JobError("cancelled")
+
+    with pytest.raises(JobError):
+        embed_split(SPEC, cancel_after_three_chunks, chunk_size=chunk, num_workers=0)
+    n_chunks = -(-len(load_source("synthetic", **TINY_SOURCE_OPTIONS).pairs) // chunk)
+    assert n_chunks > 4
+    folders = list((fresh_cache / "embeddings").iterdir())
+    assert len(folders) == 1 and len(list((folders[0] / "chunks").glob("image-*.npy"))) == 3
+    calls.clear()
+    resumed = embed_split(SPEC, chunk_size=chunk, num_workers=0)
+    assert len(calls) == n_chunks - 3  # finished chunks were not recomputed
+    assert not (folders[0] / "chunks").exists()
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.mktemp("unbroken")))
+    unbroken = embed_split(SPEC, chunk_size=chunk, num_workers=0)
+    np.testing.assert_array_equal(resumed.image_emb, unbroken.image_emb)
+    np.testing.assert_array_equal(resumed.image_feat, unbroken.image_feat)
+    np.testing.assert_array_equal(resumed.report_emb, unbroken.report_emb)
+
+
+def test_npz_round_trip(fresh_cache: Path, tmp_path: Path) -> None:
+    es = embed_split(SPEC, chunk_size=64, num_workers=0)
+    path = save_npz(es, tmp_path / "out" / "emb.npz")
+    with np.load(path, allow_pickle=False) as z:
+        assert set(z.files) >= {"image_emb", "report_emb", "pair_id", "study_id", "patient_id", "labels", "report"}
+        assert z["image_emb"].dtype == np.float32 and z["labels"].shape == (len(es), 14)
+        np.testing.assert_array_equal(z["image_emb"], es.image_emb)
+        assert list(z["pair_id"]) == es.meta["pair_id"].tolist()
+        assert list(z["report"]) == es.meta["report"].tolist()
+        np.testing.assert_array_equal(np.isnan(z["labels"]), np.isnan(es.labels()))
+    back = load_npz(path)
+    np.testing.assert_array_equal(back.report_emb, es.report_emb)
+    np.testing.assert_array_equal(np.nan_to_num(back.labels(), nan=-9), np.nan_to_num(es.labels(), nan=-9))
+    assert back.meta["study_id"].tolist() == es.meta["study_id"].tolist()
+    reloaded = load_embedding_set(es.path)
+    np.testing.assert_array_equal(reloaded.text_feat, es.text_feat)
+
+
+def test_cache_key_covers_split_policy_and_preprocessing(fresh_cache: Path) -> None:
+    lm = load_model("tiny-random", device="cpu")
+    pairs = load_source("synthetic", **TINY_SOURCE_OPTIONS).pairs
+    base = embedding_key(SPEC, lm, pairs)
+    assert embedding_key(dataclasses.replace(SPEC, split="test"), lm, pairs) != base
+    policy = dataclasses.replace(SPEC, source=dataclasses.replace(SPEC.source, section_policy="impression"))
+    assert embedding_key(policy, lm, pairs) != base
+    assert embedding_key(SPEC, dataclasses.replace(lm, preprocess_id="other"), pairs) != base
+    assert embedding_key(SPEC, dataclasses.replace(lm, weights_id="other"), pairs) != base
+    assert embedding_key(SPEC, lm, pairs.iloc[1:]) != base
