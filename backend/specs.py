@@ -123,6 +123,7 @@ class DPSpec(SpecMixin):
     transfer: tuple[SourceSpec, ...] = ()
     audit: AuditSpec = field(default_factory=AuditSpec)  # pools/ks/bootstrap for the evaluation
     seed: int = 0
+    n_negatives: int = 256  # public-negatives: bank reports drawn per step as negatives
 
     def __post_init__(self) -> None:
         if not (self.epsilon > 0):
@@ -139,6 +140,10 @@ class DPSpec(SpecMixin):
             raise SpecError(f"Unknown accountant {self.accountant!r}; use {', '.join(ACCOUNTANTS)}.")
         if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0):
             raise SpecError("epochs and batch_size must be >= 1 and lr > 0.")
+        if self.n_negatives < 1:
+            raise SpecError(f"n_negatives must be >= 1, got {self.n_negatives}.")
+        if self.optimizer not in ("adam", "sgd") or self.init not in ("model", "random"):
+            raise SpecError(f"optimizer must be adam or sgd and init model or random, got {self.optimizer!r}, {self.init!r}.")
 
     @property
     def private(self) -> bool:

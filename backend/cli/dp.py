@@ -1,0 +1,139 @@
+"""Commands: dp, sweep, probe (python -m backend COMMAND --help).
+
+    python -m backend dp --source synthetic --model demo --epsilon 1 --objective public-negatives --json out.json
+    python -m backend sweep --epsilons 0.34 1 inf --objective in-batch --transfer synthetic:sites=B --json sweep.json
+    python -m backend probe --source synthetic --model demo --json probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+from backend.cli.audit import parse_option
+from backend.errors import SpecError
+from backend.progress import tqdm_progress
+from backend.specs import (
+    ACCOUNTANTS,
+    DEFAULT_EPSILONS,
+    OBJECTIVES,
+    POOL_KINDS,
+    PRIVACY_UNITS,
+    AuditSpec,
+    DPSpec,
+    SourceSpec,
+    SweepSpec,
+)
+
+log = logging.getLogger(__name__)
+
+
+def parse_source(text: str) -> SourceSpec:
+    """'name' or 'name:key=value,key=value' (values read as JSON when they parse) -> SourceSpec."""
+    name, _, rest = text.partition(":")
+    if not name:
+        raise SpecError(f"Source {text!r} has no name; use e.g. synthetic:sites=B.")
+    options = dict(parse_option(o) for o in rest.split(",") if o) if rest else {}
+    root = options.pop("root", None)
+    return SourceSpec(name=name, root=root, options=options)
+
+
+def _add_args(p: argparse.ArgumentParser, *, epsilon: bool) -> None:
+    p.add_argument("--source", default="synthetic", help="registered source to train and test on")
+    p.add_argument("--root", default=None, help="the source's data folder")
+    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", help="source option, repeatable")
+    p.add_argument("--model", default="demo", help="registered model or local:<path>")
+    if epsilon:
+        p.add_argument("--epsilon", type=float, default=DPSpec.epsilon, help="target epsilon; inf = non-private retraining")
+    p.add_argument("--objective", default="in-batch", choices=OBJECTIVES,
+                   help="in-batch (CLIP InfoNCE; nominal epsilon) or public-negatives (certified epsilon)")
+    p.add_argument("--privacy-unit", default="pair", choices=PRIVACY_UNITS, help="protect one pair, or one patient")
+    p.add_argument("--delta", type=float, default=DPSpec.delta, help="lowered automatically when not well below 1/n")
+    p.add_argument("--max-grad-norm", type=float, default=DPSpec.max_grad_norm, help="clipping norm C")
+    p.add_argument("--accountant", default="rdp", choices=ACCOUNTANTS)
+    p.add_argument("--epochs", type=int, default=DPSpec.epochs)
+    p.add_argument("--batch-size", type=int, default=DPSpec.batch_size, help="expected pairs per step")
+    p.add_argument("--lr", type=float, default=DPSpec.lr)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    p.add_argument("--init", default="model", choices=("model", "random"), help="start from the model's heads or random")
+    p.add_argument("--n-negatives", type=int, default=DPSpec.n_negatives, help="public-negatives: bank reports per step")
+    p.add_argument("--public-bank", type=parse_source, default=None, metavar="SOURCE[:k=v,...]",
+                   help="public report bank for public-negatives (default: OpenI)")
+    p.add_argument("--transfer", type=parse_source, action="append", default=[], metavar="SOURCE[:k=v,...]",
+                   help="also evaluate on this source's test split without retraining, e.g. synthetic:sites=B")
+    p.add_argument("--pools", nargs="+", default=list(POOL_KINDS), choices=POOL_KINDS)
+    p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
+    p.add_argument("--n-bootstrap", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the result(s) here")
+
+
+def dp_spec_from(args: argparse.Namespace) -> DPSpec:
+    source = SourceSpec(name=args.source, root=args.root, options=dict(parse_option(o) for o in args.source_option))
+    audit = AuditSpec(pools=tuple(args.pools), ks=tuple(args.ks), n_bootstrap=args.n_bootstrap, seed=args.seed)
+    return DPSpec(source=source, model=args.model, epsilon=getattr(args, "epsilon", math.inf), delta=args.delta,
+                  objective=args.objective, privacy_unit=args.privacy_unit, max_grad_norm=args.max_grad_norm,
+                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, init=args.init,
+                  accountant=args.accountant, public_bank=args.public_bank, transfer=tuple(args.transfer), audit=audit,
+                  seed=args.seed, n_negatives=args.n_negatives)
+
+
+def _show(table) -> None:
+    cols = [c for c in ("label", "target", "objective", "epsilon", "guarantee", "noise_multiplier", "n_random", "r1_random",
+                        "r1_hard", "probe_auroc", "zero_shot_auroc", "frozen_probe_auroc") if c in table.columns]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def _write(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=1, allow_nan=False))
+        log.info("wrote %s", path)
+
+
+def cmd_dp(args: argparse.Namespace) -> int:
+    from backend.dp import run_dp
+
+    res = run_dp(dp_spec_from(args), tqdm_progress("dp"))
+    _show(res.headline())
+    _write(args.json, res.to_dict())
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from backend.audit import _records
+    from backend.dp import headline_rows, run_sweep
+
+    spec = SweepSpec(base=dp_spec_from(args), epsilons=tuple(args.epsilons))
+    results = run_sweep(spec, tqdm_progress("sweep"))
+    table = headline_rows(results)
+    _show(table)
+    _write(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": _records(table),
+                       "points": [r.to_dict() for r in results]})
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from backend.dp import original_result
+    from backend.dp_eval import prepare
+
+    spec = dp_spec_from(args)
+    res = original_result(spec, prepare(spec, tqdm_progress("probe"), need_bank=False))
+    _show(res.headline())
+    _write(args.json, res.to_dict())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dp", help="train DP (or non-private, --epsilon inf) projection heads, then audit and probe")
+    _add_args(p, epsilon=True)
+    p.set_defaults(func=cmd_dp)
+    p = sub.add_parser("sweep", help="the epsilon sweep (plus the original model and non-private retraining)")
+    _add_args(p, epsilon=False)
+    p.add_argument("--epsilons", nargs="+", type=float, default=list(DEFAULT_EPSILONS), help="the grid; inf allowed")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("probe", help="linear-probe and zero-shot AUROC of the model's own embeddings (no training)")
+    _add_args(p, epsilon=False)
+    p.set_defaults(func=cmd_probe)

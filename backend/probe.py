@@ -1,0 +1,176 @@
+"""Utility of an embedding: a linear probe and zero-shot classification, per label AUROC and macro AUROC.
+
+- `linear_probe`: one scikit-learn LogisticRegression per label (standardised inputs) fitted on the
+  train split's embeddings and scored on the test split. A linear probe on a linear projection of frozen
+  features is nearly blind to what the heads do (any invertible head leaves it unchanged), so also:
+- `zero_shot`: cross-modal utility, score_il = <u_i, t(positive prompt l)> - <u_i, t(negative prompt l)>
+  with L2-normalised image embeddings u and prompt embeddings t (the softmax over the two prompts is
+  monotone in this difference, so its AUROC is the same).
+
+Labels are 1/0/NaN; NaN entries are masked per label. A label with fewer than `min_positives`
+positives (or negatives) in the train split, or fewer than `min_test` in the test split, is excluded
+from the macro average and listed with the reason. CIs bootstrap over patients (not pairs): each
+replicate draws patients with replacement and weights their rows by the draw counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from backend.errors import SpecError
+from backend.sources.schema import LABELS
+
+log = logging.getLogger(__name__)
+
+# (positive prompt, negative prompt) per label, in CheXpert order, phrased like report sentences.
+ZERO_SHOT_PROMPTS: dict[str, tuple[str, str]] = {
+    "No Finding": ("No acute cardiopulmonary abnormality.", "Acute cardiopulmonary abnormality."),
+    "Enlarged Cardiomediastinum": ("Enlarged cardiomediastinal silhouette.", "Normal mediastinal contour."),
+    "Cardiomegaly": ("Cardiomegaly.", "Heart size is normal."),
+    "Lung Opacity": ("Lung opacity.", "The lungs are clear."),
+    "Lung Lesion": ("Pulmonary nodule.", "No pulmonary nodule."),
+    "Edema": ("Pulmonary edema.", "No pulmonary edema."),
+    "Consolidation": ("Focal consolidation.", "No focal consolidation."),
+    "Pneumonia": ("Pneumonia.", "No pneumonia."),
+    "Atelectasis": ("Atelectasis.", "No atelectasis."),
+    "Pneumothorax": ("Pneumothorax.", "No pneumothorax."),
+    "Pleural Effusion": ("Pleural effusion.", "No pleural effusion."),
+    "Pleural Other": ("Pleural thickening.", "No pleural thickening."),
+    "Fracture": ("Rib fracture.", "No acute bony abnormality."),
+    "Support Devices": ("Support device in place.", "No support devices."),
+}
+assert tuple(ZERO_SHOT_PROMPTS) == LABELS  # a module invariant, not a user error
+
+ROW_COLUMNS = ("label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "excluded", "reason")
+
+
+@dataclass
+class ProbeResult:
+    """rows: DataFrame ROW_COLUMNS, one row per label then one 'macro' row; excluded: labels left out."""
+
+    rows: pd.DataFrame
+    macro_auroc: float
+    macro_ci: tuple[float, float]
+    excluded: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"macro_auroc": self.macro_auroc, "macro_ci": list(self.macro_ci), "excluded": self.excluded,
+                "rows": self.rows.replace({np.nan: None}).to_dict(orient="records")}
+
+
+def _counts(y: np.ndarray) -> tuple[int, int]:
+    return int(np.nansum(y == 1)), int(np.nansum(y == 0))
+
+
+def _exclusion(train_y: np.ndarray | None, test_y: np.ndarray, min_positives: int, min_test: int) -> str:
+    """Why a label cannot be scored ('' when it can)."""
+    if train_y is not None:
+        pos, neg = _counts(train_y)
+        if min(pos, neg) == 0:
+            return f"single class in train ({pos} positive, {neg} negative)"
+        if min(pos, neg) < min_positives:
+            return f"too few train examples of one class ({pos} positive, {neg} negative; need {min_positives})"
+    pos, neg = _counts(test_y)
+    if min(pos, neg) < max(1, min_test):
+        return f"too few test examples of one class ({pos} positive, {neg} negative; need {max(1, min_test)})"
+    return ""
+
+
+def _check(x: np.ndarray, y: np.ndarray, labels: tuple[str, ...], what: str) -> None:
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or y.shape[1] != len(labels):
+        raise SpecError(f"{what}: need x (n, d) and y (n, {len(labels)}) with the same n; got {x.shape} and {y.shape}.")
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 test_patient: np.ndarray, *, labels: tuple[str, ...] = LABELS, min_positives: int = 10,
+                 min_test: int = 5, n_bootstrap: int = 200, seed: int = 0, c: float = 1.0) -> ProbeResult:
+    """Per-label logistic regression on (n_train, d) features, AUROC on (n_test, d); y arrays (n, L) of 1/0/NaN.
+
+    test_patient (n_test,): patient ids for the bootstrap.
+    """
+    _check(train_x, train_y, labels, "linear_probe train")
+    _check(test_x, test_y, labels, "linear_probe test")
+    scores = np.full(test_y.shape, np.nan)
+    reasons = []
+    for j in range(len(labels)):
+        reason = _exclusion(train_y[:, j], test_y[:, j], min_positives, min_test)
+        reasons.append(reason)
+        if reason:
+            continue
+        keep = ~np.isnan(train_y[:, j])
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+        model.fit(train_x[keep], train_y[keep, j].astype(int))
+        scores[:, j] = model.decision_function(test_x)
+    return auroc_table(scores, test_y, test_patient, reasons, labels=labels, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def zero_shot(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray, test_y: np.ndarray,
+              test_patient: np.ndarray, *, labels: tuple[str, ...] = LABELS, min_test: int = 5,
+              n_bootstrap: int = 200, seed: int = 0) -> ProbeResult:
+    """Zero-shot AUROC: image_emb (n, d) against prompt embeddings pos_emb, neg_emb (L, d) (normalised here)."""
+    _check(image_emb, test_y, labels, "zero_shot")
+    if pos_emb.shape != (len(labels), image_emb.shape[1]) or neg_emb.shape != pos_emb.shape:
+        raise SpecError(f"zero_shot: prompt embeddings must be ({len(labels)}, {image_emb.shape[1]}), got {pos_emb.shape}, {neg_emb.shape}.")
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    scores = unit(image_emb) @ (unit(pos_emb) - unit(neg_emb)).T
+    reasons = [_exclusion(None, test_y[:, j], 0, min_test) for j in range(len(labels))]
+    return auroc_table(scores, test_y, test_patient, reasons, labels=labels, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def auroc_table(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, reasons: list[str], *,
+                labels: tuple[str, ...] = LABELS, n_bootstrap: int = 200, seed: int = 0) -> ProbeResult:
+    """Per-label AUROC of scores (n, L) against y (n, L) with patient-bootstrap CIs, and the macro row."""
+    used = [j for j, r in enumerate(reasons) if not r]
+    point = np.full(len(labels), np.nan)
+    for j in used:
+        m = ~np.isnan(y[:, j])
+        point[j] = roc_auc_score(y[m, j], scores[m, j])
+    boots = _bootstrap(scores, y, patient, used, n_bootstrap, seed)  # (n_bootstrap, L)
+    rows = []
+    for j, name in enumerate(labels):
+        lo, hi = _ci(boots[:, j]) if j in used else (np.nan, np.nan)
+        pos, neg = _counts(y[:, j])
+        rows.append((name, point[j], lo, hi, pos, neg, bool(reasons[j]), reasons[j]))
+    macro = float(np.mean(point[used])) if used else float("nan")
+    macro_ci = _ci(np.nanmean(boots[:, used], axis=1)) if used and n_bootstrap else (np.nan, np.nan)
+    rows.append(("macro", macro, macro_ci[0], macro_ci[1], len(used), len(labels) - len(used), False,
+                 f"mean over {len(used)} of {len(labels)} labels"))
+    excluded = [labels[j] for j, r in enumerate(reasons) if r]
+    if excluded:
+        log.info("AUROC: %d label(s) excluded: %s", len(excluded), ", ".join(excluded))
+    return ProbeResult(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), macro, macro_ci, excluded)
+
+
+def _bootstrap(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, used: list[int], n: int, seed: int) -> np.ndarray:
+    """(n, L) AUROCs over patient resamples (rows weighted by how often their patient was drawn)."""
+    out = np.full((n, y.shape[1]), np.nan)
+    if not n or not used:
+        return out
+    codes, uniq = pd.factorize(np.asarray(patient))
+    rng = np.random.default_rng(seed)
+    for b in range(n):
+        weight = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))[codes]
+        for j in used:
+            m = ~np.isnan(y[:, j]) & (weight > 0)
+            if len(np.unique(y[m, j])) == 2:
+                out[b, j] = roc_auc_score(y[m, j], scores[m, j], sample_weight=weight[m])
+    return out
+
+
+def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    v = values[~np.isnan(values)]
+    if not len(v):
+        return (float("nan"), float("nan"))
+    a = (1 - level) / 2
+    return float(np.quantile(v, a)), float(np.quantile(v, 1 - a))
