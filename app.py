@@ -1,7 +1,19 @@
-"""CXR Re-Link Audit dashboard (placeholder until the dashboard issue lands)."""
+"""CXR Re-Link Audit dashboard: page config, the shared sidebar (dataset, model), and the pages.
+
+Run with `streamlit run app.py` (or ./run.sh app). Pages read the store and submit specs; the work
+happens in detached worker processes (backend/jobs.py).
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="CXR Re-Link Audit", layout="wide")
-st.title("CXR Re-Link Audit")
-st.write("How easily does a vision-language model re-link de-identified chest radiographs to their reports?")
+import ui
+from backend.errors import RelinkError
+
+st.set_page_config(page_title="CXR Re-Link Audit", page_icon=":material/radiology:", layout="wide")
+
+page = st.navigation(ui.pages())
+st.session_state["selection"] = ui.sidebar()
+try:
+    page.run()
+except RelinkError as exc:  # e.g. the results database held by another process for too long: say what to do
+    ui.show_error(exc)

@@ -1,0 +1,49 @@
+"""Job commands: `worker JOB_ID` (what the dashboard launches), `jobs` (list), `cancel JOB_ID`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+from backend import jobs
+
+
+def _worker(args: argparse.Namespace) -> int:
+    return jobs.run_worker(args.job_id)
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = jobs.list_jobs(limit=args.limit)
+    if not rows:
+        print("no jobs yet")
+        return 0
+    print(f"{'job':<32} {'status':<10} {'progress':>9} {'device':<12} {'created':<19} message")
+    for job in rows:
+        pct = f"{100 * job.fraction:5.1f}%"
+        print(f"{job.job_id:<32} {job.status:<10} {pct:>9} {job.device[:12]:<12} {_when(job.created):<19} "
+              f"{job.message}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    job = jobs.cancel(args.job_id, grace_s=args.grace, wait=True)
+    job = jobs.get_job(job.job_id)
+    print(f"{job.job_id}: {job.status}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run one stored job (launched by the dashboard; detached)")
+    p.add_argument("job_id")
+    p.set_defaults(func=_worker)
+    p = sub.add_parser("jobs", help="list recent jobs with status and progress")
+    p.add_argument("--limit", type=int, default=30)
+    p.set_defaults(func=_list)
+    p = sub.add_parser("cancel", help="cancel a running job (terminated after a grace period)")
+    p.add_argument("job_id")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds to wait before SIGTERM")
+    p.set_defaults(func=_cancel)

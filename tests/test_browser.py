@@ -1,0 +1,220 @@
+"""The main flow in a real browser (Debian chromium through playwright) on a seeded store: the recall
+curves, the epsilon slider (its update time is measured), the pair explorer, the report download, two
+sessions at once and a job running while pages are browsed. Saves screenshots to docs/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "docs" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+BAD_TEXT = ("held by another process", "Traceback", "StoreError", "IOException")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not CHROMIUM.is_file():
+    pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    cache = tmp_path_factory.mktemp("browser-cache")
+    env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "tests/seed.py", str(cache)], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    port = _free_port()
+    log = open(cache / "streamlit.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()}")
+    yield url, cache
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _open(context: object, url: str, wait_text: str) -> object:
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_text(wait_text).first.wait_for(timeout=60_000)
+    _settle(page)
+    return page
+
+
+def _settle(page: object) -> None:
+    """Wait until Streamlit has finished its run (no running indicator)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+
+
+def _no_errors(page: object) -> None:
+    body = page.inner_text("body")
+    assert not [t for t in BAD_TEXT if t in body], body[:2000]
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def _shot(page: object, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    # "seeded_": the numbers come from tests/seed.py (made up, realistic shapes), not from a measurement.
+    page.screenshot(path=str(SHOTS / f"seeded_{name}"), full_page=True)
+
+
+def test_main_flow(server: tuple[str, Path], browser: object) -> None:
+    url, cache = server
+    context = browser.new_context(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
+    page = _open(context, url, "The threat.")
+    page.get_by_text("Lift at N=100, no mitigation").wait_for(timeout=60_000)
+    _settle(page)
+    assert "2606.02276" in page.inner_text("body")
+    _shot(page, "overview.png")
+
+    page.goto(f"{url}/relinkage")
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    _settle(page)
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 3
+    _no_errors(page)
+    _shot(page, "relinkage.png")
+
+    timings = _slide_epsilon(page, url)
+    (cache / "slider_ms.json").write_text(json.dumps(timings))
+    medians = {k: statistics.median(v) for k, v in timings.items()}
+    print(f"\nepsilon slider update (ms): {timings}; medians {medians}")
+    _shot(page, "mitigation.png")
+    # goal: 300 ms; the hard limit leaves room for a CI machine shared with other jobs
+    assert medians["full"] < 1500, timings
+
+    page.goto(f"{url}/explorer")
+    page.get_by_text("Rank of the true report").wait_for(timeout=60_000)
+    _settle(page)
+    page.locator("[data-testid='stImage'] img").first.wait_for(timeout=30_000)
+    page.locator("mark").first.wait_for(timeout=30_000)
+    _no_errors(page)
+    _shot(page, "explorer.png")
+
+    page.goto(f"{url}/data")
+    page.get_by_text("Sample pairs").wait_for(timeout=120_000)
+    page.locator("[data-testid='stImage'] img").first.wait_for(timeout=60_000)
+    _settle(page)
+    assert "SYNTHETIC" in page.inner_text("body")
+    _no_errors(page)
+    _shot(page, "data.png")
+
+    page.goto(f"{url}/report")
+    button = page.get_by_role("button", name="Download the HTML audit report")
+    button.wait_for(timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        button.click()
+    html = Path(info.value.path()).read_text()
+    assert "Recall@1" in html and "Full specifications" in html and "plotly" in html.lower()
+    context.close()
+
+
+def _screen_state(page: object) -> list[str]:
+    """What a slide must change: the metric values and the recall chart's title."""
+    return page.evaluate(_STATE_JS)
+
+
+_STATE_JS = ("() => [...document.querySelectorAll('[data-testid=stMetricValue]')].map(e => e.innerText)"
+             ".concat([...document.querySelectorAll('.js-plotly-plot .gtitle')].map(e => e.textContent))")
+
+
+def _slide_epsilon(page: object, url: str) -> dict[str, list[float]]:
+    """Move the epsilon slider with the keyboard; time from the key press until the numbers changed
+    ("numbers") and until the recall chart was redrawn too ("full")."""
+    page.goto(f"{url}/mitigation")
+    page.locator(".js-plotly-plot .gtitle").first.wait_for(timeout=60_000)
+    _settle(page)
+    thumb = page.locator("[data-testid='stSlider'] input").first
+    out: dict[str, list[float]] = {"numbers": [], "full": []}
+    for key in ["ArrowRight"] * 4 + ["ArrowLeft"] * 3 + ["ArrowRight"] * 3:
+        before = _screen_state(page)
+        n_metrics = page.locator("[data-testid='stMetricValue']").count()
+        thumb.focus()
+        t0 = time.perf_counter()
+        thumb.press(key)
+        page.wait_for_function(f"(before) => ({_STATE_JS})()[0] !== before[0]", arg=before, timeout=30_000,
+                               polling="raf")
+        out["numbers"].append(round((time.perf_counter() - t0) * 1000, 1))
+        page.wait_for_function(
+            f"([before, n]) => {{ const v = ({_STATE_JS})(); return v.length === before.length && "
+            "v.some((x, i) => i >= n && x !== before[i] && x.startsWith('Recall@1 at')); }",
+            arg=[before, n_metrics], timeout=30_000, polling="raf")
+        out["full"].append(round((time.perf_counter() - t0) * 1000, 1))
+        _settle(page)
+    _no_errors(page)
+    return out
+
+
+def test_two_sessions_while_a_job_runs(server: tuple[str, Path], browser: object) -> None:
+    url, cache = server
+    env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    code = ("from backend import jobs; from backend.job_kinds import SelfTestSpec; "
+            "print(jobs.submit(SelfTestSpec(steps=150, delay_s=0.15, tag='browser')).job_id)")
+    job_id = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    contexts = [browser.new_context(viewport={"width": 1300, "height": 1300}) for _ in range(2)]
+    pages = [_open(c, f"{url}/models_jobs", "Jobs") for c in contexts]
+    for path, text in (("relinkage", "Lift table"), ("mitigation", "Privacy budget"), ("explorer", "Rank of the true"),
+                       ("utility", "Transfer"), ("", "The threat.")):
+        for page in pages:  # both sessions on the same page at once, while the worker writes progress
+            page.goto(f"{url}/{path}")
+        for page in pages:
+            page.get_by_text(text).first.wait_for(timeout=60_000)
+            _settle(page)
+            _no_errors(page)
+    pages[0].goto(f"{url}/models_jobs")
+    pages[0].get_by_text(job_id).first.wait_for(timeout=60_000)
+    _settle(pages[0])
+    _shot(pages[0], "jobs.png")
+    check = ("import sys; from backend import jobs; j = jobs.get_job(sys.argv[1]); print(j.status, j.done)")
+    deadline = time.monotonic() + 120
+    status = ""
+    while time.monotonic() < deadline:
+        status = subprocess.run([sys.executable, "-c", check, job_id], cwd=REPO, env=env, capture_output=True,
+                                text=True).stdout.strip()
+        if status.startswith(("done", "failed", "stale")):
+            break
+        time.sleep(0.5)
+    assert status == "done 150", status
+    for c in contexts:
+        c.close()

@@ -1,0 +1,147 @@
+"""Jobs run real detached workers (`python -m backend worker JOB_ID`) on the tiny selftest kind."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from backend import jobs, store
+from backend.errors import JobError
+from backend.job_kinds import DemoSpec, SelfTestSpec, default_demo_spec, spec_from_json
+from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _wait(job_id: str, until: tuple[str, ...], timeout: float = 60.0) -> jobs.Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = jobs.get_job(job_id)
+        if job.status in until:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} stayed {jobs.get_job(job_id).status}; log:\n{jobs.read_log(job)}")
+
+
+def test_specs_round_trip_through_json() -> None:
+    sweep = SweepSpec(base=DPSpec(source=SourceSpec(options={"n_patients": 50}), transfer=(SourceSpec(name="x"),)),
+                      epsilons=(1.0, math.inf))
+    for spec in (sweep, AuditSpec(embed=EmbedSpec(model="m")), SelfTestSpec(steps=2), default_demo_spec(30),
+                 DemoSpec(sweep=None)):
+        back = spec_from_json(spec.to_json())
+        assert back == spec and back.run_id() == spec.run_id()
+
+
+def test_worker_runs_detached_with_progress_and_resubmit_returns_the_finished_run() -> None:
+    spec = SelfTestSpec(steps=8, delay_s=0.25)
+    job = jobs.submit(spec)
+    assert job.status in ("queued", "running") and job.pid
+    seen_progress = 0
+    deadline = time.monotonic() + 60
+    while jobs.get_job(job.job_id).active and time.monotonic() < deadline:
+        seen_progress = max(seen_progress, jobs.get_job(job.job_id).done)
+        time.sleep(0.1)
+    done = jobs.get_job(job.job_id)
+    assert done.status == "done", jobs.read_log(done)
+    assert 0 < seen_progress <= 8 and done.done == 8 and done.heartbeat and done.device == "cpu"
+    assert os.getsid(0) != _sid_or_none(done.pid)  # it ran in its own session
+    assert store.get_run(spec.run_id())["summary"] == {"steps": 8, "tag": ""}
+    again = jobs.submit(spec)
+    assert again.job_id == done.job_id and again.status == "done"
+    assert len(store.list_jobs(run_id=spec.run_id())) == 1  # nothing recomputed
+
+
+def _sid_or_none(pid: int | None) -> int | None:
+    try:
+        return os.getsid(pid) if pid else None
+    except ProcessLookupError:
+        return None
+
+
+def test_running_identical_spec_returns_the_running_job() -> None:
+    spec = SelfTestSpec(steps=20, delay_s=0.2, tag="dup")
+    first = jobs.submit(spec)
+    second = jobs.submit(spec)
+    assert second.job_id == first.job_id
+    jobs.cancel(first.job_id, grace_s=5, wait=True)
+
+
+def test_cancel_stops_the_worker_at_its_next_progress_call() -> None:
+    job = jobs.submit(SelfTestSpec(steps=200, delay_s=0.1, tag="cancel"))
+    _wait(job.job_id, ("running",))
+    time.sleep(0.5)
+    out = jobs.cancel(job.job_id, grace_s=10, wait=True)
+    out = _wait(out.job_id, ("cancelled",), timeout=40)
+    assert out.done < 200 and "cancel" in out.message
+    assert store.get_run(job.run_id)["status"] == "cancelled"
+
+
+def test_cancel_terminates_a_worker_that_ignores_the_flag() -> None:
+    job = jobs.submit(SelfTestSpec(steps=2, delay_s=30, tag="stuck"))  # no progress call for 30 s
+    _wait(job.job_id, ("running",))
+    t0 = time.monotonic()
+    jobs.cancel(job.job_id, grace_s=0.5, wait=True)
+    out = _wait(job.job_id, ("cancelled",), timeout=40)
+    assert time.monotonic() - t0 < 10 and out.status == "cancelled"
+
+
+def test_failing_job_records_its_traceback_and_can_be_resubmitted() -> None:
+    spec = SelfTestSpec(steps=3, delay_s=0.01, fail_at=1)
+    job = _wait(jobs.submit(spec).job_id, ("failed",))
+    assert "ValueError" in job.traceback and "fail_at" not in job.message and "step 1" in job.message
+    assert "Traceback" in jobs.read_log(job)
+    again = jobs.submit(spec)
+    assert again.job_id != job.job_id  # a failed run is retried, not returned
+
+
+def test_killed_worker_shows_as_stale() -> None:
+    job = jobs.submit(SelfTestSpec(steps=100, delay_s=0.2, tag="kill"))
+    running = _wait(job.job_id, ("running",))
+    os.killpg(running.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while jobs.pid_alive(running.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.job_id in jobs.refresh()
+    stale = jobs.get_job(job.job_id)
+    assert stale.status == "stale" and "gone" in stale.message
+    assert store.get_run(job.run_id)["status"] == "stale"
+
+
+def test_silent_worker_is_stale_after_the_heartbeat_window() -> None:
+    store.upsert_run("selftest-x", "selftest", "{}", "running")
+    store.insert_job("j-silent", {"run_id": "selftest-x", "kind": "selftest", "status": "running",
+                                  "pid": os.getpid(), "created": 0.0, "heartbeat": time.time() - 1000})
+    assert jobs.refresh() == ["j-silent"]
+
+
+def test_missing_module_fails_that_job_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend import job_kinds
+
+    kind = job_kinds.JobKind("nowhere", SelfTestSpec, "backend.not_written_yet:run", "backend.results:persist_selftest",
+                             "test only", uses_torch=False)
+    with pytest.raises(JobError, match="not_written_yet"):
+        kind.resolve()
+    with pytest.raises(JobError, match="No job"):
+        jobs.get_job("no-such-job")
+
+
+def test_cli_lists_and_cancels_jobs(capsys: pytest.CaptureFixture) -> None:
+    from backend.__main__ import main
+
+    assert main(["jobs"]) == 0 and "no jobs yet" in capsys.readouterr().out
+    job = jobs.submit(SelfTestSpec(steps=100, delay_s=0.1, tag="cli"))
+    _wait(job.job_id, ("running",))
+    assert main(["jobs"]) == 0 and job.job_id in capsys.readouterr().out
+    assert main(["cancel", job.job_id, "--grace", "10"]) == 0
+    assert _wait(job.job_id, ("cancelled",), timeout=40).status == "cancelled"
+    assert main(["cancel", "no-such-job"]) == 2  # a clear one-line error, no traceback
+    assert "No job" in capsys.readouterr().err

@@ -1,0 +1,155 @@
+"""AppTest smoke tests: every page renders without an exception on an empty store and on a seeded one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from seed import seed_store
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["overview", "data", "models_jobs", "relinkage", "explorer", "mitigation", "utility", "report"]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("seeded")
+    old = os.environ.get("CXR_CACHE_DIR")
+    seed_store(path)
+    if old:
+        os.environ["CXR_CACHE_DIR"] = old
+    return path
+
+
+def _open(page: str, cache: Path, monkeypatch: pytest.MonkeyPatch, model: str = "demo") -> AppTest:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(cache))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["model"] = model  # (AppTest drops sidebar widgets on reruns under st.navigation)
+    at.run()
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.caption] + [m.value for m in at.info]
+    parts += [m.value for m in at.warning] + [m.value for m in at.title] + [m.value for m in at.subheader]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "data"])
+def test_every_page_on_an_empty_store(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open(page, tmp_path, monkeypatch)
+    assert at.title, f"{page} shows no title"
+
+
+def test_overview_on_an_empty_store_offers_one_demo_button(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("overview", tmp_path, monkeypatch)
+    assert [b.label for b in at.button] == ["Run the demo audit"]
+    assert "2606.02276" in _text(at)
+
+
+def test_overview_headline_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("overview", seeded, monkeypatch)
+    labels = [m.label for m in at.metric]
+    assert any("N=100" in m for m in labels) and any("N=2000" in m for m in labels)
+    assert all(m.value != "n/a" for m in at.metric), [(m.label, m.value) for m in at.metric]
+    assert all(m.help for m in at.metric)
+    assert not at.button  # no demo button once results exist
+
+
+def test_relinkage_page_overlays_models(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("relinkage", seeded, monkeypatch)
+    at.multiselect[0].set_value(["demo", "openai-vit-b-16"]).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(table["model"]) == {"demo", "openai-vit-b-16"} and (table["lift"] > 1).all()
+
+
+def test_mitigation_slider_changes_the_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("mitigation", seeded, monkeypatch)
+    first = [m.value for m in at.metric]
+    assert "nominal" in _text(at) and "privacy unit: pair" in _text(at)
+    at.select_slider(key="epsilon").set_value("8").run()
+    assert not at.exception
+    assert [m.value for m in at.metric] != first
+    at.select_slider(key="epsilon").set_value("inf (no DP)").run()
+    assert not at.exception
+
+
+def test_explorer_shows_ranks_and_shared_words(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("explorer", seeded, monkeypatch)
+    assert any("Rank of the true report" in m.label for m in at.metric)
+    assert "<mark>" in _text(at) or "TRUE REPORT" in _text(at)
+    assert len(at.get("image")) >= 1
+    at.text_input[0].set_value("effusion").run()
+    assert not at.exception
+
+
+def test_utility_report_and_jobs_pages_on_seeded_store(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("utility", seeded, monkeypatch)
+    assert len(at.dataframe) >= 2
+    at = _open("report", seeded, monkeypatch)
+    assert at.get("download_button")
+    at = _open("models_jobs", seeded, monkeypatch)
+    assert "failed" in _text(at) and any("Traceback" in e.label for e in at.expander)
+
+
+def test_hub_model_offline_shows_a_clear_message(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = _open("models_jobs", seeded, monkeypatch, model="biomedclip")
+    assert any("hub" in w.value for w in at.warning)
+
+
+@pytest.mark.slow
+def test_data_page_on_the_synthetic_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("data", tmp_path, monkeypatch)
+    assert "SYNTHETIC" in _text(at)
+
+
+@pytest.mark.slow
+def test_real_demo_pipeline_feeds_every_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo job's code (train a tiny demo, audit, sweep) writes what the pages read (in-process)."""
+    import math
+
+    from backend import results, store
+    from backend.job_kinds import DemoSpec
+    from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+    from tests.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    register_tiny_models()
+    source = SourceSpec(options={**TINY_SOURCE_OPTIONS, "n_patients": 40})
+    audit = AuditSpec(embed=EmbedSpec(source=source, model="demo-tiny", split="test"), n_bootstrap=10)
+    spec = DemoSpec(audit=audit, sweep=SweepSpec(base=DPSpec(source=source, model="demo-tiny", epochs=1, batch_size=32,
+                                                             audit=audit), epsilons=(2.0, math.inf)))
+    out = results.run_demo(spec)
+    assert store.get_run(out["audit_run"])["status"] == "done" and out["sweep_run"]
+    assert len(store.load_sweep_points(out["sweep_run"])) == 2
+    for page in ("overview", "relinkage", "mitigation", "utility", "explorer"):
+        at = _open(page, tmp_path, monkeypatch, model="demo-tiny")
+        assert not at.exception, page
+    at = _open("overview", tmp_path, monkeypatch, model="demo-tiny")
+    assert [m.value for m in at.metric][1] != "n/a"  # the largest N (the tiny split has N < 100)
+
+
+def test_demo_button_launches_the_demo_job_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend import jobs
+
+    monkeypatch.setenv("CXR_DEMO_N_PATIENTS", "20")
+    at = _open("overview", tmp_path, monkeypatch)
+    at.button[0].click().run()
+    assert not at.exception
+    job_id = at.session_state["demo_job"]
+    try:
+        job = jobs.get_job(job_id)
+        assert job.kind == "demo" and job.active and job.pid
+        assert at.get("progress"), "the overview shows the job's progress"
+        assert json.loads(job.spec)["audit"]["embed"]["source"]["options"] == {"n_patients": 20}
+    finally:
+        jobs.cancel(job_id, grace_s=0.5, wait=True)
+    assert jobs.get_job(job_id).status == "cancelled"

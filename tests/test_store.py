@@ -1,0 +1,118 @@
+"""The results store: round trips, restart survival, and the DuckDB single-process lock (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from seed import relink_rows
+
+from backend import settings, store
+from backend.errors import StoreError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_run_round_trip_and_finished_runs_never_change(fresh_cache: Path) -> None:
+    rows = relink_rows(seed=1, strength=0.3)
+    store.upsert_run("audit-abc", "audit", '{"kind":"AuditSpec"}', "running")
+    store.finish_run("audit-abc", summary={"n_queries": 12, "inf": float("inf")}, metrics={"model": rows},
+                     artifacts={"per_query": store.save_per_query("audit-abc", pd.DataFrame({"pair_id": ["a"]}))})
+    run = store.get_run("audit-abc")
+    assert run["status"] == "done" and run["summary"]["n_queries"] == 12 and run["summary"]["inf"] == "inf"
+    back = store.load_metrics("audit-abc")
+    assert len(back) == len(rows)
+    merged = back.merge(rows, on=["pool_kind", "level", "k", "n"], suffixes=("", "_in"))
+    assert (merged["recall"] - merged["recall_in"]).abs().max() < 1e-12
+    assert store.load_per_query("audit-abc")["pair_id"].tolist() == ["a"]
+    store.upsert_run("audit-abc", "audit", "{}", "queued")  # a finished run is never reset
+    assert store.get_run("audit-abc")["status"] == "done"
+    assert list(store.list_runs(kind="audit")["run_id"]) == ["audit-abc"]
+
+
+def test_privacy_probe_and_sweep_points(fresh_cache: Path) -> None:
+    probe = pd.DataFrame({"method": ["linear"], "label": ["macro"], "auroc": [0.8], "ci_low": [0.7], "ci_high": [0.9]})
+    store.upsert_run("dp-1", "dp", "{}", "running")
+    store.finish_run("dp-1", privacy={"epsilon": 1.0, "delta": 1e-5, "guarantee": "nominal", "steps": 10,
+                                      "custom": "x"}, probe={"dp": probe})
+    store.upsert_run("sweep-1", "sweep", "{}", "running")
+    store.finish_run("sweep-1", sweep_points=[(float("inf"), "dp-2"), (1.0, "dp-1")])
+    priv = store.load_privacy("dp-1").iloc[0]
+    assert priv["guarantee"] == "nominal" and priv["steps"] == 10 and '"custom"' in priv["extra"]
+    assert store.load_probe(["dp-1"])["auroc"].tolist() == [0.8]
+    pts = store.load_sweep_points("sweep-1")
+    assert pts["run_id"].tolist() == ["dp-2", "dp-1"] and pts["epsilon"].iloc[0] == float("inf")
+
+
+def test_missing_metric_column_is_a_clear_error(fresh_cache: Path) -> None:
+    store.upsert_run("audit-x", "audit", "{}", "running")
+    with pytest.raises(StoreError, match="recall"):
+        store.finish_run("audit-x", metrics={"model": relink_rows().drop(columns=["recall"])})
+    assert store.get_run("audit-x")["status"] == "running"  # the failed write rolled back
+
+
+def _hold_db(path: Path, seconds: float) -> subprocess.Popen:
+    code = ("import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "time.sleep(float(sys.argv[2])); c.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_write_waits_for_a_briefly_held_database(fresh_cache: Path) -> None:
+    store.list_runs()  # create the file
+    holder = _hold_db(settings.db_path(), 1.0)
+    t0 = time.monotonic()
+    store.upsert_run("audit-late", "audit", "{}", "queued")
+    waited = time.monotonic() - t0
+    holder.wait(timeout=10)
+    assert waited > 0.3, "the write should have waited for the other process"
+    assert store.get_run("audit-late")["status"] == "queued"
+
+
+def test_a_long_held_database_gives_an_actionable_error(fresh_cache: Path) -> None:
+    store.list_runs()
+    holder = _hold_db(settings.db_path(), 5.0)
+    try:
+        with pytest.raises(StoreError, match="held by another process"):
+            with store.connect(timeout_s=0.5):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_concurrent_writer_processes_and_readers(fresh_cache: Path) -> None:
+    code = ("import sys; from backend import store\n"
+            "for i in range(15):\n"
+            "    store.upsert_run(f'{sys.argv[1]}-{i}', 'selftest', '{}', 'queued')\n"
+            "    store.list_runs(status=None)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"w{j}"], env=env, cwd=REPO, stderr=subprocess.PIPE,
+                              text=True) for j in range(3)]
+    for _ in range(15):  # this process reads while they write
+        store.list_runs(status=None)
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert len(store.list_runs(status=None)) == 45
+
+
+def test_newer_schema_is_refused(fresh_cache: Path) -> None:
+    store.list_runs()
+    con = duckdb.connect(str(settings.db_path()))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(StoreError, match="newer version"):
+        store.list_runs()

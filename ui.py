@@ -1,0 +1,294 @@
+"""Shared Streamlit widgets and cached loaders for the pages (the only module besides app.py and pages/
+that imports streamlit). Data comes from backend.dashboard / backend.explorer; no SQL, no ML here.
+
+Caching: a finished run never changes (DESIGN.md section 5), so loaders keyed by a finished run id use
+st.cache_data without expiry; lists of runs and jobs change and are read fresh (or with a short ttl).
+No database connection is ever cached.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from backend import dashboard, explorer, jobs
+from backend.dashboard import DEFINITIONS
+from backend.errors import RelinkError
+
+DEFAULT_SOURCE = "synthetic"
+
+
+# ---------------------------------------------------------------- cached loaders
+
+
+def _catalog_or_empty() -> pd.DataFrame:
+    """Finished runs for the selectors; none when the store cannot be read right now (the page says why)."""
+    try:
+        return dashboard.catalog()
+    except RelinkError:
+        return pd.DataFrame()
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def source_names() -> list[str]:
+    from backend.sources import list_sources
+
+    names = [s.name for s in list_sources()]
+    done = _catalog_or_empty()
+    extra = sorted(set(done["source"]) - set(names)) if len(done) else []
+    return sorted(set(names) | {DEFAULT_SOURCE}, key=lambda n: (n != DEFAULT_SOURCE, n)) + extra
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def model_names() -> list[str]:
+    done = _catalog_or_empty()
+    stored = sorted(set(done["model"]) - set(dashboard.KNOWN_MODELS)) if len(done) else []
+    return list(dashboard.KNOWN_MODELS) + [m for m in stored if m]
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def headline(source: str, model: str) -> dict[str, Any]:
+    return dashboard.headline(source, model)
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def audit_runs(source: str) -> pd.DataFrame:
+    return dashboard.audit_runs(source)
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def latest(kind: str, source: str, model: str | None) -> str | None:
+    return dashboard.latest(kind, source, model)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def relink_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
+    """Finished runs only: cached for good."""
+    return dashboard.relink_rows(list(run_ids), variant="model")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def sweep_view(sweep_id: str) -> dashboard.SweepView:
+    """A finished sweep, read from the store once per process; the epsilon slider only re-renders."""
+    return dashboard.sweep_view(sweep_id)
+
+
+@st.cache_resource(show_spinner="Preparing the sweep's figures ...", max_entries=8)
+def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, tuple[Any, Any]]:
+    """Epsilon label -> (recall-curve figure, frontier figure), built once per finished sweep so that the
+    slider only swaps prebuilt figures (building one costs ~0.1 s of plotly validation). Read-only."""
+    from backend import figures
+
+    view = sweep_view(sweep_id)
+    pts = view.points
+    original = relink_rows((audit_id,)) if audit_id else None
+    base = pts[~pts["epsilon"].apply(math.isfinite)]
+    ref_run = str(base["run_id"].iloc[0]) if len(base) else None
+    out = {}
+    for p in pts.itertuples():
+        label = dashboard.epsilon_label(p.epsilon)
+        curves = dashboard.mitigation_curves(view, p.run_id, ref_run, original, f"ε={label}")
+        out[label] = (figures.recall_curves(curves, series="series", title=f"Recall@1 at ε={label}"),
+                      figures.frontier(pts, selected=float(p.epsilon)))
+    return out
+
+
+@st.cache_resource(show_spinner="Loading the run's embeddings ...", max_entries=4)
+def pair_set(run_id: str) -> explorer.PairSet:
+    return explorer.load_pairs(run_id)
+
+
+@st.cache_resource(show_spinner="Loading the source to read images ...", max_entries=2)
+def run_source(run_id: str) -> Any:
+    return explorer.load_run_source(run_id)
+
+
+@st.cache_resource(show_spinner="Loading the dataset ...", max_entries=3)
+def source_data(name: str) -> Any:
+    """A loaded source (pair table + image reader) with default options; read-only, so shared."""
+    from backend.sources import load_source
+
+    return load_source(name)
+
+
+def source_tables(name: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    data = source_data(name)
+    return data.pairs, dict(data.stats)
+
+
+def run_source_image(name: str, image_path: str) -> Any:
+    return explorer.read_image(image_path, source_data(name))
+
+
+@st.cache_data(show_spinner=False)
+def device_summary() -> str:
+    return dashboard.device_summary()
+
+
+def pair_image(run_id: str, image_path: str) -> Any:
+    """An explorer image: a file on disk directly, else through the run's (cached) source."""
+    if Path(image_path).is_file():
+        return explorer.read_image(image_path)
+    return explorer.read_image(image_path, run_source(run_id))
+
+
+# ---------------------------------------------------------------- navigation, sidebar and small widgets
+
+PAGE_SPECS: tuple[tuple[str, str, str], ...] = (
+    ("pages/overview.py", "Overview", ":material/home:"),
+    ("pages/data.py", "Data", ":material/dataset:"),
+    ("pages/models_jobs.py", "Models and jobs", ":material/memory:"),
+    ("pages/relinkage.py", "Re-linkage", ":material/link:"),
+    ("pages/explorer.py", "Pair explorer", ":material/search:"),
+    ("pages/mitigation.py", "Mitigation", ":material/shield:"),
+    ("pages/utility.py", "Utility and transfer", ":material/monitoring:"),
+    ("pages/report.py", "Report", ":material/description:"),
+)
+
+
+def pages() -> list[Any]:
+    """The dashboard's pages, registered explicitly (the first is the default)."""
+    return [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGE_SPECS)]
+
+
+def selection() -> tuple[str, str]:
+    """(dataset, model) chosen in app.py's sidebar, for a page.
+
+    When a fresh server's first request names a page, Streamlit 1.67 runs pages/<page>.py directly (its
+    old multipage mode, chosen because a pages/ folder exists) without app.py. Calling st.navigation
+    switches the server to explicit navigation for good, and the rerun then goes through app.py."""
+    if "selection" not in st.session_state:
+        st.navigation(pages(), position="hidden")
+        st.rerun()
+    return st.session_state["selection"]
+
+
+
+
+def sidebar() -> tuple[str, str]:
+    """The shared dataset and model selectors (kept in session state across pages)."""
+    with st.sidebar:
+        st.markdown("### Audit target")
+        sources = source_names()
+        source = st.selectbox("Dataset", sources, key="dataset",
+                              help="The de-identified image-report pairs under audit. 'synthetic' is generated here "
+                                   "(no patient data).")
+        models = model_names()
+        model = st.selectbox("Model", models, key="model",
+                             help="; ".join(f"{k}: {v}" for k, v in dashboard.KNOWN_MODELS.items()))
+        st.caption(f"Jobs run on: {device_summary()}")
+    return source, model
+
+
+def metric(label: str, value: float | None, definition: str, fmt: str = "{:.1f}x", delta: str | None = None,
+           delta_color: str = "inverse") -> None:
+    """A number with its definition on hover; 'n/a' when absent."""
+    shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+    st.metric(label, shown, delta=delta, help=definition, delta_color=delta_color)
+
+
+def guarantee_badge(guarantee: str, privacy_unit: str, objective: str) -> None:
+    color = {"certified": "green", "nominal": "orange"}.get(guarantee, "gray")
+    st.markdown(f":{color}-badge[{guarantee or 'no DP'}] :blue-badge[privacy unit: {privacy_unit or '?'}] "
+                f":gray-badge[objective: {objective or '?'}]",
+                help=DEFINITIONS.get(guarantee, "Epsilon = inf: heads retrained without DP (the baseline)."))
+
+
+def highlighted(text: str, words: set[str]) -> str:
+    """HTML with the shared words marked."""
+    return "".join(f"<mark>{html.escape(seg)}</mark>" if hit else html.escape(seg)
+                   for seg, hit in explorer.highlight_segments(text, words))
+
+
+def show_error(exc: Exception) -> None:
+    st.error(str(exc) if isinstance(exc, RelinkError) else f"{type(exc).__name__}: {exc}")
+
+
+def submit(spec: Any) -> jobs.Job | None:
+    """Submit a spec; show what happened (finished earlier / running / started)."""
+    try:
+        job = jobs.submit(spec)
+    except RelinkError as exc:
+        show_error(exc)
+        return None
+    if job.status == "done":
+        st.success(f"Already computed: run {job.run_id} (nothing recomputed).")
+        st.cache_data.clear()
+    else:
+        st.info(f"Job {job.job_id} {job.status}; progress below and on Models and jobs.")
+    return job
+
+
+def job_row(job: jobs.Job, *, show_cancel: bool = True) -> None:
+    """One job: status, progress bar, device, cancel, log and traceback."""
+    cols = st.columns([3, 5, 1.2, 1.4], vertical_alignment="center")
+    cols[0].markdown(f"**{job.kind}** `{job.job_id or job.run_id}`  \n{job.status} · {job.device or 'device ?'}")
+    text = f"{job.done}/{job.total} {job.message}" if job.total else job.message
+    cols[1].progress(job.fraction, text=text[:120])
+    if job.pid:
+        cols[2].caption(f"pid {job.pid}")
+    if show_cancel and job.active and job.job_id and cols[3].button("Cancel", key=f"cancel-{job.job_id}",
+                                                                    icon=":material/cancel:", width="stretch"):
+        jobs.cancel(job.job_id)
+        st.toast(f"Cancel requested for {job.job_id}")
+    if job.status in ("failed", "stale"):
+        st.error(job.message or job.status, icon=":material/error:")
+    if job.traceback:
+        with st.expander("Traceback"):
+            st.code(job.traceback, language="text")
+    log_text = jobs.read_log(job, max_chars=8000)
+    if log_text:
+        with st.expander("Log"):
+            st.code(log_text, language="text")
+
+
+def any_active_jobs() -> bool:
+    try:
+        return any(job.active for job in jobs.list_jobs(limit=20))
+    except RelinkError:
+        return False
+
+
+def active_job_id(kind: str) -> str | None:
+    """The newest queued or running job of a kind (launched from any session or the command line)."""
+    try:
+        return next((j.job_id for j in jobs.list_jobs(limit=20) if j.kind == kind and j.active), None)
+    except RelinkError:
+        return None
+
+
+def job_list(limit: int = 20) -> list[jobs.Job]:
+    try:
+        recent = jobs.list_jobs(limit=limit)
+    except RelinkError as exc:
+        show_error(exc)
+        return []
+    if not recent:
+        st.caption("No jobs yet.")
+    for job in recent:
+        job_row(job)
+    return recent
+
+
+def watch_job(job_id: str) -> None:
+    """A progress bar that refreshes itself every second while the job is active."""
+
+    @st.fragment(run_every=1.0)
+    def _watch() -> None:
+        job = jobs.get_job(job_id)
+        st.progress(job.fraction, text=f"{job.status}: {job.message}"[:150])
+        if job.status == "failed":
+            st.error(f"The job failed: {job.message}")
+            with st.expander("Traceback"):
+                st.code(job.traceback, language="text")
+        elif job.status == "done" and not st.session_state.get(f"reloaded-{job_id}"):
+            st.session_state[f"reloaded-{job_id}"] = True
+            st.cache_data.clear()
+            st.rerun(scope="app")
+
+    _watch()
