@@ -37,6 +37,20 @@ def tqdm_progress(desc: str = "") -> Progress:
     return update
 
 
+def phased_progress(desc: str) -> Progress:
+    """tqdm bars for multi-phase work (render, train, embed, relink): tqdm_progress closes its bar when a
+    phase completes, so a new bar is opened whenever the total changes or the last phase has finished."""
+    state: dict[str, object] = {"bar": None, "total": None, "finished": False}
+
+    def update(done: int, total: int, message: str = "") -> None:
+        if state["bar"] is None or total != state["total"] or state["finished"]:
+            state.update(bar=tqdm_progress(desc), total=total)
+        state["finished"] = bool(total) and done >= total
+        state["bar"](done, total, message)  # type: ignore[operator]
+
+    return update
+
+
 def scaled(progress: Progress, start: int, span: int, total: int) -> Progress:
     """A sub-task's callback mapped into [start, start + span] of a parent task of size `total`."""
 

@@ -103,7 +103,7 @@ def test_cli_embed_prints_the_cache_folder(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_phased_progress_opens_a_bar_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
-    import backend.cli.audit as cli
+    import backend.progress as cli
 
     bars: list[list[tuple[int, int]]] = []
 

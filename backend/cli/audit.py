@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import SpecError
-from backend.progress import Progress, tqdm_progress
+from backend.progress import phased_progress
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -24,20 +24,6 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(raw)
     except json.JSONDecodeError:
         return key.strip(), raw
-
-
-def phased_progress(desc: str) -> Progress:
-    """tqdm bars for multi-phase work (render, train, embed, relink): tqdm_progress closes its bar when a
-    phase completes, so a new bar is opened whenever the total changes or the last phase has finished."""
-    state: dict[str, Any] = {"bar": None, "total": None, "finished": False}
-
-    def update(done: int, total: int, message: str = "") -> None:
-        if state["bar"] is None or total != state["total"] or state["finished"]:
-            state.update(bar=tqdm_progress(desc), total=total)
-        state["finished"] = bool(total) and done >= total
-        state["bar"](done, total, message)
-
-    return update
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:

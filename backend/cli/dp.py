@@ -15,7 +15,7 @@ from pathlib import Path
 
 from backend.cli.audit import parse_option
 from backend.errors import SpecError
-from backend.progress import tqdm_progress
+from backend.progress import phased_progress
 from backend.specs import (
     ACCOUNTANTS,
     DEFAULT_EPSILONS,
@@ -96,7 +96,7 @@ def _write(path: Path | None, payload: dict) -> None:
 def cmd_dp(args: argparse.Namespace) -> int:
     from backend.dp import run_dp
 
-    res = run_dp(dp_spec_from(args), tqdm_progress("dp"))
+    res = run_dp(dp_spec_from(args), phased_progress("dp"))
     _show(res.headline())
     _write(args.json, res.to_dict())
     return 0
@@ -107,7 +107,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from backend.dp import headline_rows, run_sweep
 
     spec = SweepSpec(base=dp_spec_from(args), epsilons=tuple(args.epsilons))
-    results = run_sweep(spec, tqdm_progress("sweep"))
+    results = run_sweep(spec, phased_progress("sweep"))
     table = headline_rows(results)
     _show(table)
     _write(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": _records(table),
@@ -120,7 +120,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from backend.dp_eval import prepare
 
     spec = dp_spec_from(args)
-    res = original_result(spec, prepare(spec, tqdm_progress("probe"), need_bank=False))
+    res = original_result(spec, prepare(spec, phased_progress("probe"), need_bank=False))
     _show(res.headline())
     _write(args.json, res.to_dict())
     return 0
