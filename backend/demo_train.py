@@ -139,9 +139,14 @@ def load_training_data(config: DemoConfig, size: int, tokenizer: Any,
     return images, tokens, np.asarray(codes, dtype=np.int64)
 
 
-def train_demo(config: DemoConfig = DEFAULT_DEMO, progress: ProgressLike | None = None) -> Path:
-    """Train the demo model from scratch and save it; returns the folder (weights.pt, config.json)."""
+def train_demo(config: DemoConfig = DEFAULT_DEMO, progress: ProgressLike | None = None,
+               device: str | torch.device = "cpu") -> Path:
+    """Train the demo model from scratch and save it; returns the folder (weights.pt, config.json).
+
+    device: where the training steps run. The default is the CPU, so that every machine trains the
+    same weights from the same seed; a GPU trains statistically equivalent, not bit-identical, weights."""
     progress = progress or null_progress
+    dev = torch.device(device)
     torch.manual_seed(config.seed)
     model, tokenizer = build_architecture(config.arch)
     size = _image_size(model)
@@ -151,11 +156,12 @@ def train_demo(config: DemoConfig = DEFAULT_DEMO, progress: ProgressLike | None 
     total = steps_per_epoch * config.epochs
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    images_t, report_t = torch.from_numpy(images), torch.from_numpy(report_idx)
-    model.train()
+    images_t, report_t = torch.from_numpy(images).to(dev), torch.from_numpy(report_idx).to(dev)
+    tokens = tokens.to(dev)
+    model.to(dev).train()
     start, losses, step = time.time(), [], 0
     for _epoch in range(config.epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).to(dev)
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             for group in opt.param_groups:
@@ -172,8 +178,9 @@ def train_demo(config: DemoConfig = DEFAULT_DEMO, progress: ProgressLike | None 
             losses.append(loss.item())
             step += 1
             progress(step, total, f"training demo model (loss {np.mean(losses[-20:]):.3f})")
-    return _save(model, config, {"n_pairs": n, "n_reports": len(tokens), "steps": total,
-                                 "seconds": round(time.time() - start, 1), "final_loss": float(np.mean(losses[-20:]))})
+    return _save(model.cpu(), config, {"n_pairs": n, "n_reports": len(tokens), "steps": total, "device": str(dev),
+                                       "seconds": round(time.time() - start, 1),
+                                       "final_loss": float(np.mean(losses[-20:]))})
 
 
 def _save(model: torch.nn.Module, config: DemoConfig, log_info: dict[str, Any]) -> Path:
@@ -192,13 +199,14 @@ def _save(model: torch.nn.Module, config: DemoConfig, log_info: dict[str, Any]) 
     return final
 
 
-def prepare_demo(progress: ProgressLike | None = None, config: DemoConfig = DEFAULT_DEMO) -> Path:
-    """The folder of the demo's weights, training them first when they are not cached."""
+def prepare_demo(progress: ProgressLike | None = None, config: DemoConfig = DEFAULT_DEMO,
+                 device: str | torch.device = "cpu") -> Path:
+    """The folder of the demo's weights, training them first (on `device`) when they are not cached."""
     folder = demo_dir(config)
     if (folder / "weights.pt").is_file():
         return folder
     log.info("training the demo model (first use; cached afterwards in %s)", folder)
-    return train_demo(config, progress)
+    return train_demo(config, progress, device)
 
 
 def load_demo(device: torch.device, progress: ProgressLike | None = None, config: DemoConfig = DEFAULT_DEMO,

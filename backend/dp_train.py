@@ -117,18 +117,21 @@ def set_dp_grads(heads: LinearHeads, layers: list[LayerGrads], unit: torch.Tenso
     """
     _, local = torch.unique(unit, return_inverse=True)
     n_units = int(local.max()) + 1 if len(local) else 0
-    sq = unit_sq_norms(layers, local, n_units) if n_units else torch.zeros(0)
-    s_row = clip_factors(sq, max_grad_norm)[local] if n_units else torch.zeros(0)
+    dev = heads.image.weight.device  # every tensor below lives where the heads live (CPU or GPU)
+    sq = unit_sq_norms(layers, local, n_units) if n_units else torch.zeros(0, device=dev)
+    s_row = clip_factors(sq, max_grad_norm)[local] if n_units else torch.zeros(0, device=dev)
     std = noise_multiplier * max_grad_norm
     for layer, lg in zip((heads.image, heads.text), layers, strict=True):
-        g = weighted_sum(lg, s_row.to(lg.x.dtype)) if n_units else torch.zeros(layer.weight.shape[0], lg.x.shape[1])
+        g = weighted_sum(lg, s_row.to(lg.x.dtype)) if n_units else torch.zeros(layer.weight.shape[0], lg.x.shape[1],
+                                                                                      device=dev)
         d_in = layer.weight.shape[1]
         parts = [(layer.weight, g[:, :d_in]), (layer.bias, g[:, d_in] if layer.bias is not None else None)]
         for p, summed in parts:
             if p is None:
                 continue
             if std > 0:  # same draw as Opacus's _generate_noise (non-secure mode)
-                summed = summed + torch.normal(mean=0, std=std, size=p.shape, generator=generator, dtype=p.dtype)
+                summed = summed + torch.normal(mean=0, std=std, size=p.shape, generator=generator, dtype=p.dtype,
+                                                device=p.device)
             p.grad = (summed / expected_batch).to(p.dtype).contiguous()
     return sq.sqrt()
 

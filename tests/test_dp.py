@@ -175,6 +175,26 @@ def test_dp_training_is_seeded_and_noise_changes_it() -> None:
     assert np.isfinite(out[0].numpy()).all()
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dp_training_on_cuda_matches_cpu_and_survives_empty_batches() -> None:
+    """On a GPU: the noise and an empty Poisson batch stay on the heads' device; without noise the GPU run
+    follows the CPU run (same batches) to float32 rounding."""
+    out = {}
+    for device in ("cpu", "cuda"):
+        cpu = _data()
+        data = TrainData(cpu.x_img.to(device), cpu.x_txt.to(device), cpu.unit.to(device), cpu.n_units,
+                         cpu.bank.to(device))
+        for sigma in (0.0, 1.5):
+            torch.manual_seed(0)
+            heads = LinearHeads(D_IMG, D_TXT, D, bias=True, logit_scale=5.0).to(device)
+            # expected batch 1 of 40 pairs: about a third of the 40 Poisson batches are empty
+            train_dp(heads, data, TrainConfig(objective="public-negatives", epochs=1, batch_size=1, lr=0.05,
+                                              optimizer="sgd", noise_multiplier=sigma, n_negatives=10))
+            out[device, sigma] = heads.image.weight.detach().cpu()
+    torch.testing.assert_close(out["cuda", 0.0], out["cpu", 0.0], rtol=1e-3, atol=1e-4)
+    assert torch.isfinite(out["cuda", 1.5]).all() and not torch.allclose(out["cuda", 1.5], out["cuda", 0.0])
+
 # ---- train_heads / evaluate on a small fake embedding set (no model needed) ----
 
 def _fake_set(n_patients: int = 60, seed: int = 0, d_pre: int = 12, d: int = 6):

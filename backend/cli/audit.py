@@ -72,7 +72,7 @@ def cmd_prepare_demo(args: argparse.Namespace) -> int:
     if args.n_patients is not None:
         changes["source_options"] = {**DEFAULT_DEMO.source_options, "n_patients": args.n_patients}
     config = dataclasses.replace(DEFAULT_DEMO, **changes)
-    folder = prepare_demo(phased_progress("demo"), config)
+    folder = prepare_demo(phased_progress("demo"), config, device=args.device or "cpu")
     print(folder)
     return 0
 
@@ -116,6 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--n-patients", type=int, default=None, help="synthetic patients generated for training")
+    p.add_argument("--device", default=None,
+                   help="train on this device (default cpu: the same weights on every machine; cuda is faster "
+                        "but gives statistically equivalent, not identical, weights)")
     p.set_defaults(func=cmd_prepare_demo)
 
     p = subparsers.add_parser("embed", help="embed one split (cached, resumable)")

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+from typing import Any
 
-from backend import jobs
+
+class _LazyJobs:
+    """backend.jobs (and with it DuckDB) is imported when a job command runs, not when any command starts:
+    the headless audit/dp/sweep commands need neither."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module("backend.jobs"), name)
+
+
+jobs = _LazyJobs()
 
 
 def _worker(args: argparse.Namespace) -> int:

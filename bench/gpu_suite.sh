@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU checks, prepared to run in few short calls on a lent GPU machine (see README, Benchmarks).
+#
+#   bash bench/gpu_suite.sh [info] [embed] [dp] [demo]     (default: all four, about 9 minutes on an H100)
+#     info: GPU, cores, package versions; embed: ViT-B-16 images/s in fp32/fp16/bf16 (bench/gpu_embed.py);
+#     dp: the DP tests on CUDA, then DP epoch vs non-private epoch (bench/bench_dp.py, 128-d and 768-d heads);
+#     demo: demo-training scan on the GPU (bench/demo_scan.py), then the end-to-end demo audit with --device cuda
+#
+# Python packages the GPU image lacks travel as wheels in .whl/ (git-ignored; see the device README).
+# Every step has its own time limit and writes its full output to $OUT/<step>.txt; a failed step does not
+# stop the next one. On a machine without CUDA the GPU steps say so and measure nothing.
+set -u
+OUT=${OUT:-/tmp/gpu-suite}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 CXR_CACHE_DIR=${CXR_CACHE_DIR:-/tmp/cxr-gpu-cache}
+PY=${PY:-python3}
+
+step() {  # step NAME LIMIT_S CMD...
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s)
+  timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+  rc=$?
+  echo "== $name: rc=$rc, $(($(date +%s) - start)) s"
+  grep -v -i "warn\|Location" "$OUT/$name.txt" | tail -n 14
+}
+
+info() {
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+    nproc
+    $PY -c "import torch, open_clip, opacus, pandas, numpy, sklearn; print('torch', torch.__version__, 'cuda', \
+torch.cuda.is_available(), 'open_clip', open_clip.__version__, 'opacus', opacus.__version__, 'pandas', \
+pandas.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee "$OUT/device.txt"
+}
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(info embed dp demo)
+for part in "${parts[@]}"; do
+  case "$part" in
+    info) info ;;
+    embed) step gpu_embed 90 $PY bench/gpu_embed.py --batch-size 256 --batches 20 ;;
+    dp)
+      step pytest_cuda 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_dp.py \
+        -k "cuda or fast_path or seeded"
+      step bench_dp_128 90 $PY bench/bench_dp.py --n 100000 --batch 1024 --repeats 3
+      step bench_dp_768 100 $PY bench/bench_dp.py --n 100000 --batch 1024 --d-img 768 --d-txt 768 --d 512 --repeats 2
+      ;;
+    demo)
+      step demo_scan 240 $PY bench/demo_scan.py --device cuda --epochs 4 8 16 --n-bootstrap 50 \
+        --json "$OUT/demo_scan.json"
+      step demo_e2e 180 bash -c "$PY -m backend prepare-demo --device cuda && \
+        $PY -m backend audit --source synthetic --model demo --device cuda --json $OUT/audit_cuda.json"
+      ;;
+    *) echo "usage: bash bench/gpu_suite.sh [info] [embed] [dp] [demo]   (default: all four)"; exit 2 ;;
+  esac
+done
