@@ -79,8 +79,8 @@ def sweep_view(sweep_id: str) -> dashboard.SweepView:
 
 
 @st.cache_resource(show_spinner="Preparing the sweep's figures ...", max_entries=8)
-def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, tuple[Any, Any]]:
-    """Epsilon label -> (recall-curve figure, frontier figure), built once per finished sweep so that the
+def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, Any]:
+    """Epsilon label -> the figure of recall curves beside the frontier, built once per finished sweep so that the
     slider only swaps prebuilt figures (building one costs ~0.1 s of plotly validation). Read-only."""
     from backend import figures
 
@@ -93,8 +93,7 @@ def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, tuple[A
     for p in pts.itertuples():
         label = dashboard.epsilon_label(p.epsilon)
         curves = dashboard.mitigation_curves(view, p.run_id, ref_run, original, f"ε={label}")
-        out[label] = (figures.recall_curves(curves, series="series", title=f"Recall@1 at ε={label}"),
-                      figures.frontier(pts, selected=float(p.epsilon)))
+        out[label] = figures.mitigation_view(curves, pts, float(p.epsilon), title=f"Recall@1 at ε={label}")
     return out
 
 

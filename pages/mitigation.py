@@ -43,10 +43,7 @@ if sweep_id:
                    f" · delta {p.get('delta', float('nan')):.2g} · accountant's ε {p.get('epsilon_achieved', float('nan')):.3g}"
                    f" · run `{p['run_id']}`",
                    help=dashboard.DEFINITIONS["reduction"])
-        curve_fig, frontier_fig = figs[choice]
-        left, right = st.columns([3, 2])
-        left.plotly_chart(curve_fig, key="mitigation_curve")
-        right.plotly_chart(frontier_fig, key="frontier")
+        st.plotly_chart(figs[choice], key="mitigation_view", theme=None)
 
     _explore()
 else:

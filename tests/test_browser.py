@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_kit import ARGS, CHROMIUM, REPO, no_errors, open_page, seeded_app, settle, slide_epsilon
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "docs" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
-BAD_TEXT = ("held by another process", "Traceback", "StoreError", "IOException")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -30,39 +24,11 @@ if not CHROMIUM.is_file():
     pytest.skip("/usr/bin/chromium is missing (apt-get install chromium)", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     cache = tmp_path_factory.mktemp("browser-cache")
-    env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "tests/seed.py", str(cache)], cwd=REPO, env=env, check=True,
-                   capture_output=True)
-    port = _free_port()
-    log = open(cache / "streamlit.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"streamlit did not start:\n{(cache / 'streamlit.log').read_text()}")
-    yield url, cache
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    with seeded_app(cache) as url:
+        yield url, cache
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +37,6 @@ def browser() -> Iterator[object]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         yield b
         b.close()
-
-
-def _open(context: object, url: str, wait_text: str) -> object:
-    page = context.new_page()
-    page.goto(url)
-    page.get_by_text(wait_text).first.wait_for(timeout=60_000)
-    _settle(page)
-    return page
-
-
-def _settle(page: object) -> None:
-    """Wait until Streamlit has finished its run (no running indicator)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-
-
-def _no_errors(page: object) -> None:
-    body = page.inner_text("body")
-    assert not [t for t in BAD_TEXT if t in body], body[:2000]
-    assert page.locator("[data-testid='stException']").count() == 0
 
 
 def _shot(page: object, name: str) -> None:
@@ -102,20 +48,20 @@ def _shot(page: object, name: str) -> None:
 def test_main_flow(server: tuple[str, Path], browser: object) -> None:
     url, cache = server
     context = browser.new_context(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
-    page = _open(context, url, "The threat.")
+    page = open_page(context, url, "The threat.")
     page.get_by_text("Lift at N=100, no mitigation").wait_for(timeout=60_000)
-    _settle(page)
+    settle(page)
     assert "2606.02276" in page.inner_text("body")
     _shot(page, "overview.png")
 
     page.goto(f"{url}/relinkage")
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-    _settle(page)
+    settle(page)
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 3
-    _no_errors(page)
+    no_errors(page)
     _shot(page, "relinkage.png")
 
-    timings = _slide_epsilon(page, url)
+    timings = slide_epsilon(page, url)
     (cache / "slider_ms.json").write_text(json.dumps(timings))
     medians = {k: statistics.median(v) for k, v in timings.items()}
     print(f"\nepsilon slider update (ms): {timings}; medians {medians}")
@@ -125,18 +71,18 @@ def test_main_flow(server: tuple[str, Path], browser: object) -> None:
 
     page.goto(f"{url}/explorer")
     page.get_by_text("Rank of the true report").wait_for(timeout=60_000)
-    _settle(page)
+    settle(page)
     page.locator("[data-testid='stImage'] img").first.wait_for(timeout=30_000)
     page.locator("mark").first.wait_for(timeout=30_000)
-    _no_errors(page)
+    no_errors(page)
     _shot(page, "explorer.png")
 
     page.goto(f"{url}/data")
     page.get_by_text("Sample pairs").wait_for(timeout=120_000)
     page.locator("[data-testid='stImage'] img").first.wait_for(timeout=60_000)
-    _settle(page)
+    settle(page)
     assert "SYNTHETIC" in page.inner_text("body")
-    _no_errors(page)
+    no_errors(page)
     _shot(page, "data.png")
 
     page.goto(f"{url}/report")
@@ -149,40 +95,6 @@ def test_main_flow(server: tuple[str, Path], browser: object) -> None:
     context.close()
 
 
-def _screen_state(page: object) -> list[str]:
-    """What a slide must change: the metric values and the recall chart's title."""
-    return page.evaluate(_STATE_JS)
-
-
-_STATE_JS = ("() => [...document.querySelectorAll('[data-testid=stMetricValue]')].map(e => e.innerText)"
-             ".concat([...document.querySelectorAll('.js-plotly-plot .gtitle')].map(e => e.textContent))")
-
-
-def _slide_epsilon(page: object, url: str) -> dict[str, list[float]]:
-    """Move the epsilon slider with the keyboard; time from the key press until the numbers changed
-    ("numbers") and until the recall chart was redrawn too ("full")."""
-    page.goto(f"{url}/mitigation")
-    page.locator(".js-plotly-plot .gtitle").first.wait_for(timeout=60_000)
-    _settle(page)
-    thumb = page.locator("[data-testid='stSlider'] input").first
-    out: dict[str, list[float]] = {"numbers": [], "full": []}
-    for key in ["ArrowRight"] * 4 + ["ArrowLeft"] * 3 + ["ArrowRight"] * 3:
-        before = _screen_state(page)
-        n_metrics = page.locator("[data-testid='stMetricValue']").count()
-        thumb.focus()
-        t0 = time.perf_counter()
-        thumb.press(key)
-        page.wait_for_function(f"(before) => ({_STATE_JS})()[0] !== before[0]", arg=before, timeout=30_000,
-                               polling="raf")
-        out["numbers"].append(round((time.perf_counter() - t0) * 1000, 1))
-        page.wait_for_function(
-            f"([before, n]) => {{ const v = ({_STATE_JS})(); return v.length === before.length && "
-            "v.some((x, i) => i >= n && x !== before[i] && x.startsWith('Recall@1 at')); }",
-            arg=[before, n_metrics], timeout=30_000, polling="raf")
-        out["full"].append(round((time.perf_counter() - t0) * 1000, 1))
-        _settle(page)
-    _no_errors(page)
-    return out
 
 
 def test_two_sessions_while_a_job_runs(server: tuple[str, Path], browser: object) -> None:
@@ -193,18 +105,18 @@ def test_two_sessions_while_a_job_runs(server: tuple[str, Path], browser: object
     job_id = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             check=True).stdout.strip()
     contexts = [browser.new_context(viewport={"width": 1300, "height": 1300}) for _ in range(2)]
-    pages = [_open(c, f"{url}/models_jobs", "Jobs") for c in contexts]
+    pages = [open_page(c, f"{url}/models_jobs", "Jobs") for c in contexts]
     for path, text in (("relinkage", "Lift table"), ("mitigation", "Privacy budget"), ("explorer", "Rank of the true"),
                        ("utility", "Transfer"), ("", "The threat.")):
         for page in pages:  # both sessions on the same page at once, while the worker writes progress
             page.goto(f"{url}/{path}")
         for page in pages:
             page.get_by_text(text).first.wait_for(timeout=60_000)
-            _settle(page)
-            _no_errors(page)
+            settle(page)
+            no_errors(page)
     pages[0].goto(f"{url}/models_jobs")
     pages[0].get_by_text(job_id).first.wait_for(timeout=60_000)
-    _settle(pages[0])
+    settle(pages[0])
     _shot(pages[0], "jobs.png")
     check = ("import sys; from backend import jobs; j = jobs.get_job(sys.argv[1]); print(j.status, j.done)")
     deadline = time.monotonic() + 120

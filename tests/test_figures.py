@@ -1,0 +1,49 @@
+"""The plotly figures: what each trace shows is the data it was given, on the axes it belongs to."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from backend import figures
+
+
+def _curves() -> pd.DataFrame:
+    rows = []
+    for series, scale in (("ε=1", 0.5), ("retrained, no DP", 1.0)):
+        for pool in ("random", "hard"):
+            for n in (10, 100, 1000):
+                r = scale * (2.0 if pool == "hard" else 1.0) / n
+                rows.append({"series": series, "pool_kind": pool, "level": "study", "k": 1, "n": n, "recall": r,
+                             "ci_low": 0.8 * r, "ci_high": 1.2 * r, "lift": r * n, "chance": 1 / n})
+    return pd.DataFrame(rows)
+
+
+def _points() -> pd.DataFrame:
+    return pd.DataFrame({"epsilon": [0.34, 1.0, math.inf], "auroc_change": [-0.02, -0.01, 0.0],
+                         "reduction": [0.6, 0.3, 0.0]})
+
+
+def test_mitigation_view_puts_curves_left_and_rings_the_selected_epsilon_right() -> None:
+    curves, pts = _curves(), _points()
+    fig = figures.mitigation_view(curves, pts, 1.0, title="Recall@1 at ε=1")
+    assert fig.layout.title.text == "Recall@1 at ε=1"
+    left = [t for t in fig.data if t.xaxis == "x"]
+    right = [t for t in fig.data if t.xaxis == "x2"]
+    lines = [t for t in left if t.mode == "lines+markers"]
+    assert len(lines) == 4  # 2 series x 2 pools, each with its CI band
+    assert len([t for t in left if t.fill == "toself"]) == 4
+    for t in lines:  # every plotted point is a row of the input, unchanged
+        series, pool = t.name.split(" · ")[0], "hard" if "pathology" in t.name else "random"
+        want = curves[(curves["series"] == series) & (curves["pool_kind"] == pool)].sort_values("n")
+        np.testing.assert_allclose(t.x, want["n"])
+        np.testing.assert_allclose(t.y, want["recall"])
+    chance = next(t for t in left if (t.name or "").startswith("chance"))
+    np.testing.assert_allclose(chance.y, [0.1, 0.01, 0.001])
+    ring = next(t for t in right if t.name == "selected ε")
+    assert list(ring.x) == [-0.01] and list(ring.y) == [0.3]
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis2.type != "log"
+    inf_ring = next(t for t in figures.mitigation_view(curves, pts, math.inf, title="x").data if t.name == "selected ε")
+    assert list(inf_ring.y) == [0.0]
