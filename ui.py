@@ -47,8 +47,8 @@ def source_names() -> list[str]:
 @st.cache_data(ttl=2, show_spinner=False)
 def model_names() -> list[str]:
     done = _catalog_or_empty()
-    stored = sorted(set(done["model"]) - set(dashboard.KNOWN_MODELS)) if len(done) else []
-    return list(dashboard.KNOWN_MODELS) + [m for m in stored if m]
+    stored = sorted(set(done["model"]) - set(dashboard.known_models())) if len(done) else []
+    return list(dashboard.known_models()) + [m for m in stored if m]
 
 
 @st.cache_data(ttl=2, show_spinner=False)
@@ -179,7 +179,7 @@ def sidebar() -> tuple[str, str]:
                                    "(no patient data).")
         models = model_names()
         model = st.selectbox("Model", models, key="model",
-                             help="; ".join(f"{k}: {v}" for k, v in dashboard.KNOWN_MODELS.items()))
+                             help="; ".join(f"{k}: {v}" for k, v in dashboard.known_models().items()))
         st.caption(f"Jobs run on: {device_summary()}")
     return source, model
 

@@ -15,16 +15,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend import settings, store
+from backend import model_catalog, settings, store
 
 # The model registry imports torch (seconds); the dashboard lists names without it.
-KNOWN_MODELS: dict[str, str] = {
-    "demo": "small open_clip model trained here on the synthetic train split (no download)",
-    "openai-vit-b-16": "general domain, OpenAI ViT-B/16 (weights from the open_clip hub)",
-    "biomedclip": "biomedical, BiomedCLIP (weights from the Hugging Face hub)",
-    "chexzero": "chest X-ray specialised, from a local checkpoint (CXR_CHEXZERO_CKPT)",
-}
-HUB_MODELS = ("openai-vit-b-16", "biomedclip")
+
+
+def known_models() -> dict[str, str]:
+    """Registered model name -> what it is and where its weights come from (backend.model_catalog: no torch)."""
+    return {e.name: f"{e.description}; weights: {e.weights}" for e in model_catalog.list_entries()}
+
+
+def is_hub_model(name: str) -> bool:
+    entry = model_catalog.get_entry(name)
+    return bool(entry and entry.hub)
 
 DEFINITIONS: dict[str, str] = {
     "recall": "Recall@K(N): probability that the true report is among the K most similar of a pool of N "
@@ -260,7 +263,7 @@ def device_summary() -> str:
 
 def hub_warning(model: str) -> str | None:
     """A clear message when a hub model is chosen while the hub is off limits (never a hang)."""
-    if model in HUB_MODELS and settings.hub_offline():
+    if is_hub_model(model) and settings.hub_offline():
         return (f"{model} needs weights from the model hub, and the hub is switched off (HF_HUB_OFFLINE/"
                 "CXR_OFFLINE). Its job will stop at once unless the weights are already in the cache; copy them "
                 "into the Hugging Face cache, or use local:<path> or the demo model.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from torch import nn
 
 from backend import hub
 from backend.errors import ModelUnavailableError
+from backend.model_catalog import BIOMEDCLIP_REPO, CHEXZERO_ENV, LOCAL_PREFIX, OPENAI_B16_REPO, ModelEntry, list_entries
 from backend.towers import HeadSlot, image_head_slot, text_head_slot
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,6 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
-LOCAL_PREFIX = "local:"
 
 
 def register_model(info: ModelInfo) -> None:
@@ -205,7 +206,7 @@ def quiet_open_clip() -> Iterator[None]:
 # ---------------------------------------------------------------- loaders
 
 def _load_openai_b16(device: torch.device, progress: Any = None, **_: Any) -> LoadedModel:
-    hub.require_cached("openai-vit-b-16", "timm/vit_base_patch16_clip_224.openai", hub.OPEN_CLIP_WEIGHTS,
+    hub.require_cached("openai-vit-b-16", OPENAI_B16_REPO, hub.OPEN_CLIP_WEIGHTS,
                        url_file=Path("~/.cache/clip/ViT-B-16.pt").expanduser())
     with hub.translate_errors("openai-vit-b-16"), quiet_open_clip():
         model = open_clip.create_model("ViT-B-16", pretrained="openai", device="cpu")
@@ -213,9 +214,6 @@ def _load_openai_b16(device: torch.device, progress: Any = None, **_: Any) -> Lo
         tokenizer = open_clip.get_tokenizer("ViT-B-16")
     return wrap_model("openai-vit-b-16", model, tokenizer, device,
                       weights_id="ViT-B-16/openai")
-
-
-BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
 
 def _load_biomedclip(device: torch.device, progress: Any = None, **_: Any) -> LoadedModel:
@@ -229,7 +227,6 @@ def _load_biomedclip(device: torch.device, progress: Any = None, **_: Any) -> Lo
     return wrap_model("biomedclip", model, tokenizer, device, weights_id=f"{BIOMEDCLIP_REPO}")
 
 
-CHEXZERO_ENV = "CXR_CHEXZERO_CKPT"
 # CheXzero normalises 0-255 grayscale with these constants (rajpurkarlab/CheXzero, data_process.py)
 CHEXZERO_MEAN, CHEXZERO_STD = 101.48761 / 255, 83.43944 / 255
 
@@ -296,16 +293,10 @@ def _load_demo(device: torch.device, progress: Any = None, **options: Any) -> Lo
     return demo_train.load_demo(device=device, progress=progress, **options)
 
 
-register_model(ModelInfo(
-    "demo", "Small CLIP (ViT image tower, 128 px) trained by the project on the synthetic train split",
-    "synthetic", "trained on first use (a few minutes on a CPU), cached under <cache>/models",
-    _load_demo))
-register_model(ModelInfo(
-    "openai-vit-b-16", "OpenAI CLIP ViT-B/16 (general domain)", "general",
-    "Hugging Face hub timm/vit_base_patch16_clip_224.openai (downloaded once into the HF cache)", _load_openai_b16))
-register_model(ModelInfo(
-    "biomedclip", "BiomedCLIP: ViT-B/16 + PubMedBERT trained on PMC-15M figures (biomedical)", "biomedical",
-    f"Hugging Face hub {BIOMEDCLIP_REPO} (needs the transformers package)", _load_biomedclip))
-register_model(ModelInfo(
-    "chexzero", "CheXzero-style ViT-B/32 CLIP fine-tuned on MIMIC-CXR (chest X-ray)", "chest x-ray",
-    f"a local checkpoint: set {CHEXZERO_ENV} or pass checkpoint=PATH", _load_chexzero))
+def _loader_of(entry: ModelEntry) -> ModelLoader:
+    module, _, func = entry.loader.partition(":")
+    return getattr(importlib.import_module(module), func) if module != __name__ else globals()[func]
+
+
+for _entry in list_entries():  # the catalog (torch-free, what the dashboard lists) with its loaders
+    register_model(ModelInfo(_entry.name, _entry.description, _entry.domain, _entry.weights, _loader_of(_entry)))

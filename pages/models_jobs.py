@@ -11,7 +11,7 @@ st.title("Models and jobs")
 st.caption(f"Jobs run in detached worker processes on: **{ui.device_summary()}**. They survive page reloads; "
            "`python -m backend jobs` lists them from a terminal.")
 
-st.dataframe([{"model": name, "what": text} for name, text in dashboard.KNOWN_MODELS.items()], hide_index=True)
+st.dataframe([{"model": name, "what": text} for name, text in dashboard.known_models().items()], hide_index=True)
 custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/path/to/checkpoint.pt",
                        help="local:<path>[#config] loads any open_clip checkpoint from disk (no download).")
 chosen = custom.strip() or model

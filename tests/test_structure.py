@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,3 +35,17 @@ def test_only_ui_and_pages_import_streamlit() -> None:
         if p.name not in allowed and "streamlit" in _imports(p)
     ]
     assert offenders == []
+
+
+
+def test_dashboard_lists_the_registry_without_importing_torch() -> None:
+    """The model list on every page comes from the torch-free catalog, and it is the registry's list."""
+    code = ("import sys, json; from backend import dashboard; "
+            "print(json.dumps([dashboard.known_models(), [m for m in ('torch', 'open_clip') if m in sys.modules]]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    known, heavy = json.loads(out)
+    assert heavy == []
+    from backend.models import list_models
+
+    assert list(known) == [m.name for m in list_models()]
+    assert all(m.description in known[m.name] and m.weights in known[m.name] for m in list_models())
