@@ -32,6 +32,14 @@ def seeded_app(cache: Path) -> Iterator[str]:
     env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "tests/seed.py", str(cache)], cwd=REPO, env=env, check=True,
                    capture_output=True)
+    with running_app(cache) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_app(cache: Path) -> Iterator[str]:
+    """Run the app on the store in `cache` (CXR_CACHE_DIR), yield its URL; stop it afterwards."""
+    env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
     port = free_port()
     log = open(cache / "streamlit.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),

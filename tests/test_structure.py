@@ -45,7 +45,10 @@ def test_dashboard_lists_the_registry_without_importing_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     known, heavy = json.loads(out)
     assert heavy == []
-    from backend.models import list_models
-
-    assert list(known) == [m.name for m in list_models()]
-    assert all(m.description in known[m.name] and m.weights in known[m.name] for m in list_models())
+    # the registry as a fresh process sees it (other tests register tiny models in this one)
+    code = ("import json; from backend.models import list_models; "
+            "print(json.dumps([[m.name, m.description, m.weights] for m in list_models()]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    registry = json.loads(out)
+    assert list(known) == [name for name, _, _ in registry]
+    assert all(desc in known[name] and weights in known[name] for name, desc, weights in registry)
