@@ -44,7 +44,8 @@ else:
     if source == ui.DEFAULT_SOURCE and model == "demo":
         if st.button("Run the demo audit", type="primary", icon=":material/play_arrow:",
                      help="Generates the synthetic dataset, trains the small demo model, audits it, and runs a small "
-                          "epsilon sweep, in a background job (minutes on a CPU)."):
+                          "epsilon sweep, in a background job: about 18 minutes on a 2-core CPU the first time "
+                          "(7 of them train the demo model, which later runs reuse)."):
             job = ui.submit(default_demo_spec())
             if job is not None:
                 st.session_state["demo_job"] = job.job_id
