@@ -295,7 +295,7 @@ def _load_demo(device: torch.device, progress: Any = None, **options: Any) -> Lo
 
 def _loader_of(entry: ModelEntry) -> ModelLoader:
     module, _, func = entry.loader.partition(":")
-    return getattr(importlib.import_module(module), func) if module != __name__ else globals()[func]
+    return getattr(importlib.import_module(module), func)  # this module too: sys.modules holds it already
 
 
 for _entry in list_entries():  # the catalog (torch-free, what the dashboard lists) with its loaders

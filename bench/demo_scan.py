@@ -28,7 +28,6 @@ import torch  # noqa: E402
 from backend import demo_train  # noqa: E402
 from backend.audit import audit_embeddings  # noqa: E402
 from backend.embed import embed_split  # noqa: E402
-from backend.models import build_architecture, file_id, wrap_model  # noqa: E402
 from backend.specs import AuditSpec, EmbedSpec  # noqa: E402
 
 
@@ -52,11 +51,7 @@ def scan_one(config: demo_train.DemoConfig, device: str, n_bootstrap: int) -> di
     folder = demo_train.train_demo(config, device=device)
     train_s = time.perf_counter() - start
     info = json.loads((folder / "config.json").read_text())["training"]
-    model, tokenizer = build_architecture(config.arch)
-    model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-    mean, std = (demo_train.DEMO_MEAN,) * 3, (demo_train.DEMO_STD,) * 3
-    lm = wrap_model(f"demo-{config.key()}", model, tokenizer, torch.device(device),
-                    weights_id=file_id(folder / "weights.pt"), mean=mean, std=std)
+    lm = demo_train.load_demo(torch.device(device), config=config, name=f"demo-{config.key()}")  # cached now
     spec = AuditSpec(embed=EmbedSpec(model=lm.name), ks=(1,), n_bootstrap=n_bootstrap)
     es = embed_split(spec.embed, model=lm)
     result = audit_embeddings(es, spec)

@@ -26,11 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+
+
 @contextlib.contextmanager
 def seeded_app(cache: Path) -> Iterator[str]:
     """Seed a store in `cache` (tests/seed.py), run the app on it, yield its URL; stop it afterwards."""
-    env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "tests/seed.py", str(cache)], cwd=REPO, env=env, check=True,
+    subprocess.run([sys.executable, "tests/seed.py", str(cache)], cwd=REPO, env=_env(cache), check=True,
                    capture_output=True)
     with running_app(cache) as url:
         yield url
@@ -39,12 +42,11 @@ def seeded_app(cache: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def running_app(cache: Path) -> Iterator[str]:
     """Run the app on the store in `cache` (CXR_CACHE_DIR), yield its URL; stop it afterwards."""
-    env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
     port = free_port()
     log = open(cache / "streamlit.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
+                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=_env(cache), stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
-from typing import Any
 
-
-class _LazyJobs:
-    """backend.jobs (and with it DuckDB) is imported when a job command runs, not when any command starts:
-    the headless audit/dp/sweep commands need neither."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(importlib.import_module("backend.jobs"), name)
-
-
-jobs = _LazyJobs()
+# backend.jobs (and with it DuckDB) is imported inside each command: the headless audit/dp/sweep commands,
+# which register beside these, need neither.
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from backend import jobs
+
     return jobs.run_worker(args.job_id)
 
 
@@ -28,6 +20,8 @@ def _when(ts: float | None) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from backend import jobs
+
     rows = jobs.list_jobs(limit=args.limit)
     if not rows:
         print("no jobs yet")
@@ -41,6 +35,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from backend import jobs
+
     job = jobs.cancel(args.job_id, grace_s=args.grace, wait=True)
     job = jobs.get_job(job.job_id)
     print(f"{job.job_id}: {job.status}")
