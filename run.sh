@@ -23,6 +23,15 @@ setup_python() {
   touch "$VENV/.complete"
 }
 
+setup_project() {
+  # The project itself, editable (`import backend` from anywhere, the `cxr-relink` command); redone only
+  # when pyproject.toml changes (its hash is kept in the environment).
+  local want; want=$(sha256sum pyproject.toml | cut -c1-16)
+  if [ -f "$VENV/.project" ] && [ "$(cat "$VENV/.project")" = "$want" ]; then return; fi
+  "$PY" -m pip install --quiet --no-deps -e . >/dev/null
+  echo "$want" > "$VENV/.project"
+}
+
 setup_browser() {
   # The browser test drives Debian's chromium through playwright (never `playwright install`).
   if [ -x /usr/bin/chromium ]; then return; fi
@@ -39,20 +48,21 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0}
 cmd=${1:-app}
 shift || true
 case "$cmd" in
-  setup) setup_python ;;
+  setup) setup_python; setup_project ;;
   app)
-    setup_python
+    setup_python; setup_project
     exec "$PY" -m streamlit run app.py "$@" ;;
   test)
-    setup_python
+    setup_python; setup_project
     setup_browser
     export HF_HUB_OFFLINE=1
+    "$PY" -m ruff check . || { echo "[test] ruff found problems (fix them, or ruff check --fix .)" >&2; exit 1; }
     exec "$PY" -m pytest -q "$@" ;;
   cli)
-    setup_python
+    setup_python; setup_project
     exec "$PY" -m backend "$@" ;;
   bench)
-    setup_python
-    exec "$PY" "bench/$1.py" "${@:2}" ;;
+    setup_python; setup_project
+    exec "$PY" -m "bench.$1" "${@:2}" ;;
   *) echo "usage: ./run.sh app|test|setup|cli ARGS|bench NAME" >&2; exit 2 ;;
 esac

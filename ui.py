@@ -1,5 +1,5 @@
-"""Shared Streamlit widgets and cached loaders for the pages (the only module besides app.py and pages/
-that imports streamlit). Data comes from backend.dashboard / backend.explorer; no SQL, no ML here.
+"""Shared Streamlit widgets and cached loaders for the pages (the only module besides app.py and app_pages/
+that imports streamlit). Data comes from backend.views.dashboard / backend.views.explorer; no SQL, no ML here.
 
 Caching: a finished run never changes (DESIGN.md section 5), so loaders keyed by a finished run id use
 st.cache_data without expiry; lists of runs and jobs change and are read fresh (or with a short ttl).
@@ -16,9 +16,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend import dashboard, explorer, jobs
-from backend.dashboard import DEFINITIONS
 from backend.errors import RelinkError
+from backend.runs import jobs
+from backend.views import dashboard, explorer
+from backend.views.dashboard import DEFINITIONS
 
 DEFAULT_SOURCE = "synthetic"
 
@@ -82,7 +83,7 @@ def sweep_view(sweep_id: str) -> dashboard.SweepView:
 def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, Any]:
     """Epsilon label -> the figure of recall curves beside the frontier, built once per finished sweep so that the
     slider only swaps prebuilt figures (building one costs ~0.1 s of plotly validation). Read-only."""
-    from backend import figures
+    from backend.views import figures
 
     view = sweep_view(sweep_id)
     pts = view.points
@@ -139,14 +140,14 @@ def pair_image(run_id: str, image_path: str) -> Any:
 # ---------------------------------------------------------------- navigation, sidebar and small widgets
 
 PAGE_SPECS: tuple[tuple[str, str, str], ...] = (
-    ("pages/overview.py", "Overview", ":material/home:"),
-    ("pages/data.py", "Data", ":material/dataset:"),
-    ("pages/models_jobs.py", "Models and jobs", ":material/memory:"),
-    ("pages/relinkage.py", "Re-linkage", ":material/link:"),
-    ("pages/explorer.py", "Pair explorer", ":material/search:"),
-    ("pages/mitigation.py", "Mitigation", ":material/shield:"),
-    ("pages/utility.py", "Utility and transfer", ":material/monitoring:"),
-    ("pages/report.py", "Report", ":material/description:"),
+    ("app_pages/overview.py", "Overview", ":material/home:"),
+    ("app_pages/data.py", "Data", ":material/dataset:"),
+    ("app_pages/models_jobs.py", "Models and jobs", ":material/memory:"),
+    ("app_pages/relinkage.py", "Re-linkage", ":material/link:"),
+    ("app_pages/explorer.py", "Pair explorer", ":material/search:"),
+    ("app_pages/mitigation.py", "Mitigation", ":material/shield:"),
+    ("app_pages/utility.py", "Utility and transfer", ":material/monitoring:"),
+    ("app_pages/report.py", "Report", ":material/description:"),
 )
 
 
@@ -156,14 +157,8 @@ def pages() -> list[Any]:
 
 
 def selection() -> tuple[str, str]:
-    """(dataset, model) chosen in app.py's sidebar, for a page.
-
-    When a fresh server's first request names a page, Streamlit 1.67 runs pages/<page>.py directly (its
-    old multipage mode, chosen because a pages/ folder exists) without app.py. Calling st.navigation
-    switches the server to explicit navigation for good, and the rerun then goes through app.py."""
-    if "selection" not in st.session_state:
-        st.navigation(pages(), position="hidden")
-        st.rerun()
+    """(dataset, model) chosen in app.py's sidebar, for a page. Pages live in app_pages/ (not pages/, which
+    would switch Streamlit to its old auto-discovered multipage mode), so every run goes through app.py."""
     return st.session_state["selection"]
 
 

@@ -17,7 +17,7 @@ CLI_MODULES = ("data", "audit", "dp", "jobs")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend", description="CXR Re-Link Audit, headless.")
+    parser = argparse.ArgumentParser(prog="cxr-relink", description="CXR Re-Link Audit, headless.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in CLI_MODULES:

@@ -8,27 +8,25 @@ chance, lift, effective_n), the same rows the dashboard's store keeps.
 from __future__ import annotations
 
 import json
-import math
 import platform
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from backend.embed import EmbeddingSet, embed_split
+from backend.embed import EmbeddingSet
+from backend.embed.compute import embed_split
 from backend.progress import ProgressLike, null_progress
-from backend.specs import AuditSpec
-
-ROW_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_low", "ci_high", "chance", "lift",
-                                "effective_n")  # the engine may add columns (e.g. capped_frac); all are kept
+from backend.relink import relink_curves
+from backend.relink.rows import CURVE_COLUMNS
+from backend.specs import AuditSpec, to_plain
 
 
 @dataclass
 class AuditResult:
-    """What run_audit returns. rows: tidy DataFrame (ROW_COLUMNS); per_query: one row per query image."""
+    """What run_audit returns. rows: tidy DataFrame (relink.rows.ROW_COLUMNS); per_query: one row per query image."""
 
     spec: AuditSpec
     rows: pd.DataFrame
@@ -45,32 +43,18 @@ class AuditResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": "audit", "run_id": self.spec.run_id(), "created": self.created, "spec": self.spec.to_dict(),
-            "counts": self.counts, "versions": versions(), "summary": _plain(self.summary),
-            "embedding_path": self.embedding_path, "headline": _records(self.headline()),
-            "rows": _records(self.rows),
+            "counts": self.counts, "versions": versions(), "summary": to_plain(self.summary, canonical=False),
+            "embedding_path": self.embedding_path, "headline": records(self.headline()),
+            "rows": records(self.rows),
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False)
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN/inf to None (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return [_plain(r) for r in df.to_dict(orient="records")]
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table as JSON-ready records (numpy scalars to Python, NaN/inf to None)."""
+    return [to_plain(r, canonical=False) for r in df.to_dict(orient="records")]
 
 
 def versions() -> dict[str, str]:
@@ -93,13 +77,12 @@ def headline(rows: pd.DataFrame, k: int = 1, level: str = "study", n_ref: int = 
         near = grp[grp["n"] <= n_ref]
         picks = ([near.iloc[-1]] if len(near) else []) + [grp.iloc[-1]]
         for point in {int(p["n"]): p for p in picks}.values():
-            out.append({"pool_kind": pool, **{c: point[c] for c in ROW_COLUMNS if c != "pool_kind" and c in point}})
-    return pd.DataFrame(out, columns=list(ROW_COLUMNS))
+            out.append({"pool_kind": pool, **{c: point[c] for c in CURVE_COLUMNS if c != "pool_kind" and c in point}})
+    return pd.DataFrame(out, columns=list(CURVE_COLUMNS))
 
 
 def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None) -> AuditResult:
     """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`."""
-    from backend.relink import relink_curves  # the metric engine (numpy/faiss; imported when needed)
 
     meta = es.meta
     result = relink_curves(

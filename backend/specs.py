@@ -10,23 +10,32 @@ import dataclasses
 import hashlib
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from backend.errors import SpecError
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-ready copy: dataclasses to dicts, tuples to lists, inf/nan to strings."""
+def to_plain(value: Any, *, canonical: bool = True) -> Any:
+    """A JSON-ready copy: dataclasses to dicts (with their "kind"), tuples and arrays to lists, numpy
+    scalars to Python. canonical=True (spec JSON, hashed into run ids): dict keys sorted, inf/nan as the
+    strings "inf"/"-inf"/"nan". canonical=False (result JSON): key order kept, inf/nan as None (strict JSON
+    has no NaN)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        out = {f.name: to_plain(getattr(value, f.name), canonical=canonical) for f in dataclasses.fields(value)}
         out["kind"] = type(value).__name__
         return out
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in sorted(value.items())}
+        items = sorted(value.items()) if canonical else value.items()
+        return {str(k): to_plain(v, canonical=canonical) for k, v in items}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v, canonical=canonical) for v in value]
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy arrays and scalars, without importing numpy
+        return to_plain(value.tolist(), canonical=canonical)
     if isinstance(value, float) and not math.isfinite(value):
+        if not canonical:
+            return None
         return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
     return value
 
@@ -35,7 +44,7 @@ class SpecMixin:
     """Canonical JSON, run id and a round trip through JSON for every spec."""
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return to_plain(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -72,7 +81,9 @@ class EmbedSpec(SpecMixin):
             raise SpecError(f"batch_size must be >= 1, got {self.batch_size}.")
 
 
-POOL_KINDS: tuple[str, ...] = ("random", "hard")
+POOL_NAMES: dict[str, str] = {  # every pool kind of the engine, with the one name the pages and reports use
+    "random": "random pool", "hard": "pathology-matched", "full": "full database"}
+POOL_KINDS: tuple[str, ...] = ("random", "hard")  # the kinds an audit measures (full: the explorer's whole database)
 
 
 @dataclass(frozen=True)
@@ -162,3 +173,61 @@ class SweepSpec(SpecMixin):
 
     def points(self) -> list[DPSpec]:
         return [dataclasses.replace(self.base, epsilon=e) for e in self.epsilons]
+
+
+@dataclass(frozen=True)
+class SelfTestSpec(SpecMixin):
+    """A trivial job that counts to `steps` with a pause per step; fails at step `fail_at` when >= 0.
+    Used by the tests and as a smoke check of the job machinery (no torch, no data)."""
+
+    steps: int = 5
+    delay_s: float = 0.1
+    fail_at: int = -1
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class DemoSpec(SpecMixin):
+    """The one-button demo: prepare the demo model, audit its test split, then (when DP is available)
+    a small epsilon sweep. Each part is stored as its own run so the pages find it."""
+
+    audit: AuditSpec = field(default_factory=AuditSpec)
+    sweep: SweepSpec | None = field(default_factory=lambda: SweepSpec(epsilons=(1.0, 8.0, math.inf)))
+
+
+# ---------------------------------------------------------------- spec JSON round trip
+
+SPEC_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (SourceSpec, EmbedSpec, AuditSpec, DPSpec, SweepSpec, SelfTestSpec, DemoSpec)
+}
+
+
+def spec_from_json(text: str) -> Any:
+    """Rebuild a spec from its canonical JSON (the inverse of spec.to_json())."""
+    return _decode(json.loads(text))
+
+
+def _decode(data: Any) -> Any:
+    if not isinstance(data, dict) or "kind" not in data:
+        return data
+    cls = SPEC_TYPES.get(data["kind"])
+    if cls is None:
+        raise SpecError(f"Unknown spec kind {data['kind']!r} in a stored job; known: {', '.join(SPEC_TYPES)}.")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints.get(f.name))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    if isinstance(value, dict) and "kind" in value:
+        return _decode(value)
+    if isinstance(value, str) and value in ("inf", "-inf", "nan") and "float" in str(hint):
+        return float(value)
+    if isinstance(value, list):
+        inner = typing.get_args(hint)
+        item_hint = inner[0] if inner else None
+        return tuple(_coerce(v, item_hint) for v in value)
+    return value

@@ -10,24 +10,20 @@ Modes (all over the same random features, in-batch CLIP loss unless said otherwi
   opacus-ghost      Opacus ghost clipping (GradSampleModuleFastGradientClipping, two backward passes)
 Every DP mode uses the same Poisson-sampled batches. Ratios are against `nonprivate` measured in the same run.
 
-    python bench/bench_dp.py [--n 100000] [--batch 1024] [--d-img 128 --d-txt 128 --d 128] [--device cuda] [--epochs 1]
+    python -m bench.bench_dp [--n 100000] [--batch 1024] [--d-img 128 --d-txt 128 --d 128] [--device cuda] [--epochs 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backend.dp_objectives import LinearHeads, in_batch_loss, in_batch_per_row  # noqa: E402
-from backend.dp_train import TrainConfig, TrainData, layer_grads, set_dp_grads, train_nonprivate  # noqa: E402
+from backend.dp.objectives import LinearHeads, in_batch_loss, in_batch_per_row
+from backend.dp.train import TrainConfig, TrainData, layer_grads, set_dp_grads, train_nonprivate
 
 
 def _data(n: int, d_img: int, d_txt: int, device: str) -> TrainData:

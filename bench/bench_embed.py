@@ -1,6 +1,6 @@
 """Embedding throughput of the demo model on the CPU (pairs/s), against a baseline measured in the same run.
 
-    python bench/bench_embed.py [--n-patients 300] [--batch-size 64] [--untrained]
+    python -m bench.bench_embed [--n-patients 300] [--batch-size 64] [--untrained]
 
 Measures embed_split (batched images, each distinct report embedded once, DataLoader workers when useful)
 on the synthetic test split, and the naive baseline (one image and one report at a time, every pair's
@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from backend.demo_train import DEFAULT_DEMO, DEMO_MEAN, DEMO_STD, demo_dir, load_demo  # noqa: E402
-from backend.embed import embed_split, select_split  # noqa: E402
-from backend.models import build_architecture, wrap_model  # noqa: E402
-from backend.sources import load_source  # noqa: E402
-from backend.specs import EmbedSpec, SourceSpec  # noqa: E402
+from backend.embed.compute import embed_split, select_split
+from backend.models.demo import DEFAULT_DEMO, DEMO_MEAN, DEMO_STD, demo_dir, load_demo
+from backend.models.openclip import build_architecture, wrap_model
+from backend.sources import load_source
+from backend.specs import EmbedSpec, SourceSpec
 
 
 def demo_model(untrained: bool):

@@ -13,7 +13,7 @@ For each n (default 20,000 and 43,793; d = 512) one subprocess (so that its peak
      so the ratio is conservative).
 --scale: 43,793 query images against 400,000 candidate reports (time and peak memory).
 
-Usage: python bench/bench_relink.py [--n 20000 43793] [--scale] [--skip-sampling]
+Usage: python -m bench.bench_relink [--n 20000 43793] [--scale] [--skip-sampling]
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 D = 512
 

@@ -1,8 +1,8 @@
 """Epsilon-slider update time in a real browser (Debian chromium, headless, software rendering).
 
-    python bench/bench_slider.py [--moves 40]
+    python -m bench.bench_slider [--moves 40]
 
-Seeds a store (tests/seed.py), starts the app, opens the Mitigation page and moves the epsilon slider with
+Seeds a store (tests/helpers/seed.py), starts the app, opens the Mitigation page and moves the epsilon slider with
 the keyboard `--moves` times. Two times per move, from the key press:
   numbers  until the metric values changed (the Streamlit round trip: the baseline),
   full     until the figure (recall curves beside the frontier) was redrawn too.
@@ -18,9 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from browser_kit import ARGS, CHROMIUM, seeded_app, slide_epsilon  # noqa: E402
+from tests.helpers.browser_kit import ARGS, CHROMIUM, seeded_app, slide_epsilon
 
 
 def main() -> int:

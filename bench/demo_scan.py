@@ -1,7 +1,7 @@
 """How strong does the demo model get with more training? Train several DemoConfigs, audit each on the
 default synthetic test split, print one row per config.
 
-    python bench/demo_scan.py [--device cuda] [--epochs 4 8 16] [--max-pairs 12000] [--lr 1e-3]
+    python -m bench.demo_scan [--device cuda] [--epochs 4 8 16] [--max-pairs 12000] [--lr 1e-3]
                               [--n-bootstrap 50] [--json OUT]
 
 Each config is trained from its seed on `--device` (the CPU by default, where the cached demo is trained;
@@ -21,14 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from backend import demo_train  # noqa: E402
-from backend.audit import audit_embeddings  # noqa: E402
-from backend.embed import embed_split  # noqa: E402
-from backend.specs import AuditSpec, EmbedSpec  # noqa: E402
+from backend.audit import audit_embeddings
+from backend.embed.compute import embed_split
+from backend.models import demo as demo_train
+from backend.specs import AuditSpec, EmbedSpec
 
 
 def _memoise_training_data() -> None:

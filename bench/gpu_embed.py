@@ -1,6 +1,6 @@
 """GPU image-embedding throughput of a ViT-B/16 (random weights, synthetic images): fp32 vs autocast.
 
-    python bench/gpu_embed.py [--batch-size 256] [--batches 20] [--n-images 512]
+    python -m bench.gpu_embed [--batch-size 256] [--batches 20] [--n-images 512]
 
 Builds open_clip's ViT-B-16 with random weights (no download), renders synthetic chest radiographs at
 224 px, and times the image tower through LoadedModel (pre-projection features + head, what embed_split
@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
+import torch
 
 
 def images_per_s(lm, batch: torch.Tensor, batches: int, dtype: torch.dtype | None) -> float:
@@ -42,7 +39,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU (nothing measured).")
         return 0
-    from backend.models import build_architecture, wrap_model
+    from backend.models.openclip import build_architecture, wrap_model
     from backend.sources import load_source
 
     torch.backends.cuda.matmul.allow_tf32 = False  # an honest fp32 baseline

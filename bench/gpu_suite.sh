@@ -43,15 +43,15 @@ parts=("$@")
 for part in "${parts[@]}"; do
   case "$part" in
     info) info ;;
-    embed) step gpu_embed 90 $PY bench/gpu_embed.py --batch-size 256 --batches 20 ;;
+    embed) step gpu_embed 90 $PY -m bench.gpu_embed --batch-size 256 --batches 20 ;;
     dp)
       step pytest_cuda 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_dp.py \
         -k "cuda or fast_path or seeded"
-      step bench_dp_128 90 $PY bench/bench_dp.py --n 100000 --batch 1024 --repeats 3
-      step bench_dp_768 100 $PY bench/bench_dp.py --n 100000 --batch 1024 --d-img 768 --d-txt 768 --d 512 --repeats 2
+      step bench_dp_128 90 $PY -m bench.bench_dp --n 100000 --batch 1024 --repeats 3
+      step bench_dp_768 100 $PY -m bench.bench_dp --n 100000 --batch 1024 --d-img 768 --d-txt 768 --d 512 --repeats 2
       ;;
     demo)
-      step demo_scan 240 $PY bench/demo_scan.py --device cuda --epochs 4 8 16 --n-bootstrap 50 \
+      step demo_scan 240 $PY -m bench.demo_scan --device cuda --epochs 4 8 16 --n-bootstrap 50 \
         --json "$OUT/demo_scan.json"
       step demo_e2e 180 bash -c "$PY -m backend prepare-demo --device cuda && \
         $PY -m backend audit --source synthetic --model demo --device cuda --json $OUT/audit_cuda.json"

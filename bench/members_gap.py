@@ -1,7 +1,7 @@
 """Do the projection heads memorise the patients they were trained on? Re-linkage of members against
 non-members, for the model's own heads, non-private retrained heads and DP heads.
 
-    python bench/members_gap.py [--source-option sites=A] [--init model] [--epsilons inf 1 0.05]
+    python -m bench.members_gap [--source-option sites=A] [--init model] [--epsilons inf 1 0.05]
 
 DP-SGD bounds how much any one training patient changes the heads, so the re-linkage it can remove is
 the part that comes from memorising the training set: members (train-split patients, whose pairs trained
@@ -18,17 +18,14 @@ import argparse
 import dataclasses
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from backend.audit import audit_embeddings, headline  # noqa: E402
-from backend.cli.dp import parse_option  # noqa: E402
-from backend.dp import train_heads  # noqa: E402
-from backend.dp_eval import prepare, project  # noqa: E402
-from backend.specs import AuditSpec, DPSpec, SourceSpec  # noqa: E402
+from backend.audit import audit_embeddings, headline
+from backend.cli.dp import parse_option
+from backend.dp import train_heads
+from backend.dp.eval import prepare, project
+from backend.specs import AuditSpec, DPSpec, SourceSpec
 
 
 def subset(es, mask: np.ndarray):

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from backend.__main__ import build_parser, main
-from backend.audit import ROW_COLUMNS, AuditResult, headline, run_audit
+from backend.audit import AuditResult, headline, run_audit
 from backend.cli.audit import audit_spec_from, parse_option
-from backend.embed import embed_split
+from backend.embed.compute import embed_split
 from backend.errors import SpecError
 from backend.relink import relink_curves
+from backend.relink.rows import ROW_COLUMNS
 from backend.specs import AuditSpec, EmbedSpec, SourceSpec
-from tests.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
+from tests.helpers.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
 
 register_tiny_models()
 SOURCE_ARGS = [f"--source-option={k}={v}" for k, v in TINY_SOURCE_OPTIONS.items()]

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_kit import ARGS, CHROMIUM, REPO, no_errors, open_page, seeded_app, settle, slide_epsilon
+
+from tests.helpers.browser_kit import ARGS, CHROMIUM, REPO, no_errors, open_page, seeded_app, settle, slide_epsilon
 
 SHOTS = REPO / "docs" / "screenshots"
 
@@ -41,7 +42,7 @@ def browser() -> Iterator[object]:
 
 def _shot(page: object, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    # "seeded_": the numbers come from tests/seed.py (made up, realistic shapes), not from a measurement.
+    # "seeded_": the numbers come from tests/helpers/seed.py (made up, realistic shapes), not from a measurement.
     page.screenshot(path=str(SHOTS / f"seeded_{name}"), full_page=True)
 
 
@@ -100,7 +101,7 @@ def test_main_flow(server: tuple[str, Path], browser: object) -> None:
 def test_two_sessions_while_a_job_runs(server: tuple[str, Path], browser: object) -> None:
     url, cache = server
     env = {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
-    code = ("from backend import jobs; from backend.job_kinds import SelfTestSpec; "
+    code = ("from backend.runs import jobs; from backend.specs import SelfTestSpec; "
             "print(jobs.submit(SelfTestSpec(steps=150, delay_s=0.15, tag='browser')).job_id)")
     job_id = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             check=True).stdout.strip()
@@ -118,7 +119,7 @@ def test_two_sessions_while_a_job_runs(server: tuple[str, Path], browser: object
     pages[0].get_by_text(job_id).first.wait_for(timeout=60_000)
     settle(pages[0])
     _shot(pages[0], "jobs.png")
-    check = ("import sys; from backend import jobs; j = jobs.get_job(sys.argv[1]); print(j.status, j.done)")
+    check = ("import sys; from backend.runs import jobs; j = jobs.get_job(sys.argv[1]); print(j.status, j.done)")
     deadline = time.monotonic() + 120
     status = ""
     while time.monotonic() < deadline:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fixtures_data import CHEXPERT_PLUS_CSV, write_chexpert_plus, write_corrupt
 
 from backend.errors import ImageReadError, SourceError
 from backend.sources import load_source
+from tests.helpers.fixtures_data import CHEXPERT_PLUS_CSV, write_chexpert_plus, write_corrupt
 
 
 def test_loads_official_layout(tmp_path: Path) -> None:

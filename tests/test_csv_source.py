@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fixtures_data import write_corrupt, write_image
 
 from backend.errors import ImageReadError, SourceError
 from backend.sources import load_source
+from tests.helpers.fixtures_data import write_corrupt, write_image
 
 
 def _folder(tmp_path: Path, rows: list[dict], name: str = "pairs.csv") -> Path:

@@ -11,12 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from fixtures_data import write_openi
 
 from backend.__main__ import main
-from backend.download import download, download_openi
 from backend.errors import SourceError
 from backend.sources import load_source
+from backend.sources.download import download, download_openi
+from tests.helpers.fixtures_data import write_openi
 
 
 class _Server:
@@ -162,7 +162,7 @@ def test_cli_download_and_sources(server: _Server, tmp_path: Path, capsys: pytes
 
 
 def test_extract_lifts_a_single_top_folder(tmp_path: Path) -> None:
-    from backend.download import extract_tarball
+    from backend.sources.download import extract_tarball
 
     (tmp_path / "top").mkdir()
     (tmp_path / "top" / "CXR9_IM-0001-1001.png").write_bytes(b"png")

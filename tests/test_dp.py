@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from backend.dp_objectives import LinearHeads, in_batch_loss, public_negatives_losses
-from backend.dp_sgd import gram, materialize, sq_norms, unit_sq_norms, weighted_sum
-from backend.dp_train import TrainConfig, TrainData, layer_grads, set_dp_grads, train_dp, train_nonprivate
+from backend.dp.objectives import LinearHeads, in_batch_loss, public_negatives_losses
+from backend.dp.sgd import gram, materialize, sq_norms, unit_sq_norms, weighted_sum
+from backend.dp.train import TrainConfig, TrainData, layer_grads, set_dp_grads, train_dp, train_nonprivate
 
 D_IMG, D_TXT, D = 6, 5, 4
 
@@ -200,7 +200,7 @@ def test_dp_training_on_cuda_matches_cpu_and_survives_empty_batches() -> None:
 def _fake_set(n_patients: int = 60, seed: int = 0, d_pre: int = 12, d: int = 6):
     import pandas as pd
 
-    from backend.embedding_set import EmbeddingSet
+    from backend.embed.files import EmbeddingSet
     from backend.sources.schema import LABELS
 
     rng = np.random.default_rng(seed)
@@ -261,7 +261,7 @@ def test_invalid_specs_and_unreachable_budgets_are_clear_errors() -> None:
 
 def test_evaluate_returns_tidy_relink_and_probe_rows() -> None:
     from backend.dp import DPResult, headline_rows
-    from backend.dp_eval import EvalInputs, evaluate
+    from backend.dp.eval import EvalInputs, evaluate
     from backend.specs import AuditSpec, DPSpec
 
     train, test, other = _fake_set(), _fake_set(seed=1), _fake_set(seed=2)
@@ -297,7 +297,7 @@ def test_cli_builds_the_dp_and_sweep_specs() -> None:
 def test_public_bank_embeds_distinct_public_reports_once_and_caches() -> None:
     from types import SimpleNamespace
 
-    from backend.dp_eval import public_bank
+    from backend.dp.eval import public_bank
     from backend.specs import DPSpec, SourceSpec
 
     calls = []

@@ -10,7 +10,7 @@ import pytest
 from dp_accounting import pld, rdp
 from opacus.accountants.utils import get_noise_multiplier
 
-from backend.dp_accounting import EXTENDED_ORDERS, calibrate_noise, compute_epsilon, rdp_epsilon_floor, resolve_delta
+from backend.dp.accounting import EXTENDED_ORDERS, calibrate_noise, compute_epsilon, rdp_epsilon_floor, resolve_delta
 from backend.errors import PrivacyBudgetError, SpecError
 
 # (noise multiplier, sample rate, steps, delta) -> epsilon, pinned from Opacus 1.6 (RDP with EXTENDED_ORDERS; PRV)

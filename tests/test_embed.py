@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backend.embed as embed_mod
-from backend.embed import embed_split, embedding_key, load_embedding_set, load_npz, save_npz
+import backend.embed.compute as embed_mod
+from backend.embed import load_embedding_set, load_npz, save_npz
+from backend.embed.compute import embed_split, embedding_key
 from backend.errors import JobError
 from backend.models import load_model
 from backend.sources import load_source
 from backend.specs import EmbedSpec, SourceSpec
-from tests.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
+from tests.helpers.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
 
 register_tiny_models()
 SPEC = EmbedSpec(source=SourceSpec(options=TINY_SOURCE_OPTIONS), model="tiny-random", split="all", batch_size=8)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from backend import figures
+from backend.views import figures
 
 
 def _curves() -> pd.DataFrame:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from backend import jobs, store
 from backend.errors import JobError
-from backend.job_kinds import DemoSpec, SelfTestSpec, default_demo_spec, spec_from_json
-from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+from backend.runs import jobs, store
+from backend.runs.demo import default_demo_spec
+from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SelfTestSpec, SourceSpec, SweepSpec, spec_from_json
 
 
 @pytest.fixture(autouse=True)
@@ -124,9 +124,9 @@ def test_silent_worker_is_stale_after_the_heartbeat_window() -> None:
 
 
 def test_missing_module_fails_that_job_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend import job_kinds
+    from backend.runs import kinds as job_kinds
 
-    kind = job_kinds.JobKind("nowhere", SelfTestSpec, "backend.not_written_yet:run", "backend.results:persist_selftest",
+    kind = job_kinds.JobKind("nowhere", SelfTestSpec, "backend.not_written_yet:run", "backend.runs.persist:persist_selftest",
                              "test only", uses_torch=False)
     with pytest.raises(JobError, match="not_written_yet"):
         kind.resolve()

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fixtures_data import write_corrupt, write_mimic
 
 from backend.errors import ImageReadError, SourceError
 from backend.sources import load_source
 from backend.sources.mimic_cxr import parse_report, study_folder
+from tests.helpers.fixtures_data import write_corrupt, write_mimic
 
 
 def test_loads_official_layout_with_official_split(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from backend.errors import ModelUnavailableError
-from backend.models import get_model, list_models, load_model, wrap_model
-from backend.towers import image_head_slot, text_head_slot
+from backend.models import get_model, list_models, load_model
+from backend.models.openclip import wrap_model
+from backend.models.towers import image_head_slot, text_head_slot
 
 TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 VIT = {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16}

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_data import write_corrupt, write_openi
 
 from backend.errors import ImageReadError, SourceError
 from backend.sources import load_source
 from backend.sources.labeler import label_report
 from backend.sources.openi import collection_stats, label_agreement, read_reports
 from backend.sources.schema import LABELS, PAIR_COLUMNS
+from tests.helpers.fixtures_data import write_corrupt, write_openi
 
 
 def _lab(vec: np.ndarray, name: str) -> float:

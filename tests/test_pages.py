@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from seed import seed_store
 from streamlit.testing.v1 import AppTest
+
+from tests.helpers.seed import seed_store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["overview", "data", "models_jobs", "relinkage", "explorer", "mitigation", "utility", "report"]
@@ -30,7 +31,7 @@ def _open(page: str, cache: Path, monkeypatch: pytest.MonkeyPatch, model: str = 
     at.session_state["model"] = model  # (AppTest drops sidebar widgets on reruns under st.navigation)
     at.run()
     if page != "overview":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -116,10 +117,10 @@ def test_real_demo_pipeline_feeds_every_page(tmp_path: Path, monkeypatch: pytest
     """The demo job's code (train a tiny demo, audit, sweep) writes what the pages read (in-process)."""
     import math
 
-    from backend import results, store
-    from backend.job_kinds import DemoSpec
-    from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
-    from tests.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
+    from backend.runs import store
+    from backend.runs.demo import run_demo
+    from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+    from tests.helpers.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     register_tiny_models()
@@ -127,7 +128,7 @@ def test_real_demo_pipeline_feeds_every_page(tmp_path: Path, monkeypatch: pytest
     audit = AuditSpec(embed=EmbedSpec(source=source, model="demo-tiny", split="test"), n_bootstrap=10)
     spec = DemoSpec(audit=audit, sweep=SweepSpec(base=DPSpec(source=source, model="demo-tiny", epochs=1, batch_size=32,
                                                              audit=audit), epsilons=(2.0, math.inf)))
-    out = results.run_demo(spec)
+    out = run_demo(spec)
     assert store.get_run(out["audit_run"])["status"] == "done" and out["sweep_run"]
     assert len(store.load_sweep_points(out["sweep_run"])) == 2
     for page in ("overview", "relinkage", "mitigation", "utility", "explorer"):
@@ -138,7 +139,7 @@ def test_real_demo_pipeline_feeds_every_page(tmp_path: Path, monkeypatch: pytest
 
 
 def test_demo_button_launches_the_demo_job_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend import jobs
+    from backend.runs import jobs
 
     monkeypatch.setenv("CXR_DEMO_N_PATIENTS", "20")
     at = _open("overview", tmp_path, monkeypatch)

@@ -12,7 +12,7 @@ import pytest
 
 from backend.errors import SpecError
 from backend.relink import build_index, default_grid, relink_curves, top_k
-from backend.relink_stats import expected_recall, group_chance
+from backend.relink.stats import expected_recall, group_chance
 
 KS = (1, 3, 5)
 
@@ -217,7 +217,7 @@ def test_results_do_not_depend_on_block_size() -> None:
 
 def test_torch_counting_path_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     """GPUs count with torch ops; run that code path on the CPU and compare with the numpy one."""
-    import backend.relink_counts as counts
+    import backend.relink.counts as counts
 
     data = _data(seed=13)
     ref = relink_curves(**data, n_bootstrap=0, block_size=9)

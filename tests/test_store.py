@@ -11,10 +11,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-from seed import relink_rows
 
-from backend import settings, store
+from backend import settings
 from backend.errors import StoreError
+from backend.runs import store
+from tests.helpers.seed import relink_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,7 +96,7 @@ def test_a_long_held_database_gives_an_actionable_error(fresh_cache: Path) -> No
 
 
 def test_concurrent_writer_processes_and_readers(fresh_cache: Path) -> None:
-    code = ("import sys; from backend import store\n"
+    code = ("import sys; from backend.runs import store\n"
             "for i in range(15):\n"
             "    store.upsert_run(f'{sys.argv[1]}-{i}', 'selftest', '{}', 'queued')\n"
             "    store.list_runs(status=None)\n")

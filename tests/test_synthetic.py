@@ -16,7 +16,7 @@ import pytest
 from backend.errors import ImageReadError, SourceError
 from backend.sources import get_source, list_sources, load_source
 from backend.sources.schema import LABELS, PAIR_COLUMNS
-from backend.sources.synthetic_vocab import BOILERPLATE
+from backend.sources.synthetic.vocab import BOILERPLATE
 
 # The alphabetical order of ../shared/data/openi/chexpert14_labels.json (its README says so).
 ALPHABETICAL = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
@@ -136,7 +136,7 @@ def test_label_prevalence_matches_an_independent_recount_of_the_openi_labels(def
 
 
 def test_label_prevalence_matches_the_embedded_prior(default) -> None:
-    from backend.sources.synthetic_prior import LABEL_VECTOR_COUNTS
+    from backend.sources.synthetic.prior import LABEL_VECTOR_COUNTS
 
     counts = np.array([n for _, n in LABEL_VECTOR_COUNTS], dtype=float)
     vectors = np.array([[int(c) for c in bits] for bits, _ in LABEL_VECTOR_COUNTS], dtype=float)

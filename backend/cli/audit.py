@@ -8,7 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from backend.embed import load_embedding_set, save_npz
 from backend.errors import SpecError
+from backend.models import list_models
 from backend.progress import phased_progress
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
 
@@ -54,7 +56,6 @@ def audit_spec_from(args: argparse.Namespace) -> AuditSpec:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from backend.models import list_models
 
     for info in list_models():
         print(f"{info.name:18s} {info.domain:12s} {info.description}\n{'':31s}weights: {info.weights}")
@@ -66,7 +67,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_prepare_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from backend.demo_train import DEFAULT_DEMO, prepare_demo
+    from backend.models.demo import DEFAULT_DEMO, prepare_demo
 
     changes = {k: v for k, v in (("epochs", args.epochs), ("max_pairs", args.max_pairs)) if v is not None}
     if args.n_patients is not None:
@@ -78,7 +79,7 @@ def cmd_prepare_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from backend.embed import embed_split
+    from backend.embed.compute import embed_split
 
     es = embed_split(embed_spec_from(args), phased_progress("embed"), device=args.device)
     print(json.dumps({"path": str(es.path), "pairs": len(es), "dim": int(es.image_emb.shape[1]),
@@ -88,7 +89,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from backend.audit import run_audit
-    from backend.embed import save_npz
 
     spec = audit_spec_from(args)
     result = run_audit(spec, phased_progress("audit"), device=args.device)
@@ -96,8 +96,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(result.to_json())
     if args.save_embeddings:
-        from backend.embed import load_embedding_set
-
         save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)
         print(f"embeddings: {args.save_embeddings}")
     print(f"{len(result.rows)} curve points -> {out}")

@@ -18,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from backend.errors import SourceError
+from backend.progress import tqdm_progress
+from backend.settings import data_root
+from backend.sources import get_source, list_sources, load_source
+from backend.sources.download import OPENI_BASE_URL, download_openi
+from backend.sources.openi import label_agreement
 
 
 def _sources(args: argparse.Namespace) -> int:
-    from backend.settings import data_root
-    from backend.sources import get_source, list_sources, load_source
-
     infos = [get_source(args.name)] if args.name else list_sources()
     for info in infos:
         tags = ", ".join(t for t, on in (("needs --root", info.needs_root), ("credentialed", info.credentialed)) if on)
@@ -47,9 +49,6 @@ def _sources(args: argparse.Namespace) -> int:
 
 
 def _download_openi(args: argparse.Namespace) -> int:
-    from backend.download import OPENI_BASE_URL, download_openi
-    from backend.progress import tqdm_progress
-
     bars: dict[str, Callable[[int, int, str], None]] = {}
 
     def progress(done: int, total: int, message: str = "") -> None:
@@ -67,8 +66,6 @@ def _download_openi(args: argparse.Namespace) -> int:
 
 
 def _agreement(args: argparse.Namespace) -> int:
-    from backend.sources.openi import label_agreement
-
     table = label_agreement(args.root, args.reference, use_mesh=not args.no_mesh)
     table = table.round(3)
     print(_markdown(table) if args.markdown else table.to_string(index=False))

@@ -103,21 +103,21 @@ def cmd_dp(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from backend.audit import _records
+    from backend.audit import records
     from backend.dp import headline_rows, run_sweep
 
     spec = SweepSpec(base=dp_spec_from(args), epsilons=tuple(args.epsilons))
     results = run_sweep(spec, phased_progress("sweep"))
     table = headline_rows(results)
     _show(table)
-    _write(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": _records(table),
+    _write(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": records(table),
                        "points": [r.to_dict() for r in results]})
     return 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from backend.dp import original_result
-    from backend.dp_eval import prepare
+    from backend.dp.eval import prepare
 
     spec = dp_spec_from(args)
     res = original_result(spec, prepare(spec, phased_progress("probe"), need_bank=False))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-# backend.jobs (and with it DuckDB) is imported inside each command: the headless audit/dp/sweep commands,
+# backend.runs.jobs (and with it DuckDB) is imported inside each command: the headless audit/dp/sweep commands,
 # which register beside these, need neither.
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from backend import jobs
+    from backend.runs import jobs
 
     return jobs.run_worker(args.job_id)
 
@@ -20,7 +20,7 @@ def _when(ts: float | None) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from backend import jobs
+    from backend.runs import jobs
 
     rows = jobs.list_jobs(limit=args.limit)
     if not rows:
@@ -35,7 +35,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from backend import jobs
+    from backend.runs import jobs
 
     job = jobs.cancel(args.job_id, grace_s=args.grace, wait=True)
     job = jobs.get_job(job.job_id)

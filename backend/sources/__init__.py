@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.errors import SourceError
+from backend.registry import Registry
 from backend.sources.schema import LABELS, PAIR_COLUMNS, SourceData
 
 __all__ = ["LABELS", "PAIR_COLUMNS", "SourceData", "SourceInfo", "list_sources", "get_source", "load_source",
-           "register_source"]
+           "register_source", "SOURCES"]
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,7 @@ class SourceInfo:
     credentialed: bool = False
 
 
-_REGISTRY: dict[str, SourceInfo] = {}
 _BUILTIN_MODULES = ("synthetic", "openi", "mimic_cxr", "chexpert_plus", "csv_source")
-
-
-def register_source(info: SourceInfo) -> None:
-    """Add (or replace) a source in the registry."""
-    _REGISTRY[info.name] = info
 
 
 def _load_builtins() -> None:
@@ -45,18 +40,10 @@ def _load_builtins() -> None:
                 raise
 
 
-def list_sources() -> list[SourceInfo]:
-    """Every registered source, in registration order."""
-    _load_builtins()
-    return list(_REGISTRY.values())
-
-
-def get_source(name: str) -> SourceInfo:
-    """The registry entry of a source; SourceError naming the known ones when unknown."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise SourceError(f"Unknown source {name!r}. Known sources: {', '.join(_REGISTRY)}.")
-    return _REGISTRY[name]
+SOURCES: Registry[SourceInfo] = Registry("source", SourceError, builtins=_load_builtins)
+register_source = SOURCES.register
+list_sources = SOURCES.list
+get_source = SOURCES.get
 
 
 def load_source(name: str, root: str | None = None, section_policy: str = "findings+impression",

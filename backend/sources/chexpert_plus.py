@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import SourceError
+from backend.settings import data_root
 from backend.sources import SourceInfo, register_source
 from backend.sources.csv_source import normalise_split
 from backend.sources.files import drop_bad_images, find_file, label_columns, make_reader, read_table, require_root
@@ -130,7 +131,6 @@ def load_chexpert_plus(root: str | None = None, section_policy: str = "findings+
                           "known: csv, labels, split, blank_as, check_images.")
     if split not in ("auto", "official", "hash"):
         raise SourceError(f"chexpert-plus: split must be 'auto', 'official' or 'hash', not {split!r}.")
-    from backend.settings import data_root
 
     base = require_root(root if root is not None else data_root("chexpert-plus"), "chexpert-plus",
                         "CXR_CHEXPERT_PLUS_ROOT")

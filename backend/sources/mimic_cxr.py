@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import SourceError
+from backend.settings import data_root
 from backend.sources import SourceInfo, register_source
 from backend.sources.csv_source import normalise_split
 from backend.sources.files import (
@@ -131,7 +132,6 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
     if options:
         raise SourceError(f"Unknown option(s) for source 'mimic-cxr': {sorted(options)}; "
                           "known: reports_root, blank_as, check_images.")
-    from backend.settings import data_root
 
     base = require_root(root if root is not None else data_root("mimic-cxr"), "mimic-cxr", "CXR_MIMIC_ROOT")
     meta_path = find_file(base, (METADATA,), "MIMIC-CXR-JPG metadata file",

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import SourceError
+from backend.settings import data_root
 from backend.sources import SourceInfo, register_source
 from backend.sources.files import drop_bad_images, find_optional, make_reader, require_root
 from backend.sources.labeler import label_reports
@@ -199,7 +200,6 @@ def load_openi(root: str | None = None, section_policy: str = "findings+impressi
     default: only when the PNG folder exists. use_mesh: add MeSH positives to the text labels."""
     if options:
         raise SourceError(f"Unknown option(s) for source 'openi': {sorted(options)}; known: use_mesh, check_images.")
-    from backend.settings import data_root
 
     base = require_root(root if root is not None else data_root("openi"), "openi", "CXR_OPENI_ROOT")
     reports = read_reports(base)
@@ -240,7 +240,6 @@ def label_agreement(root: str | Path | None = None, reference: str | Path | None
 
     from sklearn.metrics import cohen_kappa_score
 
-    from backend.settings import data_root
 
     base = require_root(root if root is not None else data_root("openi"), "openi", "CXR_OPENI_ROOT")
     ref_path = Path(reference) if reference is not None else base / REFERENCE_LABELS

@@ -1,0 +1,48 @@
+"""Data: the registered sources, counts, label prevalence, and sample pairs (image beside report)."""
+
+import streamlit as st
+
+import ui
+from backend.errors import RelinkError
+from backend.views import dashboard
+
+source, model = ui.selection()
+st.title("Data")
+st.dataframe(dashboard.sources_table(), hide_index=True)
+
+st.subheader(f"Dataset: {source}")
+if source == "synthetic":
+    st.warning("SYNTHETIC: generated images and reports; no patient data.", icon=":material/science:")
+try:
+    pairs, stats = ui.source_tables(source)
+except RelinkError as exc:
+    ui.show_error(exc)
+    st.stop()
+counts, prevalence = dashboard.data_summary(pairs, dashboard.LABELS)
+HELP = {"pairs": "Image-report pairs (a study with two views gives two pairs sharing one report).",
+        "studies": "Studies: one report each.", "patients": "Distinct patients (splits never share one).",
+        "dropped_empty_report": "Pairs dropped because the section policy left no report text."}
+cols = st.columns(len(HELP))
+for col, (name, definition) in zip(cols, HELP.items(), strict=True):
+    col.metric(name.replace("_", " "), f"{stats.get(name, 0):,}", help=definition)
+with st.expander("All counts from the loader"):
+    st.dataframe([{"count": k, "value": v} for k, v in stats.items()], hide_index=True)
+left, right = st.columns([1, 2])
+left.markdown("**Counts per split** (patient-disjoint)")
+left.dataframe(counts, hide_index=True)
+right.markdown("**Label prevalence** (share of pairs with the label positive; unknown counts as not positive)")
+right.bar_chart(prevalence.set_index("label"), horizontal=True, height=460, stack=False)
+
+st.subheader("Sample pairs")
+sample = pairs.sample(min(4, len(pairs)), random_state=0)
+for _, row in sample.iterrows():
+    img_col, text_col = st.columns([1, 2])
+    try:
+        img_col.image(ui.run_source_image(source, row["image_path"]), caption=f"{row['pair_id']} · {row['view']}",
+                      width="stretch")
+    except RelinkError as exc:
+        img_col.caption(f"image unavailable: {exc}")
+    text_col.markdown(f"**Report** ({'SYNTHETIC · ' if source == 'synthetic' else ''}patient {row['patient_id']}, "
+                      f"study {row['study_id']}, split {row['split']})")
+    text_col.write(row["report"])
+    text_col.caption("Labels: " + (", ".join(label for label in dashboard.LABELS if row[label] == 1) or "none positive"))

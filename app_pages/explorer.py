@@ -1,0 +1,66 @@
+"""Pair explorer: one image, its true report, the reports an attacker would retrieve, shared words."""
+
+import streamlit as st
+
+import ui
+from backend.errors import RelinkError
+from backend.views import dashboard, explorer
+
+source, model = ui.selection()
+st.title("Pair explorer")
+run_id = ui.latest("audit", source, model)
+if not run_id:
+    st.info(f"No finished audit of {model} on {source} yet; run one first (Overview or Models and jobs).")
+    st.stop()
+try:
+    ps = ui.pair_set(run_id)
+except RelinkError as exc:
+    ui.show_error(exc)
+    st.stop()
+
+f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
+labels = f1.multiselect("Labels (all must be positive)", list(dashboard.LABELS), help="Filter images by their 14 labels.")
+search = f2.text_input("Search reports or ids", help="Case-insensitive substring of the report, pair or patient id.")
+easy_first = f3.toggle("Most re-linkable first", value=True, help="Order by the true report's rank (1 = found first).")
+k = f4.number_input("Top k", 1, 20, 5, help="How many retrieved reports to show.")
+options = explorer.choices(ps, labels, search, easy_first)
+if not len(options):
+    st.info("No image matches these filters.")
+    st.stop()
+captions = {r.pair_id: f"{r.pair_id} · rank {r.rank_full:g} · {r.report[:70]}" for r in options.itertuples()}
+pair_id = st.selectbox(f"Image ({len(options)} shown)", list(captions), format_func=captions.get, key="pair_choice")
+hit = explorer.retrieve(ps, pair_id, k=int(k))
+row = hit["row"]
+
+left, right = st.columns([1, 1])
+with left:
+    try:
+        image = ui.pair_image(run_id, row["image_path"])
+        st.image(image, caption=f"{pair_id} · {row['view']} · patient {row['patient_id']}", width="stretch")
+    except RelinkError as exc:
+        st.caption(f"Image unavailable: {exc}")
+    st.caption("Labels: " + (", ".join(lbl for lbl in dashboard.LABELS if row[lbl] == 1) or "none positive"))
+with right:
+    st.metric("Rank of the true report", f"{hit['true_rank']} of {hit['n_candidates']}",
+              help=dashboard.DEFINITIONS["rank"])
+    rival = explorer.top_rival(hit)
+    shared = explorer.shared_words(row["report"], rival["report"]) if rival is not None else set()
+    st.markdown(f"**True report** (words shared with the top-ranked other report, #{rival['rank'] if rival is not None else '-'}"
+                ", highlighted)")
+    st.markdown(ui.highlighted(row["report"], shared), unsafe_allow_html=True)
+
+st.subheader(f"Top {int(k)} retrieved reports")
+for r in hit["top"].itertuples():
+    tag = " · **TRUE REPORT**" if r.is_true else ""
+    with st.container(border=True):
+        st.markdown(f"#{r.rank} · score {r.score:.3f} · study `{r.study_id}`{tag}",
+                    help="Score: cosine similarity between the image and report embeddings.")
+        st.markdown(ui.highlighted(r.report, explorer.shared_words(row["report"], r.report)), unsafe_allow_html=True)
+
+others = explorer.same_patient(ps, pair_id)
+st.subheader("The same patient's other studies")
+if len(others):
+    st.dataframe(others, hide_index=True, column_config={
+        "rank_full": st.column_config.NumberColumn("rank of its true report", help=dashboard.DEFINITIONS["rank"])})
+else:
+    st.caption("None in this split.")

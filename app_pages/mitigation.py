@@ -1,0 +1,67 @@
+"""Mitigation: an epsilon slider over the stored sweep (instant), the badge, curves, AUROC, frontier."""
+
+import math
+
+import streamlit as st
+
+import ui
+from backend.specs import DEFAULT_EPSILONS, OBJECTIVES, PRIVACY_UNITS, DPSpec, SourceSpec, SweepSpec
+from backend.views import dashboard
+
+source, model = ui.selection()
+st.title("Mitigation: differentially private projection heads")
+sweep_id = ui.latest("sweep", source, model)
+audit_id = ui.latest("audit", source, model)
+
+if sweep_id:
+    view = ui.sweep_view(sweep_id)  # read once per finished sweep; the slider below only re-renders
+    pts = view.points
+    labels = [dashboard.epsilon_label(e) for e in pts["epsilon"]]
+    figs = ui.mitigation_figures(sweep_id, audit_id)
+
+    @st.fragment
+    def _explore() -> None:
+        choice = st.select_slider("Privacy budget ε", labels, value=labels[0], key="epsilon",
+                                  help=dashboard.DEFINITIONS["epsilon"])
+        p = pts.iloc[labels.index(choice)]
+        base = pts[~pts["epsilon"].apply(math.isfinite)]
+        ref = base.iloc[0] if len(base) else None
+        ui.guarantee_badge(str(p.get("guarantee") or ""), str(p.get("privacy_unit") or ""),
+                           str(p.get("objective") or ""))
+        cols = st.columns(4)
+        for col, (key, name, help_key, fmt, good) in zip(cols, (
+                ("r1_random", "Recall@1, random pool, largest N", "recall", "{:.4f}", "inverse"),
+                ("r1_hard", "Recall@1, pathology-matched, largest N", "hard", "{:.4f}", "inverse"),
+                ("auroc_linear", "Linear-probe macro AUROC", "auroc", "{:.3f}", "normal"),
+                ("auroc_zero_shot", "Zero-shot macro AUROC", "auroc", "{:.3f}", "normal")), strict=True):
+            delta = None if ref is None else f"{p[key] - ref[key]:+.4f} vs no DP"
+            with col:
+                ui.metric(name, float(p[key]), dashboard.DEFINITIONS[help_key], fmt=fmt, delta=delta,
+                          delta_color=good)
+        st.caption(f"Re-linkage reduction {p.get('reduction', float('nan')):.1%}, AUROC change "
+                   f"{p.get('auroc_change', float('nan')):+.3f} · noise multiplier {p.get('noise_multiplier', float('nan')):.3g}"
+                   f" · delta {p.get('delta', float('nan')):.2g} · accountant's ε {p.get('epsilon_achieved', float('nan')):.3g}"
+                   f" · run `{p['run_id']}`",
+                   help=dashboard.DEFINITIONS["reduction"])
+        st.plotly_chart(figs[choice], key="mitigation_view", theme=None)
+
+    _explore()
+else:
+    st.info(f"No finished epsilon sweep for {model} on {source} yet. Launch one below.")
+
+st.subheader("Launch a new sweep")
+st.caption(dashboard.DEFINITIONS["nominal"])
+with st.form("sweep"):
+    c1, c2, c3 = st.columns(3)
+    eps = c1.multiselect("ε grid", list(DEFAULT_EPSILONS), default=list(DEFAULT_EPSILONS),
+                         format_func=dashboard.epsilon_label, help=dashboard.DEFINITIONS["epsilon"])
+    objective = c2.selectbox("Objective", OBJECTIVES, help=dashboard.DEFINITIONS["certified"])
+    unit = c3.selectbox("Privacy unit", PRIVACY_UNITS,
+                        help="pair: one image-report pair is protected; patient: all of one patient's pairs.")
+    if st.form_submit_button("Launch sweep", type="primary"):
+        base = DPSpec(source=SourceSpec(name=source), model=model, objective=objective, privacy_unit=unit)
+        job = ui.submit(SweepSpec(base=base, epsilons=tuple(sorted(eps)) or DEFAULT_EPSILONS))
+        if job is not None and job.active:
+            st.session_state["sweep_job"] = job.job_id
+if st.session_state.get("sweep_job"):
+    ui.watch_job(st.session_state["sweep_job"])

@@ -1,0 +1,46 @@
+"""Models and jobs: pick a model and dataset, launch embedding or audit jobs, watch them."""
+
+import streamlit as st
+
+import ui
+from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
+from backend.views import dashboard
+
+source, model = ui.selection()
+st.title("Models and jobs")
+st.caption(f"Jobs run in detached worker processes on: **{ui.device_summary()}**. They survive page reloads; "
+           "`python -m backend jobs` lists them from a terminal.")
+
+st.dataframe([{"model": name, "what": text} for name, text in dashboard.known_models().items()], hide_index=True)
+custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/path/to/checkpoint.pt",
+                       help="local:<path>[#config] loads any open_clip checkpoint from disk (no download).")
+chosen = custom.strip() or model
+warning = dashboard.hub_warning(chosen)
+if warning:
+    st.warning(warning, icon=":material/cloud_off:")
+
+with st.form("launch"):
+    st.markdown(f"**Launch on dataset `{source}` with model `{chosen}`**")
+    c1, c2, c3 = st.columns(3)
+    split = c1.selectbox("Split", ["test", "val", "train", "all"], help="Which patient-disjoint split to embed.")
+    pools = c2.multiselect("Pools", list(POOL_KINDS), default=list(POOL_KINDS),
+                           help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"])
+    n_boot = c3.number_input("Bootstrap resamples", 0, 2000, 200, help="Patient-level bootstrap for the 95% CIs.")
+    b1, b2 = st.columns(2)
+    embed_clicked = b1.form_submit_button("Embed only", help="Embed images and reports (resumable, cached).")
+    audit_clicked = b2.form_submit_button("Embed and audit", type="primary",
+                                          help="Embed, then measure Recall@K against pool size.")
+if embed_clicked or audit_clicked:
+    embed = EmbedSpec(source=SourceSpec(name=source), model=chosen, split=split)
+    spec = AuditSpec(embed=embed, pools=tuple(pools) or POOL_KINDS, n_bootstrap=int(n_boot)) if audit_clicked else embed
+    ui.submit(spec)
+
+st.subheader("Jobs")
+
+
+@st.fragment(run_every=2.0 if ui.any_active_jobs() else None)
+def _jobs() -> None:
+    ui.job_list(limit=20)
+
+
+_jobs()

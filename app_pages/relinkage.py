@@ -1,0 +1,48 @@
+"""Re-linkage: Recall@K against pool size, models overlaid, pools and levels, and a lift table."""
+
+import streamlit as st
+
+import ui
+from backend.specs import POOL_KINDS
+from backend.views import dashboard, figures
+
+source, model = ui.selection()
+st.title("Re-linkage")
+st.markdown(dashboard.DEFINITIONS["recall"] + " " + dashboard.DEFINITIONS["lift"])
+runs = ui.audit_runs(source)
+if not len(runs):
+    st.info(f"No finished audit on {source} yet. Run the demo on Overview or launch one on Models and jobs.")
+    st.stop()
+
+models = runs["model"].tolist()
+c1, c2, c3, c4 = st.columns([3, 1, 2, 2])
+chosen = c1.multiselect("Models", models, default=models[:4],
+                        help="Overlay several audited models (the newest audit of each).")
+rows_all = ui.relink_rows(tuple(runs["run_id"]))
+ks = sorted(rows_all["k"].unique().tolist())
+k = c2.selectbox("K", ks, help="Top-K: the attacker succeeds when the true report is among the K best-scored.")
+pools = c3.multiselect("Pools", sorted(rows_all["pool_kind"].unique()), default=list(POOL_KINDS),
+                       format_func=lambda p: figures.POOL_NAME.get(p, p),
+                       help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"])
+levels = c4.multiselect("Level", ["study", "patient"], default=["study"],
+                        help=dashboard.DEFINITIONS["study"] + " " + dashboard.DEFINITIONS["patient"])
+rows = rows_all[rows_all["model"].isin(chosen) & rows_all["pool_kind"].isin(pools) & rows_all["level"].isin(levels)]
+if not len(rows):
+    st.info("Pick at least one model, pool and level.")
+    st.stop()
+st.plotly_chart(figures.recall_curves(rows, k=k), key="recall_curves")
+st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: chance K/N. Log x axis.")
+
+st.subheader(f"Lift table (K={k})")
+table = dashboard.lift_table(rows, k=k)
+st.dataframe(table, hide_index=True, column_config={
+    f"Recall@{k}": st.column_config.NumberColumn(format="%.4f", help=dashboard.DEFINITIONS["recall"]),
+    "chance": st.column_config.NumberColumn(format="%.4f", help=dashboard.DEFINITIONS["chance"]),
+    "lift": st.column_config.NumberColumn(format="%.1fx", help=dashboard.DEFINITIONS["lift"]),
+    "N": st.column_config.NumberColumn(help="Pool size: candidate reports including the true one."),
+    "CI": st.column_config.TextColumn(help="95% CI of the recall, bootstrap over patients."),
+    "effective N": st.column_config.NumberColumn(format="%.0f", help=dashboard.DEFINITIONS["effective_n"]),
+})
+hard = rows[(rows["pool_kind"] == "hard") & (rows["effective_n"] < rows["n"])]
+if len(hard):
+    st.caption(dashboard.DEFINITIONS["effective_n"] + f" Capped here from N={int(hard['n'].min())} on.")

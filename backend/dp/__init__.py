@@ -1,0 +1,200 @@
+"""Differentially private projection heads (DESIGN.md section 4): train, audit, probe, sweep.
+
+Both encoders are frozen; only the linear projection heads are (re)trained, on the train split's cached
+pre-projection features. epsilon = inf is the non-private retraining with the same schedule (the
+baseline that separates the effect of DP from the effect of retraining); the "original" reference
+evaluates the model's own heads.
+
+Every run records its privacy dict: epsilon (achieved, from Opacus's accountant for the steps actually
+run), target_epsilon, delta, noise_multiplier, sample_rate, steps, max_grad_norm, accountant, objective,
+privacy_unit and guarantee: "certified" for public-negatives (per-example gradients depend on one
+pair/patient and public data only), "nominal" for in-batch (the in-batch negatives couple examples, so
+clipping does not bound one pair's influence; arXiv 2310.03104), "none" without DP.
+How: exact manual DP-SGD for linear heads (backend.dp.train: Poisson sampling, rank-one/Gram per-unit
+norms, Opacus's clipping and noise; equal to Opacus's DPOptimizer step in tests), Opacus's accountant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from backend.audit import records
+from backend.dp.accounting import calibrate_noise, compute_epsilon, resolve_delta
+from backend.dp.eval import EvalInputs, evaluate, prepare
+from backend.dp.objectives import GUARANTEE, LinearHeads
+from backend.dp.train import TrainConfig, TrainData, schedule, train_dp, train_nonprivate
+from backend.progress import ProgressLike, null_progress
+from backend.specs import POOL_KINDS, DPSpec, SweepSpec, to_plain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedHeads:
+    """Trained heads in the EmbeddingSet layout (image_w (d_img_pre, d), image_b (d,) | None, text_w, text_b)."""
+
+    image_w: np.ndarray
+    image_b: np.ndarray | None
+    text_w: np.ndarray
+    text_b: np.ndarray | None
+    logit_scale: float
+    privacy: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": "linear", "image_w": self.image_w, "image_b": self.image_b, "text_w": self.text_w,
+                "text_b": self.text_b, "logit_scale": self.logit_scale}
+
+
+def privacy_units(meta: pd.DataFrame, unit: str) -> tuple[np.ndarray, int]:
+    """(n,) int64 codes of each pair's privacy unit and the number of units (pairs, or patients)."""
+    if unit == "patient":
+        codes, uniques = pd.factorize(meta["patient_id"])
+        return codes.astype(np.int64), len(uniques)
+    return np.arange(len(meta), dtype=np.int64), len(meta)
+
+
+def train_heads(spec: DPSpec, train: Any, public_bank: np.ndarray | None, progress: ProgressLike | None = None, *,
+                logit_scale: float | None = None, device: str | None = None) -> TrainedHeads:
+    """Train the heads on `train` (an EmbeddingSet: image_feat (n, d_img_pre), text_feat (n, d_txt_pre), heads,
+    meta.patient_id) under `spec` (DP unless spec.epsilon is inf). public_bank (M, d_txt_pre) is required by
+    the public-negatives objective. Raises PrivacyBudgetError when the target epsilon is unreachable."""
+    progress = progress or null_progress
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    heads = LinearHeads.from_arrays(train.heads, init=spec.init, seed=spec.seed, logit_scale=logit_scale).to(dev)
+    codes, n_units = privacy_units(train.meta, spec.privacy_unit)
+    data = TrainData(torch.from_numpy(np.ascontiguousarray(train.image_feat, np.float32)).to(dev),
+                     torch.from_numpy(np.ascontiguousarray(train.text_feat, np.float32)).to(dev),
+                     torch.from_numpy(codes).to(dev), n_units,
+                     None if public_bank is None else torch.from_numpy(np.asarray(public_bank, np.float32)).to(dev))
+    cfg = TrainConfig(objective=spec.objective, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+                      optimizer=spec.optimizer, n_negatives=spec.n_negatives, seed=spec.seed,
+                      max_grad_norm=spec.max_grad_norm)
+    privacy = {"target_epsilon": spec.epsilon, "objective": spec.objective, "privacy_unit": spec.privacy_unit,
+               "max_grad_norm": spec.max_grad_norm, "n_pairs": data.n, "n_units": n_units, "init": spec.init}
+    if not spec.private:
+        steps = train_nonprivate(heads, data, cfg, progress)
+        privacy.update(epsilon=math.inf, delta=0.0, noise_multiplier=0.0, sample_rate=spec.batch_size / data.n,
+                       steps=steps, accountant=None, guarantee="none", max_grad_norm=None)
+    else:
+        delta, note = resolve_delta(spec.delta, n_units)
+        q, steps = schedule(data.n, spec.batch_size, spec.epochs)
+        sigma = calibrate_noise(target_epsilon=spec.epsilon, delta=delta, sample_rate=q, steps=steps, accountant=spec.accountant)
+        info = train_dp(heads, data, dataclasses.replace(cfg, noise_multiplier=sigma), progress)
+        eps = compute_epsilon(noise_multiplier=sigma, sample_rate=info["sample_rate"], steps=info["steps"], delta=delta,
+                              accountant=spec.accountant)
+        privacy.update(epsilon=eps, delta=delta, delta_requested=spec.delta, delta_note=note, noise_multiplier=sigma,
+                       sample_rate=info["sample_rate"], steps=info["steps"], accountant=spec.accountant,
+                       guarantee=GUARANTEE[spec.objective])
+    arrays = heads.to_arrays()
+    return TrainedHeads(arrays["image_w"], arrays["image_b"], arrays["text_w"], arrays["text_b"], arrays["logit_scale"], privacy)
+
+
+@dataclass
+class DPResult:
+    """One point of the frontier. label: 'dp', 'retrained' (epsilon inf) or 'original' (the model's own heads).
+
+    relink_rows: audit curve rows + `target` ('in-domain' or a transfer source); probe_rows: probe.ROW_COLUMNS +
+    target, method ('linear-probe' | 'zero-shot'), features ('projected' | 'frozen'). heads: not serialised.
+    """
+
+    spec: DPSpec
+    label: str
+    privacy: dict[str, Any]
+    relink_rows: pd.DataFrame
+    relink_summary: dict[str, Any]
+    probe_rows: pd.DataFrame
+    heads: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def headline(self) -> pd.DataFrame:
+        """Per target: R@1 at the largest pool (random, hard) and macro AUROCs, with CIs (one row per target)."""
+        return headline_rows([self])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "dp", "run_id": self.spec.run_id(), "label": self.label, "spec": self.spec.to_dict(),
+                "privacy": to_plain(self.privacy, canonical=False), "headline": records(self.headline()),
+                "relink_summary": to_plain(self.relink_summary, canonical=False), "relink_rows": records(self.relink_rows),
+                "probe_rows": records(self.probe_rows)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+
+def _largest_n(rows: pd.DataFrame, pool: str) -> dict[str, float]:
+    sel = rows[(rows["pool_kind"] == pool) & (rows["level"] == "study") & (rows["k"] == 1)]
+    if sel.empty:
+        return {}
+    top = sel.sort_values("n").iloc[-1]
+    return {f"r1_{pool}": top["recall"], f"r1_{pool}_ci_low": top["ci_low"], f"r1_{pool}_ci_high": top["ci_high"],
+            f"n_{pool}": int(top["n"])}
+
+
+def _macro(rows: pd.DataFrame, method: str, features: str, name: str) -> dict[str, float]:
+    sel = rows[(rows["method"] == method) & (rows["features"] == features) & (rows["label"] == "macro")]
+    if sel.empty:
+        return {}
+    r = sel.iloc[0]
+    return {name: r["auroc"], f"{name}_ci_low": r["ci_low"], f"{name}_ci_high": r["ci_high"]}
+
+
+def headline_rows(results: list[DPResult]) -> pd.DataFrame:
+    """The frontier table: one row per (result, target) with privacy, R@1 at the largest N and macro AUROCs."""
+    out = []
+    for res in results:
+        p = res.privacy
+        for target, rel in res.relink_rows.groupby("target", sort=False):
+            probes = res.probe_rows[res.probe_rows["target"] == target]
+            row = {"label": res.label, "target": target, "objective": p.get("objective"), "privacy_unit": p.get("privacy_unit"),
+                   "target_epsilon": p.get("target_epsilon"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
+                   "guarantee": p.get("guarantee"), "noise_multiplier": p.get("noise_multiplier")}
+            for pool in POOL_KINDS:
+                row.update(_largest_n(rel, pool))
+            row.update(_macro(probes, "linear-probe", "projected", "probe_auroc"))
+            row.update(_macro(probes, "zero-shot", "projected", "zero_shot_auroc"))
+            row.update(_macro(probes, "linear-probe", "frozen", "frozen_probe_auroc"))
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _point(spec: DPSpec, inputs: EvalInputs, progress: ProgressLike) -> DPResult:
+    trained = train_heads(spec, inputs.train, inputs.bank, progress, logit_scale=inputs.logit_scale)
+    heads = trained.as_dict()
+    rows, summary, probes = evaluate(heads, inputs, spec.audit)
+    return DPResult(spec, "dp" if spec.private else "retrained", trained.privacy, rows, summary, probes, heads)
+
+
+def original_result(spec: DPSpec, inputs: EvalInputs) -> DPResult:
+    """The reference: the model's own heads, evaluated like every sweep point."""
+    privacy = {"target_epsilon": None, "epsilon": math.inf, "guarantee": "none", "objective": "original",
+               "privacy_unit": None, "noise_multiplier": 0.0, "accountant": None}
+    rows, summary, probes = evaluate(inputs.train.heads, inputs, spec.audit)
+    return DPResult(spec, "original", privacy, rows, summary, probes, dict(inputs.train.heads))
+
+
+def run_dp(spec: DPSpec, progress: ProgressLike | None = None) -> DPResult:
+    """Embed (cached), train the heads under spec, project the test split(s), audit and probe."""
+    progress = progress or null_progress
+    inputs = prepare(spec, progress)
+    return _point(spec, inputs, progress)
+
+
+def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_original: bool = True) -> list[DPResult]:
+    """The epsilon grid (one DPResult per epsilon, same inputs), preceded by the 'original model' reference."""
+    progress = progress or null_progress
+    inputs = prepare(spec.base, progress)
+    points = spec.points()
+    results = [original_result(spec.base, inputs)] if include_original else []
+    for i, point in enumerate(points):
+        progress(i, len(points), f"epsilon {point.epsilon:g}")
+        results.append(_point(point, inputs, null_progress))
+        log.info("sweep %d/%d: epsilon %g done", i + 1, len(points), point.epsilon)
+    progress(len(points), len(points), "sweep done")
+    return results

@@ -1,0 +1,182 @@
+"""Batched, resumable embedding of one split: images and (deduplicated) reports, with pre-projection
+features and head weights, cached under settings.cache_subdir("embeddings")/<key>/.
+
+The key hashes (model name, weights id, source spec, split, section policy, preprocessing, the pair
+table's content, EMBED_VERSION). Work is done in chunks of `chunk_size` items, each written atomically
+to <key>/chunks/ as soon as it is finished; a job killed at 80% (a raising progress callback, Ctrl-C,
+a crash) restarts from its last finished chunk, recomputing and losing nothing that was finished. Chunk
+boundaries and batches are fixed by the key, so a resumed run yields the same arrays as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from backend import settings
+from backend.embed.files import (
+    META_COLUMNS,
+    EmbeddingSet,
+    atomic_write,
+    load_embedding_set,
+    write_set,
+)
+from backend.errors import SourceError
+from backend.models import load_model
+from backend.models.openclip import LoadedModel
+from backend.progress import ProgressLike, null_progress
+from backend.sources import SourceData, load_source
+from backend.specs import EmbedSpec
+
+__all__ = ["embed_split", "embedding_key", "select_split"]  # the set and its files: backend.embed
+
+log = logging.getLogger(__name__)
+EMBED_VERSION = "embed-v1"
+CHUNK_SIZE = 512
+
+
+class _Images(Dataset):
+    """Preprocessed images of the given paths: index -> (3, H, W) float tensor."""
+
+    def __init__(self, read_image: Callable[[str], Any], paths: list[str], preprocess: Callable) -> None:
+        self.read_image, self.paths, self.preprocess = read_image, paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(self.read_image(self.paths[i]))
+
+
+def select_split(pairs: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The pairs of one split ("all": every pair), index reset; SourceError when empty."""
+    out = pairs if split == "all" else pairs[pairs["split"] == split]
+    if out.empty:
+        raise SourceError(f"The source has no pairs in split {split!r}; choose another split or a larger source.")
+    return out.reset_index(drop=True)
+
+
+def _table_digest(pairs: pd.DataFrame) -> str:
+    blob = pd.util.hash_pandas_object(pairs[["pair_id", "image_path", "report"]], index=False).to_numpy()
+    return hashlib.sha256(blob.tobytes()).hexdigest()[:16]
+
+
+def embedding_key(spec: EmbedSpec, lm: LoadedModel, pairs: pd.DataFrame, chunk_size: int = CHUNK_SIZE) -> str:
+    """The content hash naming the cache folder of this embedding job."""
+    blob = json.dumps({
+        "v": EMBED_VERSION, "model": spec.model, "weights": lm.weights_id, "source": spec.source.to_dict(),
+        "split": spec.split, "section_policy": spec.source.section_policy, "preprocess": lm.preprocess_id,
+        "pairs": _table_digest(pairs), "chunk": chunk_size, "batch": spec.batch_size,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _image_chunk(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int,
+                 num_workers: int) -> np.ndarray:
+    """(len(paths), d_img_pre) float32 features of one chunk of images."""
+    loader = DataLoader(_Images(source.read_image, paths, lm.preprocess), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=lm.device.type == "cuda")
+    out = []
+    with torch.inference_mode(), _autocast(lm.device):
+        for batch in loader:
+            out.append(lm.encode_image_features(batch.to(lm.device, non_blocking=True)).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _text_chunk(lm: LoadedModel, texts: list[str], batch_size: int) -> np.ndarray:
+    """(len(texts), d_txt_pre) float32 features of one chunk of report texts."""
+    out = []
+    with torch.inference_mode(), _autocast(lm.device):
+        for i in range(0, len(texts), batch_size):
+            tokens = lm.tokenizer(texts[i:i + batch_size]).to(lm.device)
+            out.append(lm.encode_text_features(tokens).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _apply_head(feat: np.ndarray, head: torch.nn.Linear) -> np.ndarray:
+    """L2-normalised head(feat), in float32 on the CPU: (n, d_pre) -> (n, d)."""
+    with torch.inference_mode():
+        emb = head.float().cpu()(torch.from_numpy(feat))
+        return F.normalize(emb, dim=-1).numpy().astype(np.float32)
+
+
+def _run_chunks(kind: str, n: int, compute: Callable[[int, int], np.ndarray], folder: Path, chunk_size: int,
+                progress: ProgressLike, offset: int, total: int) -> np.ndarray:
+    """Compute items [0, n) chunk by chunk, skipping chunks already on disk; returns the stacked array."""
+    parts = []
+    for c, start in enumerate(range(0, n, chunk_size)):
+        stop = min(n, start + chunk_size)
+        path = folder / f"{kind}-{c:05d}.npy"
+        if path.is_file():
+            parts.append(np.load(path))
+        else:
+            arr = compute(start, stop)
+            atomic_write(path, lambda p, a=arr: np.save(open(p, "wb"), a))
+            parts.append(arr)
+        progress(offset + stop, total, f"embedding {kind}s")
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _auto_workers(n: int, batch_size: int) -> int:
+    # Worker processes pay off only when there are several batches to overlap with the model's compute.
+    cpus = os.cpu_count() or 1
+    return 0 if n <= 2 * batch_size or cpus < 2 else min(4, cpus - 1)
+
+
+def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device: str | torch.device | None = None,
+                model: LoadedModel | None = None, chunk_size: int = CHUNK_SIZE,
+                num_workers: int | None = None, source: SourceData | None = None) -> EmbeddingSet:
+    """Embed the pairs of `spec.split` with `spec.model`; cached and resumable (see module docstring).
+
+    Returns the EmbeddingSet (path set to its cache folder). `model`/`source` reuse already-loaded objects."""
+    progress = progress or null_progress
+    src = source or load_source(spec.source.name, root=spec.source.root,
+                                section_policy=spec.source.section_policy, **spec.source.options)
+    pairs = select_split(src.pairs, spec.split)
+    lm = model or load_model(spec.model, device=device, progress=progress)
+    key = embedding_key(spec, lm, pairs, chunk_size)
+    folder = settings.cache_subdir("embeddings") / key
+    if (folder / "done.json").is_file():
+        log.info("embeddings cached: %s", folder)
+        return load_embedding_set(folder)
+    chunks = folder / "chunks"
+    chunks.mkdir(parents=True, exist_ok=True)
+    codes, reports = pd.factorize(pairs["report"])  # each distinct report text is embedded once
+    texts = [str(t) for t in reports]
+    paths = pairs["image_path"].tolist()
+    total = len(paths) + len(texts)
+    workers = _auto_workers(len(paths), spec.batch_size) if num_workers is None else num_workers
+    image_feat = _run_chunks("image", len(paths), lambda a, b: _image_chunk(
+        lm, src, paths[a:b], spec.batch_size, workers), chunks, chunk_size, progress, 0, total)
+    text_feat_u = _run_chunks("text", len(texts), lambda a, b: _text_chunk(
+        lm, texts[a:b], spec.batch_size), chunks, chunk_size, progress, len(paths), total)
+    es = EmbeddingSet(
+        meta=pairs[[c for c in META_COLUMNS if c in pairs.columns]].copy(),
+        image_emb=_apply_head(image_feat, lm.image_head),
+        report_emb=_apply_head(text_feat_u, lm.text_head)[codes],
+        image_feat=image_feat, text_feat=text_feat_u[codes], heads=lm.head_arrays(),
+        info={"key": key, "spec": spec.to_dict(), "model": spec.model, "weights_id": lm.weights_id,
+              "preprocess": lm.preprocess_id, "n_pairs": len(paths), "n_reports": len(texts),
+              "n_studies": int(pairs["study_id"].nunique()), "n_patients": int(pairs["patient_id"].nunique()),
+              "embed_version": EMBED_VERSION, "torch": torch.__version__, "device": str(lm.device)})
+    write_set(es, folder)
+    shutil.rmtree(chunks, ignore_errors=True)  # the assembled arrays hold everything the chunks held
+    return es

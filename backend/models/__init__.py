@@ -1,0 +1,69 @@
+"""The model registry: one `ModelEntry` per model, torch-free (the dashboard lists them on every page), each
+naming the function that builds it ("module:function"), imported only when the model is loaded.
+
+    load_model(name, device=None, progress=None, **options) -> LoadedModel   (backend.models.openclip)
+
+Built-in entries: the project's demo model (trained by backend.models.demo), OpenAI CLIP ViT-B/16 and
+BiomedCLIP from the Hugging Face hub, a CheXzero checkpoint, and `local:<path>[#config]` checkpoints. Hub
+entries never hang: when offline and the weights are not cached, loading raises ModelUnavailableError at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from backend.errors import ModelUnavailableError
+from backend.registry import Registry, resolve
+
+BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+OPENAI_B16_REPO = "timm/vit_base_patch16_clip_224.openai"
+CHEXZERO_ENV = "CXR_CHEXZERO_CKPT"
+LOCAL_PREFIX = "local:"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    domain: str  # "synthetic" | "general" | "biomedical" | "chest x-ray" | "any"
+    weights: str  # where the weights come from, in words a user can act on
+    loader: str  # "module:function" with signature (device, progress=None, name=..., **options) -> LoadedModel
+    hub: bool = False  # weights come from the Hugging Face hub (unavailable offline unless cached)
+
+
+MODELS: Registry[ModelEntry] = Registry("model", ModelUnavailableError, hint=", or local:<path>[#config]")
+register_model = MODELS.register
+list_models = MODELS.list
+
+
+def get_model(name: str) -> ModelEntry:
+    """The entry of `name`; `local:<path>[#config]` gives an entry built on the fly."""
+    if name.startswith(LOCAL_PREFIX):
+        path = name[len(LOCAL_PREFIX):]
+        return ModelEntry(name, f"open_clip checkpoint at {path}", "any", path, "backend.models.openclip:load_local")
+    return MODELS.get(name)
+
+
+def load_model(name: str, device: Any = None, progress: Any = None, **options: Any) -> Any:
+    """Build model `name` (a LoadedModel: weights, preprocessing, tokenizer and head access) on `device`
+    (default: cuda when present). Raises ModelUnavailableError (fast, never hanging) when weights are missing."""
+    entry = get_model(name)
+    loader = resolve(entry.loader, f"Model {name!r}", ModelUnavailableError)
+    return loader(device=device, progress=progress, name=name, **options)
+
+
+for _entry in (
+    ModelEntry("demo", "Small CLIP (ViT image tower, 128 px) trained by the project on the synthetic train split",
+               "synthetic", "trained on first use (a few minutes on a CPU), cached under <cache>/models",
+               "backend.models.demo:load_demo"),
+    ModelEntry("openai-vit-b-16", "OpenAI CLIP ViT-B/16 (general domain)", "general",
+               f"Hugging Face hub {OPENAI_B16_REPO} (downloaded once into the HF cache)",
+               "backend.models.openclip:load_openai_b16", hub=True),
+    ModelEntry("biomedclip", "BiomedCLIP: ViT-B/16 + PubMedBERT trained on PMC-15M figures (biomedical)",
+               "biomedical", f"Hugging Face hub {BIOMEDCLIP_REPO} (needs the transformers package)",
+               "backend.models.openclip:load_biomedclip", hub=True),
+    ModelEntry("chexzero", "CheXzero-style ViT-B/32 CLIP fine-tuned on MIMIC-CXR (chest X-ray)", "chest x-ray",
+               f"a local checkpoint: set {CHEXZERO_ENV} or pass checkpoint=PATH", "backend.models.openclip:load_chexzero"),
+):
+    register_model(_entry)

@@ -1,0 +1,139 @@
+"""Turn per-query beater/tie counts (backend.relink.counts) into backend.relink's outputs: the tidy curve table with
+patient-bootstrap CIs, the summary dict and the per-query table. Pure numpy/pandas; semantics in backend/relink/__init__.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backend.relink.stats import (
+    bootstrap_means,
+    bootstrap_medians,
+    bootstrap_weights,
+    expected_recall,
+    group_chance,
+    percentile_ci,
+)
+
+# (pool kind, level) -> keys of (eligible, beaters, ties) in the group-size and count dicts
+COMBOS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("random", "study"): ("m", "b", "t"), ("hard", "study"): ("mh", "bh", "th"),
+    ("random", "patient"): ("pm", "pb", "pt"), ("hard", "patient"): ("pmh", "pbh", "pth"),
+}
+PER_QUERY_N: tuple[int, ...] = (10, 100, 1000)
+CURVE_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_low", "ci_high", "chance", "lift",
+                                  "effective_n")  # what the store keeps and a headline shows
+ROW_COLUMNS: tuple[str, ...] = (*CURVE_COLUMNS, "capped_frac")  # what the engine returns
+
+
+def default_grid(n_max: int) -> list[int]:
+    """2, 5, 10, 20, 50, 100, ... (1-2-5 steps) below n_max, then n_max itself (n_max >= 2)."""
+    grid, base = [], 1
+    while True:
+        for step in (2, 5, 10):
+            value = base * step
+            if value >= n_max:
+                return sorted(set(grid + [max(int(n_max), 2)]))
+            grid.append(value)
+        base *= 10
+
+
+def _chance(draws: np.ndarray, r: np.ndarray | None, k: int) -> np.ndarray:
+    """Per-query chance of a hit: K / (draws + 1) for one true report, group_chance for r patient reports."""
+    if r is None:
+        return np.minimum(1.0, k / (draws + 1.0))
+    return group_chance(draws, r, k)
+
+
+def _curve(elig: np.ndarray, beat: np.ndarray, tie: np.ndarray, grid: Sequence[int], ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Expected recall per query (n_q, G, nk) and draws (n_q, G) for pools of N - 1 distractors, N in grid.
+
+    Capped entries (N - 1 >= eligible) are the full-pool value, computed once per query."""
+    n_q = elig.shape[0]
+    draws = np.minimum(np.asarray(grid, dtype=np.float64)[None, :] - 1.0, elig[:, None].astype(np.float64))
+    full = expected_recall(elig, beat, tie, elig, ks)
+    values = np.repeat(full[:, None, :], len(grid), axis=1)
+    open_q, open_g = np.nonzero(draws < elig[:, None])
+    if open_q.size:
+        values[open_q, open_g] = expected_recall(elig[open_q], beat[open_q], tie[open_q], draws[open_q, open_g], ks)
+    return values.reshape(n_q, len(grid), len(ks)), draws
+
+
+def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_patient: np.ndarray, *,
+               kinds: Sequence[str], ks: Sequence[int], n_grid: Sequence[int] | None, n_bootstrap: int,
+               seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The tidy rows (pool_kind, level, k, n, recall, ci_low, ci_high, chance, lift, effective_n, capped_frac).
+
+    counts/groups: per-query arrays (n_q,); q_patient (n_q,) dense patient codes for the bootstrap."""
+    grid = sorted({int(v) for v in n_grid}) if n_grid is not None else default_grid(int(groups["m"].max()) + 1)
+    columns, meta = [], []
+    for kind in [*kinds, "full"]:
+        for level in ("study", "patient"):
+            e_key, b_key, t_key = COMBOS[("random" if kind == "full" else kind, level)]
+            elig, beat, tie = groups[e_key], counts[b_key], counts[t_key]
+            r = groups["r"] if level == "patient" else None
+            pts = [int(round(float(np.mean(elig + 1))))] if kind == "full" else grid
+            if kind == "full":
+                vals, draws = expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig[:, None].astype(np.float64)
+            else:
+                vals, draws = _curve(elig, beat, tie, grid, ks)
+            for gi, n_pts in enumerate(pts):
+                for ki, k in enumerate(ks):
+                    columns.append(vals[:, gi, ki])
+                    meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts,
+                                 "chance": float(np.mean(_chance(draws[:, gi], r, k))),
+                                 "effective_n": float(np.mean(draws[:, gi] + 1.0)),
+                                 "capped_frac": 0.0 if kind == "full" else float(np.mean(draws[:, gi] + 1 < n_pts))})
+    values = np.stack(columns, axis=1)
+    weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed)
+    low, high = percentile_ci(bootstrap_means(values, q_patient, weights))
+    rows = pd.DataFrame(meta)
+    rows.insert(4, "recall", values.mean(0))
+    rows.insert(5, "ci_low", low)
+    rows.insert(6, "ci_high", high)
+    rows["lift"] = rows["recall"] / rows["chance"]
+    return rows[list(ROW_COLUMNS)], {"n_grid": grid}
+
+
+def per_query_frame(pair_index: np.ndarray, pair_id: np.ndarray | None, study_id: np.ndarray, patient_id: np.ndarray,
+                    counts: dict[str, np.ndarray], groups: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per query image, in input order: ids, true score, counts per pool/level, expected rank in
+    the full database (1 + beaters + ties/2) and expected R@1 in random pools of N = 10, 100, 1000."""
+    frame = pd.DataFrame({"pair_index": pair_index})
+    if pair_id is not None:
+        frame["pair_id"] = pair_id
+    frame["study_id"] = study_id
+    frame["patient_id"] = patient_id
+    frame["score_true"] = counts["score"].astype(np.float64)
+    frame["rank_full"] = 1.0 + counts["b"] + counts["t"] / 2.0
+    frame["beaters"], frame["ties"], frame["eligible"] = counts["b"], counts["t"], groups["m"]
+    frame["beaters_hard"], frame["ties_hard"], frame["eligible_hard"] = counts["bh"], counts["th"], groups["mh"]
+    frame["patient_beaters"], frame["patient_ties"], frame["patient_eligible"] = counts["pb"], counts["pt"], groups["pm"]
+    frame["patient_studies"] = groups["r"]
+    for n_pool in PER_QUERY_N:
+        draws = np.minimum(n_pool - 1, groups["m"])
+        frame[f"r1_at_{n_pool}"] = expected_recall(groups["m"], counts["b"], counts["t"], draws, (1,))[:, 0]
+    return frame
+
+
+def summary_dict(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_patient: np.ndarray, *,
+                 n_bootstrap: int, seed: int, n_candidates: int, include_same_patient: bool,
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers: sizes, mean/median expected rank in the full database with patient-bootstrap CIs."""
+    rank = 1.0 + counts["b"] + counts["t"] / 2.0
+    weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed + 1)
+    mean_lo, mean_hi = percentile_ci(bootstrap_means(rank[:, None], q_patient, weights))
+    med_lo, med_hi = percentile_ci(bootstrap_medians(rank, q_patient, weights)[:, None])
+    return {
+        "n_queries": int(rank.size), "n_candidates": int(n_candidates), "n_patients": int(q_patient.max()) + 1,
+        "mean_rank": float(rank.mean()), "mean_rank_ci": [float(mean_lo[0]), float(mean_hi[0])],
+        "median_rank": float(np.median(rank)), "median_rank_ci": [float(med_lo[0]), float(med_hi[0])],
+        "mean_eligible": float(groups["m"].mean()), "mean_eligible_hard": float(groups["mh"].mean()),
+        "frac_queries_with_ties": float(np.mean(counts["t"] > 0)),
+        "include_same_patient": bool(include_same_patient), "n_bootstrap": int(n_bootstrap), "seed": int(seed),
+        **extra,
+    }

@@ -1,0 +1,62 @@
+"""The one-button demo job: prepare the demo model, audit its test split, then sweep epsilon; each part is
+stored as its own run (so the pages show it) by backend/runs/persist.py.
+
+The heavy parts (training, audit, DP) are resolved by name when the job runs, so the dashboard can import
+`default_demo_spec` without importing torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from backend.errors import JobError
+from backend.progress import ProgressLike, null_progress, scaled
+from backend.registry import resolve
+from backend.runs import store
+from backend.runs.jobs import device_label
+from backend.runs.persist import persist_audit, persist_sweep
+from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+def default_demo_spec(n_patients: int | None = None) -> DemoSpec:
+    """The dashboard's demo: the synthetic source (sized by `n_patients`, else $CXR_DEMO_N_PATIENTS, else the
+    source's default) and the demo model; a three-point sweep (epsilon 1, 8, inf)."""
+    n_patients = n_patients or int(os.environ.get("CXR_DEMO_N_PATIENTS", "0") or 0)
+    options = {"n_patients": n_patients} if n_patients else {}
+    audit = AuditSpec(embed=EmbedSpec(source=SourceSpec(name="synthetic", options=options), model="demo"))
+    base = DPSpec(source=audit.embed.source, model="demo", audit=audit)
+    return DemoSpec(audit=audit, sweep=SweepSpec(base=base, epsilons=(1.0, 8.0, math.inf)))
+
+
+def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, Any]:
+    """Prepare the demo model, audit it, then sweep epsilon when backend.dp exists; store each part."""
+    progress = progress or null_progress
+    total = 1000
+    device = device_label()
+    if spec.audit.embed.model == "demo":  # train (or find) the demo weights with their own progress
+        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(scaled(progress, 0, 400, total))
+    audit_id = spec.audit.run_id()
+    if (store.get_run(audit_id) or {}).get("status") != "done":
+        store.upsert_run(audit_id, "audit", spec.audit.to_json(), "running")
+        result = resolve("backend.audit:run_audit", "The demo", JobError)(spec.audit, scaled(progress, 400, 300, total))
+        persist_audit(audit_id, spec.audit, result, device)
+    out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": None}
+    if spec.sweep is not None:
+        try:
+            run_sweep = resolve("backend.dp:run_sweep", "The demo", JobError)
+        except JobError as exc:
+            log.warning("demo: skipping the sweep (%s)", exc)
+            out["sweep_skipped"] = str(exc)
+            return out
+        sweep_id = spec.sweep.run_id()
+        if (store.get_run(sweep_id) or {}).get("status") != "done":
+            store.upsert_run(sweep_id, "sweep", spec.sweep.to_json(), "running")
+            persist_sweep(sweep_id, spec.sweep, run_sweep(spec.sweep, scaled(progress, 700, 290, total)), device)
+        out["sweep_run"] = sweep_id
+    progress(total, total, "demo finished")
+    return out

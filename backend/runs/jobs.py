@@ -1,0 +1,312 @@
+"""Submit, watch and cancel jobs; each runs in a detached worker process (`python -m backend worker JOB_ID`).
+
+submit(spec) returns the finished run's job when the same spec already finished (nothing is recomputed),
+the running job when it is in flight, and otherwise starts a worker. The worker records its pid,
+a heartbeat, throttled progress and, on failure, the traceback; a cancel request is a flag in the store
+that the progress callback checks (it raises JobError), escalated to SIGTERM after a grace period.
+A worker that died (pid gone or heartbeat stale) is shown as "stale"; what it finished (embedding
+chunks on disk) is kept and a resubmission resumes from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from backend import settings
+from backend.errors import JobError
+from backend.progress import ProgressLike
+from backend.runs import store
+from backend.runs.kinds import get_job_kind, kind_for_spec
+from backend.specs import spec_from_json
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+PROGRESS_INTERVAL_S = 0.5
+HEARTBEAT_S = 2.0
+STALE_AFTER_S = 120.0  # a live pid with a silent heartbeat (hung, or starved on a busy machine)
+START_TIMEOUT_S = 60.0
+_SUBMIT_LOCK = threading.Lock()
+
+
+@dataclass
+class Job:
+    """One launch of a worker (or, for a run finished earlier, the record that finished it)."""
+
+    job_id: str
+    run_id: str
+    kind: str
+    status: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    pid: int | None = None
+    created: float | None = None
+    started: float | None = None
+    heartbeat: float | None = None
+    finished: float | None = None
+    log_path: str = ""
+    traceback: str = ""
+    device: str = ""
+    spec: str = ""
+    cancel_requested: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else (1.0 if self.status == "done" else 0.0)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        names = {f.name for f in fields(cls)}
+        clean = {k: (None if _is_missing(v) else v) for k, v in row.items() if k in names}
+        for key in ("message", "log_path", "traceback", "device", "spec"):
+            clean[key] = clean.get(key) or ""
+        for key in ("done", "total"):
+            clean[key] = int(clean.get(key) or 0)
+        if clean.get("pid") is not None:
+            clean["pid"] = int(clean["pid"])
+        clean["cancel_requested"] = bool(clean.get("cancel_requested") or False)
+        return cls(**clean)
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return value is None or value != value  # NaN / NaT from a DataFrame row
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- submit / query
+
+
+def submit(spec: Any, *, kind: str | None = None) -> Job:
+    """Run `spec` in a detached worker unless it already finished or is running (see module doc)."""
+    job_kind = get_job_kind(kind) if kind else kind_for_spec(spec)
+    run_id = spec.run_id()
+    with _SUBMIT_LOCK:
+        refresh()
+        run = store.get_run(run_id)
+        if run and run["status"] == "done":
+            return _finished_job(run)
+        active = store.list_jobs(run_id=run_id, statuses=ACTIVE)
+        if len(active):
+            return Job.from_row(active.iloc[0].to_dict())
+        job_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
+        log_path = settings.cache_subdir("jobs") / f"{job_id}.log"
+        store.upsert_run(run_id, job_kind.name, spec.to_json(), "queued")
+        store.insert_job(job_id, {"run_id": run_id, "kind": job_kind.name, "spec": spec.to_json(), "status": "queued",
+                                  "done": 0, "total": 0, "message": "starting worker", "created": time.time(),
+                                  "log_path": str(log_path), "cancel_requested": False})
+    _spawn(job_id, log_path)
+    return get_job(job_id)
+
+
+def _finished_job(run: dict[str, Any]) -> Job:
+    jobs = store.list_jobs(run_id=run["run_id"], statuses=("done",))
+    if len(jobs):
+        return Job.from_row(jobs.iloc[0].to_dict())
+    return Job(job_id="", run_id=run["run_id"], kind=run["kind"], status="done", done=1, total=1,
+               message="finished earlier", finished=run.get("finished"), device=run.get("device") or "")
+
+
+def _spawn(job_id: str, log_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(settings.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "backend", "worker", job_id], cwd=settings.REPO_ROOT,
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    # Reap the child when it exits so that a finished worker never lingers as a zombie that looks alive.
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{job_id}").start()
+    store.update_job(job_id, pid=proc.pid)
+
+
+def get_job(job_id: str) -> Job:
+    row = store.get_job(job_id)
+    if row is None:
+        raise JobError(f"No job {job_id!r}; `python -m backend jobs` lists the known ones.")
+    return Job.from_row(row)
+
+
+def list_jobs(limit: int = 50) -> list[Job]:
+    """Recent jobs, newest first, after marking dead workers stale."""
+    refresh()
+    return [Job.from_row(r) for r in store.list_jobs(limit=limit).to_dict("records")]
+
+
+def read_log(job: Job, max_chars: int = 20_000) -> str:
+    path = Path(job.log_path) if job.log_path else None
+    if not path or not path.is_file():
+        return ""
+    text = path.read_text(errors="replace")
+    return text[-max_chars:]
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when the process exists and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def refresh(now: float | None = None) -> list[str]:
+    """Mark active jobs whose worker is gone (or silent for STALE_AFTER_S) as stale; returns their ids."""
+    now = now or time.time()
+    stale = []
+    for row in store.list_jobs(statuses=ACTIVE).to_dict("records"):
+        job = Job.from_row(row)
+        beat = job.heartbeat or job.created or now
+        limit = STALE_AFTER_S if job.heartbeat else START_TIMEOUT_S
+        if (job.pid and not pid_alive(job.pid)) or now - beat > limit:
+            why = "its worker process is gone" if job.pid and not pid_alive(job.pid) else "no heartbeat"
+            _record_end(job.job_id, job.run_id, "stale",
+                        f"stale: {why}; finished chunks are kept, submit again to resume", "")
+            stale.append(job.job_id)
+    return stale
+
+
+# ---------------------------------------------------------------- cancel
+
+
+def cancel(job_id: str, *, grace_s: float = 5.0, wait: bool = False) -> Job:
+    """Ask a job to stop (checked at its next progress call); terminate it after `grace_s` if it has not."""
+    job = get_job(job_id)
+    if not job.active:
+        return job
+    store.update_job(job_id, cancel_requested=True, message="cancel requested")
+    if wait:
+        _escalate(job_id, grace_s)
+    else:
+        threading.Thread(target=_escalate, args=(job_id, grace_s), daemon=True).start()
+    return get_job(job_id)
+
+
+def _escalate(job_id: str, grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not get_job(job_id).active:
+            return
+        time.sleep(0.2)
+    job = get_job(job_id)
+    if not job.active:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if job.pid and pid_alive(job.pid):
+            try:
+                os.killpg(job.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            time.sleep(1.0)
+    if get_job(job_id).active:
+        _record_end(job_id, job.run_id, "cancelled", "cancelled (terminated)", "")
+
+
+# ---------------------------------------------------------------- the worker
+
+
+class _Cancelled(JobError):
+    pass
+
+
+def _progress_writer(job_id: str) -> ProgressLike:
+    """The callback the job's code calls: throttled into the store; raises JobError once cancel is requested."""
+    last = [0.0]
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_INTERVAL_S and done < total:
+            return
+        last[0] = now
+        if store.update_job(job_id, done=int(done), total=int(total), message=str(message)[:500],
+                            heartbeat=time.time()):
+            raise _Cancelled(f"Job {job_id} was cancelled; finished chunks are kept.")
+
+    return progress
+
+
+def _heartbeat(job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            store.update_job(job_id, heartbeat=time.time())
+        except Exception:  # a missed beat is harmless; the next one retries
+            log.warning("heartbeat of %s failed", job_id, exc_info=True)
+
+
+def device_label(uses_torch: bool = True) -> str:
+    """"cuda (GPU name)" or "cpu": the device the worker's torch code will use."""
+    if not uses_torch:
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu (torch not installed)"
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return "cpu"
+
+
+def run_worker(job_id: str) -> int:
+    """The body of `python -m backend worker JOB_ID`: run the job, record the outcome; returns an exit code."""
+    job = get_job(job_id)
+    if job.cancel_requested:
+        store.update_job(job_id, status="cancelled", finished=time.time(), message="cancelled before start")
+        return 1
+    signal.signal(signal.SIGTERM, _raise_cancel)
+    now = time.time()
+    store.update_job(job_id, status="running", pid=os.getpid(), started=now, heartbeat=now, message="running")
+    store.set_run_status(job.run_id, "running")
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(job_id, stop), daemon=True).start()
+    try:
+        kind = get_job_kind(job.kind)
+        spec = spec_from_json(job.spec)
+        device = device_label(kind.uses_torch)
+        store.update_job(job_id, device=device)
+        log.info("job %s (%s) on %s", job_id, kind.name, device)
+        result = kind.resolve()(spec, _progress_writer(job_id))
+        kind.resolve_persist()(job.run_id, spec, result, device)
+        store.update_job(job_id, status="done", finished=time.time(), message="done")
+        return 0
+    except _Cancelled as exc:
+        _record_end(job_id, job.run_id, "cancelled", str(exc), "")
+        return 1
+    except BaseException as exc:  # record every failure, including SystemExit from a library
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())  # the log first: the store says "done"
+        _record_end(job_id, job.run_id, "failed", f"{type(exc).__name__}: {exc}"[:500], traceback.format_exc())
+        return 1
+    finally:
+        stop.set()
+
+
+def _raise_cancel(signum: int, frame: Any) -> None:
+    raise _Cancelled("terminated by a cancel request (SIGTERM); finished chunks are kept.")
+
+
+def _record_end(job_id: str, run_id: str, status: str, message: str, tb: str) -> None:
+    store.set_run_status(run_id, status)  # the run first: a watcher that sees the job end sees the run ended too
+    store.update_job(job_id, status=status, finished=time.time(), message=message, traceback=tb)

@@ -1,0 +1,76 @@
+"""The job-kind registry: what a worker runs for each kind of spec, and how its result is stored.
+
+A kind names its target ("module:function", called as target(spec, progress)) and its persist function
+("module:function", called as persist(run_id, spec, result, device); backend/runs/persist.py) as strings,
+imported only inside the worker, so a module that is missing or broken fails that one job with a clear
+message and never the dashboard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from backend.errors import JobError
+from backend.progress import ProgressLike, null_progress
+from backend.registry import Registry, resolve
+from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SelfTestSpec, SweepSpec
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    spec_type: type
+    target: str  # "module:function", imported in the worker only
+    persist: str  # "module:function" (run_id, spec, result, device) -> None
+    description: str
+    uses_torch: bool = True
+
+    def resolve(self) -> Callable[..., Any]:
+        return resolve(self.target, f"Job kind {self.name!r}", JobError)
+
+    def resolve_persist(self) -> Callable[..., Any]:
+        return resolve(self.persist, f"Job kind {self.name!r}", JobError)
+
+
+JOB_KINDS: Registry[JobKind] = Registry("job kind", JobError)
+register_job_kind = JOB_KINDS.register
+get_job_kind = JOB_KINDS.get
+list_job_kinds = JOB_KINDS.list
+
+
+def kind_for_spec(spec: Any) -> JobKind:
+    for kind in JOB_KINDS.list():
+        if type(spec) is kind.spec_type:
+            return kind
+    raise JobError(f"No job kind runs a {type(spec).__name__}; known kinds: {', '.join(JOB_KINDS.names())}.")
+
+
+def run_selftest(spec: SelfTestSpec, progress: ProgressLike | None = None) -> dict[str, Any]:
+    """Count to spec.steps, calling progress after each step (the cancel check rides on it)."""
+    progress = progress or null_progress
+    for step in range(spec.steps):
+        if step == spec.fail_at:
+            raise ValueError(f"selftest failed on purpose at step {step}")
+        time.sleep(spec.delay_s)
+        progress(step + 1, spec.steps, f"step {step + 1}/{spec.steps}")
+    return {"steps": spec.steps, "tag": spec.tag}
+
+
+for _kind in (
+    JobKind("selftest", SelfTestSpec, "backend.runs.kinds:run_selftest", "backend.runs.persist:persist_selftest",
+            "count with progress (checks the job machinery)", uses_torch=False),
+    JobKind("embed", EmbedSpec, "backend.embed.compute:embed_split", "backend.runs.persist:persist_embed",
+            "embed one split (images and reports); resumable"),
+    JobKind("audit", AuditSpec, "backend.audit:run_audit", "backend.runs.persist:persist_audit",
+            "embed and measure re-linkage"),
+    JobKind("dp", DPSpec, "backend.dp:run_dp", "backend.runs.persist:persist_dp",
+            "train projection heads (DP or not), audit and probe"),
+    JobKind("sweep", SweepSpec, "backend.dp:run_sweep", "backend.runs.persist:persist_sweep",
+            "one DP run per epsilon"),
+    JobKind("demo", DemoSpec, "backend.runs.demo:run_demo", "backend.runs.persist:persist_demo",
+            "prepare the demo model, audit it, and sweep epsilon"),
+):
+    register_job_kind(_kind)

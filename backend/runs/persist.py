@@ -1,0 +1,112 @@
+"""Turn what a job returned into store records (one finished run per spec).
+
+Each persist function is `persist_<kind>(run_id, spec, result, device)`; they read the result objects
+of backend.audit / backend.dp through their documented attributes (docs/INTERFACES.md) and tolerate
+optional parts being absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from backend.runs import store
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        if isinstance(obj, dict) and name in obj:
+            return obj[name]
+        if hasattr(obj, name):
+            return getattr(obj, name)
+    return default
+
+
+def persist_selftest(run_id: str, spec: Any, result: dict[str, Any], device: str) -> None:
+    store.finish_run(run_id, summary=result, device=device)
+
+
+def persist_embed(run_id: str, spec: Any, result: Any, device: str) -> None:
+    path = _get(result, "path")
+    n = len(_get(result, "meta", default=[]) or [])
+    store.finish_run(run_id, summary={"n_pairs": n}, artifacts={"embeddings": str(path) if path else ""},
+                     device=device)
+
+
+def persist_audit(run_id: str, spec: Any, result: Any, device: str) -> None:
+    """AuditResult (.rows, .summary, .per_query, .embedding_path) -> one finished audit run."""
+    artifacts = {"embeddings": str(_get(result, "embedding_path", default="") or "")}
+    per_query = _get(result, "per_query")
+    if isinstance(per_query, pd.DataFrame) and len(per_query):
+        artifacts["per_query"] = store.save_per_query(run_id, per_query)
+    store.upsert_run(run_id, "audit", spec.to_json(), "running")
+    summary = dict(_get(result, "summary", default={}) or {})
+    summary["counts"] = dict(_get(result, "counts", default={}) or {})
+    store.finish_run(run_id, summary=summary, artifacts=artifacts, device=device, metrics={"model": _get(result, "rows")})
+
+
+METHODS = {"linear-probe": "linear", "linear": "linear", "zero-shot": "zero-shot"}
+
+
+def _by_target(rows: pd.DataFrame | None, own: str, other: str) -> dict[str, pd.DataFrame]:
+    """Split rows by their `target` column: 'in-domain' -> `own`, a transfer source -> f"{other}{source}"."""
+    if rows is None or not len(rows):
+        return {}
+    if "target" not in rows.columns:
+        return {own: rows}
+    return {(own if t == "in-domain" else f"{other}{t}"): g.drop(columns=["target"])
+            for t, g in rows.groupby("target", sort=False)}
+
+
+def dp_records(result: Any, variant: str = "dp") -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """(metrics, probe) store records of one DPResult: in-domain rows under `variant`, transfer rows under
+    'transfer:<source>:<variant>'; probe methods normalised to 'linear' / 'zero-shot'; probes on the frozen
+    encoder features (the reference) under 'frozen'."""
+    metrics = _by_target(_get(result, "relink_rows", "rows"), variant, "transfer:")
+    metrics = {k if k == variant else f"{k}:{variant}": v for k, v in metrics.items()}
+    probe_rows = _get(result, "probe_rows")
+    probe: dict[str, pd.DataFrame] = {}
+    if isinstance(probe_rows, pd.DataFrame) and len(probe_rows):
+        rows = probe_rows.assign(method=probe_rows["method"].map(lambda m: METHODS.get(m, m)))
+        if "features" in rows.columns:
+            frozen = rows[rows["features"] == "frozen"]
+            rows = rows[rows["features"] != "frozen"]
+            probe.update({f"frozen{'' if k == 'x' else ':' + k}": v for k, v in _by_target(frozen, "x", "").items()})
+        for k, v in _by_target(rows, variant, "transfer:").items():
+            probe[k if k == variant else f"{k}:{variant}"] = v
+    return metrics, probe
+
+
+def persist_dp(run_id: str, spec: Any, result: Any, device: str) -> None:
+    """DPResult (relink rows, probe rows, privacy dict, transfer as `target`) -> one finished DP run."""
+    metrics, probe = dp_records(result)
+    store.upsert_run(run_id, "dp", spec.to_json(), "running")
+    summary = dict(_get(result, "relink_summary", "summary", default={}) or {})
+    summary["label"] = _get(result, "label", default="dp")
+    store.finish_run(run_id, summary=summary, device=device, metrics=metrics, probe=probe,
+                     privacy=dict(_get(result, "privacy", default={}) or {}))
+
+
+def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> None:
+    """Every DP point of a sweep becomes its own DP run; the sweep run lists them in grid order and keeps
+    the 'original model' reference (the model's own heads, evaluated the same way) as its own rows."""
+    points, metrics, probe = [], {}, {}
+    for result in results:
+        if _get(result, "label") == "original":
+            metrics, probe = dp_records(result, variant="original")
+            continue
+        point_spec = _get(result, "spec")
+        point_id = point_spec.run_id()
+        if (store.get_run(point_id) or {}).get("status") != "done":
+            persist_dp(point_id, point_spec, result, device)
+        points.append((point_spec.epsilon, point_id))
+    order = {e: i for i, e in enumerate(spec.epsilons)}
+    points.sort(key=lambda p: order.get(p[0], len(order)))
+    store.finish_run(run_id, summary={"n_points": len(points)}, device=device, sweep_points=points,
+                     metrics=metrics, probe=probe)
+
+
+def persist_demo(run_id: str, spec: Any, result: dict[str, Any], device: str) -> None:
+    store.finish_run(run_id, summary={k: v for k, v in result.items() if v is not None}, device=device)
+

@@ -1,0 +1,335 @@
+"""The results database (DuckDB at settings.db_path()); the only module that speaks SQL.
+
+DuckDB lets one process hold the file at a time (DESIGN.md section 5), so every call opens a
+connection, does its work and closes it; a lock held by another process is retried briefly and then
+reported as a StoreError that says what to do. Never keep a connection in a global, in a Streamlit
+cache or across a job. Large tables (per-query rows) live in parquet files under cache/runs/ that the
+runs table indexes.
+
+Tables: runs (one per spec run id), jobs (one per worker launch), metrics (tidy re-linkage rows),
+privacy (one record per DP run), probe (per-label AUROC rows), sweep_points (sweep -> DP runs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from backend import settings
+from backend.errors import StoreError
+from backend.relink.rows import CURVE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+LOCK_TIMEOUT_S = 15.0
+# Threads of one process (a worker's heartbeat and its progress; Streamlit sessions) take turns: DuckDB
+# would otherwise abort one of two concurrent updates of the same row with a conflict.
+_PROCESS_LOCK = threading.RLock()
+METRIC_COLUMNS = CURVE_COLUMNS
+PRIVACY_COLUMNS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant",
+                   "objective", "privacy_unit", "guarantee")
+PROBE_COLUMNS = ("method", "label", "auroc", "ci_low", "ci_high", "n_pos")
+JOB_FIELDS = ("run_id", "kind", "spec", "pid", "status", "done", "total", "message", "created", "started",
+              "heartbeat", "finished", "log_path", "traceback", "cancel_requested", "device")
+
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+  run_id VARCHAR PRIMARY KEY, kind VARCHAR, spec VARCHAR, status VARCHAR, created DOUBLE, finished DOUBLE,
+  summary VARCHAR, artifacts VARCHAR, device VARCHAR, label VARCHAR);
+CREATE TABLE IF NOT EXISTS jobs (
+  job_id VARCHAR PRIMARY KEY, run_id VARCHAR, kind VARCHAR, spec VARCHAR, pid INTEGER, status VARCHAR,
+  done BIGINT, total BIGINT, message VARCHAR, created DOUBLE, started DOUBLE, heartbeat DOUBLE, finished DOUBLE,
+  log_path VARCHAR, traceback VARCHAR, cancel_requested BOOLEAN, device VARCHAR);
+CREATE TABLE IF NOT EXISTS metrics (
+  run_id VARCHAR, variant VARCHAR, pool_kind VARCHAR, level VARCHAR, k INTEGER, n INTEGER, recall DOUBLE,
+  ci_low DOUBLE, ci_high DOUBLE, chance DOUBLE, lift DOUBLE, effective_n DOUBLE);
+CREATE TABLE IF NOT EXISTS privacy (
+  run_id VARCHAR PRIMARY KEY, epsilon DOUBLE, delta DOUBLE, noise_multiplier DOUBLE, sample_rate DOUBLE,
+  steps BIGINT, max_grad_norm DOUBLE, accountant VARCHAR, objective VARCHAR, privacy_unit VARCHAR,
+  guarantee VARCHAR, extra VARCHAR);
+CREATE TABLE IF NOT EXISTS probe (
+  run_id VARCHAR, variant VARCHAR, method VARCHAR, label VARCHAR, auroc DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+  n_pos DOUBLE);
+CREATE TABLE IF NOT EXISTS sweep_points (sweep_id VARCHAR, position INTEGER, epsilon DOUBLE, run_id VARCHAR);
+INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "being used by another process" in text
+
+
+@contextmanager
+def connect(timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection (schema created on first use); closed on exit, committed unless it raised.
+
+    Retries while another process holds the file, for at most `timeout_s` seconds."""
+    with _PROCESS_LOCK:
+        yield from _connect(timeout_s)
+
+
+def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    path = settings.db_path()
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            con = duckdb.connect(str(path))
+            break
+        except (duckdb.IOException, duckdb.ConnectionException) as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                raise StoreError(
+                    f"The results database {path} is held by another process ({exc}). Wait for the running "
+                    "job to finish its write, or stop the other process (e.g. a DuckDB shell) and retry."
+                ) from exc
+            time.sleep(delay * (1 + random.random()))  # jitter: two waiters must not retry in lockstep
+            delay = min(delay * 2, 0.2)
+    try:
+        _ensure_schema(con)
+        con.execute("BEGIN TRANSACTION")
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+    finally:
+        con.close()
+
+
+def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
+    if found:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row and int(row[0]) == SCHEMA_VERSION:
+            return
+        if row and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"{settings.db_path()} was written by a newer version (schema {row[0]}); "
+                             "update the code or point CXR_CACHE_DIR at another folder.")
+    con.execute(_DDL)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_jsonable(value), sort_keys=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, non-finite floats to strings (the specs' convention)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else {}
+
+
+# ---------------------------------------------------------------- runs
+
+
+def upsert_run(run_id: str, kind: str, spec_json: str, status: str, *, label: str = "") -> None:
+    """Create a run (or reset a not-finished one to `status`); a finished run is never overwritten."""
+    with connect() as con:
+        row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, '{}', '{}', '', ?)",
+                        [run_id, kind, spec_json, status, time.time(), label])
+        elif row[0] != "done":
+            con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [status, run_id])
+
+
+def set_run_status(run_id: str, status: str) -> None:
+    with connect() as con:
+        con.execute("UPDATE runs SET status = ? WHERE run_id = ? AND status <> 'done'", [status, run_id])
+
+
+def finish_run(run_id: str, *, summary: Mapping[str, Any] | None = None, artifacts: Mapping[str, Any] | None = None,
+               device: str = "", metrics: Mapping[str, pd.DataFrame] | None = None,
+               probe: Mapping[str, pd.DataFrame] | None = None, privacy: Mapping[str, Any] | None = None,
+               sweep_points: list[tuple[float, str]] | None = None) -> None:
+    """Write every result of a run in one transaction and mark it done (a finished run never changes).
+
+    metrics: variant -> tidy re-linkage rows (METRIC_COLUMNS); probe: variant -> PROBE_COLUMNS rows;
+    privacy: the DP record; sweep_points: (epsilon, DP run id) in grid order."""
+    with connect() as con:
+        for table in ("metrics", "probe", "privacy"):
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        con.execute("DELETE FROM sweep_points WHERE sweep_id = ?", [run_id])
+        for variant, rows in (metrics or {}).items():
+            _insert_frame(con, "metrics", run_id, variant, rows, METRIC_COLUMNS)
+        for variant, rows in (probe or {}).items():
+            _insert_frame(con, "probe", run_id, variant, rows, PROBE_COLUMNS)
+        if privacy:
+            _insert_privacy(con, run_id, privacy)
+        for i, (eps, point) in enumerate(sweep_points or []):
+            con.execute("INSERT INTO sweep_points VALUES (?, ?, ?, ?)", [run_id, i, float(eps), point])
+        con.execute("UPDATE runs SET status = 'done', finished = ?, summary = ?, artifacts = ?, device = ? "
+                    "WHERE run_id = ?", [time.time(), _dumps(summary or {}), _dumps(artifacts or {}), device, run_id])
+
+
+def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, run_id: str, variant: str, rows: pd.DataFrame,
+                  columns: tuple[str, ...]) -> None:
+    if rows is None or len(rows) == 0:
+        return
+    missing = [c for c in columns if c not in rows.columns and c not in ("effective_n", "n_pos", "ci_low",
+                                                                          "ci_high", "method")]
+    if missing:
+        raise StoreError(f"Cannot store {table} rows of run {run_id}: column(s) {missing} are missing.")
+    frame = pd.DataFrame({c: rows[c] if c in rows.columns else None for c in columns})
+    frame.insert(0, "variant", variant)
+    frame.insert(0, "run_id", run_id)
+    con.register("_frame", frame)
+    con.execute(f"INSERT INTO {table} SELECT * FROM _frame")
+    con.unregister("_frame")
+
+
+def _insert_privacy(con: duckdb.DuckDBPyConnection, run_id: str, privacy: Mapping[str, Any]) -> None:
+    values = [privacy.get(c) for c in PRIVACY_COLUMNS]
+    values = [float(v) if isinstance(v, str) and v in ("inf", "nan") else v for v in values]
+    extra = {k: v for k, v in privacy.items() if k not in PRIVACY_COLUMNS}
+    con.execute(f"INSERT INTO privacy VALUES (?, {', '.join('?' * len(PRIVACY_COLUMNS))}, ?)",
+                [run_id, *values, _dumps(extra)])
+
+
+def _run_record(row: tuple, names: list[str]) -> dict[str, Any]:
+    rec = dict(zip(names, row, strict=True))
+    for key in ("summary", "artifacts"):
+        rec[key] = _loads(rec[key])
+    return rec
+
+
+def get_run(run_id: str) -> dict[str, Any] | None:
+    """The run record (spec as JSON text; summary and artifacts as dicts), or None."""
+    with connect() as con:
+        cur = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        row = cur.fetchone()
+        names = [d[0] for d in cur.description]
+    return _run_record(row, names) if row else None
+
+
+def list_runs(kind: str | None = None, status: str | None = "done") -> pd.DataFrame:
+    """Runs, newest first, optionally filtered by kind and status (None: any)."""
+    sql, args = "SELECT * FROM runs WHERE 1=1", []
+    if kind:
+        sql, args = sql + " AND kind = ?", [*args, kind]
+    if status:
+        sql, args = sql + " AND status = ?", [*args, status]
+    with connect() as con:
+        return con.execute(sql + " ORDER BY created DESC", args).df()
+
+
+def _frame_for(table: str, key: str, run_ids: str | list[str]) -> pd.DataFrame:
+    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+    with connect() as con:
+        if not ids:
+            return con.execute(f"SELECT * FROM {table} WHERE false").df()
+        marks = ", ".join("?" * len(ids))
+        return con.execute(f"SELECT * FROM {table} WHERE {key} IN ({marks})", ids).df()
+
+
+def load_metrics(run_ids: str | list[str]) -> pd.DataFrame:
+    """Tidy re-linkage rows (run_id, variant + METRIC_COLUMNS) of one or several runs."""
+    return _frame_for("metrics", "run_id", run_ids).sort_values(["run_id", "variant", "pool_kind", "level", "k", "n"])
+
+
+def load_probe(run_ids: str | list[str]) -> pd.DataFrame:
+    return _frame_for("probe", "run_id", run_ids)
+
+
+def load_privacy(run_ids: str | list[str]) -> pd.DataFrame:
+    return _frame_for("privacy", "run_id", run_ids)
+
+
+def load_sweep_points(sweep_id: str) -> pd.DataFrame:
+    """(sweep_id, position, epsilon, run_id) in grid order."""
+    return _frame_for("sweep_points", "sweep_id", sweep_id).sort_values("position").reset_index(drop=True)
+
+
+def runs_dir(run_id: str) -> Path:
+    return settings.cache_subdir("runs") / run_id
+
+
+def save_per_query(run_id: str, per_query: pd.DataFrame) -> str:
+    """Write the per-query rows of a run to parquet (indexed by the run's artifacts); returns the path."""
+    path = runs_dir(run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / "per_query.parquet"
+    per_query.to_parquet(out, index=False)
+    return str(out)
+
+
+def load_per_query(run_id: str) -> pd.DataFrame | None:
+    run = get_run(run_id)
+    path = (run or {}).get("artifacts", {}).get("per_query")
+    return pd.read_parquet(path) if path and Path(path).is_file() else None
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def insert_job(job_id: str, fields: Mapping[str, Any]) -> None:
+    """Create a job row; `fields` holds any of JOB_FIELDS."""
+    unknown = set(fields) - set(JOB_FIELDS)
+    if unknown:
+        raise StoreError(f"Unknown job field(s) {sorted(unknown)}.")
+    names = ["job_id", *fields]
+    with connect() as con:
+        con.execute(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                    [job_id, *fields.values()])
+
+
+def update_job(job_id: str, **fields: Any) -> bool:
+    """Set job fields; returns the job's cancel_requested flag (the worker's cancel check rides along)."""
+    unknown = set(fields) - set(JOB_FIELDS)
+    if unknown:
+        raise StoreError(f"Unknown job field(s) {sorted(unknown)}.")
+    with connect() as con:
+        if fields:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            con.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*fields.values(), job_id])
+        row = con.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", [job_id]).fetchone()
+    return bool(row and row[0])
+
+
+def get_job(job_id: str) -> dict[str, Any] | None:
+    with connect() as con:
+        cur = con.execute("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+        row = cur.fetchone()
+        names = [d[0] for d in cur.description]
+    return dict(zip(names, row, strict=True)) if row else None
+
+
+def list_jobs(run_id: str | None = None, statuses: tuple[str, ...] = (), limit: int = 200) -> pd.DataFrame:
+    """Jobs, newest first, optionally for one run and/or some statuses."""
+    sql, args = "SELECT * FROM jobs WHERE 1=1", []
+    if run_id:
+        sql, args = sql + " AND run_id = ?", [*args, run_id]
+    if statuses:
+        sql, args = sql + f" AND status IN ({', '.join('?' * len(statuses))})", [*args, *statuses]
+    with connect() as con:
+        return con.execute(sql + f" ORDER BY created DESC LIMIT {int(limit)}", args).df()

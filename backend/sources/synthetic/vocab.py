@@ -1,0 +1,178 @@
+"""Report phrasing of the two synthetic site styles (all text written for this project).
+
+Site A writes terse, OpenI-like reports (lobes, centimetres, "No acute disease."). Site B writes
+MIMIC-like reports (view sentence first, lines and tubes first, lung zones, millimetres for nodules,
+"No acute intrathoracic process."). Each key maps to variants; `{field}` placeholders are filled by
+backend.sources.synthetic.text. Every sentence states only what the study's attributes say (the renderer draws it).
+"""
+
+from __future__ import annotations
+
+LOBE_NAMES: dict[str, dict[str, str]] = {
+    "A": {"RUL": "right upper lobe", "RML": "right middle lobe", "RLL": "right lower lobe",
+          "LUL": "left upper lobe", "lingula": "lingula", "LLL": "left lower lobe"},
+    "B": {"RUL": "right upper lung", "RML": "right mid lung", "RLL": "right lung base",
+          "LUL": "left upper lung", "lingula": "left mid lung", "LLL": "left lung base"},
+}
+
+ORDINALS = {4: "4th", 5: "5th", 6: "6th", 7: "7th", 8: "8th", 9: "9th"}
+NUMBER_WORDS = {1: "one", 2: "two", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
+PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "A": {
+        "view_AP": ("Portable AP view.", "AP portable technique."),
+        "heart_normal": ("The heart is normal in size.", "Heart size is normal.", "Normal heart size.",
+                         "The heart is not enlarged.", "Heart size within normal limits."),
+        "heart_enlarged": ("{Sev} cardiomegaly.", "The heart is {sevly} enlarged."),
+        "mediastinum_normal": ("The mediastinum is unremarkable.", "Normal mediastinal contour.",
+                               "Mediastinal contours are within normal limits.", "The mediastinum is normal."),
+        "mediastinum_wide": ("The mediastinum is widened.", "Widened mediastinal silhouette."),
+        "aorta_tortuous": ("The aorta is tortuous.",),
+        "aorta_calcified": ("Atherosclerotic calcification of the aortic arch.",),
+        "lungs_clear": ("The lungs are clear.", "Lungs are clear bilaterally.", "The lungs are clear and expanded.",
+                        "No focal infiltrate.", "Both lungs are clear."),
+        "nodule": ("There is a {cm} cm nodule in the {lobe}.", "{cm} cm nodule in the {lobe}."),
+        "mass": ("There is a {cm} cm mass in the {lobe}.",),
+        "opacity": ("{Extent} opacity in the {lobe}.",),
+        "consolidation": ("Focal consolidation in the {lobe}.",),
+        "consol_pneumonia": ("Consolidation in the {lobe} consistent with pneumonia.",),
+        "pneumonia": ("Airspace disease in the {lobe} concerning for pneumonia.",),
+        "edema": ("{Sev} pulmonary edema.", "{Sev} interstitial edema."),
+        "atel_uni": ("{Side} basilar {kind} atelectasis.",),
+        "atel_bi": ("Bibasilar {kind} atelectasis.",),
+        "ptx_uni": ("{Size} {side} pneumothorax.",),
+        "ptx_bi": ("{Size} bilateral pneumothoraces.",),
+        "eff_uni": ("{Size} {side} pleural effusion.",),
+        "eff_bi": ("{Size} bilateral pleural effusions.",),
+        "thickening_uni": ("{Side} pleural thickening.",),
+        "thickening_bi": ("Bilateral pleural thickening.",),
+        "plaques_uni": ("Calcified pleural plaques on the {side}.",),
+        "plaques_bi": ("Bilateral calcified pleural plaques.",),
+        "fracture_healed": ("Old healed fracture of the {side} {rib} rib.",),
+        "fracture_indet": ("Age-indeterminate fracture of the {side} {rib} rib.",),
+        "bones_ok": ("No acute bony abnormality.", "The osseous structures are intact.", "No acute bony findings.",
+                     "Bony structures are unremarkable."),
+        "pacemaker": ("{Side}-sided pacemaker with {leads} lead{s}.",),
+        "icd": ("{Side}-sided ICD in place.",),
+        "et_tube": ("Endotracheal tube tip is {cm} cm above the carina.",),
+        "ng_tube": ("Nasogastric tube courses below the diaphragm.",),
+        "picc": ("{Side} PICC with tip in the {tip}.",),
+        "central_line": ("{Side} internal jugular central venous catheter with tip in the {tip}.",),
+        "chest_tube": ("{Side} chest tube in place.",),
+        "sternotomy": ("Median sternotomy with {n} intact wires.",),
+        "clips": ("Surgical clips in the {loc}.",),
+        "granuloma": ("Calcified granuloma in the {lobe}.",),
+        "degenerative": ("Degenerative changes of the thoracic spine.",),
+        "scoliosis": ("{Deg} {dir}convex scoliosis of the thoracic spine.",),
+        "habitus_large": ("Large body habitus.",),
+        "low_volumes": ("Low lung volumes.",),
+        "hyperexpanded": ("The lungs are hyperexpanded.",),
+        "hiatal hernia": ("Small hiatal hernia.",),
+        "rotated": ("The patient is rotated to the {side}.",),
+        "neg": ("No {a} or {b}.", "No {a}, {b}, or {c}.", "There is no {a} or {b}.", "No {a}, {b} or {c} identified."),
+        "impr_normal": ("No acute cardiopulmonary abnormality.", "No acute disease.", "No active disease.",
+                        "No acute cardiopulmonary disease.", "No acute findings.", "Negative for acute disease."),
+    },
+    "B": {
+        "view_PA": ("Single PA view of the chest.",),
+        "view_PA_lat": ("PA and lateral views of the chest provided.", "Frontal and lateral views of the chest."),
+        "view_AP": ("Single portable AP view of the chest.",),
+        "view_AP_lat": ("AP and lateral views of the chest.",),
+        "heart_normal": ("Heart size is normal.", "The cardiac silhouette is within normal limits.",
+                         "Cardiac size is normal.", "The heart is normal in size."),
+        "heart_enlarged": ("The cardiac silhouette is {sevly} enlarged.",),
+        "mediastinum_normal": ("Mediastinal contours are normal.", "Hilar and mediastinal contours are unremarkable.",
+                               "The cardiomediastinal silhouette is unremarkable."),
+        "mediastinum_wide": ("Cardiomediastinal silhouette is widened.",),
+        "aorta_tortuous": ("Tortuous thoracic aorta.",),
+        "aorta_calcified": ("Aortic knob calcifications.",),
+        "lungs_clear": ("Lungs are well aerated without focal opacity.", "The lungs are clear.",
+                        "Lungs are clear without focal consolidation.", "No focal airspace opacity."),
+        "nodule": ("{mm} mm nodular opacity projects over the {lobe}.",),
+        "mass": ("{cm} cm mass in the {lobe}.",),
+        "opacity": ("{Extent} opacity at the {lobe}.",),
+        "consolidation": ("Focal consolidation at the {lobe}.",),
+        "consol_pneumonia": ("Consolidation at the {lobe}, compatible with pneumonia.",),
+        "pneumonia": ("Opacity at the {lobe} may reflect pneumonia.",),
+        "edema": ("{Sev} pulmonary vascular congestion and interstitial edema.",),
+        "atel_uni": ("{Kind} atelectasis at the {side} lung base.",),
+        "atel_bi": ("{Kind} bibasilar atelectasis.",),
+        "ptx_uni": ("{Size} {side} apical pneumothorax.",),
+        "ptx_bi": ("{Size} bilateral apical pneumothoraces.",),
+        "eff_uni": ("{Size} {side}-sided pleural effusion.",),
+        "eff_bi": ("{Size} bilateral pleural effusions.",),
+        "thickening_uni": ("Pleural thickening along the {side} hemithorax.",),
+        "thickening_bi": ("Bilateral pleural thickening.",),
+        "plaques_uni": ("Calcified pleural plaques along the {side} hemithorax.",),
+        "plaques_bi": ("Bilateral calcified pleural plaques.",),
+        "fracture_healed": ("Healed {side} {rib} rib fracture.",),
+        "fracture_indet": ("{Side} {rib} rib fracture of indeterminate age.",),
+        "bones_ok": ("No acute osseous abnormality.", "Osseous structures are intact.",
+                     "No displaced rib fractures are seen."),
+        "pacemaker": ("{Side}-sided pacer device with {leads} lead{s} terminating in the right heart.",),
+        "icd": ("{Side}-sided AICD with lead in the right ventricle.",),
+        "et_tube": ("ETT terminates {cm} cm above the carina.",),
+        "ng_tube": ("Enteric tube courses below the diaphragm, tip in the stomach.",),
+        "picc": ("{Side}-sided PICC line terminates in the {tip}.",),
+        "central_line": ("{Side} IJ line ends in the {tip}.",),
+        "chest_tube": ("{Side}-sided pleural drain in place.",),
+        "sternotomy": ("Sternotomy wires are intact ({n} wires).",),
+        "clips": ("Surgical clips project over the {loc}.",),
+        "granuloma": ("Calcified granuloma in the {lobe}.",),
+        "degenerative": ("Multilevel degenerative changes of the thoracic spine.",),
+        "scoliosis": ("{Deg} {dir}convex curvature of the thoracic spine.",),
+        "habitus_large": ("Patient body habitus is large.",),
+        "low_volumes": ("Lung volumes are low.",),
+        "hyperexpanded": ("Lungs are hyperinflated.",),
+        "hiatal hernia": ("Retrocardiac hiatal hernia.",),
+        "rotated": ("Patient is rotated to the {side}.",),
+        "neg": ("No {a} or {b} is seen.", "There is no {a}, {b}, or {c}.", "No {a} or {b}.",
+                "No evidence of {a}, {b}, or {c}."),
+        "impr_normal": ("No acute intrathoracic process.", "No acute cardiopulmonary process.",
+                        "No acute intrathoracic abnormality.", "No radiographic evidence of acute disease."),
+    },
+}
+
+# Findings a report may negate: (labels that must ALL be absent, wording), in the order sites list them.
+_AIRSPACE = ("Consolidation", "Lung Opacity", "Pneumonia")
+NEGATABLE: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "A": ((("Pneumothorax",), "pneumothorax"), (("Pleural Effusion",), "pleural effusion"),
+          (_AIRSPACE, "focal airspace disease"), (("Edema",), "pulmonary edema")),
+    "B": ((("Pleural Effusion",), "pleural effusion"), (("Pneumothorax",), "pneumothorax"),
+          (_AIRSPACE, "focal consolidation"), (("Edema",), "pulmonary edema")),
+}
+
+# Verbatim normal reports (findings, impression), reused word for word across studies as in real data.
+BOILERPLATE: dict[str, tuple[tuple[str, str], ...]] = {
+    "A": (
+        ("The heart is normal in size. The mediastinum is unremarkable. The lungs are clear.", "No acute disease."),
+        ("Both lungs are clear and expanded. Heart and mediastinum normal.", "No active disease."),
+        ("Heart size normal. Lungs are clear. No pneumothorax or pleural effusion.", "Normal chest."),
+        ("The cardiomediastinal silhouette is within normal limits. The lungs are clear of focal airspace "
+         "disease, pneumothorax, or pleural effusion. No acute bony abnormality.",
+         "No acute cardiopulmonary abnormality."),
+        ("The heart and lungs are unchanged. Both lungs are clear.", "No acute disease."),
+        ("Normal heart size and mediastinal contours. Clear lungs. No effusion.", "Negative chest."),
+        ("Lungs are clear bilaterally. Cardiac and mediastinal silhouettes are normal.",
+         "No acute cardiopulmonary abnormality."),
+        ("The heart is normal in size and contour. The lungs are clear, without infiltrate. There is no "
+         "pneumothorax or effusion.", "No acute cardiopulmonary disease."),
+    ),
+    "B": (
+        ("PA and lateral views of the chest provided. There is no focal consolidation, effusion, or "
+         "pneumothorax. The cardiomediastinal silhouette is normal. Imaged osseous structures are intact.",
+         "No acute intrathoracic process."),
+        ("Lungs are well expanded and clear. No pleural effusion or pneumothorax. Heart size is normal.",
+         "No acute cardiopulmonary process."),
+        ("Frontal and lateral views of the chest. The lungs are clear. Cardiomediastinal and hilar contours "
+         "are normal.", "No acute intrathoracic process."),
+        ("No focal consolidation, pleural effusion, or pneumothorax. Normal cardiomediastinal silhouette.",
+         "No acute cardiopulmonary process."),
+        ("The lungs are clear without consolidation or edema. Mediastinal and hilar contours are unremarkable.",
+         "Normal chest radiograph."),
+        ("Heart size is normal. Lungs are clear. No effusion or pneumothorax.", "No acute findings."),
+        ("PA and lateral views of the chest provided. Lungs are well aerated. No pleural effusion.",
+         "No acute intrathoracic process."),
+        ("Clear lungs. Normal heart size. No pneumothorax.", "Unremarkable chest radiograph."),
+    ),
+}

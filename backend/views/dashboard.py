@@ -1,0 +1,280 @@
+"""What the pages show, computed from the store (pure pandas; no Streamlit, no SQL, no torch).
+
+Finished runs never change, so everything keyed by a finished run id is safe to cache in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backend import models, settings
+from backend.runs import store
+from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
+from backend.sources import list_sources
+from backend.specs import POOL_KINDS
+
+# The model registry imports torch (seconds); the dashboard lists names without it.
+
+
+def sources_table() -> list[dict[str, Any]]:
+    """The registered sources, one row each, for the Data page."""
+    return [{"source": s.name, "description": s.description, "needs a folder": s.needs_root,
+             "credentialed": s.credentialed} for s in list_sources()]
+
+
+def known_models() -> dict[str, str]:
+    """Registered model name -> what it is and where its weights come from (the torch-free registry)."""
+    return {e.name: f"{e.description}; weights: {e.weights}" for e in models.list_models()}
+
+
+def is_hub_model(name: str) -> bool:
+    return name in models.MODELS and models.get_model(name).hub
+
+
+DEFINITIONS: dict[str, str] = {
+    "recall": "Recall@K(N): probability that the true report is among the K most similar of a pool of N "
+              "candidate reports that contains it (exact expectation over random pools).",
+    "chance": "Chance: K/N, the recall of an attacker who ranks the pool at random.",
+    "lift": "Lift: Recall@K(N) divided by chance K/N; 1 means no re-linkage beyond guessing.",
+    "effective_n": "Effective N: the pool size actually used; pathology-matched pools are capped where too "
+                   "few studies share the query's 14-label vector.",
+    "random": "Random pool: distractor reports drawn from all other studies (other studies of the same patient "
+              "excluded).",
+    "hard": "Pathology-matched pool: distractors only from studies with the same 14 labels, which removes the "
+            "disease-label shortcut.",
+    "study": "Study level: the exact report of the query image must be retrieved.",
+    "patient": "Patient level: any report of the same patient in the top K counts (linkage to the person).",
+    "epsilon": "Epsilon: the differential-privacy budget of the projection-head training (smaller = more "
+               "private); inf = retrained without DP.",
+    "certified": "Certified: the loss is per-example decomposable, so the accountant's epsilon is a real "
+                 "guarantee for the stated privacy unit.",
+    "nominal": "Nominal: in-batch contrastive loss couples examples, so per-sample clipping does not bound one "
+               "example's influence; the epsilon is what the accountant reports, not a proven guarantee.",
+    "auroc": "AUROC: area under the ROC curve of a per-label classifier on the projected image embeddings "
+             "(0.5 = chance, 1 = perfect); macro = mean over labels with enough positives.",
+    "reduction": "Re-linkage reduction: 1 - Recall@1(DP heads) / Recall@1(non-private retrained heads), at the "
+                 "largest pool size.",
+    "rank": "Rank of the true report among all candidate reports (1 = the attacker's first guess).",
+}
+
+
+def spec_info(spec_json: str) -> dict[str, Any]:
+    """source / model / epsilon / objective of a stored spec (any kind), for labels and filters."""
+    try:
+        spec = json.loads(spec_json or "{}")
+    except json.JSONDecodeError:
+        return {}
+    node = spec.get("base", spec)  # a sweep's shared DPSpec
+    node = node.get("audit", node) if "embed" not in node and "source" not in node else node
+    embed = node.get("embed", {})
+    source = node.get("source") or embed.get("source") or {}
+    return {"source": source.get("name", ""), "model": node.get("model") or embed.get("model", ""),
+            "objective": node.get("objective", ""), "privacy_unit": node.get("privacy_unit", ""),
+            "split": embed.get("split", ""), "source_options": source.get("options", {})}
+
+
+def catalog(kind: str | None = None) -> pd.DataFrame:
+    """Finished runs with source and model columns, newest first."""
+    runs = store.list_runs(kind=kind)
+    info = pd.DataFrame([spec_info(s) for s in runs["spec"]], index=runs.index)
+    return pd.concat([runs, info], axis=1) if len(runs) else runs.assign(source=[], model=[])
+
+
+def latest(kind: str, source: str | None = None, model: str | None = None) -> str | None:
+    runs = catalog(kind)
+    if source and len(runs):
+        runs = runs[runs["source"] == source]
+    if model and len(runs):
+        runs = runs[runs["model"] == model]
+    return str(runs["run_id"].iloc[0]) if len(runs) else None
+
+
+def audit_runs(source: str | None = None) -> pd.DataFrame:
+    """The newest finished audit per model (for overlays)."""
+    runs = catalog("audit")
+    if source and len(runs):
+        runs = runs[runs["source"] == source]
+    return runs.drop_duplicates("model") if len(runs) else runs
+
+
+def relink_rows(run_ids: list[str], variant: str | None = None) -> pd.DataFrame:
+    """Tidy re-linkage rows of some runs, with the model name as `model`."""
+    rows = store.load_metrics(run_ids)
+    if variant is not None and len(rows):
+        rows = rows[rows["variant"] == variant]
+    models = {r: spec_info((store.get_run(r) or {}).get("spec", "{}")).get("model", r) for r in run_ids}
+    return rows.assign(model=rows["run_id"].map(models))
+
+
+def lift_at(rows: pd.DataFrame, n: int | None, k: int = 1, pool: str = "random", level: str = "study") -> float:
+    """Lift at pool size n (None: the largest N stored); NaN when absent."""
+    sel = rows[(rows["k"] == k) & (rows["pool_kind"] == pool) & (rows["level"] == level)]
+    if not len(sel):
+        return math.nan
+    n = int(sel["n"].max()) if n is None else n
+    hit = sel[sel["n"] == n]
+    return float(hit["lift"].iloc[0]) if len(hit) else math.nan
+
+
+def lift_table(rows: pd.DataFrame, k: int = 1) -> pd.DataFrame:
+    """Recall@k and lift at N=100 and the largest N, per model, pool and level."""
+    out = []
+    for (model, pool, level), g in rows[rows["k"] == k].groupby(["model", "pool_kind", "level"]):
+        for n in sorted({100, int(g["n"].max())}):
+            hit = g[g["n"] == n]
+            if len(hit):
+                r = hit.iloc[0]
+                out.append({"model": model, "pool": pool, "level": level, "N": n, f"Recall@{k}": r["recall"],
+                            "CI": f"{r['ci_low']:.3f}-{r['ci_high']:.3f}", "effective N": r["effective_n"],
+                            "chance": r["chance"], "lift": r["lift"]})
+    return pd.DataFrame(out)
+
+
+@dataclass
+class SweepView:
+    """Everything the Mitigation page needs about one finished sweep, read once.
+
+    points: one row per epsilon (epsilon, run_id, guarantee, privacy_unit, objective, noise_multiplier,
+    r1_random, r1_hard at the largest N, auroc_linear, auroc_zero_shot, reduction, auroc_change);
+    metrics: relink rows of every point (+ epsilon); probe: probe rows of every point (+ epsilon)."""
+
+    sweep_id: str
+    points: pd.DataFrame
+    metrics: pd.DataFrame
+    probe: pd.DataFrame
+    original: pd.DataFrame  # relink rows of the model's own heads evaluated with the sweep (may be empty)
+    original_probe: pd.DataFrame
+
+
+def _r1_at_max(rows: pd.DataFrame, pool: str) -> float:
+    sel = rows[(rows["k"] == 1) & (rows["pool_kind"] == pool) & (rows["level"] == "study")]
+    return float(sel.loc[sel["n"].idxmax(), "recall"]) if len(sel) else math.nan
+
+
+def _macro(probe: pd.DataFrame, method: str) -> float:
+    sel = probe[(probe["method"] == method) & (probe["label"] == "macro")]
+    return float(sel["auroc"].iloc[0]) if len(sel) else math.nan
+
+
+def sweep_view(sweep_id: str) -> SweepView:
+    pts = store.load_sweep_points(sweep_id)
+    ids = pts["run_id"].tolist()
+    metrics = store.load_metrics(ids)
+    probe = store.load_probe(ids)
+    probe = probe[probe["variant"].isin(["dp"]) | probe["variant"].str.startswith("transfer:")]
+    own_rows = store.load_metrics(sweep_id)
+    own_probe = store.load_probe(sweep_id)
+    privacy = store.load_privacy(ids).rename(columns={"epsilon": "epsilon_achieved"})
+    eps = dict(zip(pts["run_id"], pts["epsilon"], strict=True))
+    metrics = metrics.assign(epsilon=metrics["run_id"].map(eps))
+    probe = probe.assign(epsilon=probe["run_id"].map(eps))
+    own = metrics[~metrics["variant"].str.startswith("transfer:")]
+    summary = []
+    for run_id, e in eps.items():
+        m, p = own[own["run_id"] == run_id], probe[(probe["run_id"] == run_id) & (probe["variant"] == "dp")]
+        summary.append({"run_id": run_id, "epsilon": e, "r1_random": _r1_at_max(m, "random"),
+                        "r1_hard": _r1_at_max(m, "hard"), "auroc_linear": _macro(p, "linear"),
+                        "auroc_zero_shot": _macro(p, "zero-shot")})
+    points = pts[["run_id"]].merge(pd.DataFrame(summary), on="run_id").merge(privacy, on="run_id", how="left")
+    base = points[~np.isfinite(points["epsilon"])]
+    ref = base.iloc[0] if len(base) else points.iloc[-1] if len(points) else None
+    if ref is not None:
+        points["reduction"] = 1 - points["r1_random"] / ref["r1_random"]
+        points["auroc_change"] = points["auroc_linear"] - ref["auroc_linear"]
+    return SweepView(sweep_id, points.sort_values("epsilon").reset_index(drop=True), metrics, probe,
+                     own_rows[own_rows["variant"] == "original"], own_probe[own_probe["variant"] == "original"])
+
+
+def mitigation_curves(view: SweepView, point_run: str, ref_run: str | None, original: pd.DataFrame | None,
+                      label: str) -> pd.DataFrame:
+    """Study-level relink rows (random and pathology-matched pools) of one sweep point, the no-DP retrained
+    heads and the original model, with a `series` column naming each."""
+    own = view.metrics[view.metrics["variant"] == "dp"]
+    parts = [own[own["run_id"] == point_run].assign(series=label)]
+    if ref_run and ref_run != point_run:
+        parts.append(own[own["run_id"] == ref_run].assign(series="retrained, no DP"))
+    original = view.original if len(view.original) else original  # same evaluation as the sweep when stored
+    if original is not None and len(original):
+        parts.append(original.assign(series="original model"))
+    out = pd.concat(parts, ignore_index=True)
+    return out[(out["level"] == "study") & out["pool_kind"].isin(POOL_KINDS)]
+
+
+def utility_frames(view: SweepView, eps: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-label probe rows of no-DP vs the chosen epsilon with a `series` column,
+    transfer rows at the largest N for every epsilon: variant, epsilon, pool_kind, k, n, recall, lift)."""
+    probe = view.probe[view.probe["variant"] == "dp"]
+    finite = probe["epsilon"].apply(math.isfinite)
+    chosen = probe[(probe["epsilon"] - eps).abs() < 1e-12] if math.isfinite(eps) else probe[~finite]
+    parts = [view.original_probe.assign(series="original model", epsilon=math.inf)] if len(view.original_probe) else []
+    parts.append(probe[~finite].assign(series="no DP (retrained)"))
+    if math.isfinite(eps):
+        parts.append(chosen.assign(series=f"ε={eps:g}"))
+    before_after = pd.concat(parts, ignore_index=True)
+    tr = view.metrics[view.metrics["variant"].str.startswith("transfer:") & (view.metrics["level"] == "study")]
+    if len(tr):
+        tr = tr.loc[tr.groupby(["variant", "epsilon", "pool_kind", "k"])["n"].idxmax()]
+        tr = tr.assign(target=tr["variant"].str.split(":").str[1])
+        tr = tr[["target", "epsilon", "pool_kind", "k", "n", "recall", "ci_low", "ci_high", "lift"]]
+    return before_after, tr.reset_index(drop=True)
+
+
+def epsilon_label(eps: float) -> str:
+    return "inf (no DP)" if not math.isfinite(eps) else f"{eps:g}"
+
+
+def headline(source: str | None, model: str | None) -> dict[str, Any]:
+    """Lift (R@1, random pool, study level) at N=100 and the largest N, before and after mitigation."""
+    audit_id = latest("audit", source, model)
+    sweep_id = latest("sweep", source, model)
+    out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": sweep_id}
+    if audit_id:
+        rows = store.load_metrics(audit_id)
+        out.update(before_100=lift_at(rows, 100), before_max=lift_at(rows, None),
+                   n_max=int(rows["n"].max()) if len(rows) else None)
+    if sweep_id:
+        view = sweep_view(sweep_id)
+        private = view.points[np.isfinite(view.points["epsilon"])]
+        if len(private):
+            strongest = private.iloc[0]
+            rows = view.metrics[(view.metrics["run_id"] == strongest["run_id"]) & ~view.metrics["variant"].str.startswith("transfer:")]
+            out.update(after_eps=float(strongest["epsilon"]), after_100=lift_at(rows, 100),
+                       after_max=lift_at(rows, None), guarantee=str(strongest.get("guarantee", "")))
+    return out
+
+
+def data_summary(pairs: pd.DataFrame, labels: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(counts per split, label prevalence per split) of a canonical pair table."""
+    counts = pairs.groupby("split").agg(pairs=("pair_id", "size"), studies=("study_id", "nunique"),
+                                        patients=("patient_id", "nunique")).reset_index()
+    prevalence = pairs.groupby("split")[list(labels)].mean().T.reset_index(names="label")
+    return counts, prevalence
+
+
+def device_summary() -> str:
+    """The accelerator jobs will use, without importing torch: from nvidia-smi when present."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return "CPU (no NVIDIA GPU found)"
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=3).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "CPU (nvidia-smi did not answer)"
+    return f"CUDA: {out.splitlines()[0]}" if out else "CPU (no GPU listed)"
+
+
+def hub_warning(model: str) -> str | None:
+    """A clear message when a hub model is chosen while the hub is off limits (never a hang)."""
+    if is_hub_model(model) and settings.hub_offline():
+        return (f"{model} needs weights from the model hub, and the hub is switched off (HF_HUB_OFFLINE/"
+                "CXR_OFFLINE). Its job will stop at once unless the weights are already in the cache; copy them "
+                "into the Hugging Face cache, or use local:<path> or the demo model.")
+    return None

@@ -1,0 +1,34 @@
+"""Tiny models for the embed/audit tests: random weights (no training) and a seconds-long demo training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from backend.models import ModelEntry, register_model
+from backend.models.demo import DemoConfig, load_demo
+from backend.models.openclip import build_architecture, wrap_model
+
+TINY_DEMO = DemoConfig(arch="cxr-demo-tiny", source_options={"n_patients": 40, "seed": 0}, max_pairs=96,
+                       epochs=2, batch_size=32)
+TINY_SOURCE_OPTIONS: dict[str, Any] = {"n_patients": 12, "seed": 3, "image_size": 64}
+
+
+def load_tiny_random(device: torch.device, progress: Any = None, **_: Any):
+    torch.manual_seed(0)
+    model, tokenizer = build_architecture("cxr-demo-tiny")
+    return wrap_model("tiny-random", model, tokenizer, device, weights_id="tiny-random-seed0",
+                      mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def load_demo_tiny(device: torch.device, progress: Any = None, **_: Any):
+    return load_demo(device, progress, config=TINY_DEMO, name="demo-tiny")
+
+
+def register_tiny_models() -> None:
+    """Register `tiny-random` (untrained cxr-demo-tiny) and `demo-tiny` (demo recipe, seconds of training)."""
+    register_model(ModelEntry("tiny-random", "untrained cxr-demo-tiny (tests)", "synthetic", "random",
+                              "tests.helpers.tiny_models:load_tiny_random"))
+    register_model(ModelEntry("demo-tiny", "demo recipe on a tiny config (tests)", "synthetic", "trained",
+                              "tests.helpers.tiny_models:load_demo_tiny"))
