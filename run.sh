@@ -26,7 +26,7 @@ setup_python() {
 setup_project() {
   # The project itself, editable (`import backend` from anywhere, the `cxr-relink` command); redone only
   # when pyproject.toml changes (its hash is kept in the environment).
-  local want; want=$(sha256sum pyproject.toml | cut -c1-16)
+  local want; want="$(sha256sum pyproject.toml | cut -c1-16) $PWD"  # this checkout: another one reinstalls
   if [ -f "$VENV/.project" ] && [ "$(cat "$VENV/.project")" = "$want" ]; then return; fi
   "$PY" -m pip install --quiet --no-deps -e . >/dev/null
   echo "$want" > "$VENV/.project"

@@ -19,16 +19,23 @@ def null_progress(done: int, total: int, message: str = "") -> None:
 
 
 def tqdm_progress(desc: str = "") -> Progress:
-    """A callback that drives a tqdm bar on stderr (for the command line)."""
+    """A callback that drives a tqdm bar on stderr (for the command line).
+
+    The bar opens at the first call with `initial` set to where the work already is, so its rate and time
+    left count only work done since then: a phase that jumps (cached chunks, a resumed job) shows no
+    nonsense rate like "3414123.45it/s"."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=0, desc=desc, dynamic_ncols=True)
+    state: dict[str, object] = {"bar": None}
 
     def update(done: int, total: int, message: str = "") -> None:
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = tqdm(total=total, initial=done, desc=f"{desc} {message}".strip(), dynamic_ncols=True)
         if bar.total != total:
             bar.total = total
         if message:
-            bar.set_description(f"{desc} {message}".strip())
+            bar.set_description(f"{desc} {message}".strip(), refresh=False)
         bar.n = done
         bar.refresh()
         if total and done >= total:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +123,29 @@ def test_phased_progress_opens_a_bar_per_phase(monkeypatch: pytest.MonkeyPatch) 
         update(done, 5, "train")
     update(2, 5, "embed")  # same total as the finished phase: still a new bar
     assert [len(b) for b in bars] == [3, 2, 1]
+
+
+def test_progress_rate_counts_only_work_since_the_bar_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase that starts with a jump (cached chunks) must not report millions of items per second."""
+    import time
+
+    import tqdm.auto
+
+    import backend.progress as progress
+
+    bars: list = []
+    real = tqdm.auto.tqdm
+
+    def keep(*args, **kwargs):
+        bar = real(*args, **{**kwargs, "file": io.StringIO()})
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", keep)
+    update = progress.tqdm_progress("embed")
+    update(9000, 12000, "images")  # 9,000 items were cached: they arrive at once
+    time.sleep(0.2)
+    update(9100, 12000, "images")
+    shown = re.search(r"([\d.]+)it/s", str(bars[0]))
+    assert shown is not None
+    assert float(shown.group(1)) <= 100 / 0.2 * 1.05  # the 100 items of real work in 0.2 s, not 9,100 / 0.2 s
