@@ -11,8 +11,10 @@ from backend.errors import RelinkError
 
 st.set_page_config(page_title="CXR Re-Link Audit", page_icon=":material/radiology:", layout="wide")
 
+ui.ensure_snapshot()  # the shipped demo results, so a first start shows every page populated
 page = st.navigation(ui.pages())
 st.session_state["selection"] = ui.sidebar()
+ui.snapshot_banner(*st.session_state["selection"])
 try:
     page.run()
 except RelinkError as exc:  # e.g. the results database held by another process for too long: say what to do

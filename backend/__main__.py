@@ -13,7 +13,7 @@ import sys
 
 from backend.errors import RelinkError
 
-CLI_MODULES = ("data", "audit", "dp", "jobs")
+CLI_MODULES = ("data", "audit", "dp", "jobs", "snapshot")
 
 
 def build_parser() -> argparse.ArgumentParser:

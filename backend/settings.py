@@ -3,6 +3,7 @@
 CXR_CACHE_DIR   where the DuckDB file, embeddings, logs and model weights live (default: <repo>/cache)
 CXR_OPENI_ROOT  folder with the OpenI archives (default: <repo>/../shared/data/openi when present)
 CXR_MIMIC_ROOT, CXR_CHEXPERT_PLUS_ROOT  folders of the credentialed datasets (no default)
+CXR_DEMO_SNAPSHOT  1 (default): the app imports the shipped demo results on start; 0: it does not (tests)
 """
 
 from __future__ import annotations
@@ -56,3 +57,8 @@ def data_root(source: str) -> Path | None:
 def hub_offline() -> bool:
     """True when the model hub must not be contacted (HF_HUB_OFFLINE=1 or CXR_OFFLINE=1)."""
     return any(os.environ.get(v, "").strip() in {"1", "true", "True"} for v in ("HF_HUB_OFFLINE", "CXR_OFFLINE"))
+
+
+def demo_snapshot_enabled() -> bool:
+    """Whether the app imports the shipped demo snapshot on start (CXR_DEMO_SNAPSHOT, default on)."""
+    return os.environ.get("CXR_DEMO_SNAPSHOT", "1").strip() not in {"0", "false", "False", "no"}

@@ -94,7 +94,8 @@ def load_embedding_set(path: str | Path) -> EmbeddingSet:
 
 def save_npz(es: EmbeddingSet, path: str | Path) -> Path:
     """The portable file: image_emb (n,d) f32, report_emb (n,d) f32, pair_id, study_id, patient_id,
-    labels (n,14) f32 with NaN, label_names, report (unicode arrays: loads without allow_pickle)."""
+    labels (n,14) f32 with NaN, label_names, report, and view and image_path when known (unicode arrays:
+    loads without allow_pickle)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     m = es.meta
@@ -104,6 +105,9 @@ def save_npz(es: EmbeddingSet, path: str | Path) -> Path:
         "patient_id": m["patient_id"].astype(str).to_numpy(dtype=str), "labels": es.labels(),
         "label_names": np.asarray(LABELS, dtype=str), "report": m["report"].astype(str).to_numpy(dtype=str),
     }
+    for key in ("view", "image_path"):  # what the pair explorer shows beside each pair, when known
+        if key in m.columns:
+            data[key] = m[key].fillna("").astype(str).to_numpy(dtype=str)
     atomic_write(p, lambda t: np.savez_compressed(open(t, "wb"), **data))
     return p
 

@@ -278,3 +278,9 @@ def hub_warning(model: str) -> str | None:
                 "CXR_OFFLINE). Its job will stop at once unless the weights are already in the cache; copy them "
                 "into the Hugging Face cache, or use local:<path> or the demo model.")
     return None
+
+
+def snapshot_note(run_id: str | None) -> dict[str, Any] | None:
+    """{made, code_version, original_run} when `run_id` is an imported demo snapshot run, else None."""
+    run = store.get_run(run_id) if run_id else None
+    return (run or {}).get("summary", {}).get("snapshot") or None

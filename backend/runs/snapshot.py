@@ -1,0 +1,177 @@
+"""The demo snapshot: the one-button demo's results, made by this code and shipped in the repository, so a
+new user sees every page populated within seconds of the first start instead of after an 18-minute job.
+
+    cxr-relink snapshot make --cache DIR   # after the demo job ran in DIR: writes backend/demo_snapshot/
+    cxr-relink snapshot import             # what the app does on start when the store lacks it
+
+What ships (backend/demo_snapshot/): `manifest.json` (schema, the demo spec, the code version and package
+versions that made it, every run's summary and stored rows: the audit's curves, each sweep point's curves,
+probes and privacy record) and `audit_embeddings.npz` (the test split's image and report embeddings, ids,
+labels and reports: what the audit and the pair explorer read). Nothing is typed in: `make` copies what the
+demo job stored, and tests/test_snapshot.py recomputes the audit curves from the shipped embeddings and
+requires them to equal the shipped rows exactly, and the shipped spec to equal the code's demo spec, so the
+snapshot can never go stale silently.
+
+Imported runs keep their kind and spec but get the run id `<run id>-snapshot` and a `snapshot` entry in
+their summary: the pages label them "precomputed snapshot", and a real run of the same spec (the Overview's
+Recompute button) is stored under the real id, is newer, and replaces the snapshot on every page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from backend import settings
+from backend.embed import load_embedding_set, save_npz
+from backend.errors import StoreError
+from backend.runs import store
+from backend.runs.demo import default_demo_spec
+from backend.specs import DemoSpec
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "demo_snapshot"
+SNAPSHOT_SCHEMA = 1
+SUFFIX = "-snapshot"
+MANIFEST = "manifest.json"
+EMBEDDINGS = "audit_embeddings.npz"
+MAX_FILE_BYTES = 5 * 2**20
+
+
+def snapshot_id(run_id: str) -> str:
+    return f"{run_id}{SUFFIX}"
+
+
+def is_snapshot(run: dict[str, Any] | None) -> bool:
+    return bool(run and (run.get("summary") or {}).get("snapshot"))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of this checkout (+ "-dirty" with uncommitted changes), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.REPO_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=settings.REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def _records(frame: pd.DataFrame, drop: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows as records of Python scalars: every float exact (repr round-trips), inf and NaN kept (the manifest
+    is read back by Python's json, which writes and reads them as Infinity and NaN)."""
+    frame = frame.drop(columns=[c for c in drop if c in frame.columns])
+    return [{k: v.item() if hasattr(v, "item") else v for k, v in r.items()} for r in frame.to_dict(orient="records")]
+
+
+def _by_variant(frame: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    return {str(v): _records(g, ("run_id", "variant")) for v, g in frame.groupby("variant", sort=False)}
+
+
+def _export_run(run_id: str) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    if not run or run.get("status") != "done":
+        raise StoreError(f"Run {run_id} is not finished in this store: run the demo job first (Overview, or "
+                         "`cxr-relink jobs` to see where it is).")
+    privacy = store.load_privacy(run_id)
+    points = store.load_sweep_points(run_id) if run["kind"] == "sweep" else pd.DataFrame()
+    return {"run_id": run_id, "kind": run["kind"], "spec": run["spec"], "summary": run["summary"],
+            "device": run.get("device") or "", "label": run.get("label") or "",
+            "metrics": _by_variant(store.load_metrics(run_id)), "probe": _by_variant(store.load_probe(run_id)),
+            "privacy": _records(privacy, ("run_id",))[0] if len(privacy) else None,
+            "sweep_points": [[float(e), str(r)] for e, r in zip(points.get("epsilon", []), points.get("run_id", []),
+                                                                    strict=True)]}
+
+
+def make_snapshot(out: Path = SNAPSHOT_DIR, demo: DemoSpec | None = None) -> dict[str, Any]:
+    """Write the snapshot of the finished demo runs of the current store (settings.cache_dir()) into `out`."""
+    from backend.audit import versions  # late: backend.audit imports torch (this module is on the app's path)
+
+    demo = demo or default_demo_spec()
+    audit_id = demo.audit.run_id()
+    runs = [_export_run(audit_id)]
+    if demo.sweep is not None:
+        sweep = _export_run(demo.sweep.run_id())
+        runs += [sweep] + [_export_run(point) for _, point in sweep["sweep_points"]]
+    embeddings = (store.get_run(audit_id) or {}).get("artifacts", {}).get("embeddings")
+    if not embeddings or not Path(embeddings).exists():
+        raise StoreError(f"The demo audit {audit_id} has no embeddings on disk ({embeddings}); run it again.")
+    out.mkdir(parents=True, exist_ok=True)
+    npz = save_npz(load_embedding_set(embeddings), out / EMBEDDINGS)
+    if npz.stat().st_size > MAX_FILE_BYTES:
+        raise StoreError(f"{npz} is {npz.stat().st_size / 2**20:.1f} MB, over the 5 MB a shipped file may have.")
+    manifest = {"schema": SNAPSHOT_SCHEMA, "store_schema": store.SCHEMA_VERSION,
+                "made": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": code_version(),
+                "versions": versions(), "command": "cxr-relink snapshot make", "demo_spec": demo.to_dict(),
+                "runs": runs, "files": {EMBEDDINGS: {"sha256": _sha256(npz), "bytes": npz.stat().st_size}}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def read_manifest(folder: Path = SNAPSHOT_DIR) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_manifest(manifest: dict[str, Any], folder: Path = SNAPSHOT_DIR, expected: DemoSpec | None = None) -> list[str]:
+    """What makes the snapshot unusable with this code (empty when it matches): schema, spec, files.
+    `expected`: the demo spec it must hold (default: the code's default demo)."""
+    problems = []
+    if manifest.get("schema") != SNAPSHOT_SCHEMA:
+        problems.append(f"snapshot schema {manifest.get('schema')} is not {SNAPSHOT_SCHEMA}")
+    if manifest.get("store_schema") != store.SCHEMA_VERSION:
+        problems.append(f"store schema {manifest.get('store_schema')} is not {store.SCHEMA_VERSION}")
+    if manifest.get("demo_spec") != (expected or default_demo_spec()).to_dict():
+        problems.append("its demo spec differs from the code's default demo (regenerate: cxr-relink snapshot make)")
+    for name, info in (manifest.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != info.get("sha256"):
+            problems.append(f"{name} is missing or differs from the manifest")
+    return problems
+
+
+def import_snapshot(folder: Path = SNAPSHOT_DIR, expected: DemoSpec | None = None) -> list[str]:
+    """Put the shipped demo runs into the store (once; again when their files moved). Returns the run ids
+    imported now; nothing when the store has them already, the snapshot is absent or switched off
+    (CXR_DEMO_SNAPSHOT=0), or it does not match this code (logged)."""
+    manifest = read_manifest(folder) if settings.demo_snapshot_enabled() else None
+    if manifest is None:
+        return []
+    npz = (folder / EMBEDDINGS).resolve()
+    audit = store.get_run(snapshot_id(manifest["runs"][0]["run_id"]))
+    if audit and audit.get("status") == "done" and audit.get("artifacts", {}).get("embeddings") == str(npz):
+        return []
+    problems = check_manifest(manifest, folder, expected)
+    if problems:
+        log.warning("demo snapshot in %s not imported: %s", folder, "; ".join(problems))
+        return []
+    note = {"made": manifest["made"], "code_version": manifest["code_version"], "original_run": ""}
+    done = []
+    for run in manifest["runs"]:
+        rid = snapshot_id(run["run_id"])
+        store.upsert_run(rid, run["kind"], run["spec"], "running", label=run.get("label") or "")
+        privacy = dict(run["privacy"]) if run.get("privacy") else None
+        if privacy is not None:  # the store keeps fields beyond its columns as JSON text in `extra`
+            privacy.update(json.loads(privacy.pop("extra") or "{}"))
+        store.finish_run(
+            rid, summary={**run["summary"], "snapshot": {**note, "original_run": run["run_id"]}},
+            artifacts={"embeddings": str(npz)} if run is manifest["runs"][0] else {}, device=run.get("device", ""),
+            metrics={v: pd.DataFrame(rows) for v, rows in run["metrics"].items()},
+            probe={v: pd.DataFrame(rows) for v, rows in run["probe"].items()}, privacy=privacy,
+            sweep_points=[(eps, snapshot_id(point)) for eps, point in run["sweep_points"]])
+        done.append(rid)
+    log.info("imported the demo snapshot (%d runs, made %s)", len(done), manifest["made"])
+    return done
