@@ -23,12 +23,11 @@ _WRITABLE: set[Path] = set()  # folders already shown to be writable in this pro
 
 def _ensure_folder(path: Path) -> Path:
     """Create `path` and check that a file can be written in it (once per process); CacheError otherwise."""
-    if path in _WRITABLE:
-        return path
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
+        path.mkdir(parents=True, exist_ok=True)  # every call: a test or a user may have removed it
+        if path not in _WRITABLE:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
     except OSError as exc:
         raise CacheError(
             f"Cache folder {str(path)!r} cannot be created or written ({exc.strerror or exc}); set CXR_CACHE_DIR "
@@ -88,11 +87,11 @@ def check_device(device: Any) -> None:
     """Refuse a device name that is not valid or not present here (DeviceError naming the valid ones and
     those present). None means "the default" (cuda when present, else cpu) and is always accepted, as is a
     torch.device object. torch is imported only for a name other than cpu."""
-    if device is None or not isinstance(device, str) or device.strip().lower() == "cpu":
+    if device is None or not isinstance(device, str) or device == "cpu":
         return
     import torch
 
-    name = device.strip().lower()
+    name = device  # exactly as torch.device spells it (lower case, no spaces)
     n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     present = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(n_cuda)] + (["mps"] if has_mps else []))

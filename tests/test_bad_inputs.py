@@ -173,3 +173,26 @@ def test_sweep_spec_checks_every_point_at_construction() -> None:
         DPSpec(max_grad_norm=math.inf)
     # the checks add no field: run ids (hashes of the canonical JSON) are those of before
     assert (SweepSpec().run_id(), DPSpec().run_id()) == ("sweep-411479e608a2", "dp-e91d606dd555")
+
+
+def test_cache_folder_is_recreated_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from backend import settings
+    from backend.errors import CacheError
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    sub = settings.cache_subdir("results")
+    shutil.rmtree(tmp_path / "cache")
+    assert settings.cache_subdir("results") == sub and sub.is_dir()  # removed folders come back
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    with pytest.raises(CacheError, match=r"file/cache.*CXR_CACHE_DIR"):
+        settings.cache_dir()
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_cpu_and_default_devices_pass(device: str | None) -> None:
+    from backend.settings import check_device
+
+    check_device(device)
