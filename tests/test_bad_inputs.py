@@ -196,3 +196,16 @@ def test_cpu_and_default_devices_pass(device: str | None) -> None:
     from backend.settings import check_device
 
     check_device(device)
+
+
+def test_dp_and_sweep_results_are_also_kept_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from backend.cli.dp import write_result
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    write_result(None, {"kind": "sweep", "x": 1}, "sweep-0123456789ab")
+    assert json.loads((tmp_path / "cache" / "results" / "sweep-0123456789ab.json").read_text())["x"] == 1
+    write_result(tmp_path / "out.json", {"x": 2}, "dp-0123456789ab")
+    assert json.loads((tmp_path / "out.json").read_text()) == {"x": 2}
+    assert (tmp_path / "cache" / "results" / "dp-0123456789ab.json").is_file()

@@ -88,7 +88,7 @@ def _show(table) -> None:
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def _write(path: Path | None, payload: dict, run_id: str | None = None) -> None:
+def write_result(path: Path | None, payload: dict, run_id: str | None = None) -> None:
     """Write the result JSON to --json (when given) and, for a run id, to the cache's results/<run_id>.json too
     (so a computed result is kept even without --json)."""
     text = json.dumps(payload, indent=1, allow_nan=False)
@@ -108,7 +108,7 @@ def cmd_dp(args: argparse.Namespace) -> int:
     check_output(args.json, "--json")  # before any work: training must not be lost to a bad path
     res = run_dp(spec, phased_progress("dp"))
     _show(res.headline())
-    _write(args.json, res.to_dict(), spec.run_id())
+    write_result(args.json, res.to_dict(), spec.run_id())
     return 0
 
 
@@ -121,7 +121,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     results = run_sweep(spec, phased_progress("sweep"))
     table = headline_rows(results)
     _show(table)
-    _write(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": records(table),
+    write_result(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": records(table),
                        "points": [r.to_dict() for r in results]}, spec.run_id())
     return 0
 
@@ -134,7 +134,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     check_output(args.json, "--json")
     res = original_result(spec, prepare(spec, phased_progress("probe"), need_bank=False))
     _show(res.headline())
-    _write(args.json, res.to_dict())
+    write_result(args.json, res.to_dict())
     return 0
 
 
