@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from backend import settings
 from backend.embed import EmbeddingSet
 from backend.embed.compute import embed_split
 from backend.progress import ProgressLike, null_progress
@@ -98,6 +99,9 @@ def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike |
 
 def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: str | None = None,
               embeddings: EmbeddingSet | None = None) -> AuditResult:
-    """Embed spec.embed (cached/resumable; trains the demo model on first use) and measure re-linkage."""
+    """Embed spec.embed (cached/resumable; trains the demo model on first use) and measure re-linkage.
+
+    Raises DeviceError before any work when `device` is unknown or not present."""
+    settings.check_device(device)
     es = embeddings if embeddings is not None else embed_split(spec.embed, progress, device=device)
     return audit_embeddings(es, spec, progress)

@@ -19,6 +19,10 @@ class SpecError(RelinkError):
     """A job specification is invalid (bad epsilon, unknown pool kind, ...)."""
 
 
+class DeviceError(SpecError):
+    """The requested compute device is unknown or not present on this machine (e.g. cuda without CUDA)."""
+
+
 class ModelUnavailableError(RelinkError):
     """A model cannot be built or its weights cannot be fetched (offline, missing checkpoint)."""
 
@@ -29,6 +33,10 @@ class PrivacyBudgetError(SpecError):
 
 class StoreError(RelinkError):
     """The results database could not be opened or written (e.g. locked for too long)."""
+
+
+class CacheError(RelinkError):
+    """The cache folder (CXR_CACHE_DIR) cannot be created or written."""
 
 
 class JobError(RelinkError):

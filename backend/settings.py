@@ -9,23 +9,45 @@ CXR_DEMO_SNAPSHOT  1 (default): the app imports the shipped demo results on star
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from pathlib import Path
+from typing import Any
+
+from backend.errors import CacheError, DeviceError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def cache_dir() -> Path:
-    """The cache folder (created on first use). Read on every call so tests can redirect it."""
-    path = Path(os.environ.get("CXR_CACHE_DIR", REPO_ROOT / "cache")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+_WRITABLE: set[Path] = set()  # folders already shown to be writable in this process
+
+
+def _ensure_folder(path: Path) -> Path:
+    """Create `path` and check that a file can be written in it (once per process); CacheError otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)  # every call: a test or a user may have removed it
+        if path not in _WRITABLE:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+    except OSError as exc:
+        raise CacheError(
+            f"Cache folder {str(path)!r} cannot be created or written ({exc.strerror or exc}); set CXR_CACHE_DIR "
+            "to a writable folder (e.g. CXR_CACHE_DIR=~/cxr-cache) or fix its permissions."
+        ) from exc
+    _WRITABLE.add(path)
     return path
+
+
+def cache_dir() -> Path:
+    """The cache folder (created on first use). Read on every call so tests can redirect it.
+
+    Raises CacheError (naming the folder and CXR_CACHE_DIR) when it cannot be created or written."""
+    return _ensure_folder(Path(os.environ.get("CXR_CACHE_DIR", REPO_ROOT / "cache")).expanduser())
 
 
 def cache_subdir(name: str) -> Path:
-    """A named folder under the cache (embeddings, models, jobs, downloads ...)."""
-    path = cache_dir() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """A named folder under the cache (embeddings, models, jobs, downloads ...); CacheError when not writable."""
+    return _ensure_folder(cache_dir() / name)
 
 
 def db_path() -> Path:
@@ -62,3 +84,30 @@ def hub_offline() -> bool:
 def demo_snapshot_enabled() -> bool:
     """Whether the app imports the shipped demo snapshot on start (CXR_DEMO_SNAPSHOT, default on)."""
     return os.environ.get("CXR_DEMO_SNAPSHOT", "1").strip() not in {"0", "false", "False", "no"}
+
+
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(device: Any) -> None:
+    """Refuse a device name that is not valid or not present here (DeviceError naming the valid ones and
+    those present). None means "the default" (cuda when present, else cpu) and is always accepted, as is a
+    torch.device object. torch is imported only for a name other than cpu."""
+    if device is None or not isinstance(device, str) or device == "cpu":
+        return
+    import torch
+
+    name = device  # exactly as torch.device spells it (lower case, no spaces)
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    present = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(n_cuda)] + (["mps"] if has_mps else []))
+    if not _DEVICE_RE.match(name):
+        raise DeviceError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps (when available). "
+                          f"Present here: {present}.")
+    if name.startswith("cuda"):
+        if int(name.partition(":")[2] or 0) < n_cuda:
+            return
+        what = "CUDA is not available on this machine" if n_cuda == 0 else f"this machine has {n_cuda} CUDA device(s)"
+        raise DeviceError(f"Device {device!r} is not present: {what}. Present here: {present}.")
+    if not has_mps:
+        raise DeviceError(f"Device {device!r} is not present: MPS is not available. Present here: {present}.")

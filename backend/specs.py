@@ -141,16 +141,17 @@ class DPSpec(SpecMixin):
             raise SpecError(f"epsilon must be > 0 (use inf for no DP), got {self.epsilon}.")
         if not (0 < self.delta < 1):
             raise SpecError(f"delta must lie in (0, 1), got {self.delta}.")
-        if not (self.max_grad_norm > 0):
-            raise SpecError(f"max_grad_norm (clipping) must be > 0, got {self.max_grad_norm}.")
+        if not (self.max_grad_norm > 0) or not math.isfinite(self.max_grad_norm):
+            raise SpecError(f"max_grad_norm (clipping) must be a finite number > 0, got {self.max_grad_norm}.")
         if self.objective not in OBJECTIVES:
             raise SpecError(f"Unknown objective {self.objective!r}; use {', '.join(OBJECTIVES)}.")
         if self.privacy_unit not in PRIVACY_UNITS:
             raise SpecError(f"Unknown privacy unit {self.privacy_unit!r}; use {', '.join(PRIVACY_UNITS)}.")
         if self.accountant not in ACCOUNTANTS:
             raise SpecError(f"Unknown accountant {self.accountant!r}; use {', '.join(ACCOUNTANTS)}.")
-        if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0):
-            raise SpecError("epochs and batch_size must be >= 1 and lr > 0.")
+        if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0) or not math.isfinite(self.lr):
+            raise SpecError(f"epochs and batch_size must be >= 1 and lr a finite number > 0, got epochs={self.epochs}, "
+                            f"batch_size={self.batch_size}, lr={self.lr}.")
         if self.n_negatives < 1:
             raise SpecError(f"n_negatives must be >= 1, got {self.n_negatives}.")
         if self.optimizer not in ("adam", "sgd") or self.init not in ("model", "random"):
@@ -170,6 +171,14 @@ class SweepSpec(SpecMixin):
 
     base: DPSpec = field(default_factory=DPSpec)
     epsilons: tuple[float, ...] = DEFAULT_EPSILONS
+
+    def __post_init__(self) -> None:
+        if not self.epsilons:
+            raise SpecError("A sweep needs at least one epsilon (e.g. --epsilons 1 8 inf).")
+        bad = [e for e in self.epsilons if not (e > 0)]
+        if bad:
+            raise SpecError(f"Every sweep epsilon must be > 0 (use inf for no DP); got {bad} in {list(self.epsilons)}.")
+        self.points()  # every point is a valid DPSpec, checked before any work
 
     def points(self) -> list[DPSpec]:
         return [dataclasses.replace(self.base, epsilon=e) for e in self.epsilons]

@@ -94,3 +94,30 @@ def test_bad_inputs(tmp_path: Path) -> None:
     _folder(tmp_path, rows)
     with pytest.raises(SourceError, match="no patient_id"):
         load_source("csv", root=str(tmp_path))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_png_and_jpeg_are_skipped_and_counted_alike(tmp_path: Path, suffix: str) -> None:
+    rows = [{**r, "image_path": r["image_path"].replace(".png", suffix)} for r in _rows(6)]
+    for k, row in enumerate(rows):
+        write_image(tmp_path / row["image_path"], seed=k, size=64)
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    bad = tmp_path / rows[3]["image_path"]
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # truncated: the header is intact, half of the pixel data is gone
+    loaded = load_source("csv", root=str(tmp_path))
+    assert loaded.stats["skipped_images"] == 1 and len(loaded.pairs) == 5
+    assert rows[3]["image_path"] not in set(loaded.pairs["image_path"])
+    for path in loaded.pairs["image_path"]:  # every kept image reads (the audit would not abort later)
+        loaded.read_image(path)
+
+
+def test_accepted_label_forms(tmp_path: Path) -> None:
+    """1/0/-1 in any numeric spelling, blank and NaN; -1 (uncertain) is NaN, blank is 0 (not mentioned)."""
+    values = ["1", "0", "-1", "1.0", "0.0", "-1.0", "", "NaN"]
+    rows = [{"image_path": f"img/{k}.png", "report": f"R {k}.", "patient_id": f"P{k}", "Edema": v}
+            for k, v in enumerate(values)]
+    _folder(tmp_path, rows)
+    got = load_source("csv", root=str(tmp_path)).pairs.set_index("image_path")["Edema"]
+    expected = [1.0, 0.0, float("nan"), 1.0, 0.0, float("nan"), 0.0, 0.0]
+    assert got.loc[[r["image_path"] for r in rows]].tolist() == pytest.approx(expected, nan_ok=True)

@@ -84,3 +84,12 @@ def test_delta_is_lowered_when_one_over_n_demands() -> None:
     assert resolve_delta(6e-6, 7_000) == (6e-6, "")
     delta, note = resolve_delta(6e-6, 377_000)
     assert delta == pytest.approx(2e-7) and "1/n" in note
+
+
+def test_refusal_advises_prv_only_when_the_accountant_is_not_prv() -> None:
+    from backend.dp.accounting import budget_refusal
+
+    assert "use the PRV accountant" in budget_refusal(5e-4, 6e-6, 0.04, 125, "rdp")
+    prv = budget_refusal(5e-4, 6e-6, 0.04, 125, "prv")
+    assert "The PRV accountant cannot certify" in prv and "use the PRV accountant" not in prv
+    assert "a larger delta" in prv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from backend.embed import load_embedding_set, save_npz
 from backend.errors import SpecError
 from backend.models import list_models
 from backend.progress import phased_progress
+from backend.settings import check_device
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,26 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(raw)
     except json.JSONDecodeError:
         return key.strip(), raw
+
+
+def check_output(path: str | Path | None, flag: str) -> Path | None:
+    """The output file of `flag`, checked before any work: not a folder, its folder created (or creatable) and
+    writable. SpecError naming the path and what to do otherwise; None passes through."""
+    if path is None:
+        return None
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise SpecError(f"{flag} {str(out)!r} is a folder; give a file name, e.g. {str(out / 'result.json')!r}.")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"{flag} {str(out)!r}: its folder {str(parent)!r} cannot be created ({exc.strerror or exc}); "
+                        "choose a path in a writable folder.") from exc
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise SpecError(f"{flag} {str(out)!r} cannot be written (permission denied); choose a path in a writable "
+                        "folder.")
+    return out
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -69,6 +91,7 @@ def cmd_prepare_demo(args: argparse.Namespace) -> int:
 
     from backend.models.demo import DEFAULT_DEMO, prepare_demo
 
+    check_device(args.device)
     changes = {k: v for k, v in (("epochs", args.epochs), ("max_pairs", args.max_pairs)) if v is not None}
     if args.n_patients is not None:
         changes["source_options"] = {**DEFAULT_DEMO.source_options, "n_patients": args.n_patients}
@@ -81,6 +104,7 @@ def cmd_prepare_demo(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from backend.embed.compute import embed_split
 
+    check_device(args.device)
     es = embed_split(embed_spec_from(args), phased_progress("embed"), device=args.device)
     print(json.dumps({"path": str(es.path), "pairs": len(es), "dim": int(es.image_emb.shape[1]),
                       "distinct_reports": es.info.get("n_reports")}, indent=1))
@@ -91,9 +115,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from backend.audit import run_audit
 
     spec = audit_spec_from(args)
+    out = check_output(args.json, "--json")  # before any work: a bad path must not cost an embedding
+    check_output(args.save_embeddings, "--save-embeddings")
+    check_device(args.device)
     result = run_audit(spec, phased_progress("audit"), device=args.device)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(result.to_json())
     if args.save_embeddings:
         save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)

@@ -13,7 +13,8 @@ import logging
 import math
 from pathlib import Path
 
-from backend.cli.audit import parse_option
+from backend import settings
+from backend.cli.audit import check_output, parse_option
 from backend.errors import SpecError
 from backend.progress import phased_progress
 from backend.specs import (
@@ -87,18 +88,27 @@ def _show(table) -> None:
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def _write(path: Path | None, payload: dict) -> None:
+def write_result(path: Path | None, payload: dict, run_id: str | None = None) -> None:
+    """Write the result JSON to --json (when given) and, for a run id, to the cache's results/<run_id>.json too
+    (so a computed result is kept even without --json)."""
+    text = json.dumps(payload, indent=1, allow_nan=False)
+    if run_id is not None:
+        kept = settings.cache_subdir("results") / f"{run_id}.json"
+        kept.write_text(text)
+        log.info("kept %s", kept)
     if path is not None:
-        path.write_text(json.dumps(payload, indent=1, allow_nan=False))
+        path.write_text(text)
         log.info("wrote %s", path)
 
 
 def cmd_dp(args: argparse.Namespace) -> int:
     from backend.dp import run_dp
 
-    res = run_dp(dp_spec_from(args), phased_progress("dp"))
+    spec = dp_spec_from(args)
+    check_output(args.json, "--json")  # before any work: training must not be lost to a bad path
+    res = run_dp(spec, phased_progress("dp"))
     _show(res.headline())
-    _write(args.json, res.to_dict())
+    write_result(args.json, res.to_dict(), spec.run_id())
     return 0
 
 
@@ -106,12 +116,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from backend.audit import records
     from backend.dp import headline_rows, run_sweep
 
-    spec = SweepSpec(base=dp_spec_from(args), epsilons=tuple(args.epsilons))
+    spec = SweepSpec(base=dp_spec_from(args), epsilons=tuple(args.epsilons))  # every point validated here
+    check_output(args.json, "--json")
     results = run_sweep(spec, phased_progress("sweep"))
     table = headline_rows(results)
     _show(table)
-    _write(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": records(table),
-                       "points": [r.to_dict() for r in results]})
+    write_result(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": records(table),
+                       "points": [r.to_dict() for r in results]}, spec.run_id())
     return 0
 
 
@@ -120,9 +131,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from backend.dp.eval import prepare
 
     spec = dp_spec_from(args)
+    check_output(args.json, "--json")
     res = original_result(spec, prepare(spec, phased_progress("probe"), need_bank=False))
     _show(res.headline())
-    _write(args.json, res.to_dict())
+    write_result(args.json, res.to_dict())
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from backend import settings
 from backend.audit import records
 from backend.dp.accounting import calibrate_noise, compute_epsilon, resolve_delta
 from backend.dp.eval import EvalInputs, evaluate, prepare
@@ -67,6 +68,7 @@ def train_heads(spec: DPSpec, train: Any, public_bank: np.ndarray | None, progre
     """Train the heads on `train` (an EmbeddingSet: image_feat (n, d_img_pre), text_feat (n, d_txt_pre), heads,
     meta.patient_id) under `spec` (DP unless spec.epsilon is inf). public_bank (M, d_txt_pre) is required by
     the public-negatives objective. Raises PrivacyBudgetError when the target epsilon is unreachable."""
+    settings.check_device(device)
     progress = progress or null_progress
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     heads = LinearHeads.from_arrays(train.heads, init=spec.init, seed=spec.seed, logit_scale=logit_scale).to(dev)

@@ -87,7 +87,7 @@ def calibrate_noise(
         raise SpecError(f"target epsilon must be finite and > 0 (inf means no DP), got {target_epsilon}.")
     if accountant == "rdp" and (target_epsilon <= rdp_epsilon_floor(delta) or compute_epsilon(
             noise_multiplier=MAX_SIGMA, sample_rate=sample_rate, steps=steps, delta=delta) > target_epsilon):
-        raise PrivacyBudgetError(_refusal(target_epsilon, delta, sample_rate, steps, accountant))  # fail fast
+        raise PrivacyBudgetError(budget_refusal(target_epsilon, delta, sample_rate, steps, accountant))  # fail fast
     kwargs = {"alphas": list(EXTENDED_ORDERS)} if accountant == "rdp" else {"eps_error": PRV_EPS_ERROR}
     try:
         with warnings.catch_warnings():
@@ -102,13 +102,14 @@ def calibrate_noise(
                 **kwargs,
             )
     except (ValueError, RuntimeError) as exc:  # "The privacy budget is too low." or a PRV domain error
-        raise PrivacyBudgetError(_refusal(target_epsilon, delta, sample_rate, steps, accountant) + f" ({exc})") from exc
+        raise PrivacyBudgetError(budget_refusal(target_epsilon, delta, sample_rate, steps, accountant) + f" ({exc})") from exc
     log.info("noise multiplier %.4f for epsilon %.3g at delta %.2g (%s, q=%.4g, %d steps)",
              sigma, target_epsilon, delta, accountant, sample_rate, steps)
     return float(sigma)
 
 
-def _refusal(eps: float, delta: float, q: float, steps: int, accountant: str) -> str:
+def budget_refusal(eps: float, delta: float, q: float, steps: int, accountant: str) -> str:
+    """Why (epsilon, delta) is unreachable under `accountant` and what to change (PRV suggested only to RDP users)."""
     floor = rdp_epsilon_floor(delta)
     why = (
         f"The {accountant.upper()} accountant cannot certify epsilon={eps:g} at delta={delta:g} "
@@ -119,9 +120,10 @@ def _refusal(eps: float, delta: float, q: float, steps: int, accountant: str) ->
             f" RDP's conversion to (epsilon, delta) costs about log(1/delta)/(alpha-1) even with infinite noise "
             f"(floor {floor:.3g} with orders up to {max(EXTENDED_ORDERS):g})."
         )
+    switch = "use the PRV accountant (--accountant prv, a tight numerical accountant), " if accountant == "rdp" else ""
     return why + (
-        " To fix: use the PRV accountant (--accountant prv, a tight numerical accountant), a larger delta if "
-        "1/n allows, fewer epochs or a smaller batch (fewer, smaller-sample steps), or a larger epsilon."
+        f" To fix: {switch}use a larger delta if 1/n allows, fewer epochs or a smaller batch (fewer, smaller-sample "
+        "steps), or a larger epsilon."
     )
 
 

@@ -147,6 +147,7 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
     """Embed the pairs of `spec.split` with `spec.model`; cached and resumable (see module docstring).
 
     Returns the EmbeddingSet (path set to its cache folder). `model`/`source` reuse already-loaded objects."""
+    settings.check_device(device)  # DeviceError before any work (e.g. cuda on a machine without CUDA)
     progress = progress or null_progress
     src = source or load_source(spec.source.name, root=spec.source.root,
                                 section_policy=spec.source.section_policy, **spec.source.options)

@@ -15,6 +15,7 @@ from typing import Any
 
 from backend.errors import ModelUnavailableError
 from backend.registry import Registry, resolve
+from backend.settings import check_device
 
 BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 OPENAI_B16_REPO = "timm/vit_base_patch16_clip_224.openai"
@@ -47,7 +48,9 @@ def get_model(name: str) -> ModelEntry:
 
 def load_model(name: str, device: Any = None, progress: Any = None, **options: Any) -> Any:
     """Build model `name` (a LoadedModel: weights, preprocessing, tokenizer and head access) on `device`
-    (default: cuda when present). Raises ModelUnavailableError (fast, never hanging) when weights are missing."""
+    (default: cuda when present). Raises ModelUnavailableError (fast, never hanging) when weights are missing,
+    DeviceError when `device` is unknown or not present."""
+    check_device(device)
     entry = get_model(name)
     loader = resolve(entry.loader, f"Model {name!r}", ModelUnavailableError)
     return loader(device=device, progress=progress, name=name, **options)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from backend import settings
-from backend.errors import SourceError
+from backend.errors import SourceError, SpecError
 from backend.models.openclip import LoadedModel, build_architecture, file_id, wrap_model
 from backend.progress import ProgressLike, null_progress
 from backend.sources import load_source
@@ -57,6 +57,15 @@ class DemoConfig:
     warmup_frac: float = 0.05
     shift_px: int = 4  # random translation augmentation (pixels at model resolution)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "max_pairs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SpecError(f"Demo {name} must be an integer >= 1, got {value!r} (an untrained or empty demo "
+                                "model would be cached).")
+        if not (self.lr > 0):
+            raise SpecError(f"Demo lr must be > 0, got {self.lr!r}.")
 
     def key(self) -> str:
         blob = json.dumps({"v": TRAIN_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -202,6 +211,7 @@ def _save(model: torch.nn.Module, config: DemoConfig, log_info: dict[str, Any]) 
 def prepare_demo(progress: ProgressLike | None = None, config: DemoConfig = DEFAULT_DEMO,
                  device: str | torch.device = "cpu") -> Path:
     """The folder of the demo's weights, training them first (on `device`) when they are not cached."""
+    settings.check_device(device)
     folder = demo_dir(config)
     if (folder / "weights.pt").is_file():
         return folder

@@ -30,7 +30,15 @@ from backend.errors import SourceError
 from backend.settings import data_root
 from backend.sources import SourceInfo, register_source
 from backend.sources.csv_source import normalise_split
-from backend.sources.files import drop_bad_images, find_file, label_columns, make_reader, read_table, require_root
+from backend.sources.files import (
+    drop_bad_images,
+    find_file,
+    inside_root,
+    label_columns,
+    make_reader,
+    read_table,
+    require_root,
+)
 from backend.sources.schema import (
     LABELS,
     SourceData,
@@ -74,7 +82,7 @@ def read_labels(path: Path, blank_as: float) -> pd.DataFrame:
                           "chexbert_labels/*.json or a CSV keyed by path_to_image.")
     if not any(lab in table.columns for lab in LABELS):
         raise SourceError(f"CheXbert labels {str(path)!r} have none of the 14 CheXpert label columns.")
-    labels = label_columns(table, blank_as)
+    labels = label_columns(table, blank_as, what=f"CheXbert labels {str(path)!r}")
     labels.insert(0, "path_to_image", table["path_to_image"].astype(str))
     return labels.drop_duplicates("path_to_image")
 
@@ -143,6 +151,7 @@ def load_chexpert_plus(root: str | None = None, section_policy: str = "findings+
     else:
         table = table.assign(**{lab: np.nan for lab in LABELS})
     paths = table["path_to_image"].astype(str)
+    inside_root(base, paths, f"CheXpert Plus CSV {str(csv_path)!r}")
     pairs = pd.DataFrame({
         "pair_id": paths, "study_id": [_study_of(p) for p in paths],
         "patient_id": table["deid_patient_id"].astype(str), "image_path": paths,

@@ -9,6 +9,15 @@ Optional: study_id (default: one study per distinct (patient_id, report)), view,
 'valid'/'validate' accepted; default: patient-hash split), site (default 'csv'), and any of the 14
 CheXpert label columns with their CheXpert names (1 / 0 / -1 uncertain / blank = not mentioned).
 
+Label cells: a number equal to 1 (positive), 0 (negative) or -1 (uncertain), written e.g. 1, 0, -1, 1.0, 0.0,
+-1.0; or blank (an empty cell, NaN, NA). Uncertain (-1) becomes NaN (unknown) as everywhere in the project and
+blank becomes 0 (not mentioned = negative). Anything else (yes, True, positive, 2 ...) is refused with a
+SourceError naming the column and the first bad values.
+
+Refused with a SourceError: a CSV with a header but no rows; duplicate rows (the same image_path twice, or
+the same pair_id twice when a pair_id column is given); relative image paths that lead outside the folder
+(e.g. '../x.png'; absolute paths are allowed).
+
 Section policy: when findings/impression columns exist they are used; a `report` column alone is the
 text for every policy. Pairs with no text are dropped (stats['dropped_empty_report']); missing or corrupt
 images are skipped (stats['skipped_images']) unless check_images=False.
@@ -22,7 +31,14 @@ import pandas as pd
 
 from backend.errors import SourceError
 from backend.sources import SourceInfo, register_source
-from backend.sources.files import drop_bad_images, label_columns, make_reader, read_table, require_root
+from backend.sources.files import (
+    drop_bad_images,
+    inside_root,
+    label_columns,
+    make_reader,
+    read_table,
+    require_root,
+)
 from backend.sources.schema import (
     LABELS,
     SECTION_POLICIES,
@@ -78,6 +94,10 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
     base = require_root(root, "csv")
     path = _resolve_csv(base, csv)
     table = read_table(path, ["image_path", "patient_id"], "CSV", dtype={"patient_id": str, "study_id": str})
+    if table.empty:
+        raise SourceError(f"CSV {str(path)!r} has a header but no rows; add one row per image-report pair.")
+    _check_duplicates(table, path)
+    inside_root(base, table["image_path"].astype(str), f"CSV {str(path)!r}")
     findings, impression = _text_columns(table, path)
     report_only = "findings" not in table.columns and "impression" not in table.columns
     pairs = pd.DataFrame({
@@ -90,7 +110,7 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
     })
     if (pairs["patient_id"].isin(["", "nan", "None"])).any() or table["patient_id"].isna().any():
         raise SourceError(f"CSV {str(path)!r}: some rows have no patient_id; every row needs one.")
-    pairs = pd.concat([pairs, label_columns(table)], axis=1)
+    pairs = pd.concat([pairs, label_columns(table, what=f"CSV {str(path)!r}")], axis=1)
     policy = "findings" if report_only else section_policy  # a lone report column is the text for every policy
     pairs["pair_id"] = [f"csv-{i}" for i in range(len(pairs))]
     if "split" in table.columns:
@@ -107,6 +127,19 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped, "skipped_images": skipped,
              "labelled_columns": sum(lab in table.columns for lab in LABELS)}
     return SourceData(name="csv", pairs=out, read_image=make_reader(base), root=str(base), stats=stats)
+
+
+def _check_duplicates(table: pd.DataFrame, path: Path) -> None:
+    """SourceError naming the first duplicated pair_id (when that column exists) or image_path values."""
+    for column in ("pair_id", "image_path"):
+        if column not in table.columns:
+            continue
+        values = table[column].astype(str).str.strip()
+        dup = values[values.duplicated(keep=False)]
+        if len(dup):
+            first = list(dict.fromkeys(dup))[:5]
+            raise SourceError(f"CSV {str(path)!r} lists the same {column} more than once ({dup.nunique()} value(s), "
+                              f"e.g. {first}); keep one row per image-report pair.")
 
 
 def _study_ids(table: pd.DataFrame | None, pairs: pd.DataFrame) -> list[str]:

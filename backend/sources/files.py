@@ -7,12 +7,13 @@ names the file or column and says what to do.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from backend.errors import ImageReadError, SourceError
 from backend.sources.schema import LABELS
@@ -23,11 +24,14 @@ ImageReader = Callable[[str], Image.Image]
 
 
 def require_root(root: str | Path | None, source: str, env_var: str | None = None) -> Path:
-    """The source's root folder; SourceError when it is not given or does not exist."""
+    """The source's root folder; SourceError when it is not given, does not exist or is a file."""
     if root is None or str(root) == "":
         hint = f" or set {env_var}" if env_var else ""
         raise SourceError(f"Source {source!r} needs a data folder: pass root=<folder> (--root){hint}.")
     path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SourceError(f"Data folder {str(path)!r} for source {source!r} is a file, not a folder; pass the folder "
+                          "that holds the data (for csv: the folder with pairs.csv and the images).")
     if not path.is_dir():
         raise SourceError(f"Data folder {str(path)!r} for source {source!r} does not exist; check the path.")
     return path
@@ -90,13 +94,49 @@ def open_image(path: Path, hint: str = "check the image folder") -> Image.Image:
 
 
 def check_image(path: Path) -> bool:
-    """True when the file exists and PIL can identify and verify it (cheap; no full decode)."""
+    """True when the file exists and all of its image data is readable (a truncated PNG or JPEG is False, alike).
+
+    PNG: Image.verify() (reads every chunk and checks its CRC, so truncation is caught) - cheap. Every other
+    format (JPEG ...): a full decode, because verify() does not read JPEG data and a truncated JPEG used to pass
+    here and abort the embedding later (JPEGs are decoded in draft mode: the whole stream is read, at reduced
+    scale)."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        return _decodes(path)
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # someone turned PIL's leniency on: a truncated file must fail here
+    try:
+        return _decodes(path)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+
+def _decodes(path: Path) -> bool:
     try:
         with Image.open(path) as img:
-            img.verify()
+            if img.format == "PNG":
+                img.verify()
+                return True
+            if img.format == "JPEG":
+                img.draft(img.mode, (1, 1))
+            img.load()
         return True
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
         return False
+
+
+def inside_root(root: Path, image_paths: Iterable[str], source: str = "") -> None:
+    """Refuse relative image paths that lead outside `root` (e.g. '../x.png'); SourceError listing the first ones.
+
+    Absolute paths are the user's explicit choice and are not checked; only relative ones are joined to root.
+    The check is on the path as written ('..' components, normalised), not on where symlinks lead: an image
+    folder linked in from elsewhere stays allowed, and only paths with '..' are looked at (fast on 200k rows)."""
+    base = root.resolve()
+    bad = [p for p in dict.fromkeys(map(str, image_paths))
+           if ".." in p and not Path(p).is_absolute()
+           and not Path(os.path.normpath(base / p)).is_relative_to(base)]
+    if bad:
+        raise SourceError(f"{source + ': ' if source else ''}{len(bad)} image path(s) lead outside the data folder "
+                          f"{str(base)!r}, e.g. {bad[:5]}; give paths relative to that folder (no '..'), or absolute "
+                          "paths.")
 
 
 def make_reader(root: Path, resolve: Callable[[Path, str], Path] | None = None,
@@ -129,19 +169,33 @@ def drop_bad_images(pairs: pd.DataFrame, root: Path, resolve: Callable[[Path, st
     return pairs.loc[keep].reset_index(drop=True), int((~keep).sum())
 
 
-def label_columns(table: pd.DataFrame, blank_as: float = 0.0, key_alias: dict[str, str] | None = None
-                  ) -> pd.DataFrame:
+LABEL_VALUES = (1.0, 0.0, -1.0)  # positive, negative, uncertain; plus blank (not mentioned)
+
+
+def label_columns(table: pd.DataFrame, blank_as: float = 0.0, key_alias: dict[str, str] | None = None,
+                  what: str = "table") -> pd.DataFrame:
     """The 14 CheXpert label columns of a table as float 1/0/NaN (uncertain -1 -> NaN).
 
-    Missing columns become NaN; blank cells (not mentioned) become `blank_as` (default 0.0, the usual
-    'not mentioned = negative' convention; pass float('nan') to keep them unknown)."""
+    Accepted cells: numbers equal to 1, 0 or -1 (written 1, 0, -1, 1.0, 0.0, -1.0 ...) and blank (empty or NaN).
+    Anything else (yes, True, positive, 2 ...) raises SourceError naming the column and the first bad values
+    (`what` names the file in the message). Missing columns become NaN; blank cells (not mentioned) become
+    `blank_as` (default 0.0, the usual 'not mentioned = negative' convention; pass float('nan') to keep them
+    unknown)."""
     out = pd.DataFrame(index=table.index)
     for label in LABELS:
         name = (key_alias or {}).get(label, label)
         if name not in table.columns:
             out[label] = np.nan
             continue
-        col = pd.to_numeric(table[name], errors="coerce").astype("float64")
+        raw = table[name]
+        text = raw.astype(str).str.strip()
+        blank = raw.isna() | text.isin(["", "nan", "NaN", "NA", "N/A", "None"])
+        col = pd.to_numeric(text.where(~blank), errors="coerce").astype("float64")
+        bad = ~blank & ~col.isin(LABEL_VALUES)
+        if bad.any():
+            examples = list(dict.fromkeys(text[bad]))[:5]
+            raise SourceError(f"{what}: label column {name!r} has value(s) {examples} ({int(bad.sum())} cell(s)); "
+                              "use 1 (positive), 0 (negative), -1 (uncertain) or leave the cell blank.")
         col = col.fillna(blank_as)
         col[col < 0] = np.nan
         out[label] = col

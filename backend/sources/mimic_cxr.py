@@ -111,7 +111,8 @@ def _labels(root: Path, blank_as: float) -> pd.DataFrame | None:
         log.warning("mimic-cxr: no %s(.gz) in %s; labels will be NaN", CHEXPERT, root)
         return None
     table = read_table(path, ["study_id"], "MIMIC-CXR chexpert labels")
-    return pd.concat([table[["study_id"]], label_columns(table, blank_as)], axis=1).drop_duplicates("study_id")
+    labels = label_columns(table, blank_as, what=f"MIMIC-CXR labels {str(path)!r}")
+    return pd.concat([table[["study_id"]], labels], axis=1).drop_duplicates("study_id")
 
 
 def _split(root: Path) -> pd.DataFrame | None:
