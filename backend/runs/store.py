@@ -82,6 +82,15 @@ def connect(timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnec
         yield from _connect(timeout_s)
 
 
+def _damaged(path: Path, exc: Exception) -> StoreError:
+    """The error for a database file DuckDB cannot read (empty, truncated, random bytes, not a file)."""
+    embeddings = settings.cache_dir() / "embeddings"
+    return StoreError(
+        f"The results database {path} is damaged or unreadable ({exc}). Move it aside to start fresh "
+        f"(e.g. `mv {path} {path}.broken`); the embeddings under {embeddings} are kept, and finished runs are "
+        "recomputed from them quickly when submitted again.")
+
+
 def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
     path = settings.db_path()
     deadline = time.monotonic() + timeout_s
@@ -91,7 +100,9 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
             con = duckdb.connect(str(path))
             break
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            if not _is_lock_error(exc) or time.monotonic() > deadline:
+            if not _is_lock_error(exc):
+                raise _damaged(path, exc) from exc
+            if time.monotonic() > deadline:
                 raise StoreError(
                     f"The results database {path} is held by another process ({exc}). Wait for the running "
                     "job to finish its write, or stop the other process (e.g. a DuckDB shell) and retry."
@@ -99,7 +110,10 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
             time.sleep(delay * (1 + random.random()))  # jitter: two waiters must not retry in lockstep
             delay = min(delay * 2, 0.2)
     try:
-        _ensure_schema(con)
+        try:
+            _ensure_schema(con)
+        except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
+            raise _damaged(path, exc) from exc
         con.execute("BEGIN TRANSACTION")
         yield con
         con.execute("COMMIT")
