@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +147,21 @@ def test_cli_lists_and_cancels_jobs(capsys: pytest.CaptureFixture) -> None:
     assert _wait(job.job_id, ("cancelled",), timeout=40).status == "cancelled"
     assert main(["cancel", "no-such-job"]) == 2  # a clear one-line error, no traceback
     assert "No job" in capsys.readouterr().err
+
+
+def test_the_same_spec_submitted_from_two_processes_at_once_runs_once(fresh_cache: Path) -> None:
+    code = ("import sys, time; from backend.runs import jobs; from backend.specs import SelfTestSpec\n"
+            "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+            "print(jobs.submit(SelfTestSpec(steps=30, delay_s=0.1, tag='race')).job_id, flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    start = str(time.time() + 3.0)  # both start submitting at the same moment, after their imports
+    procs = [subprocess.Popen([sys.executable, "-c", code, start], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ids = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(ids) == 1, outs
+    run_id = SelfTestSpec(steps=30, delay_s=0.1, tag="race").run_id()
+    assert len(store.list_jobs(run_id=run_id)) == 1  # one worker
+    job = _wait(ids.pop(), ("done", "failed"))
+    assert job.status == "done", jobs.read_log(job)

@@ -10,6 +10,7 @@ chunks on disk) is kept and a resubmission resumes from there.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -19,6 +20,8 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -98,7 +101,7 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
     """Run `spec` in a detached worker unless it already finished or is running (see module doc)."""
     job_kind = get_job_kind(kind) if kind else kind_for_spec(spec)
     run_id = spec.run_id()
-    with _SUBMIT_LOCK:
+    with _submit_lock():
         refresh()
         run = store.get_run(run_id)
         if run and run["status"] == "done":
@@ -114,6 +117,18 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
                                   "log_path": str(log_path), "cancel_requested": False})
     _spawn(job_id, log_path)
     return get_job(job_id)
+
+
+@contextmanager
+def _submit_lock() -> Iterator[None]:
+    """Check-and-insert of a run's job is atomic across threads and processes (two dashboards, a CLI):
+    a thread lock, then an exclusive fcntl lock on cache/jobs/.submit.lock (released if the process dies)."""
+    with _SUBMIT_LOCK, open(settings.cache_subdir("jobs") / ".submit.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _finished_job(run: dict[str, Any]) -> Job:
