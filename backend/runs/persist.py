@@ -43,6 +43,7 @@ def persist_audit(run_id: str, spec: Any, result: Any, device: str) -> None:
     store.upsert_run(run_id, "audit", spec.to_json(), "running")
     summary = dict(_get(result, "summary", default={}) or {})
     summary["counts"] = dict(_get(result, "counts", default={}) or {})
+    summary["inputs"] = dict(_get(result, "inputs", default={}) or {})
     store.finish_run(run_id, summary=summary, artifacts=artifacts, device=device, metrics={"model": _get(result, "rows")})
 
 
