@@ -165,3 +165,48 @@ def test_the_same_spec_submitted_from_two_processes_at_once_runs_once(fresh_cach
     assert len(store.list_jobs(run_id=run_id)) == 1  # one worker
     job = _wait(ids.pop(), ("done", "failed"))
     assert job.status == "done", jobs.read_log(job)
+
+
+def _write_csv(root: Path, report: str) -> None:
+    import pandas as pd
+
+    from tests.helpers.fixtures_data import write_image
+
+    for i in range(6):
+        write_image(root / f"img/{i}.png", seed=i)
+    pd.DataFrame([{"image_path": f"img/{i}.png", "patient_id": f"P{i // 2}", "report": f"{report} {i // 2}."}
+                  for i in range(6)]).to_csv(root / "pairs.csv", index=False)
+
+
+def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers.tiny_models import register_tiny_models
+
+    register_tiny_models()
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)  # the worker runs here, in-process
+    data = tmp_path / "data"
+    _write_csv(data, "Small effusion")
+    spec = EmbedSpec(source=SourceSpec(name="csv", root=str(data)), model="tiny-random", split="all", batch_size=8)
+
+    def submit_and_work() -> jobs.Job:
+        job = jobs.submit(spec)
+        if job.status == "queued":
+            assert jobs.run_worker(job.job_id) == 0, jobs.read_log(job)
+        return jobs.get_job(job.job_id)
+
+    first = submit_and_work()
+    run = store.get_run(spec.run_id())
+    assert first.status == "done" and run["status"] == "done"
+    inputs = run["summary"]["inputs"]
+    assert inputs["data_hash"] and inputs["n_pairs"] == 6
+    same = submit_and_work()  # the data did not change: the finished run is reused
+    assert same.job_id != first.job_id and same.status == "done" and "unchanged" in same.message
+    assert store.get_run(spec.run_id())["finished"] == run["finished"]
+    _write_csv(data, "No effusion")  # the user edits the report text
+    changed = submit_and_work()
+    rerun = store.get_run(spec.run_id())
+    assert changed.status == "done" and "unchanged" not in changed.message
+    assert rerun["summary"]["inputs"]["data_hash"] != inputs["data_hash"] and rerun["finished"] > run["finished"]
+    assert rerun["artifacts"]["embeddings"] != run["artifacts"]["embeddings"]
+    selftest = SelfTestSpec(steps=1, delay_s=0.0, tag="no-files")  # no file-based source: no worker on resubmit
+    assert jobs.data_inputs(selftest) is None and jobs.file_sources(spec) == [spec.source]

@@ -1,7 +1,12 @@
 """Submit, watch and cancel jobs; each runs in a detached worker process (`python -m backend worker JOB_ID`).
 
 submit(spec) returns the finished run's job when the same spec already finished (nothing is recomputed),
-the running job when it is in flight, and otherwise starts a worker. The worker records its pid,
+the running job when it is in flight, and otherwise starts a worker. A spec that reads a file-based
+source (csv, openi, mimic-cxr, chexpert-plus: data the user can edit) always gets a worker: it loads the
+source table first and compares its data hash (every column and image file (size, mtime_ns)) with the
+one the finished run records; unchanged, the job ends at once and the run is reused, changed, the run is
+recomputed. The hash is computed in the worker, not at submit: loading a large source (and checking its
+images) would block the dashboard for seconds to minutes, and the worker does it detached. The worker records its pid,
 a heartbeat, throttled progress and, on failure, the traceback; a cancel request is a flag in the store
 that the progress callback checks (it raises JobError), escalated to SIGTERM after a grace period.
 A worker that died (pid gone or heartbeat stale) is shown as "stale"; what it finished (embedding
@@ -10,7 +15,9 @@ chunks on disk) is kept and a resubmission resumes from there.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
 import signal
@@ -27,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from backend import settings
-from backend.errors import JobError
+from backend.errors import JobError, RelinkError
 from backend.progress import ProgressLike
 from backend.runs import store
 from backend.runs.kinds import get_job_kind, kind_for_spec
-from backend.specs import spec_from_json
+from backend.sources import get_source, load_source
+from backend.specs import SourceSpec, spec_from_json
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +112,7 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
     with _submit_lock():
         refresh()
         run = store.get_run(run_id)
-        if run and run["status"] == "done":
+        if run and run["status"] == "done" and not file_sources(spec):
             return _finished_job(run)
         active = store.list_jobs(run_id=run_id, statuses=ACTIVE)
         if len(active):
@@ -117,6 +125,42 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
                                   "log_path": str(log_path), "cancel_requested": False})
     _spawn(job_id, log_path)
     return get_job(job_id)
+
+
+def file_sources(spec: Any) -> list[SourceSpec]:
+    """The sources of a spec whose data lives in the user's files (needs_root), each once, in spec order."""
+    found: dict[str, SourceSpec] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SourceSpec):
+            try:
+                if get_source(value.name).needs_root:
+                    found.setdefault(value.to_json(), value)
+            except RelinkError:
+                pass  # an unknown source fails the job itself, with its own message
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(spec)
+    return list(found.values())
+
+
+def data_inputs(spec: Any) -> dict[str, Any] | None:
+    """{"data_hash", "n_pairs"} of the file-based sources `spec` reads (None when it reads none). With one
+    source the hash is that source's `SourceData.digest()`, the same one an AuditResult records."""
+    digests, n_pairs = [], 0
+    for src in file_sources(spec):
+        data = load_source(src.name, root=src.root, section_policy=src.section_policy, **src.options)
+        digests.append(data.digest())
+        n_pairs += len(data.pairs)
+    if not digests:
+        return None
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
+    return {"data_hash": digest, "n_pairs": n_pairs}
 
 
 @contextmanager
@@ -303,8 +347,19 @@ def run_worker(job_id: str) -> int:
         device = device_label(kind.uses_torch)
         store.update_job(job_id, device=device)
         log.info("job %s (%s) on %s", job_id, kind.name, device)
+        inputs = data_inputs(spec)
+        run = store.get_run(job.run_id) or {}
+        if inputs and run.get("status") == "done" and \
+                (run.get("summary") or {}).get("inputs", {}).get("data_hash") == inputs["data_hash"]:
+            store.update_job(job_id, status="done", finished=time.time(), done=1, total=1,
+                             message="inputs unchanged: the finished run is reused")
+            return 0
+        if inputs and run.get("status") == "done":
+            log.info("job %s: the data changed since run %s finished; recomputing it", job_id, job.run_id)
         result = kind.resolve()(spec, _progress_writer(job_id))
         kind.resolve_persist()(job.run_id, spec, result, device)
+        if inputs:
+            store.set_run_inputs(job.run_id, inputs)
         store.update_job(job_id, status="done", finished=time.time(), message="done")
         return 0
     except _Cancelled as exc:

@@ -257,6 +257,18 @@ def list_runs(kind: str | None = None, status: str | None = "done") -> pd.DataFr
         return con.execute(sql + " ORDER BY created DESC", args).df()
 
 
+def set_run_inputs(run_id: str, inputs: Mapping[str, Any]) -> None:
+    """Record in a run's summary["inputs"] which data it was computed from (data_hash, n_pairs); keys the run's
+    own result already recorded stay, except data_hash, which `inputs` sets."""
+    with connect() as con:
+        row = con.execute("SELECT summary FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            return
+        summary = _loads(row[0])
+        summary["inputs"] = {**inputs, **(summary.get("inputs") or {}), "data_hash": inputs.get("data_hash")}
+        con.execute("UPDATE runs SET summary = ? WHERE run_id = ?", [_dumps(summary), run_id])
+
+
 def _frame_for(table: str, key: str, run_ids: str | list[str]) -> pd.DataFrame:
     ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
     with connect() as con:
