@@ -210,3 +210,53 @@ def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
     assert rerun["artifacts"]["embeddings"] != run["artifacts"]["embeddings"]
     selftest = SelfTestSpec(steps=1, delay_s=0.0, tag="no-files")  # no file-based source: no worker on resubmit
     assert jobs.data_inputs(selftest) is None and jobs.file_sources(spec) == [spec.source]
+
+
+def _hold_db(seconds: float) -> subprocess.Popen:
+    """Another process (like a DuckDB shell) holding the results database for `seconds`."""
+    from backend import settings
+
+    code = ("import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "time.sleep(float(sys.argv[2])); c.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(settings.db_path()), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_job_keeps_computing_while_another_process_holds_the_database() -> None:
+    spec = SelfTestSpec(steps=12, delay_s=0.5, tag="held")
+    job = jobs.submit(spec)
+    _wait(job.job_id, ("running",))
+    holder = _hold_db(store.LOCK_TIMEOUT_S + 4)  # longer than any one write waits
+    holder.wait(timeout=60)
+    done = _wait(job.job_id, ("done", "failed", "stale"), timeout=90)
+    assert done.status == "done", (done.message, jobs.read_log(done))
+    assert store.get_run(spec.run_id())["summary"] == {"steps": 12, "tag": "held"}
+    assert "waiting and retrying" in jobs.read_log(done) or "not recorded" in jobs.read_log(done)
+
+
+def test_a_result_that_cannot_be_written_is_kept_and_imported_later(fresh_cache: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)
+    spec = SelfTestSpec(steps=2, delay_s=0.0, tag="pending")
+    job = jobs.submit(spec)
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(jobs, "RESULT_WRITE_TIMEOUT_S", 1.0)
+    holder = _hold_db(30)
+    try:
+        jobs._save_result({"job_id": job.job_id, "run_id": job.run_id, "kind": "selftest", "spec": spec.to_json(),
+                           "result": {"steps": 2, "tag": "pending"}, "device": "cpu", "inputs": None}, spec)
+        kept = fresh_cache / "jobs" / f"{job.job_id}.pending.pkl"
+        assert kept.is_file()
+        with pytest.raises(store.DatabaseBusy):
+            jobs.refresh()  # still held: the file stays for the next try
+        assert kept.is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert jobs.refresh() == []  # imported first, so the job is done rather than stale
+    assert not kept.exists()
+    back = jobs.get_job(job.job_id)
+    assert back.status == "done" and "imported" in back.message
+    assert store.get_run(spec.run_id())["summary"] == {"steps": 2, "tag": "pending"}

@@ -68,18 +68,23 @@ INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
 
+class DatabaseBusy(StoreError):
+    """Another process held the database for longer than the connection's timeout (worth retrying later)."""
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "being used by another process" in text
 
 
 @contextmanager
-def connect(timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection (schema created on first use); closed on exit, committed unless it raised.
 
-    Retries while another process holds the file, for at most `timeout_s` seconds."""
+    Retries while another process holds the file, for at most `timeout_s` seconds (default LOCK_TIMEOUT_S),
+    then raises DatabaseBusy."""
     with _PROCESS_LOCK:
-        yield from _connect(timeout_s)
+        yield from _connect(LOCK_TIMEOUT_S if timeout_s is None else timeout_s)
 
 
 def _damaged(path: Path, exc: Exception) -> StoreError:
@@ -103,7 +108,7 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
             if not _is_lock_error(exc):
                 raise _damaged(path, exc) from exc
             if time.monotonic() > deadline:
-                raise StoreError(
+                raise DatabaseBusy(
                     f"The results database {path} is held by another process ({exc}). Wait for the running "
                     "job to finish its write, or stop the other process (e.g. a DuckDB shell) and retry."
                 ) from exc
@@ -329,12 +334,13 @@ def insert_job(job_id: str, fields: Mapping[str, Any]) -> None:
                     [job_id, *fields.values()])
 
 
-def update_job(job_id: str, **fields: Any) -> bool:
-    """Set job fields; returns the job's cancel_requested flag (the worker's cancel check rides along)."""
+def update_job(job_id: str, *, timeout_s: float | None = None, **fields: Any) -> bool:
+    """Set job fields; returns the job's cancel_requested flag (the worker's cancel check rides along).
+    timeout_s: how long to wait for a held database (default LOCK_TIMEOUT_S)."""
     unknown = set(fields) - set(JOB_FIELDS)
     if unknown:
         raise StoreError(f"Unknown job field(s) {sorted(unknown)}.")
-    with connect() as con:
+    with connect(timeout_s) as con:
         if fields:
             sets = ", ".join(f"{k} = ?" for k in fields)
             con.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*fields.values(), job_id])
