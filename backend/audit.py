@@ -35,6 +35,7 @@ class AuditResult:
     per_query: pd.DataFrame
     embedding_path: str | None
     counts: dict[str, int] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # data_hash (the source's table and image files), n_pairs
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def headline(self, k: int = 1, level: str = "study") -> pd.DataFrame:
@@ -44,7 +45,7 @@ class AuditResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": "audit", "run_id": self.spec.run_id(), "created": self.created, "spec": self.spec.to_dict(),
-            "counts": self.counts, "versions": versions(), "summary": to_plain(self.summary, canonical=False),
+            "counts": self.counts, "inputs": self.inputs, "versions": versions(), "summary": to_plain(self.summary, canonical=False),
             "embedding_path": self.embedding_path, "headline": records(self.headline()),
             "rows": records(self.rows),
         }
@@ -93,8 +94,11 @@ def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike |
         progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy())
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
               "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique())}
+    inputs = {"data_hash": "", "n_pairs": len(meta), **(es.info.get("inputs") or {})}
+    if es.info.get("key"):
+        inputs["embedding_key"] = es.info["key"]
     return AuditResult(spec=spec, rows=result.rows, summary=dict(result.summary), per_query=result.per_query,
-                       embedding_path=str(es.path) if es.path else None, counts=counts)
+                       embedding_path=str(es.path) if es.path else None, counts=counts, inputs=inputs)
 
 
 def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: str | None = None,

@@ -149,3 +149,48 @@ def test_progress_rate_counts_only_work_since_the_bar_opened(monkeypatch: pytest
     shown = re.search(r"([\d.]+)it/s", str(bars[0]))
     assert shown is not None
     assert float(shown.group(1)) <= 100 / 0.2 * 1.05  # the 100 items of real work in 0.2 s, not 9,100 / 0.2 s
+
+
+def _csv_dataset(root: Path, patients: int, label: bool = False) -> None:
+    import pandas as pd
+
+    from tests.helpers.fixtures_data import write_image
+
+    rows = []
+    for i in range(20):
+        if not (root / f"img/{i}.png").is_file():
+            write_image(root / f"img/{i}.png", seed=i)
+        row = {"image_path": f"img/{i}.png", "report": f"Report {i}: {'small' if i % 3 else 'no'} effusion.",
+               "patient_id": f"P{i % patients}"}
+        if label:
+            row["Pleural Effusion"] = 1 if i % 3 else 0
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
+
+
+def test_editing_the_data_gives_fresh_results_not_the_cached_ones(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from tests.helpers.fixtures_data import write_image
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    _csv_dataset(data, patients=20)
+    spec = AuditSpec(embed=EmbedSpec(source=SourceSpec(name="csv", root=str(data)), model="tiny-random", split="all",
+                                     batch_size=8), n_bootstrap=0, ks=(1,))
+    first = run_audit(spec, device="cpu")
+    assert first.counts["patients"] == 20 and first.inputs["n_pairs"] == 20 and first.inputs["data_hash"]
+    assert _strict(first.to_json())["inputs"] == first.inputs
+    _csv_dataset(data, patients=5, label=True)  # the user edits patients and adds a label column
+    second = run_audit(spec, device="cpu")
+    assert second.counts["patients"] == 5
+    es = embed_split(spec.embed, device="cpu")
+    assert es.meta["patient_id"].nunique() == 5 and es.meta["Pleural Effusion"].notna().all()
+    assert second.inputs["data_hash"] != first.inputs["data_hash"]
+    old_image = es.image_emb[3].copy()
+    write_image(data / "img/3.png", seed=999)  # an image replaced in place (same name)
+    os.utime(data / "img/3.png", ns=(1, 1))
+    fresh = embed_split(spec.embed, device="cpu")
+    assert fresh.path != es.path and not np.allclose(fresh.image_emb[3], old_image)
+    np.testing.assert_array_equal(fresh.image_emb[4], es.image_emb[4])

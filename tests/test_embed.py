@@ -124,3 +124,9 @@ def test_cache_key_covers_split_policy_and_preprocessing(fresh_cache: Path) -> N
     assert embedding_key(SPEC, dataclasses.replace(lm, preprocess_id="other"), pairs) != base
     assert embedding_key(SPEC, dataclasses.replace(lm, weights_id="other"), pairs) != base
     assert embedding_key(SPEC, lm, pairs.iloc[1:]) != base
+    # every column counts, not only pair_id/image_path/report: patients, labels, view, site, split
+    assert embedding_key(SPEC, lm, pairs.assign(patient_id="P0")) != base
+    assert embedding_key(SPEC, lm, pairs.assign(**{"Pleural Effusion": 1.0})) != base
+    for col in ("view", "site", "split"):
+        assert embedding_key(SPEC, lm, pairs.assign(**{col: "other"})) != base
+    assert embedding_key(SPEC, lm, pairs.copy()) == base

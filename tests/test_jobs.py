@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +147,116 @@ def test_cli_lists_and_cancels_jobs(capsys: pytest.CaptureFixture) -> None:
     assert _wait(job.job_id, ("cancelled",), timeout=40).status == "cancelled"
     assert main(["cancel", "no-such-job"]) == 2  # a clear one-line error, no traceback
     assert "No job" in capsys.readouterr().err
+
+
+def test_the_same_spec_submitted_from_two_processes_at_once_runs_once(fresh_cache: Path) -> None:
+    code = ("import sys, time; from backend.runs import jobs; from backend.specs import SelfTestSpec\n"
+            "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
+            "print(jobs.submit(SelfTestSpec(steps=30, delay_s=0.1, tag='race')).job_id, flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    start = str(time.time() + 3.0)  # both start submitting at the same moment, after their imports
+    procs = [subprocess.Popen([sys.executable, "-c", code, start], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ids = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(ids) == 1, outs
+    run_id = SelfTestSpec(steps=30, delay_s=0.1, tag="race").run_id()
+    assert len(store.list_jobs(run_id=run_id)) == 1  # one worker
+    job = _wait(ids.pop(), ("done", "failed"))
+    assert job.status == "done", jobs.read_log(job)
+
+
+def _write_csv(root: Path, report: str) -> None:
+    import pandas as pd
+
+    from tests.helpers.fixtures_data import write_image
+
+    for i in range(6):
+        write_image(root / f"img/{i}.png", seed=i)
+    pd.DataFrame([{"image_path": f"img/{i}.png", "patient_id": f"P{i // 2}", "report": f"{report} {i // 2}."}
+                  for i in range(6)]).to_csv(root / "pairs.csv", index=False)
+
+
+def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers.tiny_models import register_tiny_models
+
+    register_tiny_models()
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)  # the worker runs here, in-process
+    data = tmp_path / "data"
+    _write_csv(data, "Small effusion")
+    spec = EmbedSpec(source=SourceSpec(name="csv", root=str(data)), model="tiny-random", split="all", batch_size=8)
+
+    def submit_and_work() -> jobs.Job:
+        job = jobs.submit(spec)
+        if job.status == "queued":
+            assert jobs.run_worker(job.job_id) == 0, jobs.read_log(job)
+        return jobs.get_job(job.job_id)
+
+    first = submit_and_work()
+    run = store.get_run(spec.run_id())
+    assert first.status == "done" and run["status"] == "done"
+    inputs = run["summary"]["inputs"]
+    assert inputs["data_hash"] and inputs["n_pairs"] == 6
+    same = submit_and_work()  # the data did not change: the finished run is reused
+    assert same.job_id != first.job_id and same.status == "done" and "unchanged" in same.message
+    assert store.get_run(spec.run_id())["finished"] == run["finished"]
+    _write_csv(data, "No effusion")  # the user edits the report text
+    changed = submit_and_work()
+    rerun = store.get_run(spec.run_id())
+    assert changed.status == "done" and "unchanged" not in changed.message
+    assert rerun["summary"]["inputs"]["data_hash"] != inputs["data_hash"] and rerun["finished"] > run["finished"]
+    assert rerun["artifacts"]["embeddings"] != run["artifacts"]["embeddings"]
+    selftest = SelfTestSpec(steps=1, delay_s=0.0, tag="no-files")  # no file-based source: no worker on resubmit
+    assert jobs.data_inputs(selftest) is None and jobs.file_sources(spec) == [spec.source]
+
+
+def _hold_db(seconds: float) -> subprocess.Popen:
+    """Another process (like a DuckDB shell) holding the results database for `seconds`."""
+    from backend import settings
+
+    code = ("import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "time.sleep(float(sys.argv[2])); c.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(settings.db_path()), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_job_keeps_computing_while_another_process_holds_the_database() -> None:
+    spec = SelfTestSpec(steps=12, delay_s=0.5, tag="held")
+    job = jobs.submit(spec)
+    _wait(job.job_id, ("running",))
+    holder = _hold_db(store.LOCK_TIMEOUT_S + 4)  # longer than any one write waits
+    holder.wait(timeout=60)
+    done = _wait(job.job_id, ("done", "failed", "stale"), timeout=90)
+    assert done.status == "done", (done.message, jobs.read_log(done))
+    assert store.get_run(spec.run_id())["summary"] == {"steps": 12, "tag": "held"}
+    assert "waiting and retrying" in jobs.read_log(done) or "not recorded" in jobs.read_log(done)
+
+
+def test_a_result_that_cannot_be_written_is_kept_and_imported_later(fresh_cache: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)
+    spec = SelfTestSpec(steps=2, delay_s=0.0, tag="pending")
+    job = jobs.submit(spec)
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(jobs, "RESULT_WRITE_TIMEOUT_S", 1.0)
+    holder = _hold_db(30)
+    try:
+        jobs._save_result({"job_id": job.job_id, "run_id": job.run_id, "kind": "selftest", "spec": spec.to_json(),
+                           "result": {"steps": 2, "tag": "pending"}, "device": "cpu", "inputs": None}, spec)
+        kept = fresh_cache / "jobs" / f"{job.job_id}.pending.pkl"
+        assert kept.is_file()
+        with pytest.raises(store.DatabaseBusy):
+            jobs.refresh()  # still held: the file stays for the next try
+        assert kept.is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert jobs.refresh() == []  # imported first, so the job is done rather than stale
+    assert not kept.exists()
+    back = jobs.get_job(job.job_id)
+    assert back.status == "done" and "imported" in back.message
+    assert store.get_run(spec.run_id())["summary"] == {"steps": 2, "tag": "pending"}

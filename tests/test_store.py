@@ -117,3 +117,33 @@ def test_newer_schema_is_refused(fresh_cache: Path) -> None:
     con.close()
     with pytest.raises(StoreError, match="newer version"):
         store.list_runs()
+
+
+def _valid_db_bytes(folder: Path) -> bytes:
+    path = folder / "valid.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT range AS i FROM range(100000)")
+    con.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["zero-bytes", "random-bytes", "truncated", "directory"])
+def test_a_damaged_database_is_reported_as_damaged_not_held(fresh_cache: Path, damage: str) -> None:
+    path = settings.db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "zero-bytes":
+        path.write_bytes(b"")
+    elif damage == "random-bytes":
+        path.write_bytes(os.urandom(64 * 1024))
+    elif damage == "truncated":
+        data = _valid_db_bytes(fresh_cache)
+        path.write_bytes(data[: len(data) // 2])
+    else:  # unreadable: a folder where the file should be (chmod 000 does not stop root, who runs the tests)
+        path.mkdir()
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        store.list_runs()
+    message = str(info.value)
+    assert time.monotonic() - t0 < 5, "a damaged file is not a lock: no waiting"
+    assert "damaged or unreadable" in message and "held by another process" not in message
+    assert str(path) in message and "embeddings" in message and "Move it aside" in message

@@ -38,12 +38,13 @@ from backend.models import load_model
 from backend.models.openclip import LoadedModel
 from backend.progress import ProgressLike, null_progress
 from backend.sources import SourceData, load_source
+from backend.sources.schema import table_digest
 from backend.specs import EmbedSpec
 
 __all__ = ["embed_split", "embedding_key", "select_split"]  # the set and its files: backend.embed
 
 log = logging.getLogger(__name__)
-EMBED_VERSION = "embed-v1"
+EMBED_VERSION = "embed-v2"  # v2: the key covers every column and the image files
 CHUNK_SIZE = 512
 
 
@@ -68,17 +69,15 @@ def select_split(pairs: pd.DataFrame, split: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _table_digest(pairs: pd.DataFrame) -> str:
-    blob = pd.util.hash_pandas_object(pairs[["pair_id", "image_path", "report"]], index=False).to_numpy()
-    return hashlib.sha256(blob.tobytes()).hexdigest()[:16]
-
-
-def embedding_key(spec: EmbedSpec, lm: LoadedModel, pairs: pd.DataFrame, chunk_size: int = CHUNK_SIZE) -> str:
-    """The content hash naming the cache folder of this embedding job."""
+def embedding_key(spec: EmbedSpec, lm: LoadedModel, pairs: pd.DataFrame, chunk_size: int = CHUNK_SIZE, *,
+                  image_file: Callable[[str], Path] | None = None) -> str:
+    """The content hash naming the cache folder of this embedding job: the table's full content (patients,
+    labels, view/site/split too) and, for file-based sources (`image_file`), each image's (size, mtime_ns);
+    generated (synthetic) images are covered by the source options."""
     blob = json.dumps({
         "v": EMBED_VERSION, "model": spec.model, "weights": lm.weights_id, "source": spec.source.to_dict(),
         "split": spec.split, "section_policy": spec.source.section_policy, "preprocess": lm.preprocess_id,
-        "pairs": _table_digest(pairs), "chunk": chunk_size, "batch": spec.batch_size,
+        "pairs": table_digest(pairs, image_file), "chunk": chunk_size, "batch": spec.batch_size,
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -153,11 +152,16 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
                                 section_policy=spec.source.section_policy, **spec.source.options)
     pairs = select_split(src.pairs, spec.split)
     lm = model or load_model(spec.model, device=device, progress=progress)
-    key = embedding_key(spec, lm, pairs, chunk_size)
+    key = embedding_key(spec, lm, pairs, chunk_size, image_file=src.image_file)
+    meta = pairs[[c for c in META_COLUMNS if c in pairs.columns]].copy()
+    inputs = {"data_hash": src.digest(), "n_pairs": len(pairs)}  # every pair of the source: what a job depends on
     folder = settings.cache_subdir("embeddings") / key
     if (folder / "done.json").is_file():
         log.info("embeddings cached: %s", folder)
-        return load_embedding_set(folder)
+        es = load_embedding_set(folder)
+        es.meta = meta  # ids, patients and labels always come from the current table
+        es.info = {**es.info, "inputs": inputs}
+        return es
     chunks = folder / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     codes, reports = pd.factorize(pairs["report"])  # each distinct report text is embedded once
@@ -170,14 +174,14 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
     text_feat_u = _run_chunks("text", len(texts), lambda a, b: _text_chunk(
         lm, texts[a:b], spec.batch_size), chunks, chunk_size, progress, len(paths), total)
     es = EmbeddingSet(
-        meta=pairs[[c for c in META_COLUMNS if c in pairs.columns]].copy(),
+        meta=meta,
         image_emb=_apply_head(image_feat, lm.image_head),
         report_emb=_apply_head(text_feat_u, lm.text_head)[codes],
         image_feat=image_feat, text_feat=text_feat_u[codes], heads=lm.head_arrays(),
         info={"key": key, "spec": spec.to_dict(), "model": spec.model, "weights_id": lm.weights_id,
               "preprocess": lm.preprocess_id, "n_pairs": len(paths), "n_reports": len(texts),
               "n_studies": int(pairs["study_id"].nunique()), "n_patients": int(pairs["patient_id"].nunique()),
-              "embed_version": EMBED_VERSION, "torch": torch.__version__, "device": str(lm.device)})
+              "inputs": inputs, "embed_version": EMBED_VERSION, "torch": torch.__version__, "device": str(lm.device)})
     write_set(es, folder)
     shutil.rmtree(chunks, ignore_errors=True)  # the assembled arrays hold everything the chunks held
     return es

@@ -1,7 +1,12 @@
 """Submit, watch and cancel jobs; each runs in a detached worker process (`python -m backend worker JOB_ID`).
 
 submit(spec) returns the finished run's job when the same spec already finished (nothing is recomputed),
-the running job when it is in flight, and otherwise starts a worker. The worker records its pid,
+the running job when it is in flight, and otherwise starts a worker. A spec that reads a file-based
+source (csv, openi, mimic-cxr, chexpert-plus: data the user can edit) always gets a worker: it loads the
+source table first and compares its data hash (every column and image file (size, mtime_ns)) with the
+one the finished run records; unchanged, the job ends at once and the run is reused, changed, the run is
+recomputed. The hash is computed in the worker, not at submit: loading a large source (and checking its
+images) would block the dashboard for seconds to minutes, and the worker does it detached. The worker records its pid,
 a heartbeat, throttled progress and, on failure, the traceback; a cancel request is a flag in the store
 that the progress callback checks (it raises JobError), escalated to SIGTERM after a grace period.
 A worker that died (pid gone or heartbeat stale) is shown as "stale"; what it finished (embedding
@@ -10,8 +15,12 @@ chunks on disk) is kept and a resubmission resumes from there.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,16 +28,19 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from backend import settings
-from backend.errors import JobError
+from backend.errors import JobError, RelinkError, StoreError
 from backend.progress import ProgressLike
 from backend.runs import store
 from backend.runs.kinds import get_job_kind, kind_for_spec
-from backend.specs import spec_from_json
+from backend.sources import get_source, load_source
+from backend.specs import SourceSpec, spec_from_json
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +49,11 @@ PROGRESS_INTERVAL_S = 0.5
 HEARTBEAT_S = 2.0
 STALE_AFTER_S = 120.0  # a live pid with a silent heartbeat (hung, or starved on a busy machine)
 START_TIMEOUT_S = 60.0
+BEAT_WRITE_TIMEOUT_S = 1.0  # progress and heartbeat writes wait this long for a held database, then are skipped
+# The final result write retries this long (env CXR_RESULT_WRITE_TIMEOUT_S), then saves the result to
+# jobs/<job_id>.pending.pkl, which the next refresh() imports: a held database never loses a result.
+RESULT_WRITE_TIMEOUT_S = float(os.environ.get("CXR_RESULT_WRITE_TIMEOUT_S", "600"))
+PENDING_SUFFIX = ".pending.pkl"
 _SUBMIT_LOCK = threading.Lock()
 
 
@@ -98,10 +115,10 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
     """Run `spec` in a detached worker unless it already finished or is running (see module doc)."""
     job_kind = get_job_kind(kind) if kind else kind_for_spec(spec)
     run_id = spec.run_id()
-    with _SUBMIT_LOCK:
+    with _submit_lock():
         refresh()
         run = store.get_run(run_id)
-        if run and run["status"] == "done":
+        if run and run["status"] == "done" and not file_sources(spec):
             return _finished_job(run)
         active = store.list_jobs(run_id=run_id, statuses=ACTIVE)
         if len(active):
@@ -114,6 +131,54 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
                                   "log_path": str(log_path), "cancel_requested": False})
     _spawn(job_id, log_path)
     return get_job(job_id)
+
+
+def file_sources(spec: Any) -> list[SourceSpec]:
+    """The sources of a spec whose data lives in the user's files (needs_root), each once, in spec order."""
+    found: dict[str, SourceSpec] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SourceSpec):
+            try:
+                if get_source(value.name).needs_root:
+                    found.setdefault(value.to_json(), value)
+            except RelinkError:
+                pass  # an unknown source fails the job itself, with its own message
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(spec)
+    return list(found.values())
+
+
+def data_inputs(spec: Any) -> dict[str, Any] | None:
+    """{"data_hash", "n_pairs"} of the file-based sources `spec` reads (None when it reads none). With one
+    source the hash is that source's `SourceData.digest()`, the same one an AuditResult records."""
+    digests, n_pairs = [], 0
+    for src in file_sources(spec):
+        data = load_source(src.name, root=src.root, section_policy=src.section_policy, **src.options)
+        digests.append(data.digest())
+        n_pairs += len(data.pairs)
+    if not digests:
+        return None
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
+    return {"data_hash": digest, "n_pairs": n_pairs}
+
+
+@contextmanager
+def _submit_lock() -> Iterator[None]:
+    """Check-and-insert of a run's job is atomic across threads and processes (two dashboards, a CLI):
+    a thread lock, then an exclusive fcntl lock on cache/jobs/.submit.lock (released if the process dies)."""
+    with _SUBMIT_LOCK, open(settings.cache_subdir("jobs") / ".submit.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _finished_job(run: dict[str, Any]) -> Job:
@@ -176,6 +241,7 @@ def pid_alive(pid: int | None) -> bool:
 
 def refresh(now: float | None = None) -> list[str]:
     """Mark active jobs whose worker is gone (or silent for STALE_AFTER_S) as stale; returns their ids."""
+    import_pending()  # first: a worker that kept its result in a file and exited is done, not stale
     now = now or time.time()
     stale = []
     for row in store.list_jobs(statuses=ACTIVE).to_dict("records"):
@@ -242,8 +308,13 @@ def _progress_writer(job_id: str) -> ProgressLike:
         if now - last[0] < PROGRESS_INTERVAL_S and done < total:
             return
         last[0] = now
-        if store.update_job(job_id, done=int(done), total=int(total), message=str(message)[:500],
-                            heartbeat=time.time()):
+        try:
+            cancelled = store.update_job(job_id, done=int(done), total=int(total), message=str(message)[:500],
+                                         heartbeat=time.time(), timeout_s=BEAT_WRITE_TIMEOUT_S)
+        except StoreError as exc:  # a held database never stops the work; the next progress call writes again
+            log.warning("progress of %s not recorded (%s); computing on", job_id, exc)
+            return
+        if cancelled:
             raise _Cancelled(f"Job {job_id} was cancelled; finished chunks are kept.")
 
     return progress
@@ -252,9 +323,9 @@ def _progress_writer(job_id: str) -> ProgressLike:
 def _heartbeat(job_id: str, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
         try:
-            store.update_job(job_id, heartbeat=time.time())
-        except Exception:  # a missed beat is harmless; the next one retries
-            log.warning("heartbeat of %s failed", job_id, exc_info=True)
+            store.update_job(job_id, heartbeat=time.time(), timeout_s=BEAT_WRITE_TIMEOUT_S)
+        except Exception as exc:  # a missed beat is harmless; the next one retries
+            log.warning("heartbeat of %s skipped (%s)", job_id, exc)
 
 
 def device_label(uses_torch: bool = True) -> str:
@@ -272,35 +343,128 @@ def device_label(uses_torch: bool = True) -> str:
 
 def run_worker(job_id: str) -> int:
     """The body of `python -m backend worker JOB_ID`: run the job, record the outcome; returns an exit code."""
-    job = get_job(job_id)
+    job = _retry(lambda: get_job(job_id), f"reading job {job_id}", RESULT_WRITE_TIMEOUT_S)
     if job.cancel_requested:
         store.update_job(job_id, status="cancelled", finished=time.time(), message="cancelled before start")
         return 1
     signal.signal(signal.SIGTERM, _raise_cancel)
     now = time.time()
-    store.update_job(job_id, status="running", pid=os.getpid(), started=now, heartbeat=now, message="running")
-    store.set_run_status(job.run_id, "running")
+    try:
+        store.update_job(job_id, status="running", pid=os.getpid(), started=now, heartbeat=now, message="running")
+        store.set_run_status(job.run_id, "running")
+    except store.DatabaseBusy as exc:  # the heartbeat and the result say it later; start computing now
+        log.warning("job %s: start not recorded (%s); computing on", job_id, exc)
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(job_id, stop), daemon=True).start()
     try:
         kind = get_job_kind(job.kind)
         spec = spec_from_json(job.spec)
         device = device_label(kind.uses_torch)
-        store.update_job(job_id, device=device)
+        try:
+            store.update_job(job_id, device=device, timeout_s=BEAT_WRITE_TIMEOUT_S)
+        except StoreError as exc:
+            log.warning("job %s: device not recorded (%s)", job_id, exc)
         log.info("job %s (%s) on %s", job_id, kind.name, device)
+        inputs = data_inputs(spec)
+        run = (_retry(lambda: store.get_run(job.run_id), "reading the run", RESULT_WRITE_TIMEOUT_S) or {}) \
+            if inputs else {}
+        if inputs and run.get("status") == "done" and \
+                (run.get("summary") or {}).get("inputs", {}).get("data_hash") == inputs["data_hash"]:
+            _retry(lambda: store.update_job(job_id, status="done", finished=time.time(), done=1, total=1,
+                                            message="inputs unchanged: the finished run is reused"),
+                   "recording the reuse", RESULT_WRITE_TIMEOUT_S)
+            return 0
+        if inputs and run.get("status") == "done":
+            log.info("job %s: the data changed since run %s finished; recomputing it", job_id, job.run_id)
         result = kind.resolve()(spec, _progress_writer(job_id))
-        kind.resolve_persist()(job.run_id, spec, result, device)
-        store.update_job(job_id, status="done", finished=time.time(), message="done")
+        _save_result({"job_id": job_id, "run_id": job.run_id, "kind": kind.name, "spec": job.spec,
+                      "result": result, "device": device, "inputs": inputs}, spec)
         return 0
     except _Cancelled as exc:
-        _record_end(job_id, job.run_id, "cancelled", str(exc), "")
+        why = str(exc)
+        _soft(lambda: _record_end(job_id, job.run_id, "cancelled", why, ""), "the cancel")
         return 1
     except BaseException as exc:  # record every failure, including SystemExit from a library
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())  # the log first: the store says "done"
-        _record_end(job_id, job.run_id, "failed", f"{type(exc).__name__}: {exc}"[:500], traceback.format_exc())
+        tb, why = traceback.format_exc(), f"{type(exc).__name__}: {exc}"[:500]
+        log.error("job %s failed:\n%s", job_id, tb)  # the log first: the store says "done"
+        _soft(lambda: _record_end(job_id, job.run_id, "failed", why, tb), "the failure")
         return 1
     finally:
         stop.set()
+
+
+def _soft(write: Any, what: str) -> None:
+    """A bookkeeping write that must not end the worker: retried for a while, then logged and skipped."""
+    try:
+        _retry(write, f"recording {what}", 60.0)
+    except StoreError as exc:
+        log.warning("could not record %s: %s", what, exc)
+
+
+def _retry(write: Any, what: str, limit_s: float) -> Any:
+    """Call `write` until the database is free (DatabaseBusy retried with backoff for up to limit_s seconds)."""
+    deadline = time.monotonic() + limit_s
+    delay = 1.0
+    while True:
+        try:
+            return write()
+        except store.DatabaseBusy as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            log.warning("%s: the database is held by another process; waiting and retrying (%.0f s left): %s",
+                        what, left, exc)
+            time.sleep(min(delay, max(left, 0.0)))
+            delay = min(delay * 2, 30.0)
+
+
+def _persist(record: dict[str, Any], spec: Any) -> None:
+    get_job_kind(record["kind"]).resolve_persist()(record["run_id"], spec, record["result"], record["device"])
+    if record.get("inputs"):
+        store.set_run_inputs(record["run_id"], record["inputs"])
+    store.update_job(record["job_id"], status="done", finished=time.time(), message=record.get("message", "done"))
+
+
+def _save_result(record: dict[str, Any], spec: Any) -> None:
+    """Store a finished job's result, retrying while the database is held (RESULT_WRITE_TIMEOUT_S); if it
+    still cannot be written, keep it in jobs/<job_id>.pending.pkl for the next refresh() to import."""
+    try:
+        _retry(lambda: _persist(record, spec), f"saving the result of job {record['job_id']}", RESULT_WRITE_TIMEOUT_S)
+        return
+    except StoreError as exc:
+        path = settings.cache_subdir("jobs") / f"{record['job_id']}{PENDING_SUFFIX}"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            pickle.dump({**record, "message": f"done (result imported from {path.name})"}, fh)
+        os.replace(tmp, path)
+        log.error("job %s: the result could not be written to the database (%s); it is kept in %s and is "
+                  "imported by the next refresh (opening the dashboard's job list or submitting a job).",
+                  record["job_id"], exc, path)
+
+
+def import_pending() -> list[str]:
+    """Write the results that workers kept in jobs/*.pending.pkl (the database was held) into the store;
+    returns the job ids imported. A file is claimed by renaming it, so two processes never import one twice."""
+    done = []
+    for path in sorted(settings.cache_subdir("jobs").glob(f"*{PENDING_SUFFIX}")):
+        claimed = path.with_name(f"{path.name}.importing-{os.getpid()}")
+        try:
+            os.replace(path, claimed)
+        except FileNotFoundError:
+            continue  # another process claimed it
+        try:
+            with open(claimed, "rb") as fh:
+                record = pickle.load(fh)
+            _persist(record, spec_from_json(record["spec"]))
+        except StoreError:
+            os.replace(claimed, path)  # the database is still held: the next refresh tries again
+            raise
+        except Exception:
+            log.error("could not import the kept result %s; it is left as %s", path, claimed, exc_info=True)
+            continue
+        claimed.unlink(missing_ok=True)
+        done.append(record["job_id"])
+    return done
 
 
 def _raise_cancel(signum: int, frame: Any) -> None:

@@ -29,8 +29,10 @@ def persist_selftest(run_id: str, spec: Any, result: dict[str, Any], device: str
 
 def persist_embed(run_id: str, spec: Any, result: Any, device: str) -> None:
     path = _get(result, "path")
-    n = len(_get(result, "meta", default=[]) or [])
-    store.finish_run(run_id, summary={"n_pairs": n}, artifacts={"embeddings": str(path) if path else ""},
+    meta = _get(result, "meta")
+    n = 0 if meta is None else len(meta)  # a DataFrame has no truth value: never `meta or []`
+    inputs = dict((_get(result, "info", default={}) or {}).get("inputs") or {})
+    store.finish_run(run_id, summary={"n_pairs": n, "inputs": inputs}, artifacts={"embeddings": str(path) if path else ""},
                      device=device)
 
 
@@ -43,6 +45,7 @@ def persist_audit(run_id: str, spec: Any, result: Any, device: str) -> None:
     store.upsert_run(run_id, "audit", spec.to_json(), "running")
     summary = dict(_get(result, "summary", default={}) or {})
     summary["counts"] = dict(_get(result, "counts", default={}) or {})
+    summary["inputs"] = dict(_get(result, "inputs", default={}) or {})
     store.finish_run(run_id, summary=summary, artifacts=artifacts, device=device, metrics={"model": _get(result, "rows")})
 
 
@@ -98,8 +101,7 @@ def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> No
             continue
         point_spec = _get(result, "spec")
         point_id = point_spec.run_id()
-        if (store.get_run(point_id) or {}).get("status") != "done":
-            persist_dp(point_id, point_spec, result, device)
+        persist_dp(point_id, point_spec, result, device)  # a recomputed sweep (its data changed) renews its points
         points.append((point_spec.epsilon, point_id))
     order = {e: i for i, e in enumerate(spec.epsilons)}
     points.sort(key=lambda p: order.get(p[0], len(order)))

@@ -68,18 +68,32 @@ INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
 
+class DatabaseBusy(StoreError):
+    """Another process held the database for longer than the connection's timeout (worth retrying later)."""
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "being used by another process" in text
 
 
 @contextmanager
-def connect(timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection (schema created on first use); closed on exit, committed unless it raised.
 
-    Retries while another process holds the file, for at most `timeout_s` seconds."""
+    Retries while another process holds the file, for at most `timeout_s` seconds (default LOCK_TIMEOUT_S),
+    then raises DatabaseBusy."""
     with _PROCESS_LOCK:
-        yield from _connect(timeout_s)
+        yield from _connect(LOCK_TIMEOUT_S if timeout_s is None else timeout_s)
+
+
+def _damaged(path: Path, exc: Exception) -> StoreError:
+    """The error for a database file DuckDB cannot read (empty, truncated, random bytes, not a file)."""
+    embeddings = settings.cache_dir() / "embeddings"
+    return StoreError(
+        f"The results database {path} is damaged or unreadable ({exc}). Move it aside to start fresh "
+        f"(e.g. `mv {path} {path}.broken`); the embeddings under {embeddings} are kept, and finished runs are "
+        "recomputed from them quickly when submitted again.")
 
 
 def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -91,15 +105,20 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
             con = duckdb.connect(str(path))
             break
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            if not _is_lock_error(exc) or time.monotonic() > deadline:
-                raise StoreError(
+            if not _is_lock_error(exc):
+                raise _damaged(path, exc) from exc
+            if time.monotonic() > deadline:
+                raise DatabaseBusy(
                     f"The results database {path} is held by another process ({exc}). Wait for the running "
                     "job to finish its write, or stop the other process (e.g. a DuckDB shell) and retry."
                 ) from exc
             time.sleep(delay * (1 + random.random()))  # jitter: two waiters must not retry in lockstep
             delay = min(delay * 2, 0.2)
     try:
-        _ensure_schema(con)
+        try:
+            _ensure_schema(con)
+        except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
+            raise _damaged(path, exc) from exc
         con.execute("BEGIN TRANSACTION")
         yield con
         con.execute("COMMIT")
@@ -243,6 +262,18 @@ def list_runs(kind: str | None = None, status: str | None = "done") -> pd.DataFr
         return con.execute(sql + " ORDER BY created DESC", args).df()
 
 
+def set_run_inputs(run_id: str, inputs: Mapping[str, Any]) -> None:
+    """Record in a run's summary["inputs"] which data it was computed from (data_hash, n_pairs); keys the run's
+    own result already recorded stay, except data_hash, which `inputs` sets."""
+    with connect() as con:
+        row = con.execute("SELECT summary FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            return
+        summary = _loads(row[0])
+        summary["inputs"] = {**inputs, **(summary.get("inputs") or {}), "data_hash": inputs.get("data_hash")}
+        con.execute("UPDATE runs SET summary = ? WHERE run_id = ?", [_dumps(summary), run_id])
+
+
 def _frame_for(table: str, key: str, run_ids: str | list[str]) -> pd.DataFrame:
     ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
     with connect() as con:
@@ -303,12 +334,13 @@ def insert_job(job_id: str, fields: Mapping[str, Any]) -> None:
                     [job_id, *fields.values()])
 
 
-def update_job(job_id: str, **fields: Any) -> bool:
-    """Set job fields; returns the job's cancel_requested flag (the worker's cancel check rides along)."""
+def update_job(job_id: str, *, timeout_s: float | None = None, **fields: Any) -> bool:
+    """Set job fields; returns the job's cancel_requested flag (the worker's cancel check rides along).
+    timeout_s: how long to wait for a held database (default LOCK_TIMEOUT_S)."""
     unknown = set(fields) - set(JOB_FIELDS)
     if unknown:
         raise StoreError(f"Unknown job field(s) {sorted(unknown)}.")
-    with connect() as con:
+    with connect(timeout_s) as con:
         if fields:
             sets = ", ".join(f"{k} = ?" for k in fields)
             con.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*fields.values(), job_id])

@@ -174,7 +174,7 @@ def load_chexpert_plus(root: str | None = None, section_policy: str = "findings+
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped,
              "skipped_images": skipped, "labelled": int(label_path is not None), "official_split": int(official is not None)}
     return SourceData(name="chexpert-plus", pairs=out, read_image=make_reader(base, resolve_image, _IMAGE_HINT),
-                      root=str(base), stats=stats)
+                      root=str(base), stats=stats, image_file=lambda p: resolve_image(base, p))
 
 
 _IMAGE_HINT = "point root at the CheXpert Plus folder holding the images (or their PNG/ copies)"

@@ -126,7 +126,8 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
     stats = {"rows": len(table), "pairs": len(out), "studies": int(out["study_id"].nunique()),
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped, "skipped_images": skipped,
              "labelled_columns": sum(lab in table.columns for lab in LABELS)}
-    return SourceData(name="csv", pairs=out, read_image=make_reader(base), root=str(base), stats=stats)
+    return SourceData(name="csv", pairs=out, read_image=make_reader(base), root=str(base), stats=stats,
+                      image_file=lambda p: base / p)
 
 
 def _check_duplicates(table: pd.DataFrame, path: Path) -> None:

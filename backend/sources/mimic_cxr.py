@@ -177,7 +177,7 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
              "dropped_missing_report": int(missing_reports), "skipped_images": skipped,
              "official_split": int(split is not None), "labelled": int(labels is not None)}
     return SourceData(name="mimic-cxr", pairs=out, read_image=make_reader(base, hint=_IMAGE_HINT), root=str(base),
-                      stats=stats)
+                      stats=stats, image_file=lambda p: base / p)
 
 
 _IMAGE_HINT = "point root at the MIMIC-CXR-JPG folder that holds files/pXX/... (the image may be absent or partial)"

@@ -221,7 +221,8 @@ def load_openi(root: str | None = None, section_policy: str = "findings+impressi
     stats.update(pairs=len(pairs), studies=int(pairs["study_id"].nunique()), patients=int(pairs["patient_id"].nunique()),
                  dropped_empty_report=dropped, skipped_images=skipped, images_folder_present=int(png_present))
     log.debug("openi: %s", stats)
-    return SourceData(name="openi", pairs=pairs, read_image=make_reader(base, resolve_image, _IMAGE_HINT), root=str(base), stats=stats)
+    return SourceData(name="openi", pairs=pairs, read_image=make_reader(base, resolve_image, _IMAGE_HINT), root=str(base), stats=stats,
+                      image_file=lambda p: resolve_image(base, p))
 
 
 REFERENCE_LABELS = "chexpert14_labels.json"

@@ -7,8 +7,11 @@ One row per image-report pair. Pairs with the same study_id share one report.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,6 +69,7 @@ class SourceData:
     pairs       the canonical pair table (PAIR_COLUMNS, in that order, plus optional extra columns)
     read_image  image_path -> PIL image (mode "L" or "RGB"); raises ImageReadError naming the file
     stats       counts a user should see: pairs_total, dropped_empty_report, skipped_images, ...
+    image_file  image_path -> the file on disk (file-based sources); None when images are generated
     """
 
     name: str
@@ -73,6 +77,31 @@ class SourceData:
     read_image: Callable[[str], Image.Image]
     root: str | None = None
     stats: dict[str, int] = field(default_factory=dict)
+    image_file: Callable[[str], Path] | None = None
+
+    def digest(self, pairs: pd.DataFrame | None = None) -> str:
+        """table_digest of `pairs` (default: every pair of the source) with this source's image files."""
+        return table_digest(self.pairs if pairs is None else pairs, self.image_file)
+
+
+def table_digest(pairs: pd.DataFrame, image_file: Callable[[str], Path] | None = None) -> str:
+    """16 hex of SHA-256 over everything a result computed from `pairs` depends on: every column of the
+    table (ids, patients, labels, view, site, split, report ...) and, when `image_file` is given, the
+    (size, mtime_ns) of each image file, so an image replaced in place changes the digest too."""
+    h = hashlib.sha256()
+    cols = sorted(str(c) for c in pairs.columns)
+    h.update(json.dumps(cols).encode())
+    h.update(pd.util.hash_pandas_object(pairs[cols], index=False).to_numpy().tobytes())
+    if image_file is not None:
+        stats = []
+        for rel in pairs["image_path"].astype(str):
+            try:
+                st = os.stat(image_file(rel))
+                stats.append((st.st_size, st.st_mtime_ns))
+            except (OSError, ValueError):
+                stats.append((-1, -1))  # missing: it counts as content too
+        h.update(np.asarray(stats, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def normalise_view(value: object) -> str:
