@@ -19,7 +19,7 @@ from backend import models, settings
 from backend.runs import store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import list_sources
-from backend.specs import POOL_KINDS
+from backend.specs import POOL_KINDS, POOL_NAMES
 
 # The model registry imports torch (seconds); the dashboard lists names without it.
 
@@ -284,3 +284,75 @@ def snapshot_note(run_id: str | None) -> dict[str, Any] | None:
     """{made, code_version, original_run} when `run_id` is an imported demo snapshot run, else None."""
     run = store.get_run(run_id) if run_id else None
     return (run or {}).get("summary", {}).get("snapshot") or None
+
+
+def _point(rows: pd.DataFrame, n: int | None, pool: str = "random", k: int = 1) -> dict[str, float] | None:
+    """Recall@k of one pool at N=n (the largest N <= n; None: the largest N), study level, with lift and CIs."""
+    sel = rows[(rows["k"] == k) & (rows["pool_kind"] == pool) & (rows["level"] == "study")].sort_values("n")
+    if n is not None:
+        sel = sel[sel["n"] <= n]
+    if not len(sel):
+        return None
+    r = sel.iloc[-1]
+    chance = float(r["chance"])
+    return {"n": int(r["n"]), "recall": float(r["recall"]), "ci_low": float(r["ci_low"]),
+            "ci_high": float(r["ci_high"]), "chance": chance, "lift": float(r["lift"]),
+            "lift_low": float(r["ci_low"]) / chance, "lift_high": float(r["ci_high"]) / chance,
+            "effective_n": float(r["effective_n"]) if pd.notna(r.get("effective_n")) else float(r["n"])}
+
+
+def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | None = None) -> dict[str, Any]:
+    """The one-screen verdict: re-linkage lift at N=100 and the largest N (random and pathology-matched pools,
+    with 95% CIs) and, for one epsilon of the sweep (default: the strongest), Recall@1 and the macro AUROCs of
+    the DP heads against the heads retrained without DP, each with a plain sentence."""
+    out: dict[str, Any] = {"lines": []}
+    if audit_id:
+        rows = store.load_metrics(audit_id)
+        rows = rows[rows["variant"] == "model"]
+        for pool, n in (("random", 100), ("random", None), ("hard", 100), ("hard", None)):
+            p = _point(rows, n, pool)
+            if p is None:
+                continue
+            where = (f"{p['n']:,} candidate reports" if pool == "random" else
+                     f"{p['n']:,} candidate reports that share its 14 findings (about {p['effective_n']:,.0f} "
+                     "such reports exist on average)")
+            out["lines"].append({
+                "key": f"lift_{pool}_{'100' if n else 'max'}", "pool": pool, **p,
+                "label": f"Lift at N={p['n']:,}, {POOL_NAMES[pool]}",
+                "sentence": (f"An attacker holding one image and {where} picks the right report first "
+                             f"{p['lift']:.1f} times more often than by guessing (Recall@1 {p['recall']:.3f}, "
+                             f"95% CI {p['ci_low']:.3f}-{p['ci_high']:.3f}; chance {p['chance']:.4f}).")})
+    if sweep_id:
+        view = sweep_view(sweep_id)
+        pts = view.points
+        private = pts[np.isfinite(pts["epsilon"])]
+        base = pts[~np.isfinite(pts["epsilon"])]
+        if len(private) and len(base):
+            chosen = private.iloc[0] if epsilon is None else private.iloc[(private["epsilon"] - epsilon).abs().argmin()]
+            own = view.metrics[view.metrics["variant"] == "dp"]
+            dp_rows, ref_rows = own[own["run_id"] == chosen["run_id"]], own[own["run_id"] == base.iloc[0]["run_id"]]
+            out["epsilon"] = float(chosen["epsilon"])
+            out["guarantee"], out["privacy_unit"] = str(chosen.get("guarantee") or ""), str(chosen.get("privacy_unit") or "")
+            for n in (100, None):
+                a, b = _point(ref_rows, n), _point(dp_rows, n)
+                if a is None or b is None:
+                    continue
+                cut = 1 - b["recall"] / a["recall"] if a["recall"] else math.nan
+                verb = (f"{cut:.0%} fewer first-guess re-links" if cut >= 0 else
+                        f"{-cut:.0%} more first-guess re-links: the noise moved the heads, it did not remove what "
+                        "they share with the frozen encoders")
+                out["lines"].append({
+                    "key": f"dp_{'100' if n else 'max'}", "pool": "random", "n": b["n"], "before": a, "after": b,
+                    "change": -cut, "label": f"Recall@1 at N={b['n']:,} with DP heads (ε={out['epsilon']:g})",
+                    "sentence": (f"With DP heads at ε={out['epsilon']:g} ({out['guarantee']}, per {out['privacy_unit']}), "
+                                 f"Recall@1 at N={b['n']:,} is {b['recall']:.3f} (95% CI {b['ci_low']:.3f}-"
+                                 f"{b['ci_high']:.3f}) against {a['recall']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) "
+                                 f"for heads retrained without DP: {verb}.")})
+            for key, name in (("auroc_linear", "linear-probe"), ("auroc_zero_shot", "zero-shot")):
+                before, after = float(base.iloc[0][key]), float(chosen[key])
+                out["lines"].append({
+                    "key": key, "before": before, "after": after, "change": after - before,
+                    "label": f"{name} macro AUROC with DP heads (ε={out['epsilon']:g})",
+                    "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (no DP) to "
+                                 f"{after:.3f} ({after - before:+.3f}): the clinical utility the DP heads keep.")})
+    return out

@@ -26,8 +26,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(cache: Path) -> dict[str, str]:
-    return {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+def _env(cache: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "CXR_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), **(extra or {})}
 
 
 @contextlib.contextmanager
@@ -40,13 +40,13 @@ def seeded_app(cache: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_app(cache: Path) -> Iterator[str]:
-    """Run the app on the store in `cache` (CXR_CACHE_DIR), yield its URL; stop it afterwards."""
+def running_app(cache: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run the app on the store in `cache` (CXR_CACHE_DIR; `env` adds variables), yield its URL; stop it after."""
     port = free_port()
     log = open(cache / "streamlit.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=_env(cache), stdout=log,
+                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=_env(cache, env), stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,0 +1,59 @@
+"""The Overview's verdict against the stored rows, read independently from the store."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.runs import store
+from backend.views import dashboard
+from tests.helpers.seed import seed_store
+
+
+@pytest.fixture(scope="module")
+def ids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    import os
+
+    old = os.environ.get("CXR_CACHE_DIR")
+    out = seed_store(Path(tmp_path_factory.mktemp("verdict")))
+    yield out
+    if old is not None:
+        os.environ["CXR_CACHE_DIR"] = old
+
+
+def test_verdict_numbers_are_the_stored_rows(ids: dict[str, str]) -> None:
+    v = dashboard.verdict(ids["audit:demo"], ids["sweep"])
+    lines = {line["key"]: line for line in v["lines"]}
+    rows = store.load_metrics(ids["audit:demo"]).query("variant == 'model' and k == 1 and level == 'study'")
+    for pool in ("random", "hard"):
+        sel = rows[rows["pool_kind"] == pool]
+        at100 = sel[sel["n"] <= 100].sort_values("n").iloc[-1]
+        top = sel.sort_values("n").iloc[-1]
+        assert lines[f"lift_{pool}_100"]["lift"] == pytest.approx(at100["recall"] / at100["chance"])
+        assert lines[f"lift_{pool}_max"]["n"] == top["n"]
+        assert lines[f"lift_{pool}_max"]["lift_low"] == pytest.approx(top["ci_low"] / top["chance"])
+    pts = store.load_sweep_points(ids["sweep"])
+    strongest = pts[np.isfinite(pts["epsilon"])].sort_values("epsilon").iloc[0]
+    retrained = pts[~np.isfinite(pts["epsilon"])].iloc[0]
+    assert v["epsilon"] == strongest["epsilon"]
+
+    def r1_100(run_id: str) -> float:
+        m = store.load_metrics(run_id).query("variant == 'dp' and k == 1 and level == 'study' and pool_kind == 'random'")
+        return float(m[m["n"] <= 100].sort_values("n")["recall"].iloc[-1])
+
+    a, b = r1_100(retrained["run_id"]), r1_100(strongest["run_id"])
+    assert lines["dp_100"]["change"] == pytest.approx(b / a - 1)
+    assert ("fewer" in lines["dp_100"]["sentence"]) == (b <= a)
+    probe = store.load_probe(strongest["run_id"]).query("variant == 'dp' and label == 'macro' and method == 'linear'")
+    assert lines["auroc_linear"]["after"] == pytest.approx(float(probe["auroc"].iloc[0]))
+    assert all(isinstance(line["sentence"], str) and not math.isnan(line.get("change", 0.0)) for line in v["lines"])
+
+
+def test_verdict_chooses_the_asked_epsilon(ids: dict[str, str]) -> None:
+    pts = store.load_sweep_points(ids["sweep"])
+    eps = sorted(e for e in pts["epsilon"] if math.isfinite(e))[-1]
+    assert dashboard.verdict(ids["audit:demo"], ids["sweep"], epsilon=eps)["epsilon"] == eps
+    assert dashboard.verdict(None, None) == {"lines": []}
