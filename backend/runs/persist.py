@@ -28,8 +28,10 @@ def persist_selftest(run_id: str, spec: Any, result: dict[str, Any], device: str
 
 
 def persist_embed(run_id: str, spec: Any, result: Any, device: str) -> None:
+    """EmbeddingSet (.meta DataFrame, .path cache folder) -> one finished embed run."""
     path = _get(result, "path")
-    n = len(_get(result, "meta", default=[]) or [])
+    meta = _get(result, "meta")
+    n = 0 if meta is None else len(meta)  # never `meta or []`: a DataFrame has no truth value
     store.finish_run(run_id, summary={"n_pairs": n}, artifacts={"embeddings": str(path) if path else ""},
                      device=device)
 
