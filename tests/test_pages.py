@@ -154,3 +154,41 @@ def test_demo_button_launches_the_demo_job_with_progress(tmp_path: Path, monkeyp
     finally:
         jobs.cancel(job_id, grace_s=0.5, wait=True)
     assert jobs.get_job(job_id).status == "cancelled"
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "data"])  # data: no buttons (and a slow source load)
+def test_every_button_on_a_seeded_store(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Press each button of the page (a fresh session per button); no exception, no job fails. Jobs run in-process:
+    an embed job returns a real EmbeddingSet, as for an already-cached split ("Embed only" used to fail in
+    persist_embed: 'The truth value of a DataFrame is ambiguous'); other kinds stay queued."""
+    import numpy as np
+    import pandas as pd
+
+    from backend.embed.files import EmbeddingSet
+    from backend.runs import jobs
+
+    def cached_split(spec: object, progress: object = None, **_: object) -> EmbeddingSet:
+        meta = pd.DataFrame({"pair_id": ["a", "b"], "study_id": ["s1", "s2"]})
+        return EmbeddingSet(meta=meta, image_emb=np.eye(2, dtype=np.float32), report_emb=np.eye(2, dtype=np.float32),
+                            image_feat=None, text_feat=None, heads={}, path=tmp_path / "embeddings" / "k")
+
+    def spawn_in_process(job_id: str, log_path: Path) -> None:
+        if jobs.get_job(job_id).kind == "embed":
+            jobs.run_worker(job_id)
+
+    monkeypatch.setattr("backend.embed.compute.embed_split", cached_split)
+    monkeypatch.setattr(jobs, "_spawn", spawn_in_process)
+    monkeypatch.setattr(jobs.signal, "signal", lambda *a: None)  # the worker's SIGTERM handler: main thread only
+    old = os.environ.get("CXR_CACHE_DIR")
+    seed_store(tmp_path)
+    if old:
+        os.environ["CXR_CACHE_DIR"] = old
+    n_buttons = len(_open(page, tmp_path, monkeypatch).button)
+    for i in range(n_buttons):
+        at = _open(page, tmp_path, monkeypatch)
+        label = at.button[i].label
+        at.button[i].click().run()
+        assert not at.exception, (page, label, [e.value for e in at.exception])
+        failed = [(j.kind, j.message) for j in jobs.list_jobs() if j.status == "failed" and "seeded" not in j.message]
+        assert not failed, (page, label, failed)
+        assert not [e for e in at.error if "seeded" not in e.value], (page, label, [e.value for e in at.error])
