@@ -17,10 +17,10 @@ custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/pa
 chosen = custom.strip() or model
 warning = dashboard.hub_warning(chosen)
 if warning:
-    st.warning(warning, icon=":material/cloud_off:")
+    st.warning(ui.plain(warning), icon=":material/cloud_off:")
 
 with st.form("launch"):
-    st.markdown(f"**Launch on dataset `{source}` with model `{chosen}`**")
+    st.markdown(f"**Launch on dataset {ui.plain(source)} with model {ui.plain(chosen)}**")
     c1, c2, c3 = st.columns(3)
     split = c1.selectbox("Split", ["test", "val", "train", "all"], help="Which patient-disjoint split to embed.")
     pools = c2.multiselect("Pools", list(POOL_KINDS), default=list(POOL_KINDS),

@@ -192,3 +192,81 @@ def test_every_button_on_a_seeded_store(page: str, tmp_path: Path, monkeypatch: 
         failed = [(j.kind, j.message) for j in jobs.list_jobs() if j.status == "failed" and "seeded" not in j.message]
         assert not failed, (page, label, failed)
         assert not [e for e in at.error if "seeded" not in e.value], (page, label, [e.value for e in at.error])
+
+
+# ---------------------------------------------------------------- dataset text is never markup (issue 11)
+
+_MARKUP = ("**bold**", "**id**", "![](", "](http", "<img", "<script", "$x$", "`tick`", ":red[", ":material/")
+
+
+def _live_markup(text: str) -> list[str]:
+    """The markup in Markdown `text` that is not backslash-escaped (nor broken by ui.plain's word joiner)."""
+    import re
+
+    bare = re.sub(r"\\.", "", text)
+    return [m for m in _MARKUP if m in bare]
+
+
+def _markdown_strings(at: AppTest) -> list[str]:
+    """Every string that Streamlit renders as Markdown on this page (bodies, captions, alerts, labels)."""
+    out = [str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success", "title",
+                                     "subheader") for e in getattr(at, kind)]
+    out += [m.label for m in at.metric] + [w.label for w in at.selectbox]
+    out += [img.caption for el in at.get("imgs") for img in el.proto.imgs]
+    return out
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("crafted")
+    old = os.environ.get("CXR_CACHE_DIR")
+    seed_store(path, crafted=True)
+    if old:
+        os.environ["CXR_CACHE_DIR"] = old
+    return path
+
+
+def test_plain_escapes_every_markup() -> None:
+    import ui
+    from tests.helpers.seed import CRAFTED_ID, CRAFTED_REPORT
+
+    for crafted_text in (CRAFTED_REPORT, CRAFTED_ID):
+        assert _live_markup(crafted_text) and not _live_markup(ui.plain(crafted_text))
+    text = ui.plain(":material/home: http://h.org www.h.org a@b.c")
+    assert text.count("\u2060") == 4  # icon and autolinks broken (they survive backslash escapes)
+    assert ui.plain("p001") == "p001" and ui.plain("Pleural effusion small") == "Pleural effusion small"
+    assert "<" not in ui.highlighted("<b>x</b> effusion", {"effusion"}).replace("<mark>", "").replace("</mark>", "")
+
+
+def test_explorer_shows_crafted_reports_and_ids_as_text(crafted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import html
+
+    at = _open("explorer", crafted, monkeypatch)
+    for text in _markdown_strings(at):
+        assert not _live_markup(text), text
+    bodies = [el.proto.body for el in at.get("html")]
+    assert bodies and all("<img" not in b and "<script" not in b and "<a " not in b for b in bodies)
+    shown = [b.replace("<mark>", "").replace("</mark>", "") for b in bodies]  # the shared words are marked
+    assert any(html.escape("<img src=http://10.255.255.1/x.png> <script>alert(1)</script>") in b for b in shown)
+
+
+@pytest.mark.slow
+def test_data_page_shows_crafted_pairs_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.sources
+    from tests.helpers.seed import CRAFTED_ID, CRAFTED_REPORT
+
+    real = backend.sources.load_source
+
+    def crafted_source(name: str, **kw: object) -> object:
+        data = real(name, n_patients=12)
+        for col in ("pair_id", "study_id", "patient_id"):
+            data.pairs[col] = data.pairs[col].astype(str) + CRAFTED_ID
+        data.pairs["report"] = data.pairs["report"] + " " + CRAFTED_REPORT
+        return data
+
+    monkeypatch.setattr(backend.sources, "load_source", crafted_source)
+    at = _open("data", tmp_path, monkeypatch)
+    for text in _markdown_strings(at):
+        assert not _live_markup(text), text
+    bodies = [el.proto.body for el in at.get("html")]
+    assert len(bodies) >= 1 and all("<img" not in b and "<script" not in b for b in bodies)
