@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -216,14 +217,22 @@ def _markdown_strings(at: AppTest) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def crafted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture()
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A seeded store whose reports and ids hold markup. Its run ids are those of `seeded` (same specs), so the
+    caches that ui keeps by run id are cleared."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
     path = tmp_path_factory.mktemp("crafted")
     old = os.environ.get("CXR_CACHE_DIR")
     seed_store(path, crafted=True)
     if old:
         os.environ["CXR_CACHE_DIR"] = old
-    return path
+    yield path
+    st.cache_data.clear()
+    st.cache_resource.clear()
 
 
 def test_plain_escapes_every_markup() -> None:
