@@ -141,15 +141,17 @@ def pair_image(run_id: str, image_path: str) -> Any:
 
 # ---------------------------------------------------------------- navigation, sidebar and small widgets
 
+# Icons are emoji (plain text): nothing to fetch. No ":material/...:" icons anywhere in the app (tests/test_browser.py
+# fails on any request to a host other than the app's).
 PAGE_SPECS: tuple[tuple[str, str, str], ...] = (
-    ("app_pages/overview.py", "Overview", ":material/home:"),
-    ("app_pages/data.py", "Data", ":material/dataset:"),
-    ("app_pages/models_jobs.py", "Models and jobs", ":material/memory:"),
-    ("app_pages/relinkage.py", "Re-linkage", ":material/link:"),
-    ("app_pages/explorer.py", "Pair explorer", ":material/search:"),
-    ("app_pages/mitigation.py", "Mitigation", ":material/shield:"),
-    ("app_pages/utility.py", "Utility and transfer", ":material/monitoring:"),
-    ("app_pages/report.py", "Report", ":material/description:"),
+    ("app_pages/overview.py", "Overview", "🏠"),
+    ("app_pages/data.py", "Data", "🗂️"),
+    ("app_pages/models_jobs.py", "Models and jobs", "⚙️"),
+    ("app_pages/relinkage.py", "Re-linkage", "🔗"),
+    ("app_pages/explorer.py", "Pair explorer", "🔍"),
+    ("app_pages/mitigation.py", "Mitigation", "🛡️"),
+    ("app_pages/utility.py", "Utility and transfer", "📈"),
+    ("app_pages/report.py", "Report", "📄"),
 )
 
 
@@ -264,11 +266,11 @@ def job_row(job: jobs.Job, *, show_cancel: bool = True) -> None:
     if job.pid:
         cols[2].caption(f"pid {job.pid}")
     if show_cancel and job.active and job.job_id and cols[3].button("Cancel", key=f"cancel-{job.job_id}",
-                                                                    icon=":material/cancel:", width="stretch"):
+                                                                    icon="✖️", width="stretch"):
         jobs.cancel(job.job_id)
         st.toast(f"Cancel requested for {job.job_id}")
     if job.status in ("failed", "stale"):
-        st.error(plain(job.message or job.status), icon=":material/error:")
+        st.error(plain(job.message or job.status), icon="⚠️")
     if job.traceback:
         with st.expander("Traceback"):
             st.code(job.traceback, language="text")

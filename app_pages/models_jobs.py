@@ -17,7 +17,7 @@ custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/pa
 chosen = custom.strip() or model
 warning = dashboard.hub_warning(chosen)
 if warning:
-    st.warning(ui.plain(warning), icon=":material/cloud_off:")
+    st.warning(ui.plain(warning), icon="☁️")
 
 with st.form("launch"):
     st.markdown(f"**Launch on dataset {ui.plain(source)} with model {ui.plain(chosen)}**")

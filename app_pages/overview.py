@@ -42,7 +42,7 @@ if head.get("audit_run"):
 else:
     st.warning("No finished audit for this dataset and model yet.")
     if source == ui.DEFAULT_SOURCE and model == "demo":
-        if st.button("Run the demo audit", type="primary", icon=":material/play_arrow:",
+        if st.button("Run the demo audit", type="primary", icon="▶️",
                      help="Generates the synthetic dataset, trains the small demo model, audits it, and runs a small "
                           "epsilon sweep, in a background job: about 18 minutes on a 2-core CPU the first time "
                           "(7 of them train the demo model, which later runs reuse)."):
