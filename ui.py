@@ -118,6 +118,38 @@ def source_data(name: str) -> Any:
     return load_source(name)
 
 
+def needs_root(name: str) -> bool:
+    """Whether a source reads a dataset folder the user must name (csv, openi, mimic-cxr, chexpert-plus)."""
+    from backend.sources import get_source
+
+    try:
+        return get_source(name).needs_root
+    except RelinkError:  # a source only known from stored runs
+        return False
+
+
+def default_root(name: str) -> str:
+    """The folder a source uses when none is given (its environment variable), or ''."""
+    from backend.settings import data_root
+
+    root = data_root(name)
+    return str(root) if root else ""
+
+
+def source_loads(name: str, root: str | None) -> bool:
+    """Load the source from `root` as a job would; on failure show its SourceError (the message the command line
+    gives for the same --root) and return False."""
+    from backend.sources import load_source
+
+    try:
+        with st.spinner(f"Checking the {name} dataset folder ..."):
+            load_source(name, root=root)
+    except RelinkError as exc:
+        show_error(exc)
+        return False
+    return True
+
+
 def source_tables(name: str) -> tuple[pd.DataFrame, dict[str, int]]:
     data = source_data(name)
     return data.pairs, dict(data.stats)

@@ -26,15 +26,22 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _open(page: str, cache: Path, monkeypatch: pytest.MonkeyPatch, model: str = "demo") -> AppTest:
+def _open(page: str, cache: Path, monkeypatch: pytest.MonkeyPatch, model: str = "demo",
+          source: str | None = None) -> AppTest:
     monkeypatch.setenv("CXR_CACHE_DIR", str(cache))
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["model"] = model  # (AppTest drops sidebar widgets on reruns under st.navigation)
+    if source:
+        at.session_state["dataset"] = source
     at.run()
     if page != "overview":
         at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def _button(at: AppTest, label: str) -> object:
+    return next(b for b in at.button if b.label == label)
 
 
 def _text(at: AppTest) -> str:
@@ -279,3 +286,40 @@ def test_data_page_shows_crafted_pairs_as_text(tmp_path: Path, monkeypatch: pyte
         assert not _live_markup(text), text
     bodies = [el.proto.body for el in at.get("html")]
     assert len(bodies) >= 1 and all("<img" not in b and "<script" not in b for b in bodies)
+
+
+@pytest.mark.parametrize("source", ["csv", "openi", "mimic-cxr", "chexpert-plus"])
+def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launching checks the folder by loading the source; its SourceError (the CLI's message) is shown, nothing is
+    submitted; a loadable folder goes into the spec."""
+    import pandas as pd
+
+    import ui
+    from backend.errors import SourceError
+    from backend.runs import jobs
+    from backend.sources import load_source
+    from tests.helpers.fixtures_data import write_image
+
+    for var in ("CXR_OPENI_ROOT", "CXR_MIMIC_ROOT", "CXR_CHEXPERT_PLUS_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(SourceError) as cli_error:
+        load_source(source, root=missing)
+    at = _open("models_jobs", tmp_path, monkeypatch, source=source)
+    at.text_input(key=f"root-{source}").set_value(missing).run()
+    _button(at, "Embed only").click().run()
+    assert not at.exception and not spawned
+    assert [e.value for e in at.error] == [ui.plain(str(cli_error.value))]
+    if source != "csv":
+        return
+    data = tmp_path / "csv-data"
+    for k in range(4):
+        write_image(data / f"img/{k}.png", seed=k)
+    pd.DataFrame([{"image_path": f"img/{k}.png", "report": f"Report {k}.", "patient_id": f"P{k // 2}"}
+                  for k in range(4)]).to_csv(data / "pairs.csv", index=False)
+    at.text_input(key="root-csv").set_value(str(data)).run()
+    _button(at, "Embed only").click().run()
+    assert not at.exception and not at.error and len(spawned) == 1
+    assert jobs.get_job(spawned[0]).spec.count(str(data)) == 1
