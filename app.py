@@ -4,12 +4,16 @@ Run with `streamlit run app.py` (or ./run.sh app). Pages read the store and subm
 happens in detached worker processes (backend/runs/jobs.py).
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 import ui
 from backend.errors import RelinkError
 
-st.set_page_config(page_title="CXR Re-Link Audit", page_icon=":material/radiology:", layout="wide")
+# The icon ships with the app: a ":material/...:" page icon makes every page load fetch it from a font CDN.
+ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
+st.set_page_config(page_title="CXR Re-Link Audit", page_icon=ICON, layout="wide")
 
 ui.ensure_snapshot()  # the shipped demo results, so a first start shows every page populated
 page = st.navigation(ui.pages())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import math
+import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,38 @@ def source_data(name: str) -> Any:
     return load_source(name)
 
 
+def needs_root(name: str) -> bool:
+    """Whether a source reads a dataset folder the user must name (csv, openi, mimic-cxr, chexpert-plus)."""
+    from backend.sources import get_source
+
+    try:
+        return get_source(name).needs_root
+    except RelinkError:  # a source only known from stored runs
+        return False
+
+
+def default_root(name: str) -> str:
+    """The folder a source uses when none is given (its environment variable), or ''."""
+    from backend.settings import data_root
+
+    root = data_root(name)
+    return str(root) if root else ""
+
+
+def source_loads(name: str, root: str | None) -> bool:
+    """Load the source from `root` as a job would; on failure show its SourceError (the message the command line
+    gives for the same --root) and return False."""
+    from backend.sources import load_source
+
+    try:
+        with st.spinner(f"Checking the {name} dataset folder ..."):
+            load_source(name, root=root)
+    except RelinkError as exc:
+        show_error(exc)
+        return False
+    return True
+
+
 def source_tables(name: str) -> tuple[pd.DataFrame, dict[str, int]]:
     data = source_data(name)
     return data.pairs, dict(data.stats)
@@ -139,15 +173,17 @@ def pair_image(run_id: str, image_path: str) -> Any:
 
 # ---------------------------------------------------------------- navigation, sidebar and small widgets
 
+# Icons are emoji (plain text): nothing to fetch. No ":material/...:" icons anywhere in the app (tests/test_browser.py
+# fails on any request to a host other than the app's).
 PAGE_SPECS: tuple[tuple[str, str, str], ...] = (
-    ("app_pages/overview.py", "Overview", ":material/home:"),
-    ("app_pages/data.py", "Data", ":material/dataset:"),
-    ("app_pages/models_jobs.py", "Models and jobs", ":material/memory:"),
-    ("app_pages/relinkage.py", "Re-linkage", ":material/link:"),
-    ("app_pages/explorer.py", "Pair explorer", ":material/search:"),
-    ("app_pages/mitigation.py", "Mitigation", ":material/shield:"),
-    ("app_pages/utility.py", "Utility and transfer", ":material/monitoring:"),
-    ("app_pages/report.py", "Report", ":material/description:"),
+    ("app_pages/overview.py", "Overview", "🏠"),
+    ("app_pages/data.py", "Data", "🗂️"),
+    ("app_pages/models_jobs.py", "Models and jobs", "⚙️"),
+    ("app_pages/relinkage.py", "Re-linkage", "🔗"),
+    ("app_pages/explorer.py", "Pair explorer", "🔍"),
+    ("app_pages/mitigation.py", "Mitigation", "🛡️"),
+    ("app_pages/utility.py", "Utility and transfer", "📈"),
+    ("app_pages/report.py", "Report", "📄"),
 )
 
 
@@ -188,19 +224,53 @@ def metric(label: str, value: float | None, definition: str, fmt: str = "{:.1f}x
 
 def guarantee_badge(guarantee: str, privacy_unit: str, objective: str) -> None:
     color = {"certified": "green", "nominal": "orange"}.get(guarantee, "gray")
-    st.markdown(f":{color}-badge[{guarantee or 'no DP'}] :blue-badge[privacy unit: {privacy_unit or '?'}] "
-                f":gray-badge[objective: {objective or '?'}]",
+    st.markdown(f":{color}-badge[{plain(guarantee or 'no DP')}] :blue-badge[privacy unit: {plain(privacy_unit or '?')}] "
+                f":gray-badge[objective: {plain(objective or '?')}]",
                 help=DEFINITIONS.get(guarantee, "Epsilon = inf: heads retrained without DP (the baseline)."))
 
 
+# ---------------------------------------------------------------- data text is never markup
+# Reports, ids and messages come from datasets and jobs: they are shown as text, never interpreted as Markdown,
+# LaTeX, colour directives, icons or HTML (a report holding ![](http://host/x.png) must not make the browser
+# fetch anything). Two ways: ui.plain() for the parameters that Streamlit renders as Markdown (captions, alerts,
+# image captions, labels), ui.text_block() (st.html of escaped text) for report bodies.
+
+_MD_PUNCT = re.compile(f"([{re.escape(string.punctuation)}])")
+_WJ = "\u2060"  # word joiner: invisible, breaks the patterns that Markdown plugins find in plain text nodes
+
+
+def plain(value: object) -> str:
+    """`value` as Markdown that renders as exactly its text: every ASCII punctuation backslash-escaped (no
+    emphasis, links, images, code spans, LaTeX, :color[...] directives, HTML), and an invisible word joiner
+    where a pattern in a plain text node would still become markup (:material/icon:, bare URLs, emails)."""
+    text = _MD_PUNCT.sub(r"\\\1", str(value))
+    for pattern, joined in _AUTOMARKUP:
+        text = pattern.sub(joined, text)
+    return text
+
+
+_AUTOMARKUP = tuple((re.compile(p, re.IGNORECASE), j) for p, j in (
+    (r"(\\:)(material)", r"\1" + _WJ + r"\2"),  # :material/icon: (escaped colons still reach the icon plugin)
+    (r"(\\:)(\\/\\/)", r"\1" + _WJ + r"\2"),  # scheme://host autolinks
+    (r"(www)(\\\.)", r"\1" + _WJ + r"\2"),  # www.host autolinks
+    (r"(\\@)", _WJ + r"\1"),  # user@host autolinks
+))
+
+
 def highlighted(text: str, words: set[str]) -> str:
-    """HTML with the shared words marked."""
+    """HTML with the shared words marked; every segment escaped (for st.html, which runs no Markdown)."""
     return "".join(f"<mark>{html.escape(seg)}</mark>" if hit else html.escape(seg)
                    for seg, hit in explorer.highlight_segments(text, words))
 
 
+def text_block(text: str, words: set[str] | None = None, *, container: Any = None) -> None:
+    """Data text (a report) shown as text, line breaks kept, `words` marked; never Markdown or live HTML."""
+    body = highlighted(str(text), words or set())
+    (container or st).html(f'<div class="cxr-text" style="white-space:pre-wrap;overflow-wrap:anywhere">{body}</div>')
+
+
 def show_error(exc: Exception) -> None:
-    st.error(str(exc) if isinstance(exc, RelinkError) else f"{type(exc).__name__}: {exc}")
+    st.error(plain(str(exc) if isinstance(exc, RelinkError) else f"{type(exc).__name__}: {exc}"))
 
 
 def submit(spec: Any) -> jobs.Job | None:
@@ -211,27 +281,28 @@ def submit(spec: Any) -> jobs.Job | None:
         show_error(exc)
         return None
     if job.status == "done":
-        st.success(f"Already computed: run {job.run_id} (nothing recomputed).")
+        st.success(f"Already computed: run {plain(job.run_id)} (nothing recomputed).")
         st.cache_data.clear()
     else:
-        st.info(f"Job {job.job_id} {job.status}; progress below and on Models and jobs.")
+        st.info(f"Job {plain(job.job_id)} {plain(job.status)}; progress below and on Models and jobs.")
     return job
 
 
 def job_row(job: jobs.Job, *, show_cancel: bool = True) -> None:
     """One job: status, progress bar, device, cancel, log and traceback."""
     cols = st.columns([3, 5, 1.2, 1.4], vertical_alignment="center")
-    cols[0].markdown(f"**{job.kind}** `{job.job_id or job.run_id}`  \n{job.status} · {job.device or 'device ?'}")
+    cols[0].markdown(f"**{plain(job.kind)}** {plain(job.job_id or job.run_id)}  \n"
+                     f"{plain(job.status)} · {plain(job.device or 'device ?')}")
     text = f"{job.done}/{job.total} {job.message}" if job.total else job.message
-    cols[1].progress(job.fraction, text=text[:120])
+    cols[1].progress(job.fraction, text=plain(text[:120]))
     if job.pid:
         cols[2].caption(f"pid {job.pid}")
     if show_cancel and job.active and job.job_id and cols[3].button("Cancel", key=f"cancel-{job.job_id}",
-                                                                    icon=":material/cancel:", width="stretch"):
+                                                                    icon="✖️", width="stretch"):
         jobs.cancel(job.job_id)
         st.toast(f"Cancel requested for {job.job_id}")
     if job.status in ("failed", "stale"):
-        st.error(job.message or job.status, icon=":material/error:")
+        st.error(plain(job.message or job.status), icon="⚠️")
     if job.traceback:
         with st.expander("Traceback"):
             st.code(job.traceback, language="text")
@@ -275,9 +346,9 @@ def watch_job(job_id: str) -> None:
     @st.fragment(run_every=1.0)
     def _watch() -> None:
         job = jobs.get_job(job_id)
-        st.progress(job.fraction, text=f"{job.status}: {job.message}"[:150])
+        st.progress(job.fraction, text=plain(f"{job.status}: {job.message}"[:150]))
         if job.status == "failed":
-            st.error(f"The job failed: {job.message}")
+            st.error(f"The job failed: {plain(job.message)}")
             with st.expander("Traceback"):
                 st.code(job.traceback, language="text")
         elif job.status == "done" and not st.session_state.get(f"reloaded-{job_id}"):

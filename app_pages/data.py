@@ -10,9 +10,9 @@ source, model = ui.selection()
 st.title("Data")
 st.dataframe(dashboard.sources_table(), hide_index=True)
 
-st.subheader(f"Dataset: {source}")
+st.subheader(f"Dataset: {ui.plain(source)}")
 if source == "synthetic":
-    st.warning("SYNTHETIC: generated images and reports; no patient data.", icon=":material/science:")
+    st.warning("SYNTHETIC: generated images and reports; no patient data.", icon="🧪")
 try:
     pairs, stats = ui.source_tables(source)
 except RelinkError as exc:
@@ -38,11 +38,11 @@ sample = pairs.sample(min(4, len(pairs)), random_state=0)
 for _, row in sample.iterrows():
     img_col, text_col = st.columns([1, 2])
     try:
-        img_col.image(ui.run_source_image(source, row["image_path"]), caption=f"{row['pair_id']} · {row['view']}",
+        img_col.image(ui.run_source_image(source, row["image_path"]), caption=ui.plain(f"{row['pair_id']} · {row['view']}"),
                       width="stretch")
     except RelinkError as exc:
-        img_col.caption(f"image unavailable: {exc}")
-    text_col.markdown(f"**Report** ({'SYNTHETIC · ' if source == 'synthetic' else ''}patient {row['patient_id']}, "
-                      f"study {row['study_id']}, split {row['split']})")
-    text_col.write(row["report"])
+        img_col.caption(ui.plain(f"image unavailable: {exc}"))
+    text_col.markdown(f"**Report** ({'SYNTHETIC · ' if source == 'synthetic' else ''}patient "
+                      f"{ui.plain(row['patient_id'])}, study {ui.plain(row['study_id'])}, split {ui.plain(row['split'])})")
+    ui.text_block(row["report"], container=text_col)
     text_col.caption("Labels: " + (", ".join(label for label in dashboard.LABELS if row[label] == 1) or "none positive"))

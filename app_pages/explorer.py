@@ -10,7 +10,8 @@ source, model = ui.selection()
 st.title("Pair explorer")
 run_id = ui.latest("audit", source, model)
 if not run_id:
-    st.info(f"No finished audit of {model} on {source} yet; run one first (Overview or Models and jobs).")
+    st.info(f"No finished audit of {ui.plain(model)} on {ui.plain(source)} yet; run one first (Overview or Models "
+            "and jobs).")
     st.stop()
 try:
     ps = ui.pair_set(run_id)
@@ -36,9 +37,9 @@ left, right = st.columns([1, 1])
 with left:
     try:
         image = ui.pair_image(run_id, row["image_path"])
-        st.image(image, caption=f"{pair_id} · {row['view']} · patient {row['patient_id']}", width="stretch")
+        st.image(image, caption=ui.plain(f"{pair_id} · {row['view']} · patient {row['patient_id']}"), width="stretch")
     except RelinkError as exc:
-        st.caption(f"Image unavailable: {exc}")
+        st.caption(ui.plain(f"Image unavailable: {exc}"))
     st.caption("Labels: " + (", ".join(lbl for lbl in dashboard.LABELS if row[lbl] == 1) or "none positive"))
 with right:
     st.metric("Rank of the true report", f"{hit['true_rank']} of {hit['n_candidates']}",
@@ -47,15 +48,15 @@ with right:
     shared = explorer.shared_words(row["report"], rival["report"]) if rival is not None else set()
     st.markdown(f"**True report** (words shared with the top-ranked other report, #{rival['rank'] if rival is not None else '-'}"
                 ", highlighted)")
-    st.markdown(ui.highlighted(row["report"], shared), unsafe_allow_html=True)
+    ui.text_block(row["report"], shared)
 
 st.subheader(f"Top {int(k)} retrieved reports")
 for r in hit["top"].itertuples():
     tag = " · **TRUE REPORT**" if r.is_true else ""
     with st.container(border=True):
-        st.markdown(f"#{r.rank} · score {r.score:.3f} · study `{r.study_id}`{tag}",
+        st.markdown(f"#{r.rank} · score {r.score:.3f} · study {ui.plain(r.study_id)}{tag}",
                     help="Score: cosine similarity between the image and report embeddings.")
-        st.markdown(ui.highlighted(r.report, explorer.shared_words(row["report"], r.report)), unsafe_allow_html=True)
+        ui.text_block(r.report, explorer.shared_words(row["report"], r.report))
 
 others = explorer.same_patient(ps, pair_id)
 st.subheader("The same patient's other studies")

@@ -41,13 +41,13 @@ if sweep_id:
         st.caption(f"Re-linkage reduction {p.get('reduction', float('nan')):.1%}, AUROC change "
                    f"{p.get('auroc_change', float('nan')):+.3f} · noise multiplier {p.get('noise_multiplier', float('nan')):.3g}"
                    f" · delta {p.get('delta', float('nan')):.2g} · accountant's ε {p.get('epsilon_achieved', float('nan')):.3g}"
-                   f" · run `{p['run_id']}`",
+                   f" · run {ui.plain(p['run_id'])}",
                    help=dashboard.DEFINITIONS["reduction"])
         st.plotly_chart(figs[choice], key="mitigation_view", theme=None)
 
     _explore()
 else:
-    st.info(f"No finished epsilon sweep for {model} on {source} yet. Launch one below.")
+    st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet. Launch one below.")
 
 st.subheader("Launch a new sweep")
 st.caption(dashboard.DEFINITIONS["nominal"])

@@ -17,10 +17,17 @@ custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/pa
 chosen = custom.strip() or model
 warning = dashboard.hub_warning(chosen)
 if warning:
-    st.warning(warning, icon=":material/cloud_off:")
+    st.warning(ui.plain(warning), icon="☁️")
+
+root = None
+if ui.needs_root(source):
+    root = st.text_input(f"Folder of the {source} dataset", value=ui.default_root(source), key=f"root-{source}",
+                         help="The dataset's folder on this machine (the command line's --root); checked by loading "
+                              "the dataset when you launch.").strip() or None
 
 with st.form("launch"):
-    st.markdown(f"**Launch on dataset `{source}` with model `{chosen}`**")
+    where = f" from folder {ui.plain(root)}" if root else ""
+    st.markdown(f"**Launch on dataset {ui.plain(source)}{where} with model {ui.plain(chosen)}**")
     c1, c2, c3 = st.columns(3)
     split = c1.selectbox("Split", ["test", "val", "train", "all"], help="Which patient-disjoint split to embed.")
     pools = c2.multiselect("Pools", list(POOL_KINDS), default=list(POOL_KINDS),
@@ -30,8 +37,8 @@ with st.form("launch"):
     embed_clicked = b1.form_submit_button("Embed only", help="Embed images and reports (resumable, cached).")
     audit_clicked = b2.form_submit_button("Embed and audit", type="primary",
                                           help="Embed, then measure Recall@K against pool size.")
-if embed_clicked or audit_clicked:
-    embed = EmbedSpec(source=SourceSpec(name=source), model=chosen, split=split)
+if (embed_clicked or audit_clicked) and (not ui.needs_root(source) or ui.source_loads(source, root)):
+    embed = EmbedSpec(source=SourceSpec(name=source, root=root), model=chosen, split=split)
     spec = AuditSpec(embed=embed, pools=tuple(pools) or POOL_KINDS, n_bootstrap=int(n_boot)) if audit_clicked else embed
     ui.submit(spec)
 

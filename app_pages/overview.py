@@ -15,7 +15,7 @@ st.markdown(
     "The report carries history, dates and findings the image lacks, so re-linkage undoes de-identification. "
     "This dashboard measures how far above chance a model re-links, and what differentially private projection "
     "heads change.")
-st.caption(f"Dataset **{source}** · model **{model}**")
+st.caption(f"Dataset **{ui.plain(source)}** · model **{ui.plain(model)}**")
 
 head = ui.headline(source, model)
 if head.get("audit_run"):
@@ -26,7 +26,7 @@ if head.get("audit_run"):
     with cols[1]:
         ui.metric(f"Lift at N={n_max}, no mitigation", head.get("before_max"), dashboard.DEFINITIONS["lift"])
     eps = head.get("after_eps")
-    suffix = f" (ε={eps:g}, {head.get('guarantee', '')})" if eps is not None else ""
+    suffix = f" (ε={eps:g}, {ui.plain(head.get('guarantee', ''))})" if eps is not None else ""
     with cols[2]:
         ui.metric(f"Lift at N=100 with DP heads{suffix}", head.get("after_100"),
                   dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS["epsilon"])
@@ -53,7 +53,7 @@ if head.get("audit_run"):
 else:
     st.warning("No finished audit for this dataset and model yet.")
     if source == ui.DEFAULT_SOURCE and model == "demo":
-        if st.button("Run the demo audit", type="primary", icon=":material/play_arrow:",
+        if st.button("Run the demo audit", type="primary", icon="▶️",
                      help="Generates the synthetic dataset, trains the small demo model, audits it, and runs a small "
                           "epsilon sweep, in a background job: about 18 minutes on a 2-core CPU the first time "
                           "(7 of them train the demo model, which later runs reuse)."):

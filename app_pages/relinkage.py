@@ -11,7 +11,7 @@ st.title("Re-linkage")
 st.markdown(dashboard.DEFINITIONS["recall"] + " " + dashboard.DEFINITIONS["lift"])
 runs = ui.audit_runs(source)
 if not len(runs):
-    st.info(f"No finished audit on {source} yet. Run the demo on Overview or launch one on Models and jobs.")
+    st.info(f"No finished audit on {ui.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
     st.stop()
 
 models = runs["model"].tolist()

@@ -11,7 +11,7 @@ st.markdown("One HTML file with the figures, headline numbers, definitions, the 
             "and the software versions, for a privacy review board. It opens offline.")
 head = ui.headline(source, model)
 if not head.get("audit_run"):
-    st.info(f"No finished audit of {model} on {source} yet; the report would be empty.")
+    st.info(f"No finished audit of {ui.plain(model)} on {ui.plain(source)} yet; the report would be empty.")
 st.download_button("Download the HTML audit report", data=lambda: report.build_report(source, model),
                    file_name=f"relink-audit-{source}-{model}.html", mime="text/html", type="primary",
-                   icon=":material/download:", help="Built from the finished runs of this dataset and model.")
+                   icon="⬇️", help="Built from the finished runs of this dataset and model.")

@@ -10,7 +10,7 @@ st.title("Utility and transfer")
 st.markdown(dashboard.DEFINITIONS["auroc"])
 sweep_id = ui.latest("sweep", source, model)
 if not sweep_id:
-    st.info(f"No finished epsilon sweep for {model} on {source} yet (Mitigation page).")
+    st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet (Mitigation page).")
     st.stop()
 view = ui.sweep_view(sweep_id)
 finite = [e for e in view.points["epsilon"] if e != float("inf")]

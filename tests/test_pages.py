@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,22 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _open(page: str, cache: Path, monkeypatch: pytest.MonkeyPatch, model: str = "demo") -> AppTest:
+def _open(page: str, cache: Path, monkeypatch: pytest.MonkeyPatch, model: str = "demo",
+          source: str | None = None) -> AppTest:
     monkeypatch.setenv("CXR_CACHE_DIR", str(cache))
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["model"] = model  # (AppTest drops sidebar widgets on reruns under st.navigation)
+    if source:
+        at.session_state["dataset"] = source
     at.run()
     if page != "overview":
         at.switch_page(f"app_pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def _button(at: AppTest, label: str) -> object:
+    return next(b for b in at.button if b.label == label)
 
 
 def _text(at: AppTest) -> str:
@@ -85,7 +93,7 @@ def test_mitigation_slider_changes_the_numbers(seeded: Path, monkeypatch: pytest
 def test_explorer_shows_ranks_and_shared_words(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open("explorer", seeded, monkeypatch)
     assert any("Rank of the true report" in m.label for m in at.metric)
-    assert "<mark>" in _text(at) or "TRUE REPORT" in _text(at)
+    assert any("<mark>" in el.proto.body for el in at.get("html"))  # the reports: st.html of escaped text
     assert len(at.get("image")) >= 1
     at.text_input[0].set_value("effusion").run()
     assert not at.exception
@@ -154,3 +162,164 @@ def test_demo_button_launches_the_demo_job_with_progress(tmp_path: Path, monkeyp
     finally:
         jobs.cancel(job_id, grace_s=0.5, wait=True)
     assert jobs.get_job(job_id).status == "cancelled"
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "data"])  # data: no buttons (and a slow source load)
+def test_every_button_on_a_seeded_store(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Press each button of the page (a fresh session per button); no exception, no job fails. Jobs run in-process:
+    an embed job returns a real EmbeddingSet, as for an already-cached split ("Embed only" used to fail in
+    persist_embed: 'The truth value of a DataFrame is ambiguous'); other kinds stay queued."""
+    import numpy as np
+    import pandas as pd
+
+    from backend.embed.files import EmbeddingSet
+    from backend.runs import jobs
+
+    def cached_split(spec: object, progress: object = None, **_: object) -> EmbeddingSet:
+        meta = pd.DataFrame({"pair_id": ["a", "b"], "study_id": ["s1", "s2"]})
+        return EmbeddingSet(meta=meta, image_emb=np.eye(2, dtype=np.float32), report_emb=np.eye(2, dtype=np.float32),
+                            image_feat=None, text_feat=None, heads={}, path=tmp_path / "embeddings" / "k")
+
+    def spawn_in_process(job_id: str, log_path: Path) -> None:
+        if jobs.get_job(job_id).kind == "embed":
+            jobs.run_worker(job_id)
+
+    monkeypatch.setattr("backend.embed.compute.embed_split", cached_split)
+    monkeypatch.setattr(jobs, "_spawn", spawn_in_process)
+    monkeypatch.setattr(jobs.signal, "signal", lambda *a: None)  # the worker's SIGTERM handler: main thread only
+    old = os.environ.get("CXR_CACHE_DIR")
+    seed_store(tmp_path)
+    if old:
+        os.environ["CXR_CACHE_DIR"] = old
+    n_buttons = len(_open(page, tmp_path, monkeypatch).button)
+    for i in range(n_buttons):
+        at = _open(page, tmp_path, monkeypatch)
+        label = at.button[i].label
+        at.button[i].click().run()
+        assert not at.exception, (page, label, [e.value for e in at.exception])
+        failed = [(j.kind, j.message) for j in jobs.list_jobs() if j.status == "failed" and "seeded" not in j.message]
+        assert not failed, (page, label, failed)
+        assert not [e for e in at.error if "seeded" not in e.value], (page, label, [e.value for e in at.error])
+
+
+# ---------------------------------------------------------------- dataset text is never markup (issue 11)
+
+_MARKUP = ("**bold**", "**id**", "![](", "](http", "<img", "<script", "$x$", "`tick`", ":red[", ":material/")
+
+
+def _live_markup(text: str) -> list[str]:
+    """The markup in Markdown `text` that is not backslash-escaped (nor broken by ui.plain's word joiner)."""
+    import re
+
+    bare = re.sub(r"\\.", "", text)
+    return [m for m in _MARKUP if m in bare]
+
+
+def _markdown_strings(at: AppTest) -> list[str]:
+    """Every string that Streamlit renders as Markdown on this page (bodies, captions, alerts, labels)."""
+    out = [str(e.value) for kind in ("markdown", "caption", "info", "warning", "error", "success", "title",
+                                     "subheader") for e in getattr(at, kind)]
+    out += [m.label for m in at.metric] + [w.label for w in at.selectbox]
+    out += [img.caption for el in at.get("imgs") for img in el.proto.imgs]
+    return out
+
+
+@pytest.fixture()
+def crafted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A seeded store whose reports and ids hold markup. Its run ids are those of `seeded` (same specs), so the
+    caches that ui keeps by run id are cleared."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    path = tmp_path_factory.mktemp("crafted")
+    old = os.environ.get("CXR_CACHE_DIR")
+    seed_store(path, crafted=True)
+    if old:
+        os.environ["CXR_CACHE_DIR"] = old
+    yield path
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def test_plain_escapes_every_markup() -> None:
+    import ui
+    from tests.helpers.seed import CRAFTED_ID, CRAFTED_REPORT
+
+    for crafted_text in (CRAFTED_REPORT, CRAFTED_ID):
+        assert _live_markup(crafted_text) and not _live_markup(ui.plain(crafted_text))
+    text = ui.plain(":material/home: http://h.org www.h.org a@b.c")
+    assert text.count("\u2060") == 4  # icon and autolinks broken (they survive backslash escapes)
+    assert ui.plain("p001") == "p001" and ui.plain("Pleural effusion small") == "Pleural effusion small"
+    assert "<" not in ui.highlighted("<b>x</b> effusion", {"effusion"}).replace("<mark>", "").replace("</mark>", "")
+
+
+def test_explorer_shows_crafted_reports_and_ids_as_text(crafted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import html
+
+    at = _open("explorer", crafted, monkeypatch)
+    for text in _markdown_strings(at):
+        assert not _live_markup(text), text
+    bodies = [el.proto.body for el in at.get("html")]
+    assert bodies and all("<img" not in b and "<script" not in b and "<a " not in b for b in bodies)
+    shown = [b.replace("<mark>", "").replace("</mark>", "") for b in bodies]  # the shared words are marked
+    assert any(html.escape("<img src=http://10.255.255.1/x.png> <script>alert(1)</script>") in b for b in shown)
+
+
+@pytest.mark.slow
+def test_data_page_shows_crafted_pairs_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.sources
+    from tests.helpers.seed import CRAFTED_ID, CRAFTED_REPORT
+
+    real = backend.sources.load_source
+
+    def crafted_source(name: str, **kw: object) -> object:
+        data = real(name, n_patients=12)
+        for col in ("pair_id", "study_id", "patient_id"):
+            data.pairs[col] = data.pairs[col].astype(str) + CRAFTED_ID
+        data.pairs["report"] = data.pairs["report"] + " " + CRAFTED_REPORT
+        return data
+
+    monkeypatch.setattr(backend.sources, "load_source", crafted_source)
+    at = _open("data", tmp_path, monkeypatch)
+    for text in _markdown_strings(at):
+        assert not _live_markup(text), text
+    bodies = [el.proto.body for el in at.get("html")]
+    assert len(bodies) >= 1 and all("<img" not in b and "<script" not in b for b in bodies)
+
+
+@pytest.mark.parametrize("source", ["csv", "openi", "mimic-cxr", "chexpert-plus"])
+def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launching checks the folder by loading the source; its SourceError (the CLI's message) is shown, nothing is
+    submitted; a loadable folder goes into the spec."""
+    import pandas as pd
+
+    import ui
+    from backend.errors import SourceError
+    from backend.runs import jobs
+    from backend.sources import load_source
+    from tests.helpers.fixtures_data import write_image
+
+    for var in ("CXR_OPENI_ROOT", "CXR_MIMIC_ROOT", "CXR_CHEXPERT_PLUS_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(SourceError) as cli_error:
+        load_source(source, root=missing)
+    at = _open("models_jobs", tmp_path, monkeypatch, source=source)
+    at.text_input(key=f"root-{source}").set_value(missing).run()
+    _button(at, "Embed only").click().run()
+    assert not at.exception and not spawned
+    assert [e.value for e in at.error] == [ui.plain(str(cli_error.value))]
+    if source != "csv":
+        return
+    data = tmp_path / "csv-data"
+    for k in range(4):
+        write_image(data / f"img/{k}.png", seed=k)
+    pd.DataFrame([{"image_path": f"img/{k}.png", "report": f"Report {k}.", "patient_id": f"P{k // 2}"}
+                  for k in range(4)]).to_csv(data / "pairs.csv", index=False)
+    at.text_input(key="root-csv").set_value(str(data)).run()
+    _button(at, "Embed only").click().run()
+    assert not at.exception and not at.error and len(spawned) == 1
+    assert jobs.get_job(spawned[0]).spec.count(str(data)) == 1

@@ -28,6 +28,7 @@ def persist_selftest(run_id: str, spec: Any, result: dict[str, Any], device: str
 
 
 def persist_embed(run_id: str, spec: Any, result: Any, device: str) -> None:
+    """EmbeddingSet (.meta DataFrame, .path cache folder) -> one finished embed run."""
     path = _get(result, "path")
     meta = _get(result, "meta")
     n = 0 if meta is None else len(meta)  # a DataFrame has no truth value: never `meta or []`

@@ -31,10 +31,11 @@ def _env(cache: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def seeded_app(cache: Path) -> Iterator[str]:
-    """Seed a store in `cache` (tests/helpers/seed.py), run the app on it, yield its URL; stop it afterwards."""
-    subprocess.run([sys.executable, "-m", "tests.helpers.seed", str(cache)], cwd=REPO, env=_env(cache), check=True,
-                   capture_output=True)
+def seeded_app(cache: Path, crafted: bool = False) -> Iterator[str]:
+    """Seed a store in `cache` (tests/helpers/seed.py; `crafted`: reports and ids hold markup), run the app on it,
+    yield its URL; stop it afterwards."""
+    subprocess.run([sys.executable, "-m", "tests.helpers.seed", str(cache), *(["--crafted"] if crafted else [])],
+                   cwd=REPO, env=_env(cache), check=True, capture_output=True)
     with running_app(cache) as url:
         yield url
 

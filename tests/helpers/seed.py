@@ -87,8 +87,17 @@ def _image(rng: np.random.Generator, labels: dict[str, float], size: int = 256) 
     return img.filter(ImageFilter.GaussianBlur(3))
 
 
-def write_pairs(run_dir: Path, n_pairs: int = 60, seed: int = 0) -> Path:
-    """An embedding npz (issue 4's --save-embeddings keys, plus image_path, view) with PNG images."""
+# Hostile dataset text (issue 11): a dataset's reports and ids are data, never markup. `crafted=True` puts these
+# into every report and id, so that each page shows them; the browser test checks they stay inert text.
+CRAFTED_REPORT = ("**bold** _em_ :red[red] :material/home: $\\color{red}{x}$ `tick` [a link](http://example.invalid/l) "
+                  "![](http://example.invalid/b.png) <img src=http://10.255.255.1/x.png> <script>alert(1)</script> "
+                  "<a href=http://example.invalid/a>html link</a> www.example.invalid")
+CRAFTED_ID = "**id**`<img src=http://10.255.255.1/i.png>`![](http://example.invalid/i.png)$x$"
+
+
+def write_pairs(run_dir: Path, n_pairs: int = 60, seed: int = 0, crafted: bool = False) -> Path:
+    """An embedding npz (issue 4's --save-embeddings keys, plus image_path, view) with PNG images; with `crafted`,
+    every report and id also holds markup (CRAFTED_REPORT, CRAFTED_ID)."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = (rng.random((n_pairs, len(LABELS))) < 0.2).astype(np.float32)
@@ -106,10 +115,14 @@ def write_pairs(run_dir: Path, n_pairs: int = 60, seed: int = 0) -> Path:
     image_emb = report_emb + rng.normal(scale=0.8, size=(n_pairs, d)).astype(np.float32)
     for arr in (report_emb, image_emb):
         arr /= np.linalg.norm(arr, axis=1, keepdims=True)
-    patient = [f"p{i // 3:03d}" for i in range(n_pairs)]
+    tag = CRAFTED_ID if crafted else ""
+    if crafted:
+        reports = [f"{r}\n{CRAFTED_REPORT}" for r in reports]
+    patient = [f"p{i // 3:03d}{tag}" for i in range(n_pairs)]
     out = run_dir / "embeddings.npz"
-    np.savez(out, image_emb=image_emb, report_emb=report_emb, pair_id=np.array([f"pair{i:03d}" for i in range(n_pairs)]),
-             study_id=np.array([f"s{i:03d}" for i in range(n_pairs)]), patient_id=np.array(patient),
+    np.savez(out, image_emb=image_emb, report_emb=report_emb,
+             pair_id=np.array([f"pair{i:03d}{tag}" for i in range(n_pairs)]),
+             study_id=np.array([f"s{i:03d}{tag}" for i in range(n_pairs)]), patient_id=np.array(patient),
              labels=labels, report=np.array(reports), image_path=np.array(paths),
              view=np.array(["PA" if i % 2 == 0 else "LATERAL" for i in range(n_pairs)]))
     return out
@@ -144,9 +157,9 @@ def _dp_result(spec: DPSpec, label: str, strength: float, shift: float, privacy:
                                                                                              ("in-domain", "synthetic-site-B")))
 
 
-def seed_store(cache_dir: Path | None = None) -> dict[str, str]:
+def seed_store(cache_dir: Path | None = None, crafted: bool = False) -> dict[str, str]:
     """Write finished runs into the store at CXR_CACHE_DIR (or `cache_dir`) through the same persist
-    functions the job worker uses; returns their run ids."""
+    functions the job worker uses; returns their run ids. `crafted`: reports and ids hold markup (write_pairs)."""
     if cache_dir is not None:
         import os
 
@@ -154,7 +167,7 @@ def seed_store(cache_dir: Path | None = None) -> dict[str, str]:
     ids = {}
     for model, strength, seed in (("demo", 0.12, 0), ("openai-vit-b-16", 0.35, 1)):
         spec = AuditSpec(embed=EmbedSpec(source=SOURCE, model=model))
-        npz = write_pairs(store.runs_dir(spec.run_id()), seed=seed)
+        npz = write_pairs(store.runs_dir(spec.run_id()), seed=seed, crafted=crafted)
         result = SimpleNamespace(rows=relink_rows(seed, strength), per_query=_per_query(npz), embedding_path=str(npz),
                                  summary={"n_queries": 2000, "n_candidates": 1400, "n_patients": 700,
                                           "median_rank": 9.0})
@@ -187,6 +200,7 @@ def seed_store(cache_dir: Path | None = None) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else settings.cache_dir()
+    args = [a for a in sys.argv[1:] if a != "--crafted"]
+    target = Path(args[0]) if args else settings.cache_dir()
     target.mkdir(parents=True, exist_ok=True)
-    print(seed_store(target))
+    print(seed_store(target, crafted="--crafted" in sys.argv[1:]))
