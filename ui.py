@@ -60,6 +60,11 @@ def headline(source: str, model: str) -> dict[str, Any]:
 
 
 @st.cache_data(ttl=2, show_spinner=False)
+def verdict(audit_id: str, sweep_id: str | None) -> dict[str, Any]:
+    return dashboard.verdict(audit_id, sweep_id)
+
+
+@st.cache_data(ttl=2, show_spinner=False)
 def audit_runs(source: str) -> pd.DataFrame:
     return dashboard.audit_runs(source)
 

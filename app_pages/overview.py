@@ -17,23 +17,55 @@ st.markdown(
     "heads change.")
 st.caption(f"Dataset **{ui.plain(source)}** · model **{ui.plain(model)}**")
 
+if source == "synthetic":
+    st.warning("SYNTHETIC data: generated images and reports, no patient. The numbers show the mechanism, "
+               "not the size of the risk on real data.", icon="🧪")
+
 head = ui.headline(source, model)
 if head.get("audit_run"):
-    n_max = head.get("n_max")
+    verdict = ui.verdict(head["audit_run"], head.get("sweep_run"))
+    lines = {line["key"]: line for line in verdict["lines"]}
+    st.subheader("Verdict: how far above chance does this model re-link?")
     cols = st.columns(4)
-    with cols[0]:
-        ui.metric("Lift at N=100, no mitigation", head.get("before_100"), dashboard.DEFINITIONS["lift"])
-    with cols[1]:
-        ui.metric(f"Lift at N={n_max}, no mitigation", head.get("before_max"), dashboard.DEFINITIONS["lift"])
-    eps = head.get("after_eps")
-    suffix = f" (ε={eps:g}, {ui.plain(head.get('guarantee', ''))})" if eps is not None else ""
-    with cols[2]:
-        ui.metric(f"Lift at N=100 with DP heads{suffix}", head.get("after_100"),
-                  dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS["epsilon"])
-    with cols[3]:
-        ui.metric(f"Lift at N={n_max} with DP heads{suffix}", head.get("after_max"),
-                  dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS["epsilon"])
-    st.caption("Recall@1, random pools, study level. Lift 1x = chance. Details on Re-linkage and Mitigation.")
+    for col, key in zip(cols, ("lift_random_100", "lift_random_max", "lift_hard_100", "lift_hard_max"), strict=True):
+        line = lines.get(key)
+        with col:
+            if line is None:
+                ui.metric(key, None, dashboard.DEFINITIONS["lift"])
+                continue
+            ui.metric(line["label"], line["lift"], dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS[line["pool"]],
+                      delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
+            st.caption(ui.plain(line["sentence"]))
+    if "epsilon" in verdict:
+        st.subheader(f"With DP projection heads at ε={verdict['epsilon']:g}")
+        ui.guarantee_badge(verdict.get("guarantee", ""), verdict.get("privacy_unit", ""), "")
+        cols = st.columns(4)
+        for col, key in zip(cols, ("dp_100", "dp_max", "auroc_linear", "auroc_zero_shot"), strict=True):
+            line = lines.get(key)
+            if line is None:
+                continue
+            with col:
+                if key.startswith("dp_"):
+                    ui.metric(line["label"], line["after"]["recall"], dashboard.DEFINITIONS["recall"], fmt="{:.4f}",
+                              delta=f"{line['change']:+.0%} vs retrained heads, no DP", delta_color="inverse")
+                else:
+                    ui.metric(line["label"], line["after"], dashboard.DEFINITIONS["auroc"], fmt="{:.3f}",
+                              delta=f"{line['change']:+.3f} vs retrained heads, no DP", delta_color="normal")
+                st.caption(ui.plain(line["sentence"]))
+        st.caption("Baselines: *retrained heads, no DP* are trained exactly like the DP heads but without noise "
+                   "(the fair comparison for what the noise does); the *original model* is the model's own heads "
+                   "(on Re-linkage and Mitigation). The strongest ε of the sweep is shown; slide ε on Mitigation.")
+    with st.expander("What DP on the heads does and does not protect"):
+        st.markdown(
+            "- Only the **projection heads** are trained with DP; both encoders are frozen, so whatever the frozen "
+            "features already link stays linkable.\n"
+            "- ε bounds how much **one training pair or patient** (the privacy unit) can change the heads, not how "
+            "re-linkable a patient is: members and non-members re-link alike when the heads do not memorise.\n"
+            "- **Nominal** ε (in-batch objective) is what the accountant reports for a loss whose per-example "
+            "gradients are not independent; **certified** ε (public negatives) carries the usual DP-SGD guarantee.\n"
+            "- This is **one attack** (cosine ranking with this model); side information or another model can do "
+            "better. Synthetic data shows the mechanism, not the size.")
+    st.caption("Recall@1, study level. Lift 1x = chance. Details on Re-linkage and Mitigation.")
     rows = ui.relink_rows((head["audit_run"],))
     st.plotly_chart(figures.recall_curves(rows[rows["level"] == "study"], k=1, title=f"{model} on {source}: Recall@1 "
                                           "against pool size"), key="overview_curve")
@@ -42,8 +74,8 @@ if head.get("audit_run"):
     if ui.snapshot_note(source, model) and source == ui.DEFAULT_SOURCE and model == "demo":
         if st.button("Recompute the demo on this machine", icon="🔁",
                      help="Runs the same demo (train the demo model, audit, epsilon sweep) here in a background "
-                          "job; each part replaces the precomputed snapshot when it is stored. About 18 minutes "
-                          "on a 2-core CPU."):
+                          "job; each part replaces the precomputed snapshot when it is stored. See the README for "
+                          "the measured time on a 2-core CPU."):
             job = ui.submit(default_demo_spec())
             if job is not None:
                 st.session_state["demo_job"] = job.job_id

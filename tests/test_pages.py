@@ -65,7 +65,7 @@ def test_overview_on_an_empty_store_offers_one_demo_button(tmp_path: Path, monke
 def test_overview_headline_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open("overview", seeded, monkeypatch)
     labels = [m.label for m in at.metric]
-    assert any("N=100" in m for m in labels) and any("N=2000" in m for m in labels)
+    assert any("N=100" in m for m in labels) and any("N=2,000" in m for m in labels)
     assert all(m.value != "n/a" for m in at.metric), [(m.label, m.value) for m in at.metric]
     assert all(m.help for m in at.metric)
     assert not at.button  # no demo button once results exist
