@@ -23,12 +23,12 @@ f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
 labels = f1.multiselect("Labels (all must be positive)", list(dashboard.LABELS), help="Filter images by their 14 labels.")
 search = f2.text_input("Search reports or ids", help="Case-insensitive substring of the report, pair or patient id.")
 easy_first = f3.toggle("Most re-linkable first", value=True, help="Order by the true report's rank (1 = found first).")
-k = f4.number_input("Top k", 1, 20, 5, help="How many retrieved reports to show.")
+k = f4.number_input("Top k", 1, 50, 5, help="How many retrieved reports to show (1 to 50).")
 options = explorer.choices(ps, labels, search, easy_first)
 if not len(options):
     st.info("No image matches these filters.")
     st.stop()
-captions = {r.pair_id: f"{r.pair_id} · rank {r.rank_full:g} · {r.report[:70]}" for r in options.itertuples()}
+captions = {r.pair_id: f"{r.pair_id} · rank {r.rank_full:g} of the true report · {r.report[:70]}" for r in options.itertuples()}
 pair_id = st.selectbox(f"Image ({len(options)} shown)", list(captions), format_func=captions.get, key="pair_choice")
 hit = explorer.retrieve(ps, pair_id, k=int(k))
 row = hit["row"]
@@ -42,21 +42,21 @@ with left:
         st.caption(ui.plain(f"Image unavailable: {exc}"))
     st.caption("Labels: " + (", ".join(lbl for lbl in dashboard.LABELS if row[lbl] == 1) or "none positive"))
 with right:
-    st.metric("Rank of the true report", f"{hit['true_rank']} of {hit['n_candidates']}",
+    st.metric("Rank of the true report", f"{hit['true_rank']:g} of {hit['n_candidates']:,}",
               help=dashboard.DEFINITIONS["rank"])
     rival = explorer.top_rival(hit)
-    shared = explorer.shared_words(row["report"], rival["report"]) if rival is not None else set()
-    st.markdown(f"**True report** (words shared with the top-ranked other report, #{rival['rank'] if rival is not None else '-'}"
-                ", highlighted)")
+    shared = explorer.shared_words(row["report"], rival["report"], ps.doc_freq) if rival is not None else set()
+    st.markdown(f"**True report** (distinctive words shared with the top-ranked other report, "
+                f"#{rival['rank'] if rival is not None else '-'}, highlighted: words in at most 5% of all reports)")
     ui.text_block(row["report"], shared)
 
 st.subheader(f"Top {int(k)} retrieved reports")
 for r in hit["top"].itertuples():
     tag = " · **TRUE REPORT**" if r.is_true else ""
     with st.container(border=True):
-        st.markdown(f"#{r.rank} · score {r.score:.3f} · study {ui.plain(r.study_id)}{tag}",
+        st.markdown(f"#{r.rank} · score {r.score:.4f} · study {ui.plain(r.study_id)}{tag}",
                     help="Score: cosine similarity between the image and report embeddings.")
-        ui.text_block(r.report, explorer.shared_words(row["report"], r.report))
+        ui.text_block(r.report, explorer.shared_words(row["report"], r.report, ps.doc_freq))
 
 others = explorer.same_patient(ps, pair_id)
 st.subheader("The same patient's other studies")

@@ -28,6 +28,25 @@ def test_retrieve_matches_brute_force_ranking() -> None:
         assert list(hit["top"]["study_id"]) == list(ps.cand_study[order])
         np.testing.assert_allclose(hit["top"]["score"], scores[order], atol=1e-5)
         true = scores[ps.cand_study == studies[i]].max()
-        assert hit["true_rank"] == int((scores > true).sum()) + 1
-        assert hit["n_candidates"] == len(ps.cand_study)
+        patient_of = {s: f"P{j // 4}" for j, s in enumerate(studies)}
+        others = [sc for s, sc in zip(ps.cand_study, scores, strict=True)
+                  if s != studies[i] and patient_of[s] != meta.at[i, "patient_id"]]  # same patient: not a distractor
+        assert hit["true_rank"] == 1 + sum(sc > true for sc in others) + sum(sc == true for sc in others) / 2
+        assert hit["n_candidates"] == len(others) + 1
         assert list(hit["top"]["is_true"]) == list(ps.cand_study[order] == studies[i])
+
+
+def test_ties_count_half_and_only_distinctive_words_are_shared() -> None:
+    from backend.views.explorer import document_frequencies, shared_words
+
+    d = 4
+    image = np.array([[1, 0, 0, 0]] * 3, dtype=np.float32)
+    reports = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32)  # s1 ties with the true s0
+    meta = pd.DataFrame({"pair_id": ["p0", "p1", "p2"], "study_id": ["s0", "s1", "s2"], "patient_id": ["A", "B", "C"],
+                         "report": ["clear lungs azygos", "clear lungs", "effusion"]})
+    ps = PairSet("r", meta, image, reports, meta["study_id"].to_numpy(), meta["report"].to_numpy())
+    assert retrieve(ps, "p0", k=2)["true_rank"] == 1.5 and d == image.shape[1]
+    freq = document_frequencies(["clear lungs azygos", "clear lungs", "clear effusion", "clear heart"])
+    assert freq["clear"] == 1.0 and freq["azygos"] == 0.25
+    assert shared_words("Clear lungs, azygos fissure", "clear azygos lobe", freq, max_df=0.3) == {"azygos"}
+    assert shared_words("Clear lungs, azygos fissure", "clear azygos lobe") == {"clear", "azygos"}

@@ -62,7 +62,9 @@ DEFINITIONS: dict[str, str] = {
              "(0.5 = chance, 1 = perfect); macro = mean over labels with enough positives.",
     "reduction": "Re-linkage reduction: 1 - Recall@1(DP heads) / Recall@1(non-private retrained heads), at the "
                  "largest pool size.",
-    "rank": "Rank of the true report among all candidate reports (1 = the attacker's first guess).",
+    "rank": "Rank of the true report among all candidate reports (1 = the attacker's first guess): 1 + the reports "
+            "scored higher + half the reports scored equal (ties broken at random, on average); the same patient's "
+            "other studies are left out, as in the audit.",
 }
 
 

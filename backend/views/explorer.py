@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,14 @@ class PairSet:
     cand_emb: np.ndarray
     cand_study: np.ndarray
     cand_report: np.ndarray
+    doc_freq: dict[str, float] | None = None  # word -> fraction of candidate reports that contain it
+    cand_patient: np.ndarray = field(init=False, repr=False)  # the patient of each candidate report
+
+    def __post_init__(self) -> None:
+        if self.doc_freq is None:
+            self.doc_freq = document_frequencies(self.cand_report)
+        by_study = self.meta.drop_duplicates("study_id").set_index("study_id")["patient_id"]
+        self.cand_patient = by_study.reindex(self.cand_study).to_numpy()
 
 
 def _load_arrays(path: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -99,19 +107,26 @@ def choices(ps: PairSet, labels: list[str] | None = None, search: str = "", most
 
 
 def retrieve(ps: PairSet, pair_id: str, k: int = 5) -> dict[str, Any]:
-    """The top-k reports for one image: DataFrame (rank, study_id, score, is_true, report), the true rank."""
+    """The top-k reports for one image: DataFrame (rank, study_id, score, is_true, report), and the true
+    report's rank among the eligible candidates with the engine's definition (rank_full in the per-query
+    table): 1 + the reports scored higher + half the reports scored equal, the same patient's other studies
+    left out (they are not distractors in the audit)."""
     row = ps.meta.index[ps.meta["pair_id"] == pair_id]
     if not len(row):
         raise StoreError(f"Pair {pair_id!r} is not in run {ps.run_id}.")
     i = int(row[0])
     top, top_scores = top_k(ps.image_emb[i], ps.cand_emb, k)  # exact inner-product search (faiss)
     scores = ps.cand_emb @ ps.image_emb[i]
-    study = ps.meta.at[i, "study_id"]
+    study, patient = ps.meta.at[i, "study_id"], ps.meta.at[i, "patient_id"]
     table = pd.DataFrame({"rank": np.arange(1, len(top) + 1), "study_id": ps.cand_study[top], "score": top_scores,
                           "is_true": ps.cand_study[top] == study, "report": ps.cand_report[top]})
-    true_score = float(scores[ps.cand_study == study].max())
-    return {"row": ps.meta.loc[i], "top": table, "true_rank": int((scores > true_score).sum()) + 1,
-            "true_score": true_score, "n_candidates": len(scores)}
+    is_true = ps.cand_study == study
+    eligible = is_true | (ps.cand_patient != patient)
+    true_score = float(scores[is_true].max())
+    others = scores[eligible & ~is_true]
+    rank = 1 + int((others > true_score).sum()) + int((others == true_score).sum()) / 2
+    return {"row": ps.meta.loc[i], "top": table, "true_rank": rank, "true_score": true_score,
+            "n_candidates": int(eligible.sum())}
 
 
 def top_rival(hit: dict[str, Any]) -> pd.Series | None:
@@ -120,11 +135,28 @@ def top_rival(hit: dict[str, Any]) -> pd.Series | None:
     return others.iloc[0] if len(others) else None
 
 
-def shared_words(a: str, b: str) -> set[str]:
-    """Content words that two reports share (lower case, stopwords dropped)."""
-    def words(text: str) -> set[str]:
-        return {w.lower() for w in WORD.findall(text)} - STOPWORDS
-    return words(a) & words(b)
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in WORD.findall(text)} - STOPWORDS
+
+
+def document_frequencies(reports: Any) -> dict[str, float]:
+    """word -> the fraction of the reports that contain it (lower case, stopwords dropped)."""
+    counts: dict[str, int] = {}
+    n = 0
+    for text in reports:
+        n += 1
+        for w in _words(str(text)):
+            counts[w] = counts.get(w, 0) + 1
+    return {w: c / n for w, c in counts.items()} if n else {}
+
+
+def shared_words(a: str, b: str, doc_freq: dict[str, float] | None = None, max_df: float = 0.05) -> set[str]:
+    """Content words that two reports share; with `doc_freq`, only the distinctive ones (in at most `max_df`
+    of all reports): what can link a pair, not the clinical words every report uses."""
+    shared = _words(a) & _words(b)
+    if doc_freq is None:
+        return shared
+    return {w for w in shared if doc_freq.get(w, 0.0) <= max_df}
 
 
 def highlight_segments(text: str, words: set[str]) -> list[tuple[str, bool]]:
