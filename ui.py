@@ -12,6 +12,7 @@ import html
 import math
 import re
 import string
+import time
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,8 @@ def job_row(job: jobs.Job, *, show_cancel: bool = True) -> None:
     cols[1].progress(job.fraction, text=plain(text[:120]))
     if job.pid:
         cols[2].caption(f"pid {job.pid}")
+    cols[1].caption(dashboard.job_times(job.started or job.created, job.finished if not job.active else None,
+                                        job.fraction, time.time())["text"])
     if show_cancel and job.active and job.job_id and cols[3].button("Cancel", key=f"cancel-{job.job_id}",
                                                                     icon="✖️", width="stretch"):
         jobs.cancel(job.job_id)

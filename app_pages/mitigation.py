@@ -34,11 +34,17 @@ if sweep_id:
                 ("r1_hard", "Recall@1, pathology-matched, largest N", "hard", "{:.4f}", "inverse"),
                 ("auroc_linear", "Linear-probe macro AUROC", "auroc", "{:.3f}", "normal"),
                 ("auroc_zero_shot", "Zero-shot macro AUROC", "auroc", "{:.3f}", "normal")), strict=True):
-            delta = None if ref is None else f"{p[key] - ref[key]:+.4f} vs no DP"
+            is_ref = ref is not None and p["run_id"] == ref["run_id"]
+            delta = None if ref is None or is_ref else f"{p[key] - ref[key]:+.4f} vs retrained heads, no DP"
             with col:
                 ui.metric(name, float(p[key]), dashboard.DEFINITIONS[help_key], fmt=fmt, delta=delta,
                           delta_color=good)
-        st.caption(f"Re-linkage reduction {p.get('reduction', float('nan')):.1%}, AUROC change "
+        red = float(p.get("reduction", float("nan")))
+        change = ("the reference: heads retrained without DP" if ref is not None and p["run_id"] == ref["run_id"] else
+                  f"Recall@1 {red:.1%} lower than the retrained heads" if red >= 0 else
+                  f"Recall@1 {-red:.1%} higher than the retrained heads (the noise moved the heads; it cannot remove "
+                  "what the frozen encoders already link)")
+        st.caption(f"{change}, linear-probe AUROC change "
                    f"{p.get('auroc_change', float('nan')):+.3f} · noise multiplier {p.get('noise_multiplier', float('nan')):.3g}"
                    f" · delta {p.get('delta', float('nan')):.2g} · accountant's ε {p.get('epsilon_achieved', float('nan')):.3g}"
                    f" · run {ui.plain(p['run_id'])}",

@@ -57,3 +57,12 @@ def test_verdict_chooses_the_asked_epsilon(ids: dict[str, str]) -> None:
     eps = sorted(e for e in pts["epsilon"] if math.isfinite(e))[-1]
     assert dashboard.verdict(ids["audit:demo"], ids["sweep"], epsilon=eps)["epsilon"] == eps
     assert dashboard.verdict(None, None) == {"lines": []}
+
+
+def test_job_times_estimate_the_time_left_from_the_pace_so_far() -> None:
+    t = dashboard.job_times(started=1000.0, finished=None, fraction=0.25, now=1060.0)
+    assert t["elapsed_s"] == 60 and t["left_s"] == pytest.approx(180) and "about 0:03:00 left" in t["text"]
+    assert dashboard.job_times(1000.0, None, 0.01, 1060.0)["left_s"] is None  # too early to say
+    done = dashboard.job_times(1000.0, 1090.0, 1.0, 5000.0)
+    assert done["elapsed_s"] == 90 and done["left_s"] is None and "took 0:01:30" in done["text"]
+    assert dashboard.job_times(None, None, 0.0, 5.0)["text"] == "not started"

@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,3 +359,18 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                     "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (no DP) to "
                                  f"{after:.3f} ({after - before:+.3f}): the clinical utility the DP heads keep.")})
     return out
+
+
+def job_times(started: float | None, finished: float | None, fraction: float, now: float) -> dict[str, Any]:
+    """When a job ran and, while it runs, an estimate of the time left: elapsed x (1 - f) / f, the pace so
+    far carried forward (None until 2% is done, when the pace says nothing yet)."""
+    if not started:
+        return {"elapsed_s": None, "left_s": None, "text": "not started"}
+    end = finished or now
+    elapsed = max(0.0, end - started)
+    left = None if finished or fraction < 0.02 else elapsed * (1 - fraction) / fraction
+    fmt = lambda s: f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"  # noqa: E731
+    text = f"started {time.strftime('%H:%M:%S', time.localtime(started))} · "
+    text += (f"ended {time.strftime('%H:%M:%S', time.localtime(finished))} · took {fmt(elapsed)}" if finished else
+             f"running {fmt(elapsed)}" + (f" · about {fmt(left)} left" if left is not None else " · estimating"))
+    return {"elapsed_s": elapsed, "left_s": left, "text": text}
