@@ -30,8 +30,12 @@ rows = rows_all[rows_all["model"].isin(chosen) & rows_all["pool_kind"].isin(pool
 if not len(rows):
     st.info("Pick at least one model, pool and level.")
     st.stop()
-st.plotly_chart(figures.recall_curves(rows, k=k), key="recall_curves")
-st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: chance K/N. Log x axis.")
+show = st.radio("Show", ["lift over chance", f"Recall@{k}"], horizontal=True,
+                help="Lift (Recall@K divided by chance K/N) puts pools of different effective size on one scale: a "
+                     "pathology-matched pool is often smaller than N, which raises its raw recall.")
+st.plotly_chart(figures.recall_curves(rows, k=k, y="lift" if show.startswith("lift") else "recall"), key="recall_curves")
+st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: chance (lift 1x; K/N on the recall "
+           "scale). Log x axis.")
 
 st.subheader(f"Lift table (K={k})")
 table = dashboard.lift_table(rows, k=k)
@@ -45,4 +49,6 @@ st.dataframe(table, hide_index=True, column_config={
 })
 hard = rows[(rows["pool_kind"] == "hard") & (rows["effective_n"] < rows["n"])]
 if len(hard):
-    st.caption(dashboard.DEFINITIONS["effective_n"] + f" Capped here from N={int(hard['n'].min())} on.")
+    st.caption(dashboard.DEFINITIONS["effective_n"] + f" Here that happens from N={int(hard['n'].min()):,} on: for "
+               "some images fewer studies share all 14 findings than the pool asks for, so their pool holds all of "
+               "them and is smaller than N.")

@@ -47,3 +47,20 @@ def test_mitigation_view_puts_curves_left_and_rings_the_selected_epsilon_right()
     assert fig.layout.xaxis.type == "log" and fig.layout.xaxis2.type != "log"
     inf_ring = next(t for t in figures.mitigation_view(curves, pts, math.inf, title="x").data if t.name == "selected ε")
     assert list(inf_ring.y) == [0.0]
+
+
+def test_lift_mode_divides_by_chance_and_draws_chance_at_one() -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame({"model": "m", "pool_kind": ["random", "random", "hard"], "level": "study", "k": 1,
+                         "n": [10, 100, 100], "recall": [0.5, 0.1, 0.2], "ci_low": [0.4, 0.05, 0.1],
+                         "ci_high": [0.6, 0.15, 0.3], "chance": [0.1, 0.01, 0.04], "lift": [5.0, 10.0, 5.0],
+                         "effective_n": [10, 100, 25]})
+    fig = figures.recall_curves(rows, k=1, y="lift")
+    lines = {t.name: t for t in fig.data if t.name}
+    assert list(lines["m · random pool · study"].y) == [5.0, 10.0]
+    assert list(lines["m · pathology-matched · study"].y) == [5.0]
+    band = next(t for t in fig.data if t.fill == "toself" and t.legendgroup == "m · pathology-matched · study")
+    assert sorted(band.y) == [2.5, 7.5]  # 0.1 / 0.04 and 0.3 / 0.04
+    chance = next(t for t in fig.data if t.name and t.name.startswith("chance"))
+    assert set(chance.y) == {1.0}

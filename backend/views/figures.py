@@ -22,12 +22,14 @@ def _rgba(color: str, alpha: float) -> str:
 
 
 def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", title: str = "",
-                  show_chance: bool = True) -> go.Figure:
-    """Recall@k against pool size N (log x) with CI bands, one line per (series value, pool, level).
-
-    rows: tidy relink rows plus a `series` column (model name, epsilon label ...)."""
+                  show_chance: bool = True, y: str = "recall") -> go.Figure:
+    """Recall@k (y="recall") or lift over chance (y="lift": recall / chance, so that pools of different
+    effective size compare fairly) against pool size N (log x) with CI bands, one line per (series value, pool,
+    level). rows: tidy relink rows plus a `series` column (model name, epsilon label ...)."""
     fig = go.Figure()
     sel = rows[rows["k"] == k].sort_values("n")
+    if y == "lift":
+        sel = sel.assign(recall=sel["lift"], ci_low=sel["ci_low"] / sel["chance"], ci_high=sel["ci_high"] / sel["chance"])
     palette = qualitative.Plotly
     for i, (name, g_series) in enumerate(sel.groupby(series, sort=False)):
         color = palette[i % len(palette)]
@@ -46,10 +48,13 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
                                "<extra></extra>")))
     if show_chance and len(sel):
         ns = sorted(sel["n"].unique())
-        fig.add_trace(go.Scatter(x=ns, y=[min(1.0, k / n) for n in ns], mode="lines", name=f"chance (K/N, K={k})",
+        fig.add_trace(go.Scatter(x=ns, y=[1.0] * len(ns) if y == "lift" else [min(1.0, k / n) for n in ns], mode="lines",
+                                 name="chance (lift 1x, every pool)" if y == "lift" else f"chance (K/N, K={k})",
                                  line={"color": "black", "dash": "dot", "width": 1}))
-    fig.update_layout(title=title or f"Recall@{k} against pool size", xaxis_title="pool size N (log scale)",
-                      yaxis_title=f"Recall@{k}", xaxis_type="log", yaxis_range=[0, 1.02], height=560,
+    what = f"lift of Recall@{k} over chance" if y == "lift" else f"Recall@{k}"
+    fig.update_layout(title=title or f"{what[0].upper()}{what[1:]} against pool size", xaxis_title="pool size N (log scale)",
+                      yaxis_title=what, xaxis_type="log", height=560,
+                      yaxis_range=None if y == "lift" else [0, 1.02],
                       legend={"font": {"size": 11}, "orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return fig

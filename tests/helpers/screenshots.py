@@ -1,6 +1,7 @@
 """Screenshots of a REAL demo run for the README (docs/screenshots/demo_*.png).
 
     python -m tests.helpers.screenshots CACHE_DIR [--n-patients N]
+    python -m tests.helpers.screenshots EMPTY_DIR --first-start   # what a new user sees: the shipped snapshot
 
 Runs the dashboard's one-button demo job in CACHE_DIR (the store, models and embeddings there are reused:
 copy a trained demo model into CACHE_DIR/models to skip the training), waits for it with its progress
@@ -19,9 +20,9 @@ from pathlib import Path
 from tests.helpers.browser_kit import ARGS, CHROMIUM, REPO, no_errors, open_page, running_app, settle
 
 OUT = REPO / "docs" / "screenshots"
-PAGES = (("", "overview", "The threat."), ("relinkage", "relinkage", "Lift table"),
-         ("explorer", "explorer", "Rank of the true report"), ("mitigation", "mitigation", "Privacy budget"),
-         ("utility", "utility", "Transfer"))
+PAGES = (("", "overview", "The threat."), ("data", "data", "Dataset"), ("models_jobs", "models_jobs", "Models and jobs"),
+         ("relinkage", "relinkage", "Lift table"), ("explorer", "explorer", "Rank of the true report"),
+         ("mitigation", "mitigation", "Privacy budget"), ("utility", "utility", "Transfer"), ("report", "report", "Audit report"))
 
 
 def run_demo(n_patients: int | None) -> None:
@@ -42,9 +43,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cache", type=Path)
     ap.add_argument("--n-patients", type=int, default=None)
+    ap.add_argument("--first-start", action="store_true",
+                    help="no demo job: start the app on this (empty) cache with the shipped snapshot")
     args = ap.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
     os.environ["CXR_CACHE_DIR"] = str(args.cache.resolve())
-    run_demo(args.n_patients)
+    os.environ["CXR_DEMO_SNAPSHOT"] = "1"
+    if not args.first_start:
+        run_demo(args.n_patients)
     from playwright.sync_api import sync_playwright
 
     OUT.mkdir(parents=True, exist_ok=True)
