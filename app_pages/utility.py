@@ -27,11 +27,13 @@ for tab, method in zip(tabs, ("linear", "zero-shot"), strict=True):
     with tab:
         st.plotly_chart(figures.auroc_bars(before_after, series="series", method=method,
                                            title=f"{method} AUROC per label: no DP vs ε={eps:g}"), key=f"auroc-{method}")
-        table = before_after[before_after["method"] == method].pivot_table(index="label", columns="series",
-                                                                             values="auroc")
-        st.dataframe(table, column_config={c: st.column_config.NumberColumn(format="%.3f",
-                                                                              help=dashboard.DEFINITIONS["auroc"])
-                                           for c in table.columns})
+        sel = before_after[before_after["method"] == method]
+        table = sel.assign(auroc=sel.apply(lambda r: f"{r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", axis=1)
+                           ).pivot_table(index="label", columns="series", values="auroc", aggfunc="first")
+        table = table.reindex(["macro", *[i for i in table.index if i != "macro"]])  # the summary row first
+        st.dataframe(table, height=36 * (len(table) + 1) + 4, column_config={
+            c: st.column_config.TextColumn(help=dashboard.DEFINITIONS["auroc"] + " [95% CI, bootstrap over patients]")
+            for c in table.columns})
 
 st.subheader("Transfer")
 st.caption("Heads trained on this dataset, applied without retraining to another source's test split.")

@@ -64,3 +64,12 @@ def test_lift_mode_divides_by_chance_and_draws_chance_at_one() -> None:
     assert sorted(band.y) == [2.5, 7.5]  # 0.1 / 0.04 and 0.3 / 0.04
     chance = next(t for t in fig.data if t.name and t.name.startswith("chance"))
     assert set(chance.y) == {1.0}
+
+
+def test_auroc_axis_never_hides_a_bar_below_the_usual_floor() -> None:
+    import pandas as pd
+
+    probe = pd.DataFrame({"method": "zero-shot", "label": ["a", "b"], "auroc": [0.37, 0.8], "ci_low": [0.30, 0.75],
+                          "ci_high": [0.45, 0.85], "series": "x"})
+    low, high = figures.auroc_bars(probe, series="series", method="zero-shot").layout.yaxis.range
+    assert low <= 0.30 and high == 1.0

@@ -93,7 +93,8 @@ def auroc_bars(probe: pd.DataFrame, *, series: str, method: str = "linear", titl
         fig.add_trace(go.Bar(x=g["label"], y=g["auroc"], name=str(name),
                              error_y={"type": "data", "symmetric": False, "array": g["ci_high"] - g["auroc"],
                                       "arrayminus": g["auroc"] - g["ci_low"]}))
-    fig.update_layout(barmode="group", title=title or f"{method} AUROC per label", yaxis_range=[0.4, 1.0],
+    floor = min(0.4, float(sel["ci_low"].min()) - 0.05) if len(sel) and sel["ci_low"].notna().any() else 0.4
+    fig.update_layout(barmode="group", title=title or f"{method} AUROC per label", yaxis_range=[max(0.0, floor), 1.0],
                       yaxis_title="AUROC", height=420, margin={"l": 50, "r": 20, "t": 50, "b": 120})
     return fig
 
