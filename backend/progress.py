@@ -68,4 +68,16 @@ def scaled(progress: Progress, start: int, span: int, total: int) -> Progress:
     return update
 
 
+def forward_only(progress: Progress) -> Progress:
+    """A callback whose bar never moves back: sub-phases that each count from zero (embed images, embed texts,
+    score) keep the furthest point reached and only update the message until they pass it."""
+    state = {"done": 0}
+
+    def update(done: int, total: int, message: str = "") -> None:
+        state["done"] = max(state["done"], min(done, total) if total else done)
+        progress(state["done"], total, message)
+
+    return update
+
+
 ProgressLike = Callable[[int, int, str], None]

@@ -136,8 +136,11 @@ def test_real_demo_pipeline_feeds_every_page(tmp_path: Path, monkeypatch: pytest
     audit = AuditSpec(embed=EmbedSpec(source=source, model="demo-tiny", split="test"), n_bootstrap=10)
     spec = DemoSpec(audit=audit, sweep=SweepSpec(base=DPSpec(source=source, model="demo-tiny", epochs=1, batch_size=32,
                                                              audit=audit), epsilons=(2.0, math.inf)))
-    out = run_demo(spec)
+    seen: list[tuple[int, int]] = []
+    out = run_demo(spec, lambda done, total, message="": seen.append((done, total)))
     assert store.get_run(out["audit_run"])["status"] == "done" and out["sweep_run"]
+    assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:], strict=False)), "the demo's bar only moves forward"
+    assert seen[-1][0] == seen[-1][1]
     assert len(store.load_sweep_points(out["sweep_run"])) == 2
     for page in ("overview", "relinkage", "mitigation", "utility", "explorer"):
         at = _open(page, tmp_path, monkeypatch, model="demo-tiny")

@@ -33,7 +33,7 @@ from backend.dp.accounting import calibrate_noise, compute_epsilon, resolve_delt
 from backend.dp.eval import EvalInputs, evaluate, prepare
 from backend.dp.objectives import GUARANTEE, LinearHeads
 from backend.dp.train import TrainConfig, TrainData, schedule, train_dp, train_nonprivate
-from backend.progress import ProgressLike, null_progress
+from backend.progress import ProgressLike, null_progress, scaled
 from backend.specs import POOL_KINDS, DPSpec, SweepSpec, to_plain
 
 log = logging.getLogger(__name__)
@@ -191,12 +191,15 @@ def run_dp(spec: DPSpec, progress: ProgressLike | None = None) -> DPResult:
 def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_original: bool = True) -> list[DPResult]:
     """The epsilon grid (one DPResult per epsilon, same inputs), preceded by the 'original model' reference."""
     progress = progress or null_progress
-    inputs = prepare(spec.base, progress)
+    total, prep = 1000, 400  # one bar that only moves forward: embedding (cached after the first run), then points
+    inputs = prepare(spec.base, scaled(progress, 0, prep, total))
     points = spec.points()
+    step = (total - prep) / (len(points) + 1)
+    progress(prep, total, "original model's heads")
     results = [original_result(spec.base, inputs)] if include_original else []
     for i, point in enumerate(points):
-        progress(i, len(points), f"epsilon {point.epsilon:g}")
+        progress(prep + int(step * (i + 1)), total, f"epsilon {point.epsilon:g} ({i + 1} of {len(points)})")
         results.append(_point(point, inputs, null_progress))
         log.info("sweep %d/%d: epsilon %g done", i + 1, len(points), point.epsilon)
-    progress(len(points), len(points), "sweep done")
+    progress(total, total, "sweep done")
     return results
