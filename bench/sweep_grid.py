@@ -5,6 +5,7 @@ AUROC. The demo's default grid must span the transition: one point that cuts Rec
 and the largest N) and one that cuts it by <= 5%.
 
     python -m bench.sweep_grid [--init random] [--epochs 5] [--epsilons 0.05 0.2 1 4 16 64 inf]
+    python -m bench.sweep_grid --stored      # the same table for the demo sweep already in the store
 
 An experiment, not a speed benchmark: it reuses the cached embeddings of the demo (CXR_CACHE_DIR).
 """
@@ -16,6 +17,7 @@ import dataclasses
 import json
 import math
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 
@@ -38,18 +40,42 @@ def macro(probe: pd.DataFrame, method: str) -> float:
     return float(sel["auroc"].iloc[0]) if len(sel) else math.nan
 
 
+def stored_results(sweep: SweepSpec) -> list[SimpleNamespace]:
+    """The sweep's points as stored by the demo job, in the shape run_sweep returns (label, privacy, rows)."""
+    from backend.runs import store
+
+    out = []
+    for _, pt in store.load_sweep_points(sweep.run_id()).iterrows():
+        rows = store.load_metrics(pt["run_id"])
+        probe = store.load_probe(pt["run_id"])
+        privacy = store.load_privacy(pt["run_id"]).iloc[0].to_dict()
+        privacy["target_epsilon"] = pt["epsilon"]
+        rows = rows[rows["variant"] == "dp"].assign(target="in-domain")
+        probe = probe[probe["variant"] == "dp"].assign(target="in-domain", features="projected")
+        probe["method"] = probe["method"].replace({"linear": "linear-probe"})
+        out.append(SimpleNamespace(label="dp" if math.isfinite(pt["epsilon"]) else "retrained", privacy=privacy,
+                                   relink_rows=rows, probe_rows=probe))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init", default="random", choices=("model", "random"))
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--max-grad-norm", type=float, default=None, help="clipping bound C (default: the demo's)")
     ap.add_argument("--epsilons", nargs="+", type=float, default=[0.05, 0.2, 1, 4, 16, 64, math.inf])
     ap.add_argument("--json", default=None, help="also write the table here")
+    ap.add_argument("--stored", action="store_true", help="read the default demo sweep from the store")
     args = ap.parse_args()
     demo = default_demo_spec()
-    base = dataclasses.replace(demo.sweep.base, init=args.init, epochs=args.epochs)
-    spec = SweepSpec(base=base, epsilons=tuple(args.epsilons))
     t0 = time.perf_counter()
-    results = run_sweep(spec, phased_progress("sweep"))
+    if args.stored:
+        args.init, args.epochs = demo.sweep.base.init, demo.sweep.base.epochs
+        results = stored_results(demo.sweep)
+    else:
+        base = dataclasses.replace(demo.sweep.base, init=args.init, epochs=args.epochs,
+                                   max_grad_norm=args.max_grad_norm or demo.sweep.base.max_grad_norm)
+        results = run_sweep(SweepSpec(base=base, epsilons=tuple(args.epsilons)), phased_progress("sweep"))
     seconds = time.perf_counter() - t0
     retrained = next((r for r in results if r.label == "retrained"), None)
     ref = {n: r1(retrained.relink_rows, n)[0] for n in (100, None)} if retrained else {}
@@ -64,7 +90,8 @@ def main() -> None:
         row.update(probe=macro(res.probe_rows, "linear-probe"), zero_shot=macro(res.probe_rows, "zero-shot"))
         table.append(row)
     frame = pd.DataFrame(table)
-    print(f"init={args.init} epochs={args.epochs}; {seconds:.0f} s")
+    print(f"init={args.init} epochs={args.epochs} max_grad_norm={args.max_grad_norm or demo.sweep.base.max_grad_norm}; "
+          f"{seconds:.0f} s")
     print(frame.drop(columns=["r1_100_ci", "r1_max_ci"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     dp = frame[frame["point"] == "dp"]
     strong = dp[(dp["cut_100"] >= 0.30) & (dp["cut_max"] >= 0.30)]
