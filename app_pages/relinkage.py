@@ -47,6 +47,9 @@ st.dataframe(table, hide_index=True, column_config={
     "CI": st.column_config.TextColumn(help="95% CI of the recall, bootstrap over patients."),
     "effective N": st.column_config.NumberColumn(format="%.0f", help=dashboard.DEFINITIONS["effective_n"]),
 })
+st.caption(ui.plain(" · ".join(dashboard.run_inputs(r) for r in runs[runs["model"].isin(chosen)]["run_id"])),
+           help="The data hash covers the whole pair table (ids, patients, labels, reports) and every image file's "
+                "size and time: a run over data that changed since is recomputed when it is launched again.")
 hard = rows[(rows["pool_kind"] == "hard") & (rows["effective_n"] < rows["n"])]
 if len(hard):
     st.caption(dashboard.DEFINITIONS["effective_n"] + f" Here that happens from N={int(hard['n'].min()):,} on: for "

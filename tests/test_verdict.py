@@ -66,3 +66,10 @@ def test_job_times_estimate_the_time_left_from_the_pace_so_far() -> None:
     done = dashboard.job_times(1000.0, 1090.0, 1.0, 5000.0)
     assert done["elapsed_s"] == 90 and done["left_s"] is None and "took 0:01:30" in done["text"]
     assert dashboard.job_times(None, None, 0.0, 5.0)["text"] == "not started"
+
+
+def test_run_inputs_names_the_data_hash(ids: dict[str, str]) -> None:
+    run_id = ids["audit:demo"]
+    store.set_run_inputs(run_id, {"data_hash": "abcdef0123456789", "n_pairs": 1234})
+    assert dashboard.run_inputs(run_id) == f"run {run_id}: computed from data abcdef012345 (1,234 pairs)"
+    assert dashboard.run_inputs(None) == ""

@@ -374,3 +374,13 @@ def job_times(started: float | None, finished: float | None, fraction: float, no
     text += (f"ended {time.strftime('%H:%M:%S', time.localtime(finished))} · took {fmt(elapsed)}" if finished else
              f"running {fmt(elapsed)}" + (f" · about {fmt(left)} left" if left is not None else " · estimating"))
     return {"elapsed_s": elapsed, "left_s": left, "text": text}
+
+
+def run_inputs(run_id: str | None) -> str:
+    """What a run was computed from, in one line: its data hash (the pair table and image files) and size."""
+    run = store.get_run(run_id) if run_id else None
+    inputs = ((run or {}).get("summary") or {}).get("inputs") or {}
+    if not inputs.get("data_hash"):
+        return f"run {run_id}: inputs not recorded (computed before data hashes were kept)" if run else ""
+    return (f"run {run_id}: computed from data {str(inputs['data_hash'])[:12]} "
+            f"({int(inputs.get('n_pairs') or 0):,} pairs)")
