@@ -74,8 +74,8 @@ if head.get("audit_run"):
     if ui.snapshot_note(source, model) and source == ui.DEFAULT_SOURCE and model == "demo":
         if st.button("Recompute the demo on this machine", icon="🔁",
                      help="Runs the same demo (train the demo model, audit, epsilon sweep) here in a background "
-                          "job; each part replaces the precomputed snapshot when it is stored. See the README for "
-                          "the measured time on a 2-core CPU."):
+                          "job; each part replaces the precomputed snapshot when it is stored. About 30 minutes on a "
+                          "2-core CPU (12-14 train the demo model, which later runs reuse)."):
             job = ui.submit(default_demo_spec())
             if job is not None:
                 st.session_state["demo_job"] = job.job_id
@@ -86,9 +86,9 @@ else:
     st.warning("No finished audit for this dataset and model yet.")
     if source == ui.DEFAULT_SOURCE and model == "demo":
         if st.button("Run the demo audit", type="primary", icon="▶️",
-                     help="Generates the synthetic dataset, trains the small demo model, audits it, and runs a small "
-                          "epsilon sweep, in a background job: about 18 minutes on a 2-core CPU the first time "
-                          "(7 of them train the demo model, which later runs reuse)."):
+                     help="Generates the synthetic dataset, trains the small demo model, audits it, and runs a "
+                          "7-point epsilon sweep, in a background job: about 30 minutes on a 2-core CPU the first "
+                          "time (12-14 of them train the demo model, which later runs reuse)."):
             job = ui.submit(default_demo_spec())
             if job is not None:
                 st.session_state["demo_job"] = job.job_id
