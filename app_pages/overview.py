@@ -6,6 +6,20 @@ import ui
 from backend.runs.demo import default_demo_spec
 from backend.views import dashboard, figures
 
+
+def demo_button(label: str, icon: str, what: str, *, primary: bool) -> None:
+    """The demo job's button, and the running demo's progress (this session's, or any demo running)."""
+    if st.button(label, type="primary" if primary else "secondary", icon=icon,
+                 help=what + " About 30 minutes on a 2-core CPU the first time (12-14 of them train the demo "
+                             "model, which later runs reuse)."):
+        job = ui.submit(default_demo_spec())
+        if job is not None:
+            st.session_state["demo_job"] = job.job_id
+    running = st.session_state.get("demo_job") or ui.active_job_id("demo")
+    if running:
+        ui.watch_job(running)
+
+
 source, model = ui.selection()
 st.title("CXR Re-Link Audit")
 st.markdown(
@@ -72,28 +86,13 @@ if head.get("audit_run"):
     if not head.get("sweep_run"):
         st.info("No epsilon sweep yet for this dataset and model: launch one on the Mitigation page.")
     if ui.snapshot_note(source, model) and source == ui.DEFAULT_SOURCE and model == "demo":
-        if st.button("Recompute the demo on this machine", icon="🔁",
-                     help="Runs the same demo (train the demo model, audit, epsilon sweep) here in a background "
-                          "job; each part replaces the precomputed snapshot when it is stored. About 30 minutes on a "
-                          "2-core CPU (12-14 train the demo model, which later runs reuse)."):
-            job = ui.submit(default_demo_spec())
-            if job is not None:
-                st.session_state["demo_job"] = job.job_id
-        running = st.session_state.get("demo_job") or ui.active_job_id("demo")
-        if running:
-            ui.watch_job(running)
+        demo_button("Recompute the demo on this machine", "🔁", "Runs the same demo (train the demo model, audit, "
+                    "epsilon sweep) here in a background job; each part replaces the precomputed snapshot when it is "
+                    "stored.", primary=False)
 else:
     st.warning("No finished audit for this dataset and model yet.")
     if source == ui.DEFAULT_SOURCE and model == "demo":
-        if st.button("Run the demo audit", type="primary", icon="▶️",
-                     help="Generates the synthetic dataset, trains the small demo model, audits it, and runs a "
-                          "7-point epsilon sweep, in a background job: about 30 minutes on a 2-core CPU the first "
-                          "time (12-14 of them train the demo model, which later runs reuse)."):
-            job = ui.submit(default_demo_spec())
-            if job is not None:
-                st.session_state["demo_job"] = job.job_id
-        running = st.session_state.get("demo_job") or ui.active_job_id("demo")
-        if running:
-            ui.watch_job(running)
+        demo_button("Run the demo audit", "▶️", "Generates the synthetic dataset, trains the small demo model, "
+                    "audits it, and runs a 7-point epsilon sweep, in a background job.", primary=True)
     else:
         st.info("Launch an audit on Models and jobs, or pick dataset 'synthetic' and model 'demo' for the demo.")
