@@ -28,7 +28,9 @@ setup_project() {
   # when pyproject.toml changes (its hash is kept in the environment).
   local want; want="$(sha256sum pyproject.toml | cut -c1-16) $PWD"  # this checkout: another one reinstalls
   if [ -f "$VENV/.project" ] && [ "$(cat "$VENV/.project")" = "$want" ]; then return; fi
-  "$PY" -m pip install --quiet --no-deps -e . >/dev/null
+  local log; log=$(mktemp)
+  if ! "$PY" -m pip install --quiet --no-deps -e . >"$log" 2>&1; then cat "$log" >&2; rm -f "$log"; exit 1; fi
+  rm -f "$log"
   echo "$want" > "$VENV/.project"
 }
 
