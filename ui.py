@@ -179,23 +179,23 @@ def pair_image(run_id: str, image_path: str) -> Any:
 
 # ---------------------------------------------------------------- navigation, sidebar and small widgets
 
-# Icons are emoji (plain text): nothing to fetch. No ":material/...:" icons anywhere in the app (tests/test_browser.py
-# fails on any request to a host other than the app's).
-PAGE_SPECS: tuple[tuple[str, str, str], ...] = (
-    ("app_pages/overview.py", "Overview", "🏠"),
-    ("app_pages/data.py", "Data", "🗂️"),
-    ("app_pages/models_jobs.py", "Models and jobs", "⚙️"),
-    ("app_pages/relinkage.py", "Re-linkage", "🔗"),
-    ("app_pages/explorer.py", "Pair explorer", "🔍"),
-    ("app_pages/mitigation.py", "Mitigation", "🛡️"),
-    ("app_pages/utility.py", "Utility and transfer", "📈"),
-    ("app_pages/report.py", "Report", "📄"),
+# No icons: ":material/...:" icons make every page load fetch a font from a CDN (tests/test_browser.py fails on
+# any request to a host other than the app's), and emoji render as empty boxes where no emoji font is installed.
+PAGE_SPECS: tuple[tuple[str, str], ...] = (
+    ("app_pages/overview.py", "Overview"),
+    ("app_pages/data.py", "Data"),
+    ("app_pages/models_jobs.py", "Models and jobs"),
+    ("app_pages/relinkage.py", "Re-linkage"),
+    ("app_pages/explorer.py", "Pair explorer"),
+    ("app_pages/mitigation.py", "Mitigation"),
+    ("app_pages/utility.py", "Utility and transfer"),
+    ("app_pages/report.py", "Report"),
 )
 
 
 def pages() -> list[Any]:
     """The dashboard's pages, registered explicitly (the first is the default)."""
-    return [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGE_SPECS)]
+    return [st.Page(path, title=title, default=i == 0) for i, (path, title) in enumerate(PAGE_SPECS)]
 
 
 def selection() -> tuple[str, str]:
@@ -305,12 +305,11 @@ def job_row(job: jobs.Job, *, show_cancel: bool = True) -> None:
         cols[2].caption(f"pid {job.pid}")
     cols[1].caption(dashboard.job_times(job.started or job.created, job.finished if not job.active else None,
                                         job.fraction, time.time())["text"])
-    if show_cancel and job.active and job.job_id and cols[3].button("Cancel", key=f"cancel-{job.job_id}",
-                                                                    icon="✖️", width="stretch"):
+    if show_cancel and job.active and job.job_id and cols[3].button("Cancel", key=f"cancel-{job.job_id}", width="stretch"):
         jobs.cancel(job.job_id)
         st.toast(f"Cancel requested for {job.job_id}")
     if job.status in ("failed", "stale"):
-        st.error(plain(job.message or job.status), icon="⚠️")
+        st.error(plain(job.message or job.status))
     if job.traceback:
         with st.expander("Traceback"):
             st.code(job.traceback, language="text")
@@ -394,4 +393,4 @@ def snapshot_banner(source: str, model: str) -> None:
     if note:
         st.info(f"Precomputed snapshot - recompute on this machine (Overview). These demo results were computed "
                 f"by this project's own code ({note.get('code_version', '?')[:12]}, {note.get('made', '?')[:10]}) "
-                "and shipped with it; a run on this machine replaces them on every page.", icon="ℹ️")
+                "and shipped with it; a run on this machine replaces them on every page.")

@@ -12,7 +12,7 @@ st.dataframe(dashboard.sources_table(), hide_index=True)
 
 st.subheader(f"Dataset: {ui.plain(source)}")
 if source == "synthetic":
-    st.warning("SYNTHETIC: generated images and reports; no patient data.", icon="🧪")
+    st.warning("SYNTHETIC: generated images and reports; no patient data.")
 try:
     pairs, stats = ui.source_tables(source)
 except RelinkError as exc:

@@ -17,7 +17,7 @@ custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/pa
 chosen = custom.strip() or model
 warning = dashboard.hub_warning(chosen)
 if warning:
-    st.warning(ui.plain(warning), icon="☁️")
+    st.warning(ui.plain(warning))
 
 root = None
 if ui.needs_root(source):

@@ -7,9 +7,9 @@ from backend.runs.demo import default_demo_spec
 from backend.views import dashboard, figures
 
 
-def demo_button(label: str, icon: str, what: str, *, primary: bool) -> None:
+def demo_button(label: str, what: str, *, primary: bool) -> None:
     """The demo job's button, and the running demo's progress (this session's, or any demo running)."""
-    if st.button(label, type="primary" if primary else "secondary", icon=icon,
+    if st.button(label, type="primary" if primary else "secondary",
                  help=what + " About 30 minutes on a 2-core CPU the first time (12-14 of them train the demo "
                              "model, which later runs reuse)."):
         job = ui.submit(default_demo_spec())
@@ -33,13 +33,14 @@ st.caption(f"Dataset **{ui.plain(source)}** · model **{ui.plain(model)}**")
 
 if source == "synthetic":
     st.warning("SYNTHETIC data: generated images and reports, no patient. The numbers show the mechanism, "
-               "not the size of the risk on real data.", icon="🧪")
+               "not the size of the risk on real data.")
 
 head = ui.headline(source, model)
 if head.get("audit_run"):
     verdict = ui.verdict(head["audit_run"], head.get("sweep_run"))
     lines = {line["key"]: line for line in verdict["lines"]}
     st.subheader("Verdict: how far above chance does this model re-link?")
+    st.caption("Lift of Recall@1 over chance (1x = guessing), study level, with its 95% CI.")
     cols = st.columns(4)
     for col, key in zip(cols, ("lift_random_100", "lift_random_max", "lift_hard_100", "lift_hard_max"), strict=True):
         line = lines.get(key)
@@ -47,12 +48,14 @@ if head.get("audit_run"):
             if line is None:
                 ui.metric(key, None, dashboard.DEFINITIONS["lift"])
                 continue
-            ui.metric(line["label"], line["lift"], dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS[line["pool"]],
+            short = "random pool" if line["pool"] == "random" else "pathology-matched"
+            ui.metric(f"N={line['n']:,}, {short}", line["lift"],
+                      dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS[line["pool"]],
                       delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
             st.caption(ui.plain(line["sentence"]))
     if "epsilon" in verdict:
         st.subheader(f"With DP projection heads at ε={verdict['epsilon']:g}")
-        ui.guarantee_badge(verdict.get("guarantee", ""), verdict.get("privacy_unit", ""), "")
+        ui.guarantee_badge(verdict.get("guarantee", ""), verdict.get("privacy_unit", ""), verdict.get("objective", ""))
         cols = st.columns(4)
         for col, key in zip(cols, ("dp_100", "dp_max", "auroc_linear", "auroc_zero_shot"), strict=True):
             line = lines.get(key)
@@ -60,10 +63,11 @@ if head.get("audit_run"):
                 continue
             with col:
                 if key.startswith("dp_"):
-                    ui.metric(line["label"], line["after"]["recall"], dashboard.DEFINITIONS["recall"], fmt="{:.4f}",
+                    ui.metric(f"Recall@1, N={line['n']:,}", line["after"]["recall"], dashboard.DEFINITIONS["recall"], fmt="{:.4f}",
                               delta=f"{line['change']:+.0%} vs retrained heads, no DP", delta_color="inverse")
                 else:
-                    ui.metric(line["label"], line["after"], dashboard.DEFINITIONS["auroc"], fmt="{:.3f}",
+                    ui.metric("Linear-probe AUROC" if key == "auroc_linear" else "Zero-shot AUROC", line["after"],
+                              dashboard.DEFINITIONS["auroc"], fmt="{:.3f}",
                               delta=f"{line['change']:+.3f} vs retrained heads, no DP", delta_color="normal")
                 st.caption(ui.plain(line["sentence"]))
         st.caption("Baselines: *retrained heads, no DP* are trained exactly like the DP heads but without noise "
@@ -86,13 +90,13 @@ if head.get("audit_run"):
     if not head.get("sweep_run"):
         st.info("No epsilon sweep yet for this dataset and model: launch one on the Mitigation page.")
     if ui.snapshot_note(source, model) and source == ui.DEFAULT_SOURCE and model == "demo":
-        demo_button("Recompute the demo on this machine", "🔁", "Runs the same demo (train the demo model, audit, "
+        demo_button("Recompute the demo on this machine", "Runs the same demo (train the demo model, audit, "
                     "epsilon sweep) here in a background job; each part replaces the precomputed snapshot when it is "
                     "stored.", primary=False)
 else:
     st.warning("No finished audit for this dataset and model yet.")
     if source == ui.DEFAULT_SOURCE and model == "demo":
-        demo_button("Run the demo audit", "▶️", "Generates the synthetic dataset, trains the small demo model, "
+        demo_button("Run the demo audit", "Generates the synthetic dataset, trains the small demo model, "
                     "audits it, and runs a 7-point epsilon sweep, in a background job.", primary=True)
     else:
         st.info("Launch an audit on Models and jobs, or pick dataset 'synthetic' and model 'demo' for the demo.")

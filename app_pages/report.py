@@ -13,5 +13,4 @@ head = ui.headline(source, model)
 if not head.get("audit_run"):
     st.info(f"No finished audit of {ui.plain(model)} on {ui.plain(source)} yet; the report would be empty.")
 st.download_button("Download the HTML audit report", data=lambda: report.build_report(source, model),
-                   file_name=f"relink-audit-{source}-{model}.html", mime="text/html", type="primary",
-                   icon="⬇️", help="Built from the finished runs of this dataset and model.")
+                   file_name=f"relink-audit-{source}-{model}.html", mime="text/html", type="primary", help="Built from the finished runs of this dataset and model.")

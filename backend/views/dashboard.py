@@ -336,6 +336,7 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
             dp_rows, ref_rows = own[own["run_id"] == chosen["run_id"]], own[own["run_id"] == base.iloc[0]["run_id"]]
             out["epsilon"] = float(chosen["epsilon"])
             out["guarantee"], out["privacy_unit"] = str(chosen.get("guarantee") or ""), str(chosen.get("privacy_unit") or "")
+            out["objective"] = str(chosen.get("objective") or "")
             for n in (100, None):
                 a, b = _point(ref_rows, n), _point(dp_rows, n)
                 if a is None or b is None:
