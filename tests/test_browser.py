@@ -50,7 +50,7 @@ def test_main_flow(server: tuple[str, Path], browser: object) -> None:
     url, cache = server
     context = browser.new_context(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
     page = open_page(context, url, "The threat.")
-    page.get_by_text("Lift at N=100, random pool").first.wait_for(timeout=60_000)
+    page.get_by_text("N=100, random pool").first.wait_for(timeout=60_000)
     settle(page)
     assert "2606.02276" in page.inner_text("body")
     _shot(page, "overview.png")
