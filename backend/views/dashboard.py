@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from backend import models, settings
-from backend.runs import store
+from backend.runs import snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import list_sources
 from backend.specs import POOL_KINDS, POOL_NAMES
@@ -286,7 +286,7 @@ def hub_warning(model: str) -> str | None:
 def snapshot_note(run_id: str | None) -> dict[str, Any] | None:
     """{made, code_version, original_run} when `run_id` is an imported demo snapshot run, else None."""
     run = store.get_run(run_id) if run_id else None
-    return (run or {}).get("summary", {}).get("snapshot") or None
+    return run["summary"]["snapshot"] if snapshot.is_snapshot(run) else None
 
 
 def _point(rows: pd.DataFrame, n: int | None, pool: str = "random", k: int = 1) -> dict[str, float] | None:
@@ -362,6 +362,10 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
     return out
 
 
+def _hms(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
 def job_times(started: float | None, finished: float | None, fraction: float, now: float) -> dict[str, Any]:
     """When a job ran and, while it runs, an estimate of the time left: elapsed x (1 - f) / f, the pace so
     far carried forward (None until 2% is done, when the pace says nothing yet)."""
@@ -370,10 +374,9 @@ def job_times(started: float | None, finished: float | None, fraction: float, no
     end = finished or now
     elapsed = max(0.0, end - started)
     left = None if finished or fraction < 0.02 else elapsed * (1 - fraction) / fraction
-    fmt = lambda s: f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"  # noqa: E731
     text = f"started {time.strftime('%H:%M:%S', time.localtime(started))} · "
-    text += (f"ended {time.strftime('%H:%M:%S', time.localtime(finished))} · took {fmt(elapsed)}" if finished else
-             f"running {fmt(elapsed)}" + (f" · about {fmt(left)} left" if left is not None else " · estimating"))
+    text += (f"ended {time.strftime('%H:%M:%S', time.localtime(finished))} · took {_hms(elapsed)}" if finished else
+             f"running {_hms(elapsed)}" + (f" · about {_hms(left)} left" if left is not None else " · estimating"))
     return {"elapsed_s": elapsed, "left_s": left, "text": text}
 
 

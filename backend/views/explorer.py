@@ -18,7 +18,7 @@ from PIL import Image
 
 from backend.embed import load_embedding_set
 from backend.errors import ImageReadError, StoreError
-from backend.relink import top_k
+from backend.relink import ReportIndex, build_index, top_k
 from backend.runs import store
 from backend.sources import load_source
 from backend.sources.schema import LABELS
@@ -42,12 +42,14 @@ class PairSet:
     cand_report: np.ndarray
     doc_freq: dict[str, float] | None = None  # word -> fraction of candidate reports that contain it
     cand_patient: np.ndarray = field(init=False, repr=False)  # the patient of each candidate report
+    index: ReportIndex = field(init=False, repr=False)  # exact faiss search over the candidates, built once
 
     def __post_init__(self) -> None:
         if self.doc_freq is None:
             self.doc_freq = document_frequencies(self.cand_report)
         by_study = self.meta.drop_duplicates("study_id").set_index("study_id")["patient_id"]
         self.cand_patient = by_study.reindex(self.cand_study).to_numpy()
+        self.index = build_index(self.cand_emb)
 
 
 def _load_arrays(path: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -115,7 +117,7 @@ def retrieve(ps: PairSet, pair_id: str, k: int = 5) -> dict[str, Any]:
     if not len(row):
         raise StoreError(f"Pair {pair_id!r} is not in run {ps.run_id}.")
     i = int(row[0])
-    top, top_scores = top_k(ps.image_emb[i], ps.cand_emb, k)  # exact inner-product search (faiss)
+    top, top_scores = top_k(ps.image_emb[i], ps.index, k)  # exact inner-product search (faiss)
     scores = ps.cand_emb @ ps.image_emb[i]
     study, patient = ps.meta.at[i, "study_id"], ps.meta.at[i, "patient_id"]
     table = pd.DataFrame({"rank": np.arange(1, len(top) + 1), "study_id": ps.cand_study[top], "score": top_scores,
