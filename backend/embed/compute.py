@@ -33,6 +33,7 @@ from backend.embed.files import (
     load_embedding_set,
     write_set,
 )
+from backend.embed.images import FastPreprocess, FileBytes, as_list, describe, image_loader
 from backend.errors import SourceError
 from backend.models import load_model
 from backend.models.openclip import LoadedModel
@@ -61,6 +62,27 @@ class _Images(Dataset):
         return self.preprocess(self.read_image(self.paths[i]))
 
 
+class _Files(Dataset):
+    """Files through a picklable per-file transform (the fast CPU path): index -> (3, H, W) float tensor."""
+
+    def __init__(self, files: list[Path], load: Callable[[Path], torch.Tensor]) -> None:
+        self.files, self.load = files, load
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.load(self.files[i])
+
+
+def _loader_of(lm: LoadedModel, source: SourceData) -> tuple[str, FastPreprocess | None]:
+    """(loader name, its transform): "reference" for generated images or a transform the fast paths do not
+    reproduce; else "fast" (CPU, JPEG draft decoding) or "gpu" (nvJPEG) - see backend.embed.images."""
+    loader = image_loader(lm.device, source.image_file is not None)
+    fast = FastPreprocess.from_preprocess_id(lm.preprocess_id) if loader != "reference" else None
+    return (loader, fast) if fast is not None else ("reference", None)
+
+
 def select_split(pairs: pd.DataFrame, split: str) -> pd.DataFrame:
     """The pairs of one split ("all": every pair), index reset; SourceError when empty."""
     out = pairs if split == "all" else pairs[pairs["split"] == split]
@@ -70,11 +92,13 @@ def select_split(pairs: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def embedding_key(spec: EmbedSpec, lm: LoadedModel, pairs: pd.DataFrame, chunk_size: int = CHUNK_SIZE, *,
-                  image_file: Callable[[str], Path] | None = None) -> str:
+                  image_file: Callable[[str], Path] | None = None, loader: dict[str, Any] | None = None) -> str:
     """The content hash naming the cache folder of this embedding job: the table's full content (patients,
     labels, view/site/split too) and, for file-based sources (`image_file`), each image's (size, mtime_ns);
-    generated (synthetic) images are covered by the source options."""
-    blob = json.dumps({
+    generated (synthetic) images are covered by the source options. `loader` (backend.embed.images.describe)
+    names a fast image path, so its embeddings never mix with the reference path's."""
+    extra = {"loader": loader} if loader and loader.get("loader") != "reference" else {}
+    blob = json.dumps({**extra,
         "v": EMBED_VERSION, "model": spec.model, "weights": lm.weights_id, "source": spec.source.to_dict(),
         "split": spec.split, "section_policy": spec.source.section_policy, "preprocess": lm.preprocess_id,
         "pairs": table_digest(pairs, image_file), "chunk": chunk_size, "batch": spec.batch_size,
@@ -90,13 +114,25 @@ def _autocast(device: torch.device) -> Any:
 
 def _image_chunk(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int,
                  num_workers: int) -> np.ndarray:
-    """(len(paths), d_img_pre) float32 features of one chunk of images."""
-    loader = DataLoader(_Images(source.read_image, paths, lm.preprocess), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=lm.device.type == "cuda")
+    """(len(paths), d_img_pre) float32 features of one chunk of images, through the loader _loader_of picks."""
+    loader, fast = _loader_of(lm, source)
+    pin = lm.device.type == "cuda"
+    if loader == "gpu" and fast is not None and source.image_file is not None:
+        files = [source.image_file(p) for p in paths]
+        batches: Any = DataLoader(FileBytes(files), batch_size=batch_size, num_workers=num_workers, collate_fn=as_list)
+        starts = range(0, len(files), batch_size)
+        images = (fast.gpu_batch(blobs, files[a:a + batch_size], lm.device) for a, blobs in zip(starts, batches, strict=True))
+    else:
+        if loader == "fast" and fast is not None and source.image_file is not None:
+            data: Dataset = _Files([source.image_file(p) for p in paths], fast.load)
+        else:
+            data = _Images(source.read_image, paths, lm.preprocess)
+        images = (b.to(lm.device, non_blocking=True) for b in DataLoader(data, batch_size=batch_size,
+                                                                          num_workers=num_workers, pin_memory=pin))
     out = []
     with torch.inference_mode(), _autocast(lm.device):
-        for batch in loader:
-            out.append(lm.encode_image_features(batch.to(lm.device, non_blocking=True)).float().cpu().numpy())
+        for batch in images:
+            out.append(lm.encode_image_features(batch).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -134,10 +170,11 @@ def _run_chunks(kind: str, n: int, compute: Callable[[int, int], np.ndarray], fo
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _auto_workers(n: int, batch_size: int) -> int:
-    # Worker processes pay off only when there are several batches to overlap with the model's compute.
+def _auto_workers(n: int, batch_size: int, file_based: bool = False) -> int:
+    """Worker processes pay off only when there are several batches to overlap with the model's compute;
+    decoding files needs many (a 16-core server: 15), rendering generated images a few."""
     cpus = os.cpu_count() or 1
-    return 0 if n <= 2 * batch_size or cpus < 2 else min(4, cpus - 1)
+    return 0 if n <= 2 * batch_size or cpus < 2 else min(16 if file_based else 4, cpus - 1)
 
 
 def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device: str | torch.device | None = None,
@@ -152,7 +189,8 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
                                 section_policy=spec.source.section_policy, **spec.source.options)
     pairs = select_split(src.pairs, spec.split)
     lm = model or load_model(spec.model, device=device, progress=progress)
-    key = embedding_key(spec, lm, pairs, chunk_size, image_file=src.image_file)
+    loader = describe(*_loader_of(lm, src))
+    key = embedding_key(spec, lm, pairs, chunk_size, image_file=src.image_file, loader=loader)
     meta = pairs[[c for c in META_COLUMNS if c in pairs.columns]].copy()
     inputs = {"data_hash": src.digest(), "n_pairs": len(pairs)}  # every pair of the source: what a job depends on
     folder = settings.cache_subdir("embeddings") / key
@@ -168,7 +206,7 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
     texts = [str(t) for t in reports]
     paths = pairs["image_path"].tolist()
     total = len(paths) + len(texts)
-    workers = _auto_workers(len(paths), spec.batch_size) if num_workers is None else num_workers
+    workers = _auto_workers(len(paths), spec.batch_size, src.image_file is not None) if num_workers is None else num_workers
     image_feat = _run_chunks("image", len(paths), lambda a, b: _image_chunk(
         lm, src, paths[a:b], spec.batch_size, workers), chunks, chunk_size, progress, 0, total)
     text_feat_u = _run_chunks("text", len(texts), lambda a, b: _text_chunk(
@@ -181,7 +219,7 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
         info={"key": key, "spec": spec.to_dict(), "model": spec.model, "weights_id": lm.weights_id,
               "preprocess": lm.preprocess_id, "n_pairs": len(paths), "n_reports": len(texts),
               "n_studies": int(pairs["study_id"].nunique()), "n_patients": int(pairs["patient_id"].nunique()),
-              "inputs": inputs, "embed_version": EMBED_VERSION, "torch": torch.__version__, "device": str(lm.device)})
+              "inputs": inputs, "embed_version": EMBED_VERSION, "image_loader": loader, "torch": torch.__version__, "device": str(lm.device)})
     write_set(es, folder)
     shutil.rmtree(chunks, ignore_errors=True)  # the assembled arrays hold everything the chunks held
     return es

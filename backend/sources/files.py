@@ -81,16 +81,21 @@ def open_image(path: Path, hint: str = "check the image folder") -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("L", "RGB"):
-                return img.copy()
-            if img.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit radiographs: rescale to 8 bits
-                arr = np.asarray(img, dtype=np.float32)
-                lo, hi = float(arr.min()), float(arr.max())
-                scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-                return Image.fromarray(scaled.astype(np.uint8), mode="L")
-            return img.convert("RGB" if "A" in img.mode or img.mode == "P" else "L")
+            return eight_bit(img)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"Image {str(path)!r} is unreadable or corrupt ({exc}); replace or remove it.") from exc
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """An 'L' or 'RGB' copy of a loaded image; 16-bit and float radiographs rescaled to 0..255 by min/max."""
+    if img.mode in ("L", "RGB"):
+        return img.copy()
+    if img.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit radiographs: rescale to 8 bits
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.astype(np.uint8), mode="L")
+    return img.convert("RGB" if "A" in img.mode or img.mode == "P" else "L")
 
 
 def check_image(path: Path) -> bool:

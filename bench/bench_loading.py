@@ -1,0 +1,182 @@
+"""Image loading of real-size radiographs: the project's loaders (backend.embed.images) against plain PIL.
+
+Writes N synthetic radiograph-like JPEGs of MIMIC-CXR-JPG's size (2,544 x 3,056, 8-bit grayscale, quality
+95) into a temporary folder, then on the same cores (one process per core, each file once, after one
+warm-up pass that brings the files into the page cache):
+  naive   PIL open + full decode + convert("RGB") + bicubic resize of the shortest side to 224 + centre crop
+          + tensor + normalise (open_clip's reference transform on a plain decode);
+  fast    the project's CPU path (JPEG DCT scaling to >= 224 px, grayscale until the tensor);
+and, when CUDA is present:
+  gpu     file bytes read by a thread pool, batches decoded by nvJPEG, resize/crop/normalise on the GPU;
+  e2e     (--e2e M) ViT-B/16 (random weights, fp16 autocast) embedding M images through the GPU loader,
+          files read by DataLoader workers, as backend.embed.compute does (images/s end to end);
+  cosine  mean cosine between ViT-B/16 embeddings of the same files through the reference and each path.
+
+Usage: python -m bench.bench_loading [--n 24] [--json] [--e2e 4096] [--batch 256]
+Prints one JSON object with --json: naive_images_per_s, images_per_s (fast), ratio, and the CUDA figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+H, W, QUALITY, SIZE = 3056, 2544, 95, 224
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def radiograph(h: int, w: int, seed: int) -> Image.Image:
+    """A grayscale image with radiograph-like structure: smooth anatomy, rib-like stripes, film noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = 0.5 + 0.3 * np.sin(6 * x + rng.random() * 6) * np.cos((3 + 2 * rng.random()) * y)
+    img += 0.2 * np.exp(-((x - rng.random()) ** 2 + (y - 0.5) ** 2) / 0.05)
+    img += 0.08 * np.sin(60 * y + 10 * np.sin(3 * x)) + rng.normal(0, 0.02, size=(h, w))
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L")
+
+
+def _write(args: tuple[str, int]) -> int:
+    path, seed = args
+    radiograph(H, W, seed).save(path, quality=QUALITY)
+    return os.path.getsize(path)
+
+
+def _preprocess_id() -> str:
+    return json.dumps({"size": SIZE, "mode": "RGB", "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
+                       "resize_mode": "shortest", "fill_color": 0}, sort_keys=True)
+
+
+def _reference():
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(size=SIZE), is_train=False)
+
+
+def _naive_one(path: str) -> tuple[int, ...]:
+    with Image.open(path) as img:
+        img.load()
+        rgb = img.convert("RGB")
+    return tuple(_reference()(rgb).shape)
+
+
+def _fast_one(path: str) -> tuple[int, ...]:
+    from backend.embed.images import FastPreprocess
+
+    fast = FastPreprocess.from_preprocess_id(_preprocess_id())
+    assert fast is not None
+    return tuple(fast.load(path).shape)
+
+
+def _rate(fn, files: list[str], workers: int) -> float:
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(fn, files[:workers]))  # start the workers and import their modules before timing
+        start = time.perf_counter()
+        list(pool.map(fn, files))
+        return len(files) / (time.perf_counter() - start)
+
+
+def _cuda_figures(files: list[str], e2e: int, batch: int) -> dict:
+    import torch
+
+    from backend.embed.images import FastPreprocess, FileBytes, as_list, read_bytes
+
+    dev = torch.device("cuda")
+    fast = FastPreprocess.from_preprocess_id(_preprocess_id())
+    assert fast is not None
+    out: dict = {"device": torch.cuda.get_device_name(0)}
+    paths = [Path(f) for f in files]
+    with ThreadPoolExecutor(16) as pool:
+        blobs = list(pool.map(read_bytes, paths))
+    fast.gpu_batch(blobs[:4], paths[:4], dev)  # warm-up (nvJPEG handles, kernels)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        blobs = list(pool.map(read_bytes, paths))
+    x = fast.gpu_batch(blobs, paths, dev)
+    torch.cuda.synchronize()
+    out["gpu_images_per_s"] = len(files) / (time.perf_counter() - start)
+    out["gpu_decode_only_images_per_s"] = _decode_rate(fast, blobs, paths, dev)
+
+    import open_clip
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16", pretrained=None).to(dev).eval()
+    ref = _reference()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+        def emb(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(model.encode_image(t.to(dev)).float(), dim=-1)
+        n_cos = min(len(files), 16)
+        e_ref = emb(torch.stack([ref(Image.open(f).convert("RGB")) for f in files[:n_cos]]))
+        e_fast = emb(torch.stack([fast.load(f) for f in files[:n_cos]]))
+        e_gpu = emb(x[:n_cos])
+        out["cosine_fast_vs_reference"] = float((e_ref * e_fast).sum(-1).mean())
+        out["cosine_gpu_vs_reference"] = float((e_ref * e_gpu).sum(-1).mean())
+        out["cosine_between_images"] = float((e_ref * e_ref.roll(1, 0)).sum(-1).mean())
+        if e2e:
+            cyc = [paths[i % len(paths)] for i in range(e2e)]
+            workers = min(15, max(1, (os.cpu_count() or 2) - 1))
+            loader = DataLoader(FileBytes(cyc), batch_size=batch, num_workers=workers, collate_fn=as_list,
+                                prefetch_factor=4)
+            emb(fast.gpu_batch(blobs[:batch], paths[:batch], dev))  # warm-up at the full batch
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            done = 0
+            for i, chunk in enumerate(loader):
+                emb(fast.gpu_batch(chunk, cyc[i * batch:(i + 1) * batch], dev)).cpu()
+                done += len(chunk)
+            torch.cuda.synchronize()
+            out["e2e_vit_b16_images_per_s"] = done / (time.perf_counter() - start)
+            out["e2e_images"], out["e2e_workers"], out["e2e_batch"] = done, workers, batch
+    return out
+
+
+def _decode_rate(fast, blobs, paths, dev) -> float:
+    import torch
+
+    start = time.perf_counter()
+    for a in range(0, len(blobs), 64):
+        fast.gpu_batch(blobs[a:a + 64], paths[a:a + 64], dev)
+    torch.cuda.synchronize()
+    return len(blobs) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=24, help="real-size JPEGs to write and load (default 24)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: every core)")
+    parser.add_argument("--e2e", type=int, default=0, help="CUDA only: images to embed end to end with ViT-B/16")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-loading-") as tmp:
+        files = [str(Path(tmp) / f"{i}.jpg") for i in range(args.n)]
+        with ProcessPoolExecutor(args.workers) as pool:
+            sizes = list(pool.map(_write, [(f, i) for i, f in enumerate(files)]))
+        naive = _rate(_naive_one, files, args.workers)
+        fast = _rate(_fast_one, files, args.workers)
+        out = {"n": args.n, "width": W, "height": H, "quality": QUALITY, "mean_file_mb": float(np.mean(sizes)) / 2**20,
+               "workers": args.workers, "cpus": os.cpu_count(), "naive_images_per_s": naive, "images_per_s": fast,
+               "ratio": fast / naive}
+        import torch
+
+        if torch.cuda.is_available():
+            out.update(_cuda_figures(files, args.e2e, args.batch))
+            out["gpu_ratio_vs_naive"] = out["gpu_images_per_s"] / naive
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+
+
+if __name__ == "__main__":
+    main()

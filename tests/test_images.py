@@ -1,0 +1,148 @@
+"""The fast image paths (backend.embed.images) against the model's reference preprocessing: the same
+tensors up to a stated tolerance (mean model-embedding cosine >= 0.999 on radiograph-like JPEGs, with the
+cosine between different images far lower so the check can fail), exact geometry where no resize happens,
+named errors for unreadable files, and the loader choice and cache keys in embed_split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from backend.embed.compute import embed_split
+from backend.embed.images import FastPreprocess, image_loader
+from backend.errors import ImageReadError, SpecError
+from backend.models import load_model
+from backend.sources.files import open_image
+from backend.specs import EmbedSpec, SourceSpec
+from bench.bench_loading import radiograph
+from tests.helpers.tiny_models import register_tiny_models
+
+register_tiny_models()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("xr")
+    out = []
+    for i, (h, w) in enumerate([(1400, 1160), (1160, 1400), (1500, 1250), (900, 1100)]):
+        p = folder / f"{i}.jpg"
+        radiograph(h, w, i).save(p, quality=95)
+        out.append(p)
+    rgb = folder / "rgb.jpg"
+    Image.merge("RGB", [radiograph(800, 700, 9)] * 3).save(rgb, quality=95)
+    png16 = folder / "deep.png"
+    arr16 = (np.asarray(radiograph(700, 600, 7), dtype=np.uint16) * 200).astype(np.uint16)
+    Image.fromarray(arr16).save(png16)
+    return [*out, rgb, png16]
+
+
+def _fast(model) -> FastPreprocess:
+    fast = FastPreprocess.from_preprocess_id(model.preprocess_id)
+    assert fast is not None and fast.size == 64
+    return fast
+
+
+def _embed(model, batch: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.nn.functional.normalize(model.encode_image_features(batch), dim=-1)
+
+
+def _check_close(model, ref: torch.Tensor, got: torch.Tensor) -> None:
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().mean()) < 0.03  # normalised units (std 0.25 here: < 2 grey levels of 255)
+    e_ref, e_got = _embed(model, ref), _embed(model, got)
+    same = (e_ref * e_got).sum(-1)
+    other = (e_ref * e_got.roll(1, 0)).sum(-1)  # each image against another image's fast embedding
+    assert float(same.mean()) >= 0.999 and float(same.min()) >= 0.995
+    # a random model maps all images close together: the path's error must be a small part of the gap between images
+    assert 1 - float(same.mean()) < 0.1 * (1 - float(other.mean()))
+
+
+def test_cpu_fast_path_matches_the_reference_transform(model, files: list[Path]) -> None:
+    ref = torch.stack([model.preprocess(open_image(p)) for p in files])
+    got = torch.stack([_fast(model).load(p) for p in files])
+    _check_close(model, ref, got)
+
+
+def test_tensor_path_matches_the_reference_transform(model, files: list[Path]) -> None:
+    """The GPU path's code (batched decode_jpeg, tensor resize, crop, normalise), run on the CPU here; on a
+    CUDA machine bench/bench_loading.py and the device suite run it on the GPU."""
+    from backend.embed.images import read_bytes
+
+    ref = torch.stack([model.preprocess(open_image(p)) for p in files])
+    got = _fast(model).gpu_batch([read_bytes(p) for p in files], files, torch.device("cpu"))
+    _check_close(model, ref, got)
+    missing = files[0].with_name("gone.jpg")
+    with pytest.raises(ImageReadError, match="gone.jpg"):
+        _fast(model).gpu_batch([read_bytes(missing)], [missing], torch.device("cpu"))
+
+
+def test_exact_when_no_resize_is_needed(model, tmp_path: Path) -> None:
+    """An image whose shortest side is the model's size: crop and normalisation equal the reference's exactly."""
+    p = tmp_path / "small.png"
+    radiograph(64, 90, 1).save(p)
+    img = open_image(p)
+    np.testing.assert_array_equal(_fast(model).load(p).numpy(), model.preprocess(img).numpy())
+
+
+def test_unreadable_files_are_named(model, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        _fast(model).load(bad)
+    with pytest.raises(ImageReadError, match="nowhere.png"):
+        _fast(model).load(tmp_path / "nowhere.png")
+
+
+def test_unsupported_transforms_keep_the_reference_path() -> None:
+    cfg = {"size": [64, 80], "mode": "RGB", "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bicubic",
+           "resize_mode": "shortest"}
+    assert FastPreprocess.from_preprocess_id(json.dumps(cfg)) is None
+    assert FastPreprocess.from_preprocess_id(json.dumps({**cfg, "size": 64, "resize_mode": "squash"})) is None
+    assert FastPreprocess.from_preprocess_id(json.dumps({**cfg, "size": 64})) is not None
+
+
+def test_loader_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("CXR_IMAGE_LOADER", raising=False)
+    assert (image_loader(cpu, True), image_loader(cuda, True), image_loader(cuda, False)) == ("fast", "gpu", "reference")
+    monkeypatch.setenv("CXR_IMAGE_LOADER", "reference")
+    assert image_loader(cpu, True) == "reference"
+    monkeypatch.setenv("CXR_IMAGE_LOADER", "gpu")
+    with pytest.raises(SpecError, match="CUDA"):
+        image_loader(cpu, True)
+    monkeypatch.setenv("CXR_IMAGE_LOADER", "turbo")
+    with pytest.raises(SpecError, match="turbo"):
+        image_loader(cpu, True)
+
+
+def test_embed_split_uses_the_fast_path_on_files(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    rows = []
+    for k in range(8):
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        radiograph(700 + 10 * k, 600, k).save(root / f"img/{k}.jpg", quality=95)
+        rows.append({"image_path": f"img/{k}.jpg", "report": f"Report {k}: clear lungs.", "patient_id": f"P{k // 2}"})
+    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
+    spec = EmbedSpec(source=SourceSpec(name="csv", root=str(root)), model="tiny-random", split="all", batch_size=4)
+    monkeypatch.delenv("CXR_IMAGE_LOADER", raising=False)
+    fast = embed_split(spec, device="cpu", num_workers=0)
+    monkeypatch.setenv("CXR_IMAGE_LOADER", "reference")
+    ref = embed_split(spec, device="cpu", num_workers=0)
+    assert fast.info["image_loader"]["loader"] == "fast" and ref.info["image_loader"]["loader"] == "reference"
+    assert fast.info["key"] != ref.info["key"]  # the two paths never share a cache folder
+    cos = (fast.image_emb * ref.image_emb).sum(1)
+    assert cos.mean() >= 0.999 and not np.array_equal(fast.image_emb, ref.image_emb)
+    np.testing.assert_array_equal(fast.report_emb, ref.report_emb)
