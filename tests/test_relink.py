@@ -226,6 +226,25 @@ def test_torch_counting_path_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> N
     pd.testing.assert_frame_equal(res.per_query, ref.per_query, check_exact=True)
 
 
+def test_torch_curve_path_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPUs run the curve arithmetic and the bootstrap in torch (backend.relink.stats.Xp); run that path on
+    the CPU and compare every row with numpy's (float64 round-off apart)."""
+    import backend.relink.rows as rows
+
+    data = _data(seed=13)
+    ref = relink_curves(**data, n_bootstrap=50, device="cpu")
+    monkeypatch.setattr(rows, "TORCH_ON_CPU", True)
+    res = relink_curves(**data, n_bootstrap=50, device="cpu")
+    pd.testing.assert_frame_equal(res.rows, ref.rows, check_exact=False, rtol=1e-9, atol=1e-12)
+    import torch
+
+    m, b, t, n = (np.array(v) for v in ([50, 400000, 600, 9], [2, 3, 1, 0], [6, 1, 400, 0], [10, 999, 300, 9]))
+    got = expected_recall(*(torch.as_tensor(v, dtype=torch.float64) for v in (m, b, t, n)), (1, 5, 10))
+    assert isinstance(got, torch.Tensor)
+    # log-gamma round-off differs between libraries: about 1e-9 at pools of 400,000 (module docstring)
+    np.testing.assert_allclose(got.numpy(), expected_recall(m, b, t, n, (1, 5, 10)), rtol=0, atol=1e-9)
+
+
 def test_bootstrap_ci_contains_estimate_and_shrinks_with_patients() -> None:
     widths = []
     for n_patients in (15, 120):

@@ -189,7 +189,7 @@ def relink_curves(image_emb: np.ndarray, report_emb: np.ndarray, study_id: Seque
     groups = _group_sizes(cands, true, include_same_patient)
     q_patient = pd.factorize(patient[queries])[0]
     rows, extra = curve_rows(counts, groups, q_patient, kinds=kinds, ks=k_list, n_grid=n_grid,
-                             n_bootstrap=n_bootstrap, seed=seed)
+                             n_bootstrap=n_bootstrap, seed=seed, device=resolve_device(device))
     ids = None if pair_id is None else np.asarray(pair_id, dtype=object)[queries]
     per_query = per_query_frame(queries, ids, np.asarray(study_id, dtype=object)[queries],
                                 np.asarray(patient_id, dtype=object)[queries], counts, groups)

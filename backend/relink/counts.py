@@ -22,7 +22,8 @@ from backend.progress import ProgressLike
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK_ELEMENTS = 1 << 24  # similarities per block (64 MB of float32 on the device)
+DEFAULT_BLOCK_ELEMENTS = 1 << 24  # similarities per block on the CPU (64 MB of float32)
+CUDA_BLOCK_ELEMENTS = 1 << 28  # on a GPU (1 GB of float32 + 0.5 GB of masks): few, large launches
 NUMPY_ON_CPU = True  # count CPU blocks with numpy (faster); False runs the torch code path that GPUs use
 
 
@@ -122,11 +123,14 @@ def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, can
 
         def count(mask: np.ndarray) -> np.ndarray:
             return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
-    else:
+    else:  # on the GPU every count stays there until one transfer at the end (no sync per label group)
         gt, eq = sim > thr[:, None], sim == thr[:, None]
-
-        def count(mask: torch.Tensor) -> np.ndarray:
-            return mask.view(torch.uint8).sum(1, dtype=torch.int32).cpu().numpy()
+        dev_out = torch.zeros((4, sim.shape[0]), dtype=torch.int64, device=sim.device)
+        dev_out[0], dev_out[1] = gt.sum(1), eq.sum(1)
+        for a, b, g in _runs(row_label):
+            lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
+            dev_out[2, a:b], dev_out[3, a:b] = gt[a:b, lo:hi].sum(1), eq[a:b, lo:hi].sum(1)
+        return dev_out.cpu().numpy()
 
     out = np.zeros((4, sim.shape[0]), dtype=np.int64)
     out[0], out[1] = count(gt), count(eq)
@@ -226,7 +230,8 @@ def count_all(q_emb: np.ndarray, true: np.ndarray, cands: Candidates, *, include
     Returns the arrays of count_block, each (n_q,), in the original query order."""
     dev = resolve_device(device)
     n_q = q_emb.shape[0]
-    block = int(block_size) if block_size else max(1, min(n_q, DEFAULT_BLOCK_ELEMENTS // max(cands.m, 1)))
+    per_block = CUDA_BLOCK_ELEMENTS if dev.type == "cuda" else DEFAULT_BLOCK_ELEMENTS
+    block = int(block_size) if block_size else max(1, min(n_q, per_block // max(cands.m, 1)))
     order = np.argsort(cands.label[true], kind="stable")
     c_emb = torch.from_numpy(cands.emb).to(dev)
     out: dict[str, np.ndarray] = {}

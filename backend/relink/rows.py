@@ -1,5 +1,6 @@
 """Turn per-query beater/tie counts (backend.relink.counts) into backend.relink's outputs: the tidy curve table with
-patient-bootstrap CIs, the summary dict and the per-query table. Pure numpy/pandas; semantics in backend/relink/__init__.py.
+patient-bootstrap CIs, the summary dict and the per-query table. The curve arithmetic and the bootstrap run in
+torch on the chosen device (the GPU, when the counts were made there); semantics in backend/relink/__init__.py.
 """
 
 from __future__ import annotations
@@ -10,21 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.relink.stats import (
-    bootstrap_means,
-    bootstrap_medians,
-    bootstrap_weights,
-    expected_recall,
-    group_chance,
-    percentile_ci,
-)
-
 # (pool kind, level) -> keys of (eligible, beaters, ties) in the group-size and count dicts
 COMBOS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("random", "study"): ("m", "b", "t"), ("hard", "study"): ("mh", "bh", "th"),
     ("random", "patient"): ("pm", "pb", "pt"), ("hard", "patient"): ("pmh", "pbh", "pth"),
 }
 PER_QUERY_N: tuple[int, ...] = (10, 100, 1000)
+TORCH_ON_CPU = False  # True runs the GPU's torch code path on the CPU (tests compare it with numpy's)
 CURVE_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_low", "ci_high", "chance", "lift",
                                   "effective_n")  # what the store keeps and a headline shows
 ROW_COLUMNS: tuple[str, ...] = (*CURVE_COLUMNS, "capped_frac")  # what the engine returns
@@ -42,59 +35,71 @@ def default_grid(n_max: int) -> list[int]:
         base *= 10
 
 
-def _chance(draws: np.ndarray, r: np.ndarray | None, k: int) -> np.ndarray:
+def _chance(draws: Any, r: Any | None, k: int) -> Any:
     """Per-query chance of a hit: K / (draws + 1) for one true report, group_chance for r patient reports."""
+    from backend.relink.stats import group_chance, xp_of  # late: scipy (this module's constants are imported by pages)
+
     if r is None:
-        return np.minimum(1.0, k / (draws + 1.0))
+        return xp_of(draws).clip_high(k / (draws + 1.0), 1.0)
     return group_chance(draws, r, k)
 
 
-def _curve(elig: np.ndarray, beat: np.ndarray, tie: np.ndarray, grid: Sequence[int], ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Sequence[int]) -> tuple[Any, Any]:
     """Expected recall per query (n_q, G, nk) and draws (n_q, G) for pools of N - 1 distractors, N in grid.
 
     Capped entries (N - 1 >= eligible) are the full-pool value, computed once per query."""
+    from backend.relink.stats import expected_recall
+
     n_q = elig.shape[0]
-    draws = np.minimum(np.asarray(grid, dtype=np.float64)[None, :] - 1.0, elig[:, None].astype(np.float64))
+    draws = xp.minimum(xp.f64(grid)[None, :] - 1.0, elig[:, None])
     full = expected_recall(elig, beat, tie, elig, ks)
-    values = np.repeat(full[:, None, :], len(grid), axis=1)
-    open_q, open_g = np.nonzero(draws < elig[:, None])
-    if open_q.size:
+    values = xp.repeat_axis1(full[:, None, :], len(grid))
+    open_q, open_g = xp.nonzero2(draws < elig[:, None])
+    if xp.size(open_q):
         values[open_q, open_g] = expected_recall(elig[open_q], beat[open_q], tie[open_q], draws[open_q, open_g], ks)
     return values.reshape(n_q, len(grid), len(ks)), draws
 
 
 def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_patient: np.ndarray, *,
                kinds: Sequence[str], ks: Sequence[int], n_grid: Sequence[int] | None, n_bootstrap: int,
-               seed: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+               seed: int, device: Any = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The tidy rows (pool_kind, level, k, n, recall, ci_low, ci_high, chance, lift, effective_n, capped_frac).
 
-    counts/groups: per-query arrays (n_q,); q_patient (n_q,) dense patient codes for the bootstrap."""
+    counts/groups: per-query arrays (n_q,); q_patient (n_q,) dense patient codes for the bootstrap. The
+    arithmetic runs in numpy on the CPU (device None or cpu) or in torch on a GPU (a CUDA device); the rows
+    do not depend on which beyond float64 round-off (tests/test_relink.py)."""
+    from backend.relink.stats import Xp, bootstrap_means, bootstrap_weights, expected_recall, percentile_ci
+
+    on_gpu = device is not None and (str(device) != "cpu" or TORCH_ON_CPU)
+    xp = Xp(device if on_gpu else None)
     grid = sorted({int(v) for v in n_grid}) if n_grid is not None else default_grid(int(groups["m"].max()) + 1)
-    columns, meta = [], []
+    columns, meta, stats = [], [], []
     for kind in [*kinds, "full"]:
         for level in ("study", "patient"):
             e_key, b_key, t_key = COMBOS[("random" if kind == "full" else kind, level)]
-            elig, beat, tie = groups[e_key], counts[b_key], counts[t_key]
-            r = groups["r"] if level == "patient" else None
-            pts = [int(round(float(np.mean(elig + 1))))] if kind == "full" else grid
+            elig, beat, tie = (xp.f64(a) for a in (groups[e_key], counts[b_key], counts[t_key]))
+            r = xp.f64(groups["r"]) if level == "patient" else None
+            pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
             if kind == "full":
-                vals, draws = expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig[:, None].astype(np.float64)
+                vals, draws = expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig[:, None]
             else:
-                vals, draws = _curve(elig, beat, tie, grid, ks)
+                vals, draws = _curve(xp, elig, beat, tie, grid, ks)
             for gi, n_pts in enumerate(pts):
+                capped = xp.f64(draws[:, gi] + 1 < n_pts)
                 for ki, k in enumerate(ks):
                     columns.append(vals[:, gi, ki])
-                    meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts,
-                                 "chance": float(np.mean(_chance(draws[:, gi], r, k))),
-                                 "effective_n": float(np.mean(draws[:, gi] + 1.0)),
-                                 "capped_frac": 0.0 if kind == "full" else float(np.mean(draws[:, gi] + 1 < n_pts))})
-    values = np.stack(columns, axis=1)
+                    stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
+                              capped.mean() * (kind != "full")]
+                    meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
+    values = xp.stack(columns, axis=1)
+    per_row = xp.numpy(xp.stack(stats, axis=0)).reshape(-1, 3)  # one transfer: chance, effective N, capped share
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed)
     low, high = percentile_ci(bootstrap_means(values, q_patient, weights))
     rows = pd.DataFrame(meta)
-    rows.insert(4, "recall", values.mean(0))
+    rows.insert(4, "recall", xp.numpy(values.mean(0)))
     rows.insert(5, "ci_low", low)
     rows.insert(6, "ci_high", high)
+    rows["chance"], rows["effective_n"], rows["capped_frac"] = per_row[:, 0], per_row[:, 1], per_row[:, 2]
     rows["lift"] = rows["recall"] / rows["chance"]
     return rows[list(ROW_COLUMNS)], {"n_grid": grid}
 
@@ -103,6 +108,8 @@ def per_query_frame(pair_index: np.ndarray, pair_id: np.ndarray | None, study_id
                     counts: dict[str, np.ndarray], groups: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row per query image, in input order: ids, true score, counts per pool/level, expected rank in
     the full database (1 + beaters + ties/2) and expected R@1 in random pools of N = 10, 100, 1000."""
+    from backend.relink.stats import expected_recall
+
     frame = pd.DataFrame({"pair_index": pair_index})
     if pair_id is not None:
         frame["pair_id"] = pair_id
@@ -124,6 +131,8 @@ def summary_dict(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q
                  n_bootstrap: int, seed: int, n_candidates: int, include_same_patient: bool,
                  extra: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers: sizes, mean/median expected rank in the full database with patient-bootstrap CIs."""
+    from backend.relink.stats import bootstrap_means, bootstrap_medians, bootstrap_weights, percentile_ci
+
     rank = 1.0 + counts["b"] + counts["t"] / 2.0
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed + 1)
     mean_lo, mean_hi = percentile_ci(bootstrap_means(rank[:, None], q_patient, weights))

@@ -2,12 +2,16 @@
 beater/tie counts (hypergeometric laws, vectorised over queries), chance levels, and the patient bootstrap.
 
 Conventions: arrays of counts are float64 (exact for integers below 2**53); "entries" are flattened
-(query, pool size) combinations of shape (E,).
+(query, pool size) combinations of shape (E,). One implementation serves two array libraries through a
+small namespace (`Xp`): numpy + scipy on the CPU (fastest there: torch's CPU lgamma is ~15x slower) and
+torch on a GPU, so the whole curve stays on the device that made the counts. `expected_recall` and
+`group_chance` take numpy arrays or tensors and return the same kind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -18,36 +22,109 @@ TAIL = 24
 DIRECT_RATIO = 0.25
 
 
-def _log_comb(n: np.ndarray, k: np.ndarray) -> np.ndarray:
+class Xp:
+    """The few array operations the arithmetic needs, for numpy (device None) or torch (a torch.device)."""
+
+    def __init__(self, device: Any = None) -> None:
+        self.device = device
+        if device is not None:
+            import torch  # late: only for tensors on a device
+
+            self.t = torch
+
+    def f64(self, x: Any) -> Any:
+        if self.device is None:
+            return np.asarray(x, dtype=np.float64)
+        return self.t.as_tensor(x, dtype=self.t.float64, device=self.device)
+
+    def lgamma(self, x: Any) -> Any:
+        return gammaln(x) if self.device is None else self.t.lgamma(x)
+
+    def exp(self, x: Any) -> Any:
+        return np.exp(x) if self.device is None else self.t.exp(x)
+
+    def expm1(self, x: Any) -> Any:
+        return np.expm1(x) if self.device is None else self.t.expm1(x)
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        if self.device is None:
+            return np.where(cond, a, b)
+        return self.t.where(cond, self.f64(a) if not self.t.is_tensor(a) else a, self.f64(b) if not self.t.is_tensor(b) else b)
+
+    def minimum(self, a: Any, b: Any) -> Any:
+        return np.minimum(a, b) if self.device is None else self.t.minimum(a, b)
+
+    def clip_low(self, x: Any, low: float) -> Any:
+        return np.maximum(x, low) if self.device is None else self.t.clamp(x, min=low)
+
+    def clip_high(self, x: Any, high: float) -> Any:
+        return np.minimum(x, high) if self.device is None else self.t.clamp(x, max=high)
+
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        return np.empty(shape) if self.device is None else self.t.empty(shape, dtype=self.t.float64, device=self.device)
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return np.zeros(shape) if self.device is None else self.t.zeros(shape, dtype=self.t.float64, device=self.device)
+
+    def arange(self, n: int) -> Any:
+        return np.arange(n, dtype=np.float64) if self.device is None else self.t.arange(n, dtype=self.t.float64, device=self.device)
+
+    def stack(self, xs: list[Any], axis: int) -> Any:
+        return np.stack(xs, axis=axis) if self.device is None else self.t.stack(xs, dim=axis)
+
+    def flatnonzero(self, mask: Any) -> Any:
+        return np.flatnonzero(mask) if self.device is None else self.t.nonzero(mask).squeeze(1)
+
+    def size(self, x: Any) -> int:
+        return int(x.size) if self.device is None else int(x.numel())
+
+    def nonzero2(self, mask: Any) -> tuple[Any, Any]:
+        return np.nonzero(mask) if self.device is None else self.t.nonzero(mask, as_tuple=True)
+
+    def repeat_axis1(self, x: Any, n: int) -> Any:
+        """(E, 1, c) -> (E, n, c), a copy."""
+        return np.repeat(x, n, axis=1) if self.device is None else x.repeat(1, n, 1)
+
+    def numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x) if self.device is None else x.cpu().numpy()
+
+
+def xp_of(x: Any) -> Xp:
+    """numpy's namespace for numpy arrays (and lists), torch's for a tensor (on its device)."""
+    return Xp(x.device) if hasattr(x, "device") and not isinstance(x, np.ndarray) else Xp()
+
+
+def _log_comb(xp: Xp, n: Any, k: Any) -> Any:
     """log C(n, k) for 0 <= k <= n (float arrays)."""
-    return gammaln(n + 1.0) - gammaln(k + 1.0) - gammaln(n - k + 1.0)
+    return xp.lgamma(n + 1.0) - xp.lgamma(k + 1.0) - xp.lgamma(n - k + 1.0)
 
 
-def hypergeom_window(pop: np.ndarray, succ: np.ndarray, draws: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def hypergeom_window(pop: Any, succ: Any, draws: Any, width: int) -> tuple[Any, Any]:
     """The first `width` support points of Z ~ Hypergeom(pop, succ, draws) (draws without replacement
     from pop items of which succ are marked; Z = marked items drawn).
 
-    Args: pop, succ, draws: (E,) with 0 <= succ <= pop and 0 <= draws <= pop.
+    Args: pop, succ, draws: (E,) with 0 <= succ <= pop and 0 <= draws <= pop (numpy or tensors).
     Returns (start (E,), pmf (E, width)) with pmf[e, l] = P(Z_e = start_e + l); start_e is the lowest support
     point max(0, draws - (pop - succ)). The first term comes from log-gamma, the rest from the exact ratio
     recurrence (log-concave, so ratios never blow up); terms under ~1e-308 underflow to 0.
     """
-    pop, succ, draws = (np.asarray(a, dtype=np.float64) for a in (pop, succ, draws))
-    lo = np.maximum(0.0, draws - (pop - succ))
-    hi = np.minimum(succ, draws)
-    out = np.empty((pop.shape[0], width))
-    p = np.exp(_log_comb(succ, lo) + _log_comb(pop - succ, draws - lo) - _log_comb(pop, draws))
+    xp = xp_of(pop)
+    pop, succ, draws = (xp.f64(a) for a in (pop, succ, draws))
+    lo = xp.clip_low(draws - (pop - succ), 0.0)
+    hi = xp.minimum(succ, draws)
+    out = xp.empty((pop.shape[0], width))
+    p = xp.exp(_log_comb(xp, succ, lo) + _log_comb(xp, pop - succ, draws - lo) - _log_comb(xp, pop, draws))
     out[:, 0] = p
     slack = pop - succ - draws  # (k + 1 + slack) >= 1 for every support point k >= lo
     for step in range(1, width):
         k = lo + (step - 1)
         ratio = (succ - k) * (draws - k) / ((k + 1.0) * (slack + k + 1.0))
-        p = p * np.where(k < hi, ratio, 0.0)
+        p = p * xp.where(k < hi, ratio, 0.0)
         out[:, step] = p
     return lo, out
 
 
-def tie_factor(pop: np.ndarray, ties: np.ndarray, draws: np.ndarray, j: np.ndarray) -> np.ndarray:
+def tie_factor(pop: Any, ties: Any, draws: Any, j: Any) -> Any:
     """E[min(j, Y + 1) / (Y + 1)] for Y ~ Hypergeom(pop, ties, draws): the chance that the true report,
     tied with the Y drawn ties and broken uniformly at random, lands in the first j of its tie block.
 
@@ -56,33 +133,34 @@ def tie_factor(pop: np.ndarray, ties: np.ndarray, draws: np.ndarray, j: np.ndarr
     Y' ~ Hypergeom(pop+1, ties+1, draws+1): summed directly where the tail decays fast (no cancellation),
     as a complement of the head where it does not (then the tail is not small, so no precision is lost).
     """
-    pop, ties, draws = (np.asarray(a, dtype=np.float64) for a in (pop, ties, draws))
-    jmax = max(int(j.max(initial=1)), 1)
+    xp = xp_of(pop)
+    pop, ties, draws, j = (xp.f64(a) for a in (pop, ties, draws, j))
+    jmax = max(int(j.max()) if xp.size(j) else 1, 1)
     width = jmax + TAIL
     start, pmf = hypergeom_window(pop, ties, draws, width)
-    y = start[:, None] + np.arange(width)
+    y = start[:, None] + xp.arange(width)
     inv = pmf / (y + 1.0)
-    p_zero = np.where(draws + 1 <= pop - ties,
-                      np.exp(_log_comb(pop - ties, np.minimum(draws + 1, pop - ties)) - _log_comb(pop + 1, draws + 1)), 0.0)
+    p_zero = xp.where(draws + 1 <= pop - ties,
+                      xp.exp(_log_comb(xp, pop - ties, xp.minimum(draws + 1, pop - ties)) - _log_comb(xp, pop + 1, draws + 1)),
+                      0.0)
     mean_inv = (pop + 1) / ((ties + 1) * (draws + 1)) * (1.0 - p_zero)  # E[1/(Y+1)]
-    hi = np.minimum(ties, draws)
-    out = np.zeros(j.shape)
+    hi = xp.minimum(ties, draws)
+    out = xp.zeros(tuple(j.shape))
     for col in range(j.shape[1]):
-        jj = j[:, col].astype(np.float64)
+        jj = j[:, col]
         below = y < jj[:, None]
         head = (pmf * below).sum(1)
         tail_direct = (inv * ~below).sum(1)
-        tail_comp = np.maximum(mean_inv - (inv * below).sum(1), 0.0)
-        jc = np.maximum(jj, 0.0)
-        ratio = (ties - jc) * (draws - jc) / ((jc + 1.0) * np.maximum(pop - ties - draws + jc + 1.0, 1.0))
+        tail_comp = xp.clip_low(mean_inv - (inv * below).sum(1), 0.0)
+        jc = xp.clip_low(jj, 0.0)
+        ratio = (ties - jc) * (draws - jc) / ((jc + 1.0) * xp.clip_low(pop - ties - draws + jc + 1.0, 1.0))
         direct = (hi < start + width) | ((start <= jj) & (ratio <= DIRECT_RATIO))
-        value = head + jj * np.where(direct, tail_direct, tail_comp)
-        out[:, col] = np.where(jj >= 1, np.minimum(value, 1.0), 0.0)
+        value = head + jj * xp.where(direct, tail_direct, tail_comp)
+        out[:, col] = xp.where(jj >= 1, xp.clip_high(value, 1.0), 0.0)
     return out
 
 
-def expected_recall(eligible: np.ndarray, beaters: np.ndarray, ties: np.ndarray, draws: np.ndarray,
-                    ks: Sequence[int]) -> np.ndarray:
+def expected_recall(eligible: Any, beaters: Any, ties: Any, draws: Any, ks: Sequence[int]) -> Any:
     """Exact P(true report ranks within the top K) for a pool of the true report plus `draws` distractors
     drawn uniformly without replacement from `eligible` ones, of which `beaters` score strictly higher and
     `ties` tie (ties broken uniformly at random).
@@ -91,43 +169,45 @@ def expected_recall(eligible: np.ndarray, beaters: np.ndarray, ties: np.ndarray,
     given X = x, Y ~ Hypergeom(eligible - beaters, ties, draws - x). With ties = 0 it is the hypergeometric
     cdf P(X <= K - 1).
 
-    Args: eligible, beaters, ties, draws: (E,) counts with beaters + ties <= eligible, draws <= eligible.
-    Returns (E, len(ks)) float64.
+    Args: eligible, beaters, ties, draws: (E,) counts with beaters + ties <= eligible, draws <= eligible
+    (numpy arrays, or float64 tensors of one device).
+    Returns (E, len(ks)) float64, numpy or a tensor on that device like the inputs.
     """
-    eligible, beaters, ties, draws = (np.asarray(a, dtype=np.float64) for a in (eligible, beaters, ties, draws))
-    ks_arr = np.asarray(ks, dtype=np.float64)
-    kmax = int(ks_arr.max())
+    xp = xp_of(eligible)
+    eligible, beaters, ties, draws = (xp.f64(a) for a in (eligible, beaters, ties, draws))
+    ks_arr = xp.f64([float(k) for k in ks])
+    kmax = int(max(ks))
     start, pmf = hypergeom_window(eligible, beaters, draws, kmax)
-    x = start[:, None] + np.arange(kmax)
-    out = np.stack([(pmf * (x < k)).sum(1) for k in ks_arr], axis=1)
-    tied = np.flatnonzero(ties > 0)
-    if tied.size == 0:
-        return np.minimum(out, 1.0)
+    x = start[:, None] + xp.arange(kmax)
+    out = xp.stack([(pmf * (x < float(k))).sum(1) for k in ks], axis=1)
+    tied = xp.flatnonzero(ties > 0)
+    if xp.size(tied) == 0:
+        return xp.clip_high(out, 1.0)
     out[tied] = 0.0
     for step in range(kmax):
         xs = start[tied] + step
         keep = (xs < kmax) & (pmf[tied, step] > 0)
         rows, xs = tied[keep], xs[keep]
-        if rows.size == 0:
+        if xp.size(rows) == 0:
             continue
         j = ks_arr[None, :] - xs[:, None]
         g = tie_factor(eligible[rows] - beaters[rows], ties[rows], draws[rows] - xs, j)
         out[rows] += pmf[rows, step][:, None] * g
-    return np.minimum(out, 1.0)
+    return xp.clip_high(out, 1.0)
 
 
-def group_chance(draws: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
+def group_chance(draws: Any, group: Any, k: int) -> Any:
     """Chance that at least one of `group` target items lands in the top k of a randomly ordered pool of
     group + draws items: 1 - C(draws, k) / C(draws + group, k). With group = 1 it is min(1, k / (draws + 1)).
 
-    Args: draws, group: (E,) counts (group >= 1). Returns (E,).
+    Args: draws, group: (E,) counts (group >= 1), numpy or tensors. Returns (E,) of the same kind.
     """
-    draws = np.asarray(draws, dtype=np.float64)
-    group = np.asarray(group, dtype=np.float64)
+    xp = xp_of(draws)
+    draws, group = xp.f64(draws), xp.f64(group)
     ok = draws >= k
-    d = np.where(ok, draws, k)
-    log_none = gammaln(d + 1) - gammaln(d - k + 1) - gammaln(d + group + 1) + gammaln(d + group - k + 1)
-    return np.where(ok, -np.expm1(log_none), 1.0)
+    d = xp.where(ok, draws, float(k))
+    log_none = xp.lgamma(d + 1) - xp.lgamma(d - k + 1) - xp.lgamma(d + group + 1) + xp.lgamma(d + group - k + 1)
+    return xp.where(ok, -xp.expm1(log_none), 1.0)
 
 
 def bootstrap_weights(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
@@ -146,12 +226,21 @@ def group_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarr
     return np.asarray(member @ values)
 
 
-def bootstrap_means(values: np.ndarray, group: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Means of the columns of values (n, P) over bootstrap resamples of groups: weights (B, G) -> (B, P)."""
+def bootstrap_means(values: Any, group: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Means of the columns of values (n, P) over bootstrap resamples of groups: weights (B, G) -> (B, P) numpy.
+
+    values: a numpy array (sparse group sums, on the CPU) or a tensor (index_add and one (B, G) x (G, P)
+    product on its device)."""
     g = weights.shape[1]
-    sums = group_sums(values, group, g)
     counts = np.bincount(group, minlength=g).astype(np.float64)
-    return (weights @ sums) / (weights @ counts)[:, None]
+    if isinstance(values, np.ndarray):
+        return (weights @ group_sums(values, group, g)) / (weights @ counts)[:, None]
+    xp = xp_of(values)
+    t = xp.t
+    sums = t.zeros((g, values.shape[1]), dtype=t.float64, device=xp.device)
+    sums.index_add_(0, t.as_tensor(group, dtype=t.int64, device=xp.device), xp.f64(values))
+    w = xp.f64(weights)
+    return ((w @ sums) / (w @ xp.f64(counts))[:, None]).cpu().numpy()
 
 
 def percentile_ci(boot: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
