@@ -11,6 +11,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from backend.relink.stats import (
+    Xp,
+    bootstrap_means,
+    bootstrap_medians,
+    bootstrap_weights,
+    expected_recall,
+    group_chance,
+    percentile_ci,
+    xp_of,
+)
+
 # (pool kind, level) -> keys of (eligible, beaters, ties) in the group-size and count dicts
 COMBOS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("random", "study"): ("m", "b", "t"), ("hard", "study"): ("mh", "bh", "th"),
@@ -37,8 +48,6 @@ def default_grid(n_max: int) -> list[int]:
 
 def _chance(draws: Any, r: Any | None, k: int) -> Any:
     """Per-query chance of a hit: K / (draws + 1) for one true report, group_chance for r patient reports."""
-    from backend.relink.stats import group_chance, xp_of  # late: scipy (this module's constants are imported by pages)
-
     if r is None:
         return xp_of(draws).clip_high(k / (draws + 1.0), 1.0)
     return group_chance(draws, r, k)
@@ -48,8 +57,6 @@ def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Seq
     """Expected recall per query (n_q, G, nk) and draws (n_q, G) for pools of N - 1 distractors, N in grid.
 
     Capped entries (N - 1 >= eligible) are the full-pool value, computed once per query."""
-    from backend.relink.stats import expected_recall
-
     n_q = elig.shape[0]
     draws = xp.minimum(xp.f64(grid)[None, :] - 1.0, elig[:, None])
     full = expected_recall(elig, beat, tie, elig, ks)
@@ -68,8 +75,6 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
     counts/groups: per-query arrays (n_q,); q_patient (n_q,) dense patient codes for the bootstrap. The
     arithmetic runs in numpy on the CPU (device None or cpu) or in torch on a GPU (a CUDA device); the rows
     do not depend on which beyond float64 round-off (tests/test_relink.py)."""
-    from backend.relink.stats import Xp, bootstrap_means, bootstrap_weights, expected_recall, percentile_ci
-
     on_gpu = device is not None and (str(device) != "cpu" or TORCH_ON_CPU)
     xp = Xp(device if on_gpu else None)
     grid = sorted({int(v) for v in n_grid}) if n_grid is not None else default_grid(int(groups["m"].max()) + 1)
@@ -108,8 +113,6 @@ def per_query_frame(pair_index: np.ndarray, pair_id: np.ndarray | None, study_id
                     counts: dict[str, np.ndarray], groups: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row per query image, in input order: ids, true score, counts per pool/level, expected rank in
     the full database (1 + beaters + ties/2) and expected R@1 in random pools of N = 10, 100, 1000."""
-    from backend.relink.stats import expected_recall
-
     frame = pd.DataFrame({"pair_index": pair_index})
     if pair_id is not None:
         frame["pair_id"] = pair_id
@@ -131,8 +134,6 @@ def summary_dict(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q
                  n_bootstrap: int, seed: int, n_candidates: int, include_same_patient: bool,
                  extra: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers: sizes, mean/median expected rank in the full database with patient-bootstrap CIs."""
-    from backend.relink.stats import bootstrap_means, bootstrap_medians, bootstrap_weights, percentile_ci
-
     rank = 1.0 + counts["b"] + counts["t"] / 2.0
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed + 1)
     mean_lo, mean_hi = percentile_ci(bootstrap_means(rank[:, None], q_patient, weights))
