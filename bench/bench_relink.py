@@ -4,16 +4,19 @@ For each n (default 20,000 and 43,793; d = 512) one subprocess (so that its peak
   1. synthetic pairs: ~2 images per study, ~3 studies per patient, label vectors from 12 groups, image and
      report embeddings correlated, 5% of studies reuse another study's report text (text ties);
   2. the whole curve: relink_curves with every N of the default grid, K in {1, 5, 10}, random and hard
-     pools, study and patient level, 200 patient-bootstrap resamples; wall time and peak RSS (getrusage);
-  3. baseline: one float32 n x n x d matrix product (torch, computed in row chunks of 1,024 so that the n x n
-     result is never held; same flops), and the ratio curve / matmul (goal <= 2), each timed twice, interleaved;
+     pools, study and patient level, 200 patient-bootstrap resamples, on --device (cpu or cuda); wall time,
+     peak RSS (getrusage) and on CUDA the peak GPU memory; once more without the bootstrap;
+  3. baseline: one float32 matrix product of the exact shape of the curve's work, query images x candidate
+     reports x d (n_q x m x d; m is about n_q / 2 here, two images per study), in torch on the same device,
+     in the curve's row blocks into one preallocated buffer; the ratio curve / matmul (goals: CPU <= 1.2,
+     CUDA <= 5 at 400k candidates), the faster of two runs each, interleaved;
   4. the same curve by sampling 1,000 pools per N the way a study would (similarity row once per query,
      then per pool rng.choice without replacement and a count): timed on a subset of queries and N,
      extrapolated linearly to all queries, every N of the grid and both pool kinds (study level only,
      so the ratio is conservative).
 --scale: 43,793 query images against 400,000 candidate reports (time and peak memory).
 
-Usage: python -m bench.bench_relink [--n 20000 43793] [--scale] [--skip-sampling]
+Usage: python -m bench.bench_relink [--n 20000 43793] [--scale] [--skip-sampling] [--device cuda]
 """
 
 from __future__ import annotations
@@ -72,15 +75,41 @@ def synthetic(n_pairs: int, seed: int = 0, n_studies: int | None = None) -> dict
             "report_text": text[study].astype(str), "labels": labels14[study], "query_mask": mask}
 
 
-def matmul_seconds(x: np.ndarray, chunk: int = 1024) -> float:
-    """Wall time of one float32 x @ x.T (n x n x d) in torch, in row chunks (the result is discarded)."""
+def work_arrays(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's own matrix product operands: query images (n_q, d) and candidate reports (m, d), one per
+    study (its first pair), both L2-normalised, as backend.relink builds them."""
+    q = data["image_emb"][data["query_mask"]]
+    _, first = np.unique(data["study_id"], return_index=True)
+    c = data["report_emb"][first]
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32), \
+        (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _sync(device: str) -> None:
     import torch
 
-    t = torch.from_numpy(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_seconds(q: np.ndarray, c: np.ndarray, device: str = "cpu") -> float:
+    """Wall time of one float32 q @ c.T (n_q x m x d, the exact shape of the curve's work) in torch on
+    `device`, in row blocks of the curve's own size into one preallocated buffer (the result is discarded)."""
+    import torch
+
+    from backend.relink.counts import CUDA_BLOCK_ELEMENTS, DEFAULT_BLOCK_ELEMENTS
+
+    per_block = CUDA_BLOCK_ELEMENTS if device.startswith("cuda") else DEFAULT_BLOCK_ELEMENTS
+    qt, ct = torch.from_numpy(q).to(device), torch.from_numpy(c).to(device)
+    rows = max(1, min(qt.shape[0], per_block // ct.shape[0]))
+    buf = torch.empty((rows, ct.shape[0]), device=device)
+    _sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        for a in range(0, t.shape[0], chunk):
-            (t[a:a + chunk] @ t.T).sum()
+        for a in range(0, qt.shape[0], rows):
+            b = min(qt.shape[0], a + rows)
+            torch.mm(qt[a:b], ct.T, out=buf[:b - a])
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -115,47 +144,59 @@ def sampling_seconds(data: dict, res, n_sub: int = 20, n_pools: int = 1000, seed
     return {"per_query_s": dict(zip(pts, costs, strict=True)), "fit_a_s": float(icpt), "fit_b_s_per_n": float(slope)}
 
 
-def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None) -> dict:
+def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, device: str = "cpu") -> dict:
     """One benchmark case in this process; returns its figures."""
     import torch
 
     from backend.relink import relink_curves
 
     data = synthetic(n, seed=n, n_studies=n_candidates)
+    q, c = work_arrays(data)
 
-    def curve() -> tuple[float, object]:
+    def curve(n_bootstrap: int = 200) -> tuple[float, object]:
+        _sync(device)
         start = time.perf_counter()
-        res = relink_curves(**data, pools=("random", "hard"), ks=(1, 5, 10), n_bootstrap=200, seed=0)
+        res = relink_curves(**data, pools=("random", "hard"), ks=(1, 5, 10), n_bootstrap=n_bootstrap, seed=0,
+                            device=device)
+        _sync(device)
         return time.perf_counter() - start, res
 
+    if device.startswith("cuda"):  # CUDA context, cuBLAS handles and kernels before any timing
+        small = synthetic(2000, seed=1)
+        relink_curves(**small, n_bootstrap=10, device=device)
+        matmul_seconds(*work_arrays(small), device=device)
     rss0 = _maxrss_mb()
     curve_s, res = curve()
     rss1 = _maxrss_mb()
-    out = {"n_queries": int(data["query_mask"].sum()), "n_candidates": res.summary["n_candidates"], "d": D,
+    out = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+           "n_queries": int(data["query_mask"].sum()), "n_candidates": res.summary["n_candidates"], "d": D,
            "torch_threads": torch.get_num_threads(), "curve_s": curve_s, "rows": len(res.rows),
            "grid": res.summary["n_grid"], "maxrss_before_mb": rss0, "maxrss_after_curve_mb": rss1,
            "curve_peak_delta_mb": rss1 - rss0, "frac_ties": res.summary["frac_queries_with_ties"],
            "input_arrays_mb": sum(v.nbytes for v in data.values()) / 2**20,
            "r1_random_study": res.rows.query("pool_kind == 'random' and level == 'study' and k == 1")
            .set_index("n").recall.round(4).to_dict()}
-    if n_candidates is None:
-        # interleaved (matmul, curve, matmul) so that load from other processes hits both alike
-        mm = [matmul_seconds(data["image_emb"])]
-        curve_s2, _ = curve()
-        mm.append(matmul_seconds(data["image_emb"]))
-        out["curve_runs_s"] = [curve_s, curve_s2]
-        out["matmul_runs_s"] = mm
-        out["curve_s"] = (curve_s + curve_s2) / 2
-        out["matmul_nxnxd_s"] = sum(mm) / 2
-        out["ratio_curve_over_matmul"] = out["curve_s"] / out["matmul_nxnxd_s"]
-        if not skip_sampling:
-            samp = sampling_seconds(data, res)
-            rows = res.rows[(res.rows.level == "study") & (res.rows.k == 1) & res.rows.pool_kind.isin(["random", "hard"])]
-            eff_n = rows.effective_n.to_numpy()  # mean pool size actually drawn at each grid N, both kinds
-            out["sampling"] = samp
-            out["sampling_est_s"] = float((samp["fit_a_s"] * eff_n.size + samp["fit_b_s_per_n"] * eff_n.sum())
-                                          * out["n_queries"])
-            out["ratio_sampling_over_curve"] = out["sampling_est_s"] / curve_s
+    if device.startswith("cuda"):
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    # interleaved (matmul, curve, matmul) so that load from other processes hits both alike; the baseline is
+    # the exact shape of the work: queries x candidate reports x d
+    mm = [matmul_seconds(q, c, device)]
+    curve_s2, _ = curve()
+    mm.append(matmul_seconds(q, c, device))
+    out["curve_runs_s"] = [curve_s, curve_s2]
+    out["matmul_runs_s"] = mm
+    out["curve_s"] = min(curve_s, curve_s2)
+    out["matmul_qxcxd_s"] = min(mm)
+    out["ratio_curve_over_matmul"] = out["curve_s"] / out["matmul_qxcxd_s"]
+    out["curve_no_bootstrap_s"] = curve(0)[0]
+    if n_candidates is None and not skip_sampling and not device.startswith("cuda"):
+        samp = sampling_seconds(data, res)
+        rows = res.rows[(res.rows.level == "study") & (res.rows.k == 1) & res.rows.pool_kind.isin(["random", "hard"])]
+        eff_n = rows.effective_n.to_numpy()  # mean pool size actually drawn at each grid N, both kinds
+        out["sampling"] = samp
+        out["sampling_est_s"] = float((samp["fit_a_s"] * eff_n.size + samp["fit_b_s_per_n"] * eff_n.sum())
+                                      * out["n_queries"])
+        out["ratio_sampling_over_curve"] = out["sampling_est_s"] / curve_s
     return out
 
 
@@ -166,28 +207,30 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="43,793 queries against 400,000 candidate reports")
     parser.add_argument("--scale-candidates", type=int, default=400_000)
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--case-candidates", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.case is not None:
-        print(json.dumps(run_case(args.case, args.skip_sampling, args.case_candidates)))
+        print(json.dumps(run_case(args.case, args.skip_sampling, args.case_candidates, args.device)))
         return
     cases = [(n, None) for n in args.n] + ([(43_793, args.scale_candidates)] if args.scale else [])
     print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
     for n, m in cases:
-        cmd = [sys.executable, __file__, "--case", str(n)] + (["--case-candidates", str(m)] if m else [])
+        cmd = [sys.executable, "-m", "bench.bench_relink", "--case", str(n), "--device", args.device]
+        cmd += ["--case-candidates", str(m)] if m else []
         cmd += ["--skip-sampling"] if args.skip_sampling else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
         if proc.returncode != 0:
             print(f"case n={n} m={m} failed:\n{proc.stderr[-3000:]}")
             continue
         fig = json.loads(proc.stdout.strip().splitlines()[-1])
         print(json.dumps(fig, indent=1))
-        line = (f"n={fig['n_queries']} candidates={fig['n_candidates']}: curve {fig['curve_s']:.1f} s, "
+        line = (f"n={fig['n_queries']} candidates={fig['n_candidates']}: curve {fig['curve_s']:.2f} s, "
                 f"peak RSS {fig['maxrss_after_curve_mb']:.0f} MB (+{fig['curve_peak_delta_mb']:.0f} MB over the inputs)")
-        if "matmul_nxnxd_s" in fig:
-            line += f"; n x n x d matmul {fig['matmul_nxnxd_s']:.1f} s; ratio {fig['ratio_curve_over_matmul']:.2f}x"
+        line += (f"; {fig['device']}: q x c x d matmul {fig['matmul_qxcxd_s']:.3f} s; ratio "
+                 f"{fig['ratio_curve_over_matmul']:.2f}x; without bootstrap {fig['curve_no_bootstrap_s']:.2f} s")
         if "sampling_est_s" in fig:
             line += f"; sampling (extrapolated) {fig['sampling_est_s']:.0f} s = {fig['ratio_sampling_over_curve']:.0f}x"
         print(line, flush=True)

@@ -146,3 +146,12 @@ def test_embed_split_uses_the_fast_path_on_files(model, tmp_path: Path, monkeypa
     cos = (fast.image_emb * ref.image_emb).sum(1)
     assert cos.mean() >= 0.999 and not np.array_equal(fast.image_emb, ref.image_emb)
     np.testing.assert_array_equal(fast.report_emb, ref.report_emb)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by bench/gpu_suite.sh)")
+def test_nvjpeg_path_matches_the_reference_transform(model, files: list[Path]) -> None:
+    from backend.embed.images import read_bytes
+
+    ref = torch.stack([model.preprocess(open_image(p)) for p in files])
+    got = _fast(model).gpu_batch([read_bytes(p) for p in files], files, torch.device("cuda")).cpu()
+    _check_close(model, ref, got)

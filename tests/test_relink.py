@@ -341,3 +341,14 @@ def test_patient_level_matches_any_report_in_top_k() -> None:
         for i, k in enumerate(KS):
             got = _row(res, "random", "patient", k, n_pool).recall
             assert abs(got - hits[i]) <= 4.5 * math.sqrt(max(hits[i] * (1 - hits[i]), 1e-4) / (n_pools * len(sid)))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (run by bench/gpu_suite.sh)")
+def test_cuda_curve_equals_cpu() -> None:
+    """The whole engine on the GPU (counts, curve arithmetic, bootstrap) against the CPU's numpy path."""
+    data = _data(seed=21)
+    ref = relink_curves(**data, n_bootstrap=100, device="cpu")
+    res = relink_curves(**data, n_bootstrap=100, device="cuda")
+    pd.testing.assert_frame_equal(res.rows, ref.rows, check_exact=False, rtol=1e-9, atol=1e-9)
+    pd.testing.assert_frame_equal(res.per_query.drop(columns="score_true"), ref.per_query.drop(columns="score_true"),
+                                  check_exact=False, rtol=1e-9, atol=1e-9)

@@ -33,7 +33,7 @@ from backend.embed.files import (
     load_embedding_set,
     write_set,
 )
-from backend.embed.images import FastPreprocess, FileBytes, as_list, describe, image_loader
+from backend.embed.images import FastPreprocess, describe, image_loader, prefetch_bytes
 from backend.errors import SourceError
 from backend.models import load_model
 from backend.models.openclip import LoadedModel
@@ -119,9 +119,10 @@ def _image_chunk(lm: LoadedModel, source: SourceData, paths: list[str], batch_si
     pin = lm.device.type == "cuda"
     if loader == "gpu" and fast is not None and source.image_file is not None:
         files = [source.image_file(p) for p in paths]
-        batches: Any = DataLoader(FileBytes(files), batch_size=batch_size, num_workers=num_workers, collate_fn=as_list)
+        batches = prefetch_bytes(files, batch_size, max(4, num_workers))
         starts = range(0, len(files), batch_size)
-        images = (fast.gpu_batch(blobs, files[a:a + batch_size], lm.device) for a, blobs in zip(starts, batches, strict=True))
+        images: Any = (fast.gpu_batch(blobs, files[a:a + batch_size], lm.device)
+                       for a, blobs in zip(starts, batches, strict=True))
     else:
         if loader == "fast" and fast is not None and source.image_file is not None:
             data: Dataset = _Files([source.image_file(p) for p in paths], fast.load)

@@ -12,7 +12,7 @@ model embeddings of the same files through the reference and the fast path):
   PNG and other formats are decoded fully and resized with PIL's `reducing_gap` (box reduction first).
   Resize (shortest side, the model's interpolation, antialiased), centre crop and normalisation follow
   the reference transform's arithmetic (torchvision's Resize/CenterCrop/Normalize on PIL images).
-- CUDA ("gpu"): file bytes read by CPU workers, a batch decoded by nvJPEG on the GPU
+- CUDA ("gpu"): file bytes read by a thread pool one batch ahead, a batch decoded by nvJPEG on the GPU
   (`torchvision.io.decode_jpeg(list, device="cuda")`), then resize (antialiased), crop and normalisation as
   tensor operations on the GPU. Files nvJPEG refuses (PNG, 16-bit, CMYK, a corrupt file) go through the CPU
   path, so a batch never fails for one odd file; an unreadable file raises ImageReadError naming it.
@@ -27,14 +27,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.utils.data
 from PIL import Image, UnidentifiedImageError
 
 from backend.errors import ImageReadError, SpecError
@@ -209,22 +209,18 @@ def read_bytes(path: str | Path) -> torch.Tensor | None:
         return None
 
 
-class FileBytes(torch.utils.data.Dataset):
-    """Raw bytes of image files, for the GPU decoder in DataLoader workers: index -> uint8 tensor or None."""
-
-    def __init__(self, files: Sequence[str | Path]) -> None:
-        self.files = list(files)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor | None:
-        return read_bytes(self.files[i])
-
-
-def as_list(batch: list[Any]) -> list[Any]:
-    """DataLoader collate_fn that keeps a batch of differently sized byte tensors as a list."""
-    return batch
+def prefetch_bytes(files: Sequence[str | Path], batch_size: int, threads: int) -> Iterator[list[torch.Tensor | None]]:
+    """Batches of file bytes (read_bytes), read by a thread pool one batch ahead of the consumer (file reads
+    release the GIL; threads avoid moving gigabytes of bytes between processes through shared memory)."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        pending = None
+        for a in range(0, len(files), batch_size):
+            nxt = pool.map(read_bytes, files[a:a + batch_size])  # submitted now, collected next round
+            if pending is not None:
+                yield list(pending)
+            pending = nxt
+        if pending is not None:
+            yield list(pending)
 
 
 def describe(loader: str, fast: FastPreprocess | None) -> dict[str, Any]:
