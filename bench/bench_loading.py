@@ -1,8 +1,8 @@
 """Image loading of real-size radiographs: the project's loaders (backend.embed.images) against plain PIL.
 
 Writes N synthetic radiograph-like JPEGs of MIMIC-CXR-JPG's size (2,544 x 3,056, 8-bit grayscale, quality
-95) into a temporary folder, then on the same cores (one process per core, each file once, after one
-warm-up pass that brings the files into the page cache):
+95, ~1.8 MB each) into a temporary folder, then on the same cores (one single-threaded process per core,
+each file once, after one warm-up pass that brings the files into the page cache):
   naive   PIL open + full decode + convert("RGB") + bicubic resize of the shortest side to 224 + centre crop
           + tensor + normalise (open_clip's reference transform on a plain decode);
   fast    the project's CPU path (JPEG DCT scaling to >= 224 px, grayscale until the tensor);
@@ -39,7 +39,7 @@ def radiograph(h: int, w: int, seed: int) -> Image.Image:
     y, x = np.mgrid[0:h, 0:w] / max(h, w)
     img = 0.5 + 0.3 * np.sin(6 * x + rng.random() * 6) * np.cos((3 + 2 * rng.random()) * y)
     img += 0.2 * np.exp(-((x - rng.random()) ** 2 + (y - 0.5) ** 2) / 0.05)
-    img += 0.08 * np.sin(60 * y + 10 * np.sin(3 * x)) + rng.normal(0, 0.02, size=(h, w))
+    img += 0.08 * np.sin(60 * y + 10 * np.sin(3 * x)) + rng.normal(0, 0.01, size=(h, w))
     return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L")
 
 
@@ -75,8 +75,14 @@ def _fast_one(path: str) -> tuple[int, ...]:
     return tuple(fast.load(path).shape)
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core, as DataLoader workers run (no oversubscription)
+
+
 def _rate(fn, files: list[str], workers: int) -> float:
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=_one_thread) as pool:
         list(pool.map(fn, files[:workers]))  # start the workers and import their modules before timing
         start = time.perf_counter()
         list(pool.map(fn, files))

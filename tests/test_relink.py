@@ -220,7 +220,7 @@ def test_torch_counting_path_matches_numpy(monkeypatch: pytest.MonkeyPatch) -> N
     import backend.relink.counts as counts
 
     data = _data(seed=13)
-    ref = relink_curves(**data, n_bootstrap=0, block_size=9)
+    ref = relink_curves(**data, n_bootstrap=0, block_size=9, device="cpu")
     monkeypatch.setattr(counts, "NUMPY_ON_CPU", False)
     res = relink_curves(**data, n_bootstrap=0, block_size=9, device="cpu")
     pd.testing.assert_frame_equal(res.per_query, ref.per_query, check_exact=True)
