@@ -4,6 +4,7 @@ CXR_CACHE_DIR   where the DuckDB file, embeddings, logs and model weights live (
 CXR_OPENI_ROOT  folder with the OpenI archives (default: <repo>/../shared/data/openi when present)
 CXR_MIMIC_ROOT, CXR_CHEXPERT_PLUS_ROOT  folders of the credentialed datasets (no default)
 CXR_DEMO_SNAPSHOT  1 (default): the app imports the shipped demo results on start; 0: it does not (tests)
+CXR_IMAGE_CHECK_WORKERS  threads that check a source's images (default: CPU count + 4, at most 32)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from backend.errors import CacheError, DeviceError
+from backend.errors import CacheError, DeviceError, SourceError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +85,19 @@ def hub_offline() -> bool:
 def demo_snapshot_enabled() -> bool:
     """Whether the app imports the shipped demo snapshot on start (CXR_DEMO_SNAPSHOT, default on)."""
     return os.environ.get("CXR_DEMO_SNAPSHOT", "1").strip() not in {"0", "false", "False", "no"}
+
+
+def image_check_workers() -> int:
+    """Threads that check a source's images when it is loaded (CXR_IMAGE_CHECK_WORKERS, default CPU count + 4,
+    at most 32: decoding runs in PIL's C code without the GIL, and the extra threads cover the waits on a slow
+    or network disk). 1 checks serially. SourceError for a value that is not a whole number >= 1."""
+    raw = os.environ.get("CXR_IMAGE_CHECK_WORKERS", "").strip()
+    if not raw:
+        return min(32, (os.cpu_count() or 1) + 4)
+    if not raw.isdigit() or int(raw) < 1:
+        raise SourceError(f"CXR_IMAGE_CHECK_WORKERS={raw!r} is not a whole number >= 1; set it to e.g. 8 (threads "
+                          "that check images), 1 to check serially, or unset it for the default.")
+    return int(raw)
 
 
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from backend import settings
 from backend.errors import ImageReadError, SourceError
+from backend.progress import Progress
+from backend.sources.image_checks import ImageCheckCache, Signature
 from backend.sources.schema import LABELS
 
 log = logging.getLogger(__name__)
@@ -104,14 +112,31 @@ def check_image(path: Path) -> bool:
     PNG: Image.verify() (reads every chunk and checks its CRC, so truncation is caught) - cheap. Every other
     format (JPEG ...): a full decode, because verify() does not read JPEG data and a truncated JPEG used to pass
     here and abort the embedding later (JPEGs are decoded in draft mode: the whole stream is read, at reduced
-    scale)."""
-    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+    scale). Safe to call from several threads at once."""
+    with _strict_decoding():
         return _decodes(path)
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # someone turned PIL's leniency on: a truncated file must fail here
+
+
+_STRICT_LOCK = threading.Lock()
+_STRICT: dict[str, bool | int] = {"depth": 0, "saved": False}
+
+
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """PIL's leniency (ImageFile.LOAD_TRUNCATED_IMAGES) off while any check runs: a truncated file must fail.
+    Counted, so that overlapping checks in several threads restore the caller's setting only at the end."""
+    with _STRICT_LOCK:
+        if _STRICT["depth"] == 0:
+            _STRICT["saved"] = ImageFile.LOAD_TRUNCATED_IMAGES
+        _STRICT["depth"] = int(_STRICT["depth"]) + 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        return _decodes(path)
+        yield
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        with _STRICT_LOCK:
+            _STRICT["depth"] = int(_STRICT["depth"]) - 1
+            if _STRICT["depth"] == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = bool(_STRICT["saved"])
 
 
 def _decodes(path: Path) -> bool:
@@ -158,20 +183,89 @@ def make_reader(root: Path, resolve: Callable[[Path, str], Path] | None = None,
 
 
 def drop_bad_images(pairs: pd.DataFrame, root: Path, resolve: Callable[[Path, str], Path] | None = None,
-                    source: str = "") -> tuple[pd.DataFrame, int]:
-    """Drop pairs whose image is missing or corrupt (each unique image checked once).
+                    source: str = "", *, workers: int | None = None, cache: bool = True,
+                    progress: Progress | None = None) -> tuple[pd.DataFrame, int]:
+    """Drop pairs whose image is missing or corrupt (each unique image checked once, see check_images).
 
     Returns (kept pairs, number of pairs dropped); logs a warning naming the first bad file."""
-    bad: list[str] = []
-    for rel in pairs["image_path"].unique():
-        path = resolve(root, rel) if resolve else root / rel
-        if not check_image(path):
-            bad.append(rel)
+    rels = list(pairs["image_path"].unique())
+    paths = [resolve(root, rel) if resolve else root / rel for rel in rels]
+    oks = check_images(paths, ImageCheckCache(root) if cache else None, workers=workers, progress=progress,
+                       what=source)
+    bad = [rel for rel, ok in zip(rels, oks, strict=True) if not ok]
     if not bad:
         return pairs, 0
     log.warning("%s: skipped %d missing or unreadable image(s), e.g. %s", source, len(bad), bad[0])
     keep = ~pairs["image_path"].isin(set(bad))
     return pairs.loc[keep].reset_index(drop=True), int((~keep).sum())
+
+
+CHUNK = 64  # at most this many images per task of the thread pool (not one future per image: 377k of them)
+FLUSH_EVERY = 5000  # new verdicts written to the cache at least this often, so an interrupted scan keeps them
+LOG_EVERY_S = 10.0  # without a progress callback: a log line this often during a long scan
+
+
+def check_images(paths: Sequence[Path], cache: ImageCheckCache | None = None, *, workers: int | None = None,
+                 progress: Progress | None = None, what: str = "") -> list[bool]:
+    """check_image of every path (missing -> False), in parallel threads, reusing cached verdicts.
+
+    workers: threads (default settings.image_check_workers(): CXR_IMAGE_CHECK_WORKERS or CPU count + 4;
+    1 checks serially in this thread). cache: verdicts keyed by (absolute path, size, mtime_ns); a file whose
+    size or mtime changed is checked again, a missing file is never cached (see backend.sources.image_checks
+    for the accepted limitation). progress(done, total, message) is called as chunks finish; without it a
+    long scan logs its progress every LOG_EVERY_S seconds. Returns the verdicts in the order of `paths`."""
+    start = time.perf_counter()
+    workers = settings.image_check_workers() if workers is None else max(1, int(workers))
+    known = cache.load() if cache is not None else {}
+    names = [os.path.abspath(p) for p in paths]
+    size = max(1, min(CHUNK, -(-len(names) // (4 * workers))))  # small sets: still about 4 tasks per thread
+    chunks = [names[i:i + size] for i in range(0, len(names), size)]
+
+    def run(chunk: list[str]) -> list[tuple[bool, Signature | None]]:
+        return [_check_one(name, known.get(name)) for name in chunk]
+
+    oks: list[bool] = []
+    fresh: list[tuple[str, Signature, bool]] = []
+    n_fresh, last_log = 0, start
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and len(chunks) > 1 else None
+    try:
+        for chunk, results in zip(chunks, pool.map(run, chunks) if pool else map(run, chunks), strict=True):
+            for name, (ok, sig) in zip(chunk, results, strict=True):
+                oks.append(ok)
+                if sig is not None:
+                    fresh.append((name, sig, ok))
+            if cache is not None and len(fresh) >= FLUSH_EVERY:
+                n_fresh += len(fresh)
+                cache.store(fresh)
+                fresh = []
+            if progress is not None:  # may raise (a cancelled job): the verdicts so far are kept below
+                progress(len(oks), len(names), f"{what}: checking images" if what else "checking images")
+            elif time.perf_counter() - last_log > LOG_EVERY_S:
+                last_log = time.perf_counter()
+                log.info("%s: checked %d of %d images", what or "images", len(oks), len(names))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)  # after an error: only the chunks already running finish
+        n_fresh += len(fresh)
+        if cache is not None:
+            cache.store(fresh)
+    log.info("%s: %d images checked in %.1f s (%d decoded, the others cached or missing; %d thread(s))",
+             what or "images", len(names), time.perf_counter() - start, n_fresh, workers)
+    return oks
+
+
+def _check_one(name: str, known: tuple[int, int, bool] | None) -> tuple[bool, Signature | None]:
+    """(verdict, (size, mtime_ns) when the file was decoded now, None when missing or taken from `known`)."""
+    try:
+        st = os.stat(name)
+    except OSError:
+        return False, None
+    if not stat.S_ISREG(st.st_mode):
+        return False, None
+    sig = (st.st_size, st.st_mtime_ns)  # taken before the decode: a file changed meanwhile is checked next time
+    if known is not None and (known[0], known[1]) == sig:
+        return known[2], None
+    return check_image(Path(name)), sig
 
 
 LABEL_VALUES = (1.0, 0.0, -1.0)  # positive, negative, uncertain; plus blank (not mentioned)

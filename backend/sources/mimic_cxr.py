@@ -129,7 +129,9 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
                    **options: object) -> SourceData:
     """Load MIMIC-CXR-JPG + reports as the canonical pair table (see module docstring).
 
-    check_images: verify every JPEG first, skipping missing/corrupt ones (slow on the full 377k set)."""
+    check_images: verify every JPEG first, skipping missing/corrupt ones: a full decode of each, in parallel
+    threads, slow on the full 377k set the first time; later loads reuse the verdicts of unchanged files
+    (backend.sources.image_checks)."""
     if options:
         raise SourceError(f"Unknown option(s) for source 'mimic-cxr': {sorted(options)}; "
                           "known: reports_root, blank_as, check_images.")
