@@ -101,7 +101,7 @@ def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, Any]:
     out = {}
     for p in pts.itertuples():
         label = dashboard.epsilon_label(p.epsilon)
-        curves = dashboard.mitigation_curves(view, p.run_id, ref_run, original, f"ε={label}")
+        curves = dashboard.mitigation_curves(view, p.run_id, ref_run, original, dashboard.series_label(p.epsilon))
         out[label] = figures.mitigation_view(curves, pts, float(p.epsilon), title=f"Recall@1 at ε={label}")
     return out
 

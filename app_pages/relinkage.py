@@ -33,7 +33,8 @@ if not len(rows):
 show = st.radio("Show", ["lift over chance", f"Recall@{k}"], horizontal=True,
                 help="Lift (Recall@K divided by chance K/N) puts pools of different effective size on one scale: a "
                      "pathology-matched pool is often smaller than N, which raises its raw recall.")
-st.plotly_chart(figures.recall_curves(rows, k=k, y="lift" if show.startswith("lift") else "recall"), key="recall_curves")
+st.plotly_chart(figures.recall_curves(rows, k=k, y="lift" if show.startswith("lift") else "recall",
+                                      colors=figures.series_colors(models)), key="recall_curves")
 st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: chance (lift 1x; K/N on the recall "
            "scale). Log x axis.")
 

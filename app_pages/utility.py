@@ -26,7 +26,8 @@ tabs = st.tabs(["Linear probe", "Zero-shot"])
 for tab, method in zip(tabs, ("linear", "zero-shot"), strict=True):
     with tab:
         st.plotly_chart(figures.auroc_bars(before_after, series="series", method=method,
-                                           title=f"{method} AUROC per label: no DP vs ε={eps:g}"), key=f"auroc-{method}")
+                                           title=f"{method} AUROC per label: no DP vs ε={eps:g}",
+                                           colors=figures.sweep_colors(view.points["epsilon"])), key=f"auroc-{method}")
         sel = before_after[before_after["method"] == method]
         table = sel.assign(auroc=sel.apply(lambda r: f"{r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", axis=1)
                            ).pivot_table(index="label", columns="series", values="auroc", aggfunc="first")

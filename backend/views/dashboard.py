@@ -196,17 +196,28 @@ def sweep_view(sweep_id: str) -> SweepView:
                      own_rows[own_rows["variant"] == "original"], own_probe[own_probe["variant"] == "original"])
 
 
+# The two references every DP point is compared with, one name each on every page, figure and report.
+ORIGINAL = "original model"
+RETRAINED = "retrained heads, no DP"
+
+
+def series_label(eps: float) -> str:
+    """The name of a sweep point's series in figures and tables: "ε=1", or RETRAINED for epsilon = inf."""
+    return RETRAINED if not math.isfinite(eps) else f"ε={eps:g}"
+
+
 def mitigation_curves(view: SweepView, point_run: str, ref_run: str | None, original: pd.DataFrame | None,
                       label: str) -> pd.DataFrame:
-    """Study-level relink rows (random and pathology-matched pools) of one sweep point, the no-DP retrained
-    heads and the original model, with a `series` column naming each."""
+    """Study-level relink rows (random and pathology-matched pools) of one sweep point (series `label`, or
+    RETRAINED when the point is the reference), the no-DP retrained heads and the original model, with a
+    `series` column naming each."""
     own = view.metrics[view.metrics["variant"] == "dp"]
-    parts = [own[own["run_id"] == point_run].assign(series=label)]
+    parts = [own[own["run_id"] == point_run].assign(series=RETRAINED if point_run == ref_run else label)]
     if ref_run and ref_run != point_run:
-        parts.append(own[own["run_id"] == ref_run].assign(series="retrained, no DP"))
+        parts.append(own[own["run_id"] == ref_run].assign(series=RETRAINED))
     original = view.original if len(view.original) else original  # same evaluation as the sweep when stored
     if original is not None and len(original):
-        parts.append(original.assign(series="original model"))
+        parts.append(original.assign(series=ORIGINAL))
     out = pd.concat(parts, ignore_index=True)
     return out[(out["level"] == "study") & out["pool_kind"].isin(POOL_KINDS)]
 
@@ -217,10 +228,10 @@ def utility_frames(view: SweepView, eps: float) -> tuple[pd.DataFrame, pd.DataFr
     probe = view.probe[view.probe["variant"] == "dp"]
     finite = probe["epsilon"].apply(math.isfinite)
     chosen = probe[(probe["epsilon"] - eps).abs() < 1e-12] if math.isfinite(eps) else probe[~finite]
-    parts = [view.original_probe.assign(series="original model", epsilon=math.inf)] if len(view.original_probe) else []
-    parts.append(probe[~finite].assign(series="no DP (retrained)"))
+    parts = [view.original_probe.assign(series=ORIGINAL, epsilon=math.inf)] if len(view.original_probe) else []
+    parts.append(probe[~finite].assign(series=RETRAINED))
     if math.isfinite(eps):
-        parts.append(chosen.assign(series=f"ε={eps:g}"))
+        parts.append(chosen.assign(series=series_label(eps)))
     before_after = pd.concat(parts, ignore_index=True)
     tr = view.metrics[view.metrics["variant"].str.startswith("transfer:") & (view.metrics["level"] == "study")]
     if len(tr):
