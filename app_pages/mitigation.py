@@ -12,6 +12,7 @@ source, model = ui.selection()
 st.title("Mitigation: differentially private projection heads")
 sweep_id = ui.latest("sweep", source, model)
 audit_id = ui.latest("audit", source, model)
+sweep_pending = ui.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
 
 if sweep_id:
     view = ui.sweep_view(sweep_id)  # read once per finished sweep; the slider below only re-renders
@@ -52,7 +53,7 @@ if sweep_id:
         st.plotly_chart(figs[choice], key="mitigation_view", theme=None)
 
     _explore()
-else:
+elif not sweep_pending:
     st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet. Launch one below.")
 
 st.subheader("Launch a new sweep")
@@ -69,5 +70,5 @@ with st.form("sweep"):
         job = ui.submit(SweepSpec(base=base, epsilons=tuple(sorted(eps)) or DEFAULT_EPSILONS))
         if job is not None and job.active:
             st.session_state["sweep_job"] = job.job_id
-if st.session_state.get("sweep_job"):
+if st.session_state.get("sweep_job") and st.session_state["sweep_job"] != sweep_pending:  # else shown above
     ui.watch_job(st.session_state["sweep_job"])

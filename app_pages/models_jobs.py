@@ -45,7 +45,7 @@ if (embed_clicked or audit_clicked) and (not ui.needs_root(source) or ui.source_
 st.subheader("Jobs")
 
 
-@st.fragment(run_every=2.0 if ui.any_active_jobs() else None)
+@st.fragment(run_every=ui.poll_seconds())
 def _jobs() -> None:
     ui.job_list(limit=20)
 

@@ -10,7 +10,10 @@ source, model = ui.selection()
 st.title("Re-linkage")
 st.markdown(dashboard.DEFINITIONS["recall"] + " " + dashboard.DEFINITIONS["lift"])
 runs = ui.audit_runs(source)
+pending = ui.pending_note("audit", source, None, str(runs["run_id"].iloc[0]) if len(runs) else None)
 if not len(runs):
+    if pending:
+        st.stop()
     st.info(f"No finished audit on {ui.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
     st.stop()
 

@@ -5,6 +5,7 @@ Finished runs never change, so everything keyed by a finished run id is safe to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -17,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from backend import models, settings
-from backend.runs import snapshot, store
+from backend.errors import RelinkError, SpecError
+from backend.runs import jobs, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
-from backend.sources import list_sources
-from backend.specs import POOL_KINDS, POOL_NAMES
+from backend.sources import get_source, list_sources, load_source
+from backend.specs import DEFAULT_EPSILONS, POOL_KINDS, POOL_NAMES, DPSpec, SourceSpec, SweepSpec, spec_from_json
 
 # The model registry imports torch (seconds); the dashboard lists names without it.
 
@@ -371,6 +373,122 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                     "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (no DP) to "
                                  f"{after:.3f} ({after - before:+.3f}): the clinical utility the DP heads keep.")})
     return out
+
+
+# ---------------------------------------------------------------- launching a sweep with a transfer target
+
+
+def sweep_spec(sweep_id: str | None) -> SweepSpec | None:
+    """The spec of a stored sweep run (an imported snapshot keeps the real spec), or None."""
+    run = store.get_run(sweep_id) if sweep_id else None
+    if not run or run.get("kind") != "sweep":
+        return None
+    spec = spec_from_json(run["spec"])
+    return spec if isinstance(spec, SweepSpec) else None
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """'key=value, key=value' (the command line's --transfer synthetic:sites=B options) -> a dict, each value read
+    as JSON when it parses (numbers, true/false, lists), else kept as text."""
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, raw = part.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"Option {part!r} is not key=value (e.g. sites=B, or n_patients=500).")
+        try:
+            out[key.strip()] = json.loads(raw.strip())
+        except json.JSONDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
+def transfer_sweep(base: DPSpec | None, source: str, model: str, target: SourceSpec,
+                   epsilons: tuple[float, ...] = ()) -> SweepSpec:
+    """The sweep to launch from the Utility page: the shown sweep's settings (`base`; else the defaults for this
+    dataset and model) with `target` added to its transfer targets, over `epsilons` (else DEFAULT_EPSILONS).
+    Heads are trained on the base's dataset as before and applied, without retraining, to the target's test split."""
+    base = base or DPSpec(source=SourceSpec(name=source), model=model)
+    transfer = base.transfer if target in base.transfer else (*base.transfer, target)
+    return SweepSpec(base=dataclasses.replace(base, transfer=transfer),
+                     epsilons=tuple(sorted(set(epsilons))) or DEFAULT_EPSILONS)
+
+
+def check_source(spec: SourceSpec) -> None:
+    """Load a source as a job would, raising its SourceError (bad folder, unknown option) before any job starts.
+    The synthetic source is checked on a 5-patient prefix (its options are the same; the full table takes
+    seconds to generate)."""
+    options = dict(spec.options)
+    if spec.name == "synthetic":
+        options["n_patients"] = 5
+    load_source(spec.name, root=spec.root, section_policy=spec.section_policy, **options)
+
+
+def needs_root(name: str) -> bool:
+    try:
+        return get_source(name).needs_root
+    except RelinkError:
+        return False
+
+
+# Measured on the 2-core development machine on the synthetic demo data (25,660 pairs; README "Recompute the
+# demo" and "Epsilon sweep"): a 7-point sweep took 14 min, 3 min 15 s of it embedding the train split and then
+# about 70 s per evaluation (the points and the original-model reference); sweeps with one transfer target took
+# 17 min 19 s for 5 points and 15 min 37 s for 4, about 100 s per evaluation, so about 30 s more per target.
+SWEEP_TIMES_S = {"train_embed": 195.0, "evaluation": 70.0, "transfer_evaluation": 30.0, "target_embed": 90.0}
+
+
+def sweep_estimate(n_epsilons: int, n_targets: int = 0) -> str:
+    """An honest time estimate of a sweep on a 2-core CPU, from the measured times above: the range from cached
+    embeddings to embedding the train split and each target's test split first."""
+    t = SWEEP_TIMES_S
+    evaluations = n_epsilons + 1  # and the original model
+    low = evaluations * (t["evaluation"] + n_targets * t["transfer_evaluation"])
+    high = low + t["train_embed"] + n_targets * t["target_embed"]
+    what = f"{evaluations} evaluations ({n_epsilons} ε points and the original model) at about 70 s each"
+    if n_targets:
+        what += f", plus about 30 s each per transfer target and about 1.5 min to embed {'its' if n_targets == 1 else 'each'} " \
+                "test split the first time"
+    return (f"Estimated time on a 2-core CPU for data the size of the synthetic demo (25,660 pairs): about "
+            f"{low / 60:.0f}-{high / 60:.0f} min ({what}; the lower end when the training split's embeddings are "
+            "cached from an earlier sweep, else about 3 min more). Measured on the development machine; larger "
+            "datasets take longer, a GPU less.")
+
+
+RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep"}
+
+
+def running_jobs(kind: str, source: str | None = None, model: str | None = None) -> list[jobs.Job]:
+    """Queued or running jobs that will store a run of `kind` ("audit" or "sweep") for this dataset and model
+    (None: any), newest first: jobs of that kind, and demo jobs whose audit or sweep part is not stored yet. So a
+    session opened while another session's (or the command line's) job runs shows it as running."""
+    out = []
+    for job in jobs.list_jobs(limit=50):
+        if not job.active or job.kind not in (kind, "demo"):
+            continue
+        info = spec_info(job.spec)
+        if (source and info.get("source") != source) or (model and info.get("model") != model):
+            continue
+        if job.kind == "demo":
+            try:
+                part = getattr(spec_from_json(job.spec), kind, None)
+            except RelinkError:
+                continue
+            if part is None or (store.get_run(part.run_id()) or {}).get("status") == "done":
+                continue
+        out.append(job)
+    return out
+
+
+def pending_text(kind: str, job: jobs.Job, source: str | None, model: str | None) -> str:
+    """One line for a page whose run is still being computed: "Epsilon sweep running (40%) ..."."""
+    what = RUN_NAMES.get(kind, kind)
+    target = " for " + " on ".join(x for x in (model, source) if x) if (model or source) else ""
+    via = " as part of the demo job" if job.kind == "demo" and kind != "demo" else ""
+    step = f": {job.message}" if job.message else ""
+    return (f"{what} {job.status} ({job.fraction:.0%}){target}{via}{step}. Its results appear on this page as soon "
+            "as they are stored.")
 
 
 def _hms(seconds: float) -> str:
