@@ -227,6 +227,11 @@ def sidebar() -> tuple[str, str]:
     return source, model
 
 
+# st.dataframe wraps the text of a cell only when its rows are taller than 4rem (64 px): then long descriptions show
+# in full on up to three lines instead of being cut off at the column's edge.
+WRAP_ROW_HEIGHT = 72
+
+
 def metric(label: str, value: float | None, definition: str, fmt: str = "{:.1f}x", delta: str | None = None,
            delta_color: str = "inverse") -> None:
     """A number with its definition on hover; 'n/a' when absent."""

@@ -31,14 +31,15 @@ if sweep_id:
                            str(p.get("objective") or ""))
         cols = st.columns(4)
         for col, (key, name, help_key, fmt, good) in zip(cols, (
-                ("r1_random", "Recall@1, random pool, largest N", "recall", "{:.4f}", "inverse"),
-                ("r1_hard", "Recall@1, pathology-matched, largest N", "hard", "{:.4f}", "inverse"),
+                ("r1_random", "Recall@1, random pool", "recall", "{:.4f}", "inverse"),  # short: cards cut long labels
+                ("r1_hard", "Recall@1, pathology-matched", "hard", "{:.4f}", "inverse"),
                 ("auroc_linear", "Linear-probe macro AUROC", "auroc", "{:.3f}", "normal"),
                 ("auroc_zero_shot", "Zero-shot macro AUROC", "auroc", "{:.3f}", "normal")), strict=True):
             is_ref = ref is not None and p["run_id"] == ref["run_id"]
             delta = None if ref is None or is_ref else f"{p[key] - ref[key]:+.4f} vs retrained heads, no DP"
             with col:
-                ui.metric(name, float(p[key]), dashboard.DEFINITIONS[help_key], fmt=fmt, delta=delta,
+                where = " At the largest pool size N of the sweep." if key.startswith("r1_") else ""
+                ui.metric(name, float(p[key]), dashboard.DEFINITIONS[help_key] + where, fmt=fmt, delta=delta,
                           delta_color=good)
         red = float(p.get("reduction", float("nan")))
         change = ("the reference: heads retrained without DP" if ref is not None and p["run_id"] == ref["run_id"] else
@@ -59,12 +60,13 @@ elif not sweep_pending:
 st.subheader("Launch a new sweep")
 st.caption(dashboard.DEFINITIONS["nominal"])
 with st.form("sweep"):
-    c1, c2, c3 = st.columns(3)
-    eps = c1.multiselect("ε grid", list(DEFAULT_EPSILONS), default=list(DEFAULT_EPSILONS),
+    eps = st.multiselect("ε grid", list(DEFAULT_EPSILONS), default=list(DEFAULT_EPSILONS),  # full width: no chip cut
                          format_func=dashboard.epsilon_label, help=dashboard.DEFINITIONS["epsilon"])
+    c2, c3 = st.columns(2)
     objective = c2.selectbox("Objective", OBJECTIVES, help=dashboard.DEFINITIONS["certified"])
     unit = c3.selectbox("Privacy unit", PRIVACY_UNITS,
                         help="pair: one image-report pair is protected; patient: all of one patient's pairs.")
+    st.caption(ui.plain(dashboard.sweep_estimate(len(DEFAULT_EPSILONS))) + " (for the default grid)")
     if st.form_submit_button("Launch sweep", type="primary"):
         base = DPSpec(source=SourceSpec(name=source), model=model, objective=objective, privacy_unit=unit)
         job = ui.submit(SweepSpec(base=base, epsilons=tuple(sorted(eps)) or DEFAULT_EPSILONS))

@@ -118,5 +118,11 @@ def test_frontier_joins_points_in_epsilon_order_and_its_ring_leaves_the_label_re
     assert list(line.x) == [-0.02, -0.01, -0.005, 0.0] and list(line.y) == [0.6, 0.3, 0.1, 0.0]  # 0.34, 1, 8, inf
     assert list(line.text) == ["ε=0.34", "", "ε=8", "ε=∞"]  # the selected label is not under the ring
     ring = next(t for t in fig.data if t.name == "selected ε")
-    assert "text" in ring.mode and ring.textposition == "top center" and "ε=1" in ring.text[0]
     assert list(ring.x) == [-0.01] and list(ring.y) == [0.3]
+    (label,) = fig.layout.annotations  # the selected label: above the ring, on a background that no label covers
+    assert "ε=1" in label.text and (label.x, label.y) == (-0.01, 0.3) and label.ay < -18 and label.bgcolor
+    low, high = fig.layout.yaxis.range
+    assert high > 0.6 + 0.1 and low < 0.0  # headroom for the top point's label
+    view = figures.mitigation_view(_curves(), pts, 1.0, title="t")  # the same label on the combined figure's frontier
+    note = next(a for a in view.layout.annotations if "ε=1" in a.text)
+    assert (note.xref, note.yref, note.x, note.y) == ("x2", "y2", -0.01, 0.3)

@@ -123,6 +123,7 @@ def test_hub_model_offline_shows_a_clear_message(seeded: Path, monkeypatch: pyte
 def test_data_page_on_the_synthetic_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open("data", tmp_path, monkeypatch)
     assert "SYNTHETIC" in _text(at)
+    assert not _cut_off_columns(at)  # the sources' descriptions wrap
 
 
 @pytest.mark.slow
@@ -429,3 +430,32 @@ def test_utility_launches_a_sweep_with_a_transfer_target(seeded: Path, monkeypat
         assert at.get("progress")  # its progress is shown here
     finally:
         jobs.cancel(spawned[0], grace_s=0.1, wait=True)
+
+
+# ---------------------------------------------------------------- text not cut off (issue 12)
+
+
+def _cut_off_columns(at: AppTest) -> list[tuple[str, int]]:
+    """Table columns whose text is long (> 40 characters) in a table whose rows are too short to wrap it: st.dataframe
+    wraps cell text only when row_height > 4rem (64 px); otherwise the cell is cut off at the column's edge."""
+    out = []
+    for el in at.dataframe:
+        for col in el.value.columns:
+            longest = el.value[col].astype(str).str.len().max() if len(el.value) else 0
+            if longest > 40 and not el.proto.row_height > 64:
+                out.append((str(col), int(longest)))
+    return out
+
+
+def test_tables_wrap_long_text_and_labels_fit(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("models_jobs", seeded, monkeypatch)
+    assert not _cut_off_columns(at)
+    assert any(len(str(v)) > 40 for v in at.dataframe[0].value["weights"])  # there is long text to wrap
+    at = _open("relinkage", seeded, monkeypatch)
+    pills = {p.label: p for p in at.pills}  # pools and levels as pills: whole names, never chips cut off
+    assert set(pills) == {"Pools", "Level"} and not [m for m in at.multiselect if m.label in pills]
+    assert pills["Pools"].options == ["pathology-matched", "random pool"]
+    pills["Level"].set_value(["study", "patient"]).run()
+    assert not at.exception and set(at.dataframe[0].value["level"]) == {"study", "patient"}
+    at = _open("mitigation", seeded, monkeypatch)
+    assert all(len(m.label) <= 30 for m in at.metric), [m.label for m in at.metric]  # a card cuts longer labels

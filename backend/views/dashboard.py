@@ -38,6 +38,11 @@ def known_models() -> dict[str, str]:
     return {e.name: f"{e.description}; weights: {e.weights}" for e in models.list_models()}
 
 
+def models_table() -> list[dict[str, str]]:
+    """The registered models for the Models and jobs page: name, what it is, where its weights come from."""
+    return [{"model": e.name, "what": e.description, "weights": e.weights} for e in models.list_models()]
+
+
 def is_hub_model(name: str) -> bool:
     return name in models.MODELS and models.get_model(name).hub
 

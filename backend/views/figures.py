@@ -93,8 +93,9 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
 
 def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
     """Re-linkage reduction against linear-probe AUROC change, one marker per epsilon, joined in epsilon order
-    (inf, the retrained heads without DP, last). The selected epsilon is ringed, and its label is drawn by the
-    ring's own trace above the ring (a label on the plain marker would sit under the ring)."""
+    (inf, the retrained heads without DP, last). The selected epsilon is ringed, and its label is an annotation
+    with a background, above the ring (a label on the plain marker would sit under the ring, and points close
+    together would print their labels over it)."""
     fig = go.Figure()
     points = points.sort_values("epsilon", kind="stable")  # inf sorts last
     colors = sweep_colors(points["epsilon"])
@@ -110,11 +111,18 @@ def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
                                            "<extra></extra>"))
     if selected is not None:
         hit = points[chosen]
-        fig.add_trace(go.Scatter(x=hit["auroc_change"], y=hit["reduction"], mode="markers+text", name="selected ε",
-                                 text=[f"<b>{t}</b>" for t, h in zip(labels, chosen, strict=True) if h],
-                                 textposition="top center", textfont={"color": "red"}, hoverinfo="skip",
-                                 marker={"size": 18, "color": "rgba(0,0,0,0)", "symbol": "circle-open",
-                                         "line": {"width": 3, "color": "red"}}))
+        fig.add_trace(go.Scatter(x=hit["auroc_change"], y=hit["reduction"], mode="markers", name="selected ε",
+                                 hoverinfo="skip", marker={"size": 18, "color": "red", "symbol": "circle-open",
+                                                           "line": {"width": 3}}))
+        for x, y, text in zip(hit["auroc_change"], hit["reduction"],
+                              [t for t, h in zip(labels, chosen, strict=True) if h], strict=True):
+            fig.add_annotation(x=x, y=y, text=f"<b>{text}</b>", showarrow=True, arrowcolor="red", arrowwidth=1.5,
+                               ax=0, ay=-34, standoff=10, font={"color": "red"}, bgcolor="rgba(255,255,255,0.92)",
+                               bordercolor="red", borderpad=2)
+    y = points["reduction"].dropna()
+    if len(y):  # headroom above the highest point for its label (and the selected label's box)
+        span = max(float(y.max() - y.min()), 0.05)
+        fig.update_yaxes(range=[float(y.min()) - 0.1 * span, float(y.max()) + 0.3 * span])
     fig.update_layout(title="Privacy-utility frontier", showlegend=False, xaxis_title="linear-probe macro AUROC change vs no DP",
                       yaxis_title="Recall@1 reduction at largest N", yaxis_tickformat=".0%", height=380,
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
@@ -159,9 +167,12 @@ def mitigation_view(curves: pd.DataFrame, points: pd.DataFrame, selected: float,
         fig.add_trace(trace, row=1, col=1)
     for trace in right.data:
         fig.add_trace(trace.update(showlegend=False), row=1, col=2)
+    for note in right.layout.annotations:  # the selected epsilon's label, on the frontier's axes
+        fig.add_annotation(note.update(xref="x2", yref="y2"))
     fig.update_xaxes(type="log", title_text="pool size N (log scale)", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], title_text="Recall@1", row=1, col=1)
     fig.update_xaxes(title_text="linear-probe macro AUROC change vs no DP", row=1, col=2)
-    fig.update_yaxes(title_text="Recall@1 reduction at largest N", tickformat=".0%", row=1, col=2)
+    fig.update_yaxes(title_text="Recall@1 reduction at largest N", tickformat=".0%", range=right.layout.yaxis.range,
+                     row=1, col=2)
     fig.update_layout(title=title, height=620, legend=left.layout.legend, margin={"l": 50, "r": 20, "t": 80, "b": 40})
     return fig
