@@ -39,9 +39,11 @@ else:
                                                axis=1)
                                ).pivot_table(index="label", columns="series", values="auroc", aggfunc="first")
             table = table.reindex(["macro", *[i for i in table.index if i != "macro"]])  # the summary row first
-            st.dataframe(table, height=36 * (len(table) + 1) + 4, column_config={
-                c: st.column_config.TextColumn(help=dashboard.DEFINITIONS["auroc"] + " [95% CI, bootstrap over patients]")
-                for c in table.columns})
+            table = table.reset_index()
+            st.dataframe(table, height=36 * (len(table) + 1) + 4, hide_index=True, column_config={
+                "label": st.column_config.TextColumn(width=230),  # "Enlarged Cardiomediastinum" in full
+                **{c: st.column_config.TextColumn(help=dashboard.DEFINITIONS["auroc"] + " [95% CI, bootstrap over patients]")
+                   for c in table.columns if c != "label"}})
 
     st.subheader("Transfer")
     st.caption("Heads trained on this dataset, applied without retraining to another source's test split.")

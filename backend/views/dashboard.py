@@ -438,27 +438,28 @@ def needs_root(name: str) -> bool:
 
 
 # Measured on the 2-core development machine on the synthetic demo data (25,660 pairs; README "Recompute the
-# demo" and "Epsilon sweep"): a 7-point sweep took 14 min, 3 min 15 s of it embedding the train split and then
-# about 70 s per evaluation (the points and the original-model reference); sweeps with one transfer target took
-# 17 min 19 s for 5 points and 15 min 37 s for 4, about 100 s per evaluation, so about 30 s more per target.
-SWEEP_TIMES_S = {"train_embed": 195.0, "evaluation": 70.0, "transfer_evaluation": 30.0, "target_embed": 90.0}
+# demo" and "Epsilon sweep"): the 7-point demo sweep took 14 min, 3 min 15 s of it embedding the train split, so
+# about 80 s per evaluation (8: the points and the original-model reference); sweeps with one transfer target took
+# 17 min 19 s for 5 points and 15 min 37 s for 4, about 100 s per evaluation, so about 20 s more per target.
+# Embedding a target's test split (5,090 images) is about 1.5 min (the demo audit: 1 min 48 s with its bootstrap).
+SWEEP_TIMES_S = {"train_embed": 195.0, "evaluation": 80.0, "transfer_evaluation": 20.0, "target_embed": 90.0}
 
 
 def sweep_estimate(n_epsilons: int, n_targets: int = 0) -> str:
-    """An honest time estimate of a sweep on a 2-core CPU, from the measured times above: the range from cached
-    embeddings to embedding the train split and each target's test split first."""
+    """An honest time estimate of a sweep on a 2-core CPU, from the measured times above: from everything cached
+    to embedding the train split and each target's test split first."""
     t = SWEEP_TIMES_S
     evaluations = n_epsilons + 1  # and the original model
     low = evaluations * (t["evaluation"] + n_targets * t["transfer_evaluation"])
     high = low + t["train_embed"] + n_targets * t["target_embed"]
-    what = f"{evaluations} evaluations ({n_epsilons} ε points and the original model) at about 70 s each"
-    if n_targets:
-        what += f", plus about 30 s each per transfer target and about 1.5 min to embed {'its' if n_targets == 1 else 'each'} " \
-                "test split the first time"
-    return (f"Estimated time on a 2-core CPU for data the size of the synthetic demo (25,660 pairs): about "
-            f"{low / 60:.0f}-{high / 60:.0f} min ({what}; the lower end when the training split's embeddings are "
-            "cached from an earlier sweep, else about 3 min more). Measured on the development machine; larger "
-            "datasets take longer, a GPU less.")
+    text = (f"Estimated time on a 2-core CPU for data the size of the synthetic demo (25,660 pairs): about "
+            f"{low / 60:.0f}-{high / 60:.0f} min. {evaluations} evaluations ({n_epsilons} ε points and the original "
+            f"model) take about {t['evaluation']:.0f} s each")
+    text += f", plus about {t['transfer_evaluation']:.0f} s each per transfer target" if n_targets else ""
+    text += "; embedding the training split adds about 3 min"
+    text += f" and {'the' if n_targets == 1 else 'each'} target's test split about 1.5 min" if n_targets else ""
+    return text + (", the first time only (the lower end: all embeddings cached). Measured on the development "
+                   "machine; larger datasets take longer, a GPU less.")
 
 
 RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep"}
