@@ -94,8 +94,8 @@ if head.get("audit_run"):
         demo_button("Recompute the demo on this machine", "Runs the same demo (train the demo model, audit, "
                     "epsilon sweep) here in a background job; each part replaces the precomputed snapshot when it is "
                     "stored.", primary=False)
-elif ui.pending_note("audit", source, model, None) and not (source == ui.DEFAULT_SOURCE and model == "demo"):
-    pass  # the note says that the audit is running, with its progress
+elif not (source == ui.DEFAULT_SOURCE and model == "demo") and ui.pending_note("audit", source, model, None):
+    pass  # the note says that the audit is running, with its progress (the demo's button shows the demo's)
 else:
     st.warning("No finished audit for this dataset and model yet.")
     if source == ui.DEFAULT_SOURCE and model == "demo":
