@@ -383,6 +383,18 @@ def test_a_second_session_shows_a_running_sweep_as_running(tmp_path: Path, monke
     at = _open("mitigation", other, monkeypatch)
     assert "Epsilon sweep running (25%) for demo on synthetic as part of the demo job" in _shown(at)
     assert "No finished epsilon sweep" not in _shown(at)
+    # the case: the demo's audit is stored, its sweep still running; the Overview said "No epsilon sweep yet"
+    from backend.runs import store
+
+    third = tmp_path / "audit-done"
+    seed_store(third)
+    monkeypatch.setenv("CXR_CACHE_DIR", str(third))
+    with store.connect() as con:
+        con.execute("DELETE FROM runs WHERE kind = 'sweep'")
+    _running_job(default_demo_spec(), done=3, total=4, message="sweep point 2 of 7")
+    at = _open("overview", third, monkeypatch)
+    assert "Epsilon sweep running (75%) for demo on synthetic as part of the demo job" in _shown(at)
+    assert "No epsilon sweep yet" not in _shown(at)
 
 
 def test_a_launched_sweep_shows_its_latest_status_not_queued(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
