@@ -126,3 +126,17 @@ def test_frontier_joins_points_in_epsilon_order_and_its_ring_leaves_the_label_re
     view = figures.mitigation_view(_curves(), pts, 1.0, title="t")  # the same label on the combined figure's frontier
     note = next(a for a in view.layout.annotations if "ε=1" in a.text)
     assert (note.xref, note.yref, note.x, note.y) == ("x2", "y2", -0.01, 0.3)
+
+
+def test_relinkage_models_keep_their_colour_whichever_are_overlaid() -> None:
+    rows = pd.DataFrame([{"model": m, "pool_kind": "random", "level": "study", "k": 1, "n": n, "recall": 0.5 / n,
+                          "ci_low": 0.4 / n, "ci_high": 0.6 / n, "chance": 1 / n, "lift": 0.5, "effective_n": n}
+                         for m in ("a", "b", "c") for n in (10, 100)])
+    colors = figures.series_colors(["a", "b", "c"])  # every audited model, in the page's order
+
+    def line_colors(models: list[str]) -> dict[str, str]:
+        fig = figures.recall_curves(rows[rows["model"].isin(models)], colors=colors)
+        return {t.name.split(" · ")[0]: t.line.color for t in fig.data if t.mode == "lines+markers"}
+
+    both, only_c = line_colors(["a", "c"]), line_colors(["c"])
+    assert both["c"] == only_c["c"] == colors["c"] and both["a"] != both["c"]
