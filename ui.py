@@ -87,6 +87,12 @@ def sweep_view(sweep_id: str) -> dashboard.SweepView:
     return dashboard.sweep_view(sweep_id)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def sweep_spec(sweep_id: str | None) -> Any:
+    """The SweepSpec of a finished sweep (its settings, for a new launch), or None."""
+    return dashboard.sweep_spec(sweep_id)
+
+
 @st.cache_resource(show_spinner="Preparing the sweep's figures ...", max_entries=8)
 def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, Any]:
     """Epsilon label -> the figure of recall curves beside the frontier, built once per finished sweep so that the
@@ -101,7 +107,7 @@ def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, Any]:
     out = {}
     for p in pts.itertuples():
         label = dashboard.epsilon_label(p.epsilon)
-        curves = dashboard.mitigation_curves(view, p.run_id, ref_run, original, f"ε={label}")
+        curves = dashboard.mitigation_curves(view, p.run_id, ref_run, original, dashboard.series_label(p.epsilon))
         out[label] = figures.mitigation_view(curves, pts, float(p.epsilon), title=f"Recall@1 at ε={label}")
     return out
 
@@ -221,6 +227,11 @@ def sidebar() -> tuple[str, str]:
     return source, model
 
 
+# st.dataframe wraps the text of a cell only when its rows are taller than 4rem (64 px): then long descriptions show
+# in full on up to three lines instead of being cut off at the column's edge.
+WRAP_ROW_HEIGHT = 72
+
+
 def metric(label: str, value: float | None, definition: str, fmt: str = "{:.1f}x", delta: str | None = None,
            delta_color: str = "inverse") -> None:
     """A number with its definition on hover; 'n/a' when absent."""
@@ -289,8 +300,8 @@ def submit(spec: Any) -> jobs.Job | None:
     if job.status == "done":
         st.success(f"Already computed: run {plain(job.run_id)} (nothing recomputed).")
         st.cache_data.clear()
-    else:
-        st.info(f"Job {plain(job.job_id)} {plain(job.status)}; progress below and on Models and jobs.")
+    else:  # a toast, not an alert: the job's status changes, and its live progress is shown by the page
+        st.toast(f"Job {plain(job.job_id)} submitted; its progress is shown on this page and on Models and jobs.")
     return job
 
 
@@ -347,13 +358,62 @@ def job_list(limit: int = 20) -> list[jobs.Job]:
     return recent
 
 
-def watch_job(job_id: str) -> None:
-    """A progress bar that refreshes itself every second while the job is active."""
+def pending_note(kind: str, source: str | None, model: str | None, shown_run: str | None) -> str | None:
+    """When a job (of any session, or the command line) is computing a run of `kind` for this dataset and model,
+    say so with its live progress, and rerun the page once when a new run is stored or the job ends. Returns
+    the id of that queued or running job, else None. `shown_run`: the run id the page shows now (None: none)."""
+    try:
+        running = dashboard.running_jobs(kind, source, model)
+    except RelinkError:
+        return None
+    if not running:
+        return None
+    job_id = running[0].job_id
+
+    @st.fragment(run_every=2.0)
+    def _note() -> None:
+        try:
+            job, latest_run = jobs.get_job(job_id), dashboard.latest(kind, source, model)
+        except RelinkError:
+            return
+        if job.active:
+            st.info(plain(dashboard.pending_text(kind, job, source, model)))
+            st.progress(job.fraction, text=plain(f"{job.status}: {job.message}"[:150]))
+            st.caption(dashboard.job_times(job.started or job.created, None, job.fraction, time.time())["text"])
+        flag = f"pending-{job_id}-{latest_run}-{job.active}"
+        if (latest_run != shown_run or not job.active) and not st.session_state.get(flag):
+            st.session_state[flag] = True
+            st.cache_data.clear()
+            st.rerun(scope="app")
+
+    _note()
+    return job_id
+
+
+def poll_seconds() -> float:
+    """How often a job list refreshes itself: every 2 s while a job is active, else every 10 s (so that a job
+    started from another session or the command line appears without a click)."""
+    return 2.0 if any_active_jobs() else 10.0
+
+
+def _stored_runs(source: str, model: str) -> tuple[str | None, str | None]:
+    return dashboard.latest("audit", source, model), dashboard.latest("sweep", source, model)
+
+
+def watch_job(job_id: str, stored_for: tuple[str, str] | None = None) -> None:
+    """A progress bar that refreshes itself every second while the job is active; the page reruns when the job
+    is done and, with `stored_for` = (dataset, model), as soon as a new audit or sweep of theirs is stored."""
+    try:
+        shown = _stored_runs(*stored_for) if stored_for else None
+    except RelinkError:
+        shown = None
 
     @st.fragment(run_every=1.0)
     def _watch() -> None:
-        job = jobs.get_job(job_id)
+        job = jobs.get_job(job_id)  # read fresh every second: the shown status and message are the latest
         st.progress(job.fraction, text=plain(f"{job.status}: {job.message}"[:150]))
+        st.caption(dashboard.job_times(job.started or job.created, job.finished if not job.active else None,
+                                       job.fraction, time.time())["text"])
         if job.status == "failed":
             st.error(f"The job failed: {plain(job.message)}")
             with st.expander("Traceback"):
@@ -362,6 +422,15 @@ def watch_job(job_id: str) -> None:
             st.session_state[f"reloaded-{job_id}"] = True
             st.cache_data.clear()
             st.rerun(scope="app")
+        if shown is not None and job.active:
+            try:
+                now = _stored_runs(*stored_for)
+            except RelinkError:
+                return
+            if now != shown and not st.session_state.get(f"stored-{job_id}-{now}"):
+                st.session_state[f"stored-{job_id}-{now}"] = True
+                st.cache_data.clear()
+                st.rerun(scope="app")
 
     _watch()
 

@@ -8,7 +8,11 @@ from backend.views import dashboard
 
 source, model = ui.selection()
 st.title("Data")
-st.dataframe(dashboard.sources_table(), hide_index=True)
+st.dataframe(dashboard.sources_table(), hide_index=True, row_height=ui.WRAP_ROW_HEIGHT, column_config={
+    "source": st.column_config.TextColumn(width="small"),  # tall rows wrap the descriptions instead of cutting them
+    "description": st.column_config.TextColumn(width="large"),
+    "needs a folder": st.column_config.CheckboxColumn(width="small", help="Reads a dataset folder you name."),
+    "credentialed": st.column_config.CheckboxColumn(width="small", help="Needs a data-use agreement (PhysioNet).")})
 
 st.subheader(f"Dataset: {ui.plain(source)}")
 if source == "synthetic":

@@ -9,6 +9,8 @@ from backend.views import dashboard, explorer
 source, model = ui.selection()
 st.title("Pair explorer")
 run_id = ui.latest("audit", source, model)
+if ui.pending_note("audit", source, model, run_id) and not run_id:
+    st.stop()
 if not run_id:
     st.info(f"No finished audit of {ui.plain(model)} on {ui.plain(source)} yet; run one first (Overview or Models "
             "and jobs).")

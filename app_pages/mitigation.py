@@ -12,6 +12,7 @@ source, model = ui.selection()
 st.title("Mitigation: differentially private projection heads")
 sweep_id = ui.latest("sweep", source, model)
 audit_id = ui.latest("audit", source, model)
+sweep_pending = ui.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
 
 if sweep_id:
     view = ui.sweep_view(sweep_id)  # read once per finished sweep; the slider below only re-renders
@@ -30,14 +31,15 @@ if sweep_id:
                            str(p.get("objective") or ""))
         cols = st.columns(4)
         for col, (key, name, help_key, fmt, good) in zip(cols, (
-                ("r1_random", "Recall@1, random pool, largest N", "recall", "{:.4f}", "inverse"),
-                ("r1_hard", "Recall@1, pathology-matched, largest N", "hard", "{:.4f}", "inverse"),
+                ("r1_random", "Recall@1, random pool", "recall", "{:.4f}", "inverse"),  # short: cards cut long labels
+                ("r1_hard", "Recall@1, pathology-matched", "hard", "{:.4f}", "inverse"),
                 ("auroc_linear", "Linear-probe macro AUROC", "auroc", "{:.3f}", "normal"),
                 ("auroc_zero_shot", "Zero-shot macro AUROC", "auroc", "{:.3f}", "normal")), strict=True):
             is_ref = ref is not None and p["run_id"] == ref["run_id"]
             delta = None if ref is None or is_ref else f"{p[key] - ref[key]:+.4f} vs retrained heads, no DP"
             with col:
-                ui.metric(name, float(p[key]), dashboard.DEFINITIONS[help_key], fmt=fmt, delta=delta,
+                where = " At the largest pool size N of the sweep." if key.startswith("r1_") else ""
+                ui.metric(name, float(p[key]), dashboard.DEFINITIONS[help_key] + where, fmt=fmt, delta=delta,
                           delta_color=good)
         red = float(p.get("reduction", float("nan")))
         change = ("the reference: heads retrained without DP" if ref is not None and p["run_id"] == ref["run_id"] else
@@ -52,22 +54,23 @@ if sweep_id:
         st.plotly_chart(figs[choice], key="mitigation_view", theme=None)
 
     _explore()
-else:
+elif not sweep_pending:
     st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet. Launch one below.")
 
 st.subheader("Launch a new sweep")
 st.caption(dashboard.DEFINITIONS["nominal"])
 with st.form("sweep"):
-    c1, c2, c3 = st.columns(3)
-    eps = c1.multiselect("ε grid", list(DEFAULT_EPSILONS), default=list(DEFAULT_EPSILONS),
+    eps = st.multiselect("ε grid", list(DEFAULT_EPSILONS), default=list(DEFAULT_EPSILONS),  # full width: no chip cut
                          format_func=dashboard.epsilon_label, help=dashboard.DEFINITIONS["epsilon"])
+    c2, c3 = st.columns(2)
     objective = c2.selectbox("Objective", OBJECTIVES, help=dashboard.DEFINITIONS["certified"])
     unit = c3.selectbox("Privacy unit", PRIVACY_UNITS,
                         help="pair: one image-report pair is protected; patient: all of one patient's pairs.")
+    st.caption(ui.plain(dashboard.sweep_estimate(len(DEFAULT_EPSILONS))) + " (for the default grid)")
     if st.form_submit_button("Launch sweep", type="primary"):
         base = DPSpec(source=SourceSpec(name=source), model=model, objective=objective, privacy_unit=unit)
         job = ui.submit(SweepSpec(base=base, epsilons=tuple(sorted(eps)) or DEFAULT_EPSILONS))
         if job is not None and job.active:
             st.session_state["sweep_job"] = job.job_id
-if st.session_state.get("sweep_job"):
+if st.session_state.get("sweep_job") and st.session_state["sweep_job"] != sweep_pending:  # else shown above
     ui.watch_job(st.session_state["sweep_job"])

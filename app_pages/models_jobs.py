@@ -11,7 +11,10 @@ st.title("Models and jobs")
 st.caption(f"Jobs run in detached worker processes on: **{ui.device_summary()}**. They survive page reloads; "
            "`python -m backend jobs` lists them from a terminal.")
 
-st.dataframe([{"model": name, "what": text} for name, text in dashboard.known_models().items()], hide_index=True)
+st.dataframe(dashboard.models_table(), hide_index=True, row_height=ui.WRAP_ROW_HEIGHT, column_config={
+    "model": st.column_config.TextColumn(width="small"),  # tall rows wrap long text instead of cutting it off
+    "what": st.column_config.TextColumn(width="large", help="What the model is and what it was trained on."),
+    "weights": st.column_config.TextColumn(width="large", help="Where its weights come from.")})
 custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/path/to/checkpoint.pt",
                        help="local:<path>[#config] loads any open_clip checkpoint from disk (no download).")
 chosen = custom.strip() or model
@@ -45,7 +48,7 @@ if (embed_clicked or audit_clicked) and (not ui.needs_root(source) or ui.source_
 st.subheader("Jobs")
 
 
-@st.fragment(run_every=2.0 if ui.any_active_jobs() else None)
+@st.fragment(run_every=ui.poll_seconds())
 def _jobs() -> None:
     ui.job_list(limit=20)
 

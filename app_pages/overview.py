@@ -16,8 +16,8 @@ def demo_button(label: str, what: str, *, primary: bool) -> None:
         if job is not None:
             st.session_state["demo_job"] = job.job_id
     running = st.session_state.get("demo_job") or ui.active_job_id("demo")
-    if running:
-        ui.watch_job(running)
+    if running:  # the page reruns as each part (audit, sweep) is stored, not only when the whole job ends
+        ui.watch_job(running, stored_for=(source, model))
 
 
 source, model = ui.selection()
@@ -87,12 +87,15 @@ if head.get("audit_run"):
     rows = ui.relink_rows((head["audit_run"],))
     st.plotly_chart(figures.recall_curves(rows[rows["level"] == "study"], k=1, title=f"{model} on {source}: Recall@1 "
                                           "against pool size"), key="overview_curve")
-    if not head.get("sweep_run"):
+    demo_here = bool(ui.snapshot_note(source, model)) and source == ui.DEFAULT_SOURCE and model == "demo"
+    if not demo_here and not ui.pending_note("sweep", source, model, head.get("sweep_run")) and not head.get("sweep_run"):
         st.info("No epsilon sweep yet for this dataset and model: launch one on the Mitigation page.")
-    if ui.snapshot_note(source, model) and source == ui.DEFAULT_SOURCE and model == "demo":
+    if demo_here:  # its button shows the running demo's progress
         demo_button("Recompute the demo on this machine", "Runs the same demo (train the demo model, audit, "
                     "epsilon sweep) here in a background job; each part replaces the precomputed snapshot when it is "
                     "stored.", primary=False)
+elif not (source == ui.DEFAULT_SOURCE and model == "demo") and ui.pending_note("audit", source, model, None):
+    pass  # the note says that the audit is running, with its progress (the demo's button shows the demo's)
 else:
     st.warning("No finished audit for this dataset and model yet.")
     if source == ui.DEFAULT_SOURCE and model == "demo":

@@ -10,22 +10,28 @@ source, model = ui.selection()
 st.title("Re-linkage")
 st.markdown(dashboard.DEFINITIONS["recall"] + " " + dashboard.DEFINITIONS["lift"])
 runs = ui.audit_runs(source)
+pending = ui.pending_note("audit", source, None, str(runs["run_id"].iloc[0]) if len(runs) else None)
 if not len(runs):
+    if pending:
+        st.stop()
     st.info(f"No finished audit on {ui.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
     st.stop()
 
 models = runs["model"].tolist()
-c1, c2, c3, c4 = st.columns([3, 1, 2, 2])
+c1, c2 = st.columns([4, 1])
 chosen = c1.multiselect("Models", models, default=models[:4],
                         help="Overlay several audited models (the newest audit of each).")
 rows_all = ui.relink_rows(tuple(runs["run_id"]))
 ks = sorted(rows_all["k"].unique().tolist())
 k = c2.selectbox("K", ks, help="Top-K: the attacker succeeds when the true report is among the K best-scored.")
-pools = c3.multiselect("Pools", sorted(rows_all["pool_kind"].unique()), default=list(POOL_KINDS),
-                       format_func=lambda p: figures.POOL_NAME.get(p, p),
-                       help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"])
-levels = c4.multiselect("Level", ["study", "patient"], default=["study"],
-                        help=dashboard.DEFINITIONS["study"] + " " + dashboard.DEFINITIONS["patient"])
+# Pills on a row of their own, not chips in a narrow column (which cut "pathology-matched" off): whole names.
+c3, c4 = st.columns([3, 2])
+kinds = sorted(rows_all["pool_kind"].unique())
+pools = c3.pills("Pools", kinds, selection_mode="multi", default=[p for p in POOL_KINDS if p in kinds],
+                 format_func=lambda p: figures.POOL_NAME.get(p, p),
+                 help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"]) or []
+levels = c4.pills("Level", ["study", "patient"], selection_mode="multi", default=["study"],
+                  help=dashboard.DEFINITIONS["study"] + " " + dashboard.DEFINITIONS["patient"]) or []
 rows = rows_all[rows_all["model"].isin(chosen) & rows_all["pool_kind"].isin(pools) & rows_all["level"].isin(levels)]
 if not len(rows):
     st.info("Pick at least one model, pool and level.")
@@ -33,7 +39,8 @@ if not len(rows):
 show = st.radio("Show", ["lift over chance", f"Recall@{k}"], horizontal=True,
                 help="Lift (Recall@K divided by chance K/N) puts pools of different effective size on one scale: a "
                      "pathology-matched pool is often smaller than N, which raises its raw recall.")
-st.plotly_chart(figures.recall_curves(rows, k=k, y="lift" if show.startswith("lift") else "recall"), key="recall_curves")
+st.plotly_chart(figures.recall_curves(rows, k=k, y="lift" if show.startswith("lift") else "recall",
+                                      colors=figures.series_colors(models)), key="recall_curves")
 st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: chance (lift 1x; K/N on the recall "
            "scale). Log x axis.")
 

@@ -73,3 +73,70 @@ def test_auroc_axis_never_hides_a_bar_below_the_usual_floor() -> None:
                           "ci_high": [0.45, 0.85], "series": "x"})
     low, high = figures.auroc_bars(probe, series="series", method="zero-shot").layout.yaxis.range
     assert low <= 0.30 and high == 1.0
+
+
+def test_sweep_series_keep_one_colour_whichever_epsilon_the_slider_selects() -> None:
+    """Colours are keyed by the series label (one per epsilon of the sweep, one per reference), not by the order in
+    which a figure happens to draw its series: moving the slider must not swap them."""
+    from backend.views.dashboard import ORIGINAL, RETRAINED
+
+    pts = _points()
+
+    def colours(selected: float, label: str) -> dict[str, str]:
+        rows = _curves().replace({"series": {"ε=1": label, "retrained, no DP": RETRAINED}})
+        if math.isinf(selected):
+            rows = rows[rows["series"] == RETRAINED]
+        rows = pd.concat([rows, rows[rows["series"] == RETRAINED].assign(series=ORIGINAL)], ignore_index=True)
+        fig = figures.mitigation_view(rows, pts, selected, title="t")
+        return {t.name.split(" · ")[0]: t.line.color for t in fig.data
+                if t.mode == "lines+markers" and t.xaxis == "x" and "random" in t.name}
+
+    at_034, at_1, at_inf = colours(0.34, "ε=0.34"), colours(1.0, "ε=1"), colours(math.inf, RETRAINED)
+    assert at_034[RETRAINED] == at_1[RETRAINED] == at_inf[RETRAINED]
+    assert at_034[ORIGINAL] == at_1[ORIGINAL] == at_inf[ORIGINAL]
+    assert at_034["ε=0.34"] != at_1["ε=1"]  # each epsilon its own colour
+    assert len({at_1["ε=1"], at_1[RETRAINED], at_1[ORIGINAL]}) == 3
+    assert figures.sweep_colors(pts["epsilon"])["ε=1"] == at_1["ε=1"]
+
+
+def test_the_selected_epsilon_is_drawn_bold_and_the_references_thin() -> None:
+    from backend.views.dashboard import RETRAINED
+
+    rows = _curves().replace({"series": {"retrained, no DP": RETRAINED}})
+    fig = figures.mitigation_view(rows, _points(), 1.0, title="t")
+    width = {t.name: t.line.width for t in fig.data if t.mode == "lines+markers" and t.xaxis == "x"}
+    assert width["ε=1 · random pool · study"] > width[f"{RETRAINED} · random pool · study"]
+    last = [t for t in fig.data if t.mode == "lines+markers" and t.xaxis == "x"][-1]
+    assert last.name.startswith("ε=1 ")  # the selected series on top
+
+
+def test_frontier_joins_points_in_epsilon_order_and_its_ring_leaves_the_label_readable() -> None:
+    pts = pd.DataFrame({"epsilon": [math.inf, 1.0, 0.34, 8.0], "auroc_change": [0.0, -0.01, -0.02, -0.005],
+                        "reduction": [0.0, 0.3, 0.6, 0.1]})
+    fig = figures.frontier(pts, selected=1.0)
+    line = next(t for t in fig.data if t.name == "sweep")
+    assert list(line.x) == [-0.02, -0.01, -0.005, 0.0] and list(line.y) == [0.6, 0.3, 0.1, 0.0]  # 0.34, 1, 8, inf
+    assert list(line.text) == ["ε=0.34", "", "ε=8", "ε=∞"]  # the selected label is not under the ring
+    ring = next(t for t in fig.data if t.name == "selected ε")
+    assert list(ring.x) == [-0.01] and list(ring.y) == [0.3]
+    (label,) = fig.layout.annotations  # the selected label: above the ring, on a background that no label covers
+    assert "ε=1" in label.text and (label.x, label.y) == (-0.01, 0.3) and label.ay < -18 and label.bgcolor
+    low, high = fig.layout.yaxis.range
+    assert high > 0.6 + 0.1 and low < 0.0  # headroom for the top point's label
+    view = figures.mitigation_view(_curves(), pts, 1.0, title="t")  # the same label on the combined figure's frontier
+    note = next(a for a in view.layout.annotations if "ε=1" in a.text)
+    assert (note.xref, note.yref, note.x, note.y) == ("x2", "y2", -0.01, 0.3)
+
+
+def test_relinkage_models_keep_their_colour_whichever_are_overlaid() -> None:
+    rows = pd.DataFrame([{"model": m, "pool_kind": "random", "level": "study", "k": 1, "n": n, "recall": 0.5 / n,
+                          "ci_low": 0.4 / n, "ci_high": 0.6 / n, "chance": 1 / n, "lift": 0.5, "effective_n": n}
+                         for m in ("a", "b", "c") for n in (10, 100)])
+    colors = figures.series_colors(["a", "b", "c"])  # every audited model, in the page's order
+
+    def line_colors(models: list[str]) -> dict[str, str]:
+        fig = figures.recall_curves(rows[rows["model"].isin(models)], colors=colors)
+        return {t.name.split(" · ")[0]: t.line.color for t in fig.data if t.mode == "lines+markers"}
+
+    both, only_c = line_colors(["a", "c"]), line_colors(["c"])
+    assert both["c"] == only_c["c"] == colors["c"] and both["a"] != both["c"]

@@ -260,3 +260,36 @@ def test_a_result_that_cannot_be_written_is_kept_and_imported_later(fresh_cache:
     back = jobs.get_job(job.job_id)
     assert back.status == "done" and "imported" in back.message
     assert store.get_run(spec.run_id())["summary"] == {"steps": 2, "tag": "pending"}
+
+
+def test_a_throttled_progress_message_reaches_the_store_with_the_next_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase that announces itself right after another progress call (inside the throttle interval) and then
+    computes for long without another call must still show its own message, not the previous one; once the work
+    has ended, nothing overwrites the job's final message."""
+    import threading
+
+    monkeypatch.setattr(jobs, "PROGRESS_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(jobs, "HEARTBEAT_S", 0.05)
+    store.upsert_run("selftest-msg", "selftest", "{}", "running")
+    store.insert_job("j-msg", {"run_id": "selftest-msg", "kind": "selftest", "status": "running", "message": "running"})
+    unwritten, stop = jobs._Unwritten(), threading.Event()
+    progress = jobs._progress_writer("j-msg", unwritten)
+    progress(1, 10, "embedding the train split")
+    progress(2, 10, "training the heads at epsilon 1")  # throttled: kept for the heartbeat
+    assert store.get_job("j-msg")["message"] == "embedding the train split"
+    beat = threading.Thread(target=jobs._heartbeat, args=("j-msg", stop, unwritten), daemon=True)
+    beat.start()
+    try:
+        deadline = time.monotonic() + 20
+        while store.get_job("j-msg")["message"] != "training the heads at epsilon 1" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        row = store.get_job("j-msg")
+        assert row["message"] == "training the heads at epsilon 1" and row["done"] == 2
+        progress(3, 10, "late progress")  # throttled, then the work ends (failed)
+        unwritten.close()
+        store.update_job("j-msg", status="failed", message="ValueError: boom")
+        time.sleep(0.5)  # several heartbeats
+        assert store.get_job("j-msg")["message"] == "ValueError: boom"
+    finally:
+        stop.set()
+        beat.join(5)

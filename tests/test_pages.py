@@ -123,6 +123,7 @@ def test_hub_model_offline_shows_a_clear_message(seeded: Path, monkeypatch: pyte
 def test_data_page_on_the_synthetic_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open("data", tmp_path, monkeypatch)
     assert "SYNTHETIC" in _text(at)
+    assert not _cut_off_columns(at)  # the sources' descriptions wrap
 
 
 @pytest.mark.slow
@@ -331,3 +332,142 @@ def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, mon
     _button(at, "Embed only").click().run()
     assert not at.exception and not at.error and len(spawned) == 1
     assert jobs.get_job(spawned[0]).spec.count(str(data)) == 1
+
+
+# ---------------------------------------------------------------- progress never goes stale (issue 12)
+
+
+def _running_job(spec: object, *, status: str = "running", done: int = 3, total: int = 10,
+                 message: str = "training the heads at ε=1") -> str:
+    """A job row as a live worker in another session would leave it (this process's pid, a fresh heartbeat)."""
+    import time
+
+    from backend.runs import store
+
+    job_id = f"{spec.run_id()}-other"  # type: ignore[attr-defined]
+    store.upsert_run(spec.run_id(), spec.run_id().split("-")[0], spec.to_json(), status)  # type: ignore[attr-defined]
+    store.insert_job(job_id, {"run_id": spec.run_id(), "kind": spec.run_id().split("-")[0],  # type: ignore[attr-defined]
+                              "spec": spec.to_json(), "status": status, "done": done, "total": total,  # type: ignore[attr-defined]
+                              "message": message, "pid": os.getpid(), "created": time.time(), "started": time.time(),
+                              "heartbeat": time.time(), "log_path": "", "cancel_requested": False})
+    return job_id
+
+
+def _progress_texts(at: AppTest) -> list[str]:
+    return [el.proto.text.replace("\\", "") for el in at.get("progress")]
+
+
+def _shown(at: AppTest) -> str:
+    """The page's Markdown text as the reader sees it (ui.plain's backslash escapes removed)."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", _text(at))
+
+
+def test_a_second_session_shows_a_running_sweep_as_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep (or the demo job's sweep) queued or running in another session is shown with its progress, never as
+    "No epsilon sweep yet"."""
+    from backend.runs.demo import default_demo_spec
+    from backend.specs import DPSpec, SourceSpec, SweepSpec
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    _running_job(SweepSpec(base=DPSpec(source=SourceSpec(name="synthetic"), model="demo")))
+    for page in ("mitigation", "utility"):
+        at = _open(page, tmp_path, monkeypatch)
+        text = _shown(at)
+        assert "Epsilon sweep running (30%) for demo on synthetic" in text and "No finished epsilon sweep" not in text
+        assert any("training the heads at ε=1" in t for t in _progress_texts(at)), _progress_texts(at)
+    other = tmp_path / "demo"
+    monkeypatch.setenv("CXR_CACHE_DIR", str(other))
+    _running_job(default_demo_spec(), done=1, total=4, message="training demo model")
+    at = _open("mitigation", other, monkeypatch)
+    assert "Epsilon sweep running (25%) for demo on synthetic as part of the demo job" in _shown(at)
+    assert "No finished epsilon sweep" not in _shown(at)
+    # the issue's case: the demo's audit is stored, its sweep still running; the Overview said "No epsilon sweep yet"
+    from backend.runs import store
+
+    third = tmp_path / "audit-done"
+    seed_store(third)
+    monkeypatch.setenv("CXR_CACHE_DIR", str(third))
+    with store.connect() as con:
+        con.execute("DELETE FROM runs WHERE kind = 'sweep'")
+    _running_job(default_demo_spec(), done=3, total=4, message="sweep point 2 of 7")
+    at = _open("overview", third, monkeypatch)
+    assert "Epsilon sweep running (75%) for demo on synthetic as part of the demo job" in _shown(at)
+    assert "No epsilon sweep yet" not in _shown(at)
+
+
+def test_a_launched_sweep_shows_its_latest_status_not_queued(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs import jobs, store
+
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)  # the worker "runs" in the store below
+    at = _open("mitigation", seeded, monkeypatch)
+    _button(at, "Launch sweep").click().run()
+    assert not at.exception
+    job_id = at.session_state["sweep_job"]
+    try:
+        assert not [i.value for i in at.info if "queued" in i.value]  # no alert that would outlive the status
+        store.update_job(job_id, status="running", pid=os.getpid(), heartbeat=__import__("time").time(), done=2,
+                         total=7, message="sweep point 2 of 7")
+        at.run()
+        assert not at.exception
+        assert "running: sweep point 2 of 7" in _progress_texts(at), _progress_texts(at)
+        assert not any("queued" in t for t in _progress_texts(at) + [i.value for i in at.info])
+        assert "Epsilon sweep running (29%)" in _shown(at)
+    finally:
+        store.update_job(job_id, status="cancelled")
+
+
+def test_utility_launches_a_sweep_with_a_transfer_target(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Utility page submits the shown sweep's settings plus a transfer target through the job queue, with a time
+    estimate; bad target options are refused with the source's own message before any job starts."""
+    from backend.runs import jobs
+    from backend.specs import SourceSpec, spec_from_json
+    from tests.helpers.seed import EPSILONS, SOURCE
+
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
+    at = _open("utility", seeded, monkeypatch)
+    assert "about 13-18 min. 8 evaluations (7 ε points" in _shown(at)  # and the original model; one target
+    at.text_input(key="transfer-options-synthetic").set_value("colour=red").run()
+    _button(at, "Launch sweep with transfer").click().run()
+    assert not at.exception and not spawned and any("colour" in e.value for e in at.error)
+    at.text_input(key="transfer-options-synthetic").set_value("sites=B").run()
+    _button(at, "Launch sweep with transfer").click().run()
+    assert not at.exception and len(spawned) == 1, [e.value for e in at.error]
+    try:
+        spec = spec_from_json(jobs.get_job(spawned[0]).spec)
+        assert spec.base.transfer == (SourceSpec(name="synthetic", options={"sites": "B"}),)
+        assert spec.base.source == SOURCE and spec.epsilons == EPSILONS  # the shown sweep's settings
+        assert at.get("progress")  # its progress is shown here
+    finally:
+        jobs.cancel(spawned[0], grace_s=0.1, wait=True)
+
+
+# ---------------------------------------------------------------- text not cut off (issue 12)
+
+
+def _cut_off_columns(at: AppTest) -> list[tuple[str, int]]:
+    """Table columns whose text is long (> 40 characters) in a table whose rows are too short to wrap it: st.dataframe
+    wraps cell text only when row_height > 4rem (64 px); otherwise the cell is cut off at the column's edge."""
+    out = []
+    for el in at.dataframe:
+        for col in el.value.columns:
+            longest = el.value[col].astype(str).str.len().max() if len(el.value) else 0
+            if longest > 40 and not el.proto.row_height > 64:
+                out.append((str(col), int(longest)))
+    return out
+
+
+def test_tables_wrap_long_text_and_labels_fit(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _open("models_jobs", seeded, monkeypatch)
+    assert not _cut_off_columns(at)
+    assert any(len(str(v)) > 40 for v in at.dataframe[0].value["weights"])  # there is long text to wrap
+    at = _open("relinkage", seeded, monkeypatch)
+    pills = {p.label: p for p in at.pills}  # pools and levels as pills: whole names, never chips cut off
+    assert set(pills) == {"Pools", "Level"} and not [m for m in at.multiselect if m.label in pills]
+    assert pills["Pools"].options == ["pathology-matched", "random pool"]
+    pills["Level"].set_value(["study", "patient"]).run()
+    assert not at.exception and set(at.dataframe[0].value["level"]) == {"study", "patient"}
+    at = _open("mitigation", seeded, monkeypatch)
+    assert all(len(m.label) <= 30 for m in at.metric), [m.label for m in at.metric]  # a card cuts longer labels

@@ -299,33 +299,69 @@ class _Cancelled(JobError):
     pass
 
 
-def _progress_writer(job_id: str) -> ProgressLike:
-    """The callback the job's code calls: throttled into the store; raises JobError once cancel is requested."""
+class _Unwritten:
+    """The newest progress call that the throttle (or a held database) kept out of the store; the heartbeat
+    writes it, so the stored message is never older than one heartbeat (a phase that announces itself and
+    then computes for minutes without another progress call still shows its own message). Both writers hold
+    `lock` from taking the fields to writing them, so an older call never overwrites a newer one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.fields: dict[str, Any] = {}
+
+    def take(self) -> dict[str, Any]:
+        with self.lock:
+            fields, self.fields = self.fields, {}
+        return fields
+
+    def close(self) -> None:
+        """The work ended: nothing more is written (the job's final message must stay)."""
+        with self.lock:
+            self.fields, self.closed = {}, True
+
+    closed = False
+
+
+def _progress_writer(job_id: str, unwritten: _Unwritten | None = None) -> ProgressLike:
+    """The callback the job's code calls: throttled into the store; raises JobError once cancel is requested.
+    A call the throttle skips is kept in `unwritten` for the heartbeat to write."""
     last = [0.0]
+    unwritten = unwritten or _Unwritten()
 
     def progress(done: int, total: int, message: str = "") -> None:
+        fields = {"done": int(done), "total": int(total), "message": str(message)[:500]}
         now = time.monotonic()
-        if now - last[0] < PROGRESS_INTERVAL_S and done < total:
-            return
-        last[0] = now
-        try:
-            cancelled = store.update_job(job_id, done=int(done), total=int(total), message=str(message)[:500],
-                                         heartbeat=time.time(), timeout_s=BEAT_WRITE_TIMEOUT_S)
-        except StoreError as exc:  # a held database never stops the work; the next progress call writes again
-            log.warning("progress of %s not recorded (%s); computing on", job_id, exc)
-            return
+        with unwritten.lock:
+            if unwritten.closed:
+                return
+            if now - last[0] < PROGRESS_INTERVAL_S and done < total:
+                unwritten.fields = fields
+                return
+            last[0] = now
+            unwritten.fields = {}  # this write supersedes it
+            try:
+                cancelled = store.update_job(job_id, **fields, heartbeat=time.time(), timeout_s=BEAT_WRITE_TIMEOUT_S)
+            except StoreError as exc:  # a held database never stops the work; the next call or beat writes it
+                unwritten.fields = fields
+                log.warning("progress of %s not recorded (%s); computing on", job_id, exc)
+                return
         if cancelled:
             raise _Cancelled(f"Job {job_id} was cancelled; finished chunks are kept.")
 
     return progress
 
 
-def _heartbeat(job_id: str, stop: threading.Event) -> None:
+def _heartbeat(job_id: str, stop: threading.Event, unwritten: _Unwritten | None = None) -> None:
+    unwritten = unwritten or _Unwritten()
     while not stop.wait(HEARTBEAT_S):
-        try:
-            store.update_job(job_id, heartbeat=time.time(), timeout_s=BEAT_WRITE_TIMEOUT_S)
-        except Exception as exc:  # a missed beat is harmless; the next one retries
-            log.warning("heartbeat of %s skipped (%s)", job_id, exc)
+        with unwritten.lock:
+            fields = unwritten.take()
+            try:
+                store.update_job(job_id, heartbeat=time.time(), timeout_s=BEAT_WRITE_TIMEOUT_S, **fields)
+            except Exception as exc:  # a missed beat is harmless; the next one retries
+                if not unwritten.closed:
+                    unwritten.fields = unwritten.fields or fields
+                log.warning("heartbeat of %s skipped (%s)", job_id, exc)
 
 
 def device_label(uses_torch: bool = True) -> str:
@@ -354,8 +390,8 @@ def run_worker(job_id: str) -> int:
         store.set_run_status(job.run_id, "running")
     except store.DatabaseBusy as exc:  # the heartbeat and the result say it later; start computing now
         log.warning("job %s: start not recorded (%s); computing on", job_id, exc)
-    stop = threading.Event()
-    threading.Thread(target=_heartbeat, args=(job_id, stop), daemon=True).start()
+    stop, unwritten = threading.Event(), _Unwritten()
+    threading.Thread(target=_heartbeat, args=(job_id, stop, unwritten), daemon=True).start()
     try:
         kind = get_job_kind(job.kind)
         spec = spec_from_json(job.spec)
@@ -376,15 +412,18 @@ def run_worker(job_id: str) -> int:
             return 0
         if inputs and run.get("status") == "done":
             log.info("job %s: the data changed since run %s finished; recomputing it", job_id, job.run_id)
-        result = kind.resolve()(spec, _progress_writer(job_id))
+        result = kind.resolve()(spec, _progress_writer(job_id, unwritten))
+        unwritten.close()
         _save_result({"job_id": job_id, "run_id": job.run_id, "kind": kind.name, "spec": job.spec,
                       "result": result, "device": device, "inputs": inputs}, spec)
         return 0
     except _Cancelled as exc:
+        unwritten.close()
         why = str(exc)
         _soft(lambda: _record_end(job_id, job.run_id, "cancelled", why, ""), "the cancel")
         return 1
     except BaseException as exc:  # record every failure, including SystemExit from a library
+        unwritten.close()
         tb, why = traceback.format_exc(), f"{type(exc).__name__}: {exc}"[:500]
         log.error("job %s failed:\n%s", job_id, tb)  # the log first: the store says "done"
         _soft(lambda: _record_end(job_id, job.run_id, "failed", why, tb), "the failure")

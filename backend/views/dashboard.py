@@ -5,6 +5,7 @@ Finished runs never change, so everything keyed by a finished run id is safe to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -17,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from backend import models, settings
-from backend.runs import snapshot, store
+from backend.errors import RelinkError, SpecError
+from backend.runs import jobs, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
-from backend.sources import list_sources
-from backend.specs import POOL_KINDS, POOL_NAMES
+from backend.sources import get_source, list_sources, load_source
+from backend.specs import DEFAULT_EPSILONS, POOL_KINDS, POOL_NAMES, DPSpec, SourceSpec, SweepSpec, spec_from_json
 
 # The model registry imports torch (seconds); the dashboard lists names without it.
 
@@ -34,6 +36,11 @@ def sources_table() -> list[dict[str, Any]]:
 def known_models() -> dict[str, str]:
     """Registered model name -> what it is and where its weights come from (the torch-free registry)."""
     return {e.name: f"{e.description}; weights: {e.weights}" for e in models.list_models()}
+
+
+def models_table() -> list[dict[str, str]]:
+    """The registered models for the Models and jobs page: name, what it is, where its weights come from."""
+    return [{"model": e.name, "what": e.description, "weights": e.weights} for e in models.list_models()]
 
 
 def is_hub_model(name: str) -> bool:
@@ -196,17 +203,28 @@ def sweep_view(sweep_id: str) -> SweepView:
                      own_rows[own_rows["variant"] == "original"], own_probe[own_probe["variant"] == "original"])
 
 
+# The two references every DP point is compared with, one name each on every page, figure and report.
+ORIGINAL = "original model"
+RETRAINED = "retrained heads, no DP"
+
+
+def series_label(eps: float) -> str:
+    """The name of a sweep point's series in figures and tables: "ε=1", or RETRAINED for epsilon = inf."""
+    return RETRAINED if not math.isfinite(eps) else f"ε={eps:g}"
+
+
 def mitigation_curves(view: SweepView, point_run: str, ref_run: str | None, original: pd.DataFrame | None,
                       label: str) -> pd.DataFrame:
-    """Study-level relink rows (random and pathology-matched pools) of one sweep point, the no-DP retrained
-    heads and the original model, with a `series` column naming each."""
+    """Study-level relink rows (random and pathology-matched pools) of one sweep point (series `label`, or
+    RETRAINED when the point is the reference), the no-DP retrained heads and the original model, with a
+    `series` column naming each."""
     own = view.metrics[view.metrics["variant"] == "dp"]
-    parts = [own[own["run_id"] == point_run].assign(series=label)]
+    parts = [own[own["run_id"] == point_run].assign(series=RETRAINED if point_run == ref_run else label)]
     if ref_run and ref_run != point_run:
-        parts.append(own[own["run_id"] == ref_run].assign(series="retrained, no DP"))
+        parts.append(own[own["run_id"] == ref_run].assign(series=RETRAINED))
     original = view.original if len(view.original) else original  # same evaluation as the sweep when stored
     if original is not None and len(original):
-        parts.append(original.assign(series="original model"))
+        parts.append(original.assign(series=ORIGINAL))
     out = pd.concat(parts, ignore_index=True)
     return out[(out["level"] == "study") & out["pool_kind"].isin(POOL_KINDS)]
 
@@ -217,10 +235,10 @@ def utility_frames(view: SweepView, eps: float) -> tuple[pd.DataFrame, pd.DataFr
     probe = view.probe[view.probe["variant"] == "dp"]
     finite = probe["epsilon"].apply(math.isfinite)
     chosen = probe[(probe["epsilon"] - eps).abs() < 1e-12] if math.isfinite(eps) else probe[~finite]
-    parts = [view.original_probe.assign(series="original model", epsilon=math.inf)] if len(view.original_probe) else []
-    parts.append(probe[~finite].assign(series="no DP (retrained)"))
+    parts = [view.original_probe.assign(series=ORIGINAL, epsilon=math.inf)] if len(view.original_probe) else []
+    parts.append(probe[~finite].assign(series=RETRAINED))
     if math.isfinite(eps):
-        parts.append(chosen.assign(series=f"ε={eps:g}"))
+        parts.append(chosen.assign(series=series_label(eps)))
     before_after = pd.concat(parts, ignore_index=True)
     tr = view.metrics[view.metrics["variant"].str.startswith("transfer:") & (view.metrics["level"] == "study")]
     if len(tr):
@@ -360,6 +378,123 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                     "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (no DP) to "
                                  f"{after:.3f} ({after - before:+.3f}): the clinical utility the DP heads keep.")})
     return out
+
+
+# ---------------------------------------------------------------- launching a sweep with a transfer target
+
+
+def sweep_spec(sweep_id: str | None) -> SweepSpec | None:
+    """The spec of a stored sweep run (an imported snapshot keeps the real spec), or None."""
+    run = store.get_run(sweep_id) if sweep_id else None
+    if not run or run.get("kind") != "sweep":
+        return None
+    spec = spec_from_json(run["spec"])
+    return spec if isinstance(spec, SweepSpec) else None
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """'key=value, key=value' (the command line's --transfer synthetic:sites=B options) -> a dict, each value read
+    as JSON when it parses (numbers, true/false, lists), else kept as text."""
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, raw = part.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"Option {part!r} is not key=value (e.g. sites=B, or n_patients=500).")
+        try:
+            out[key.strip()] = json.loads(raw.strip())
+        except json.JSONDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
+def transfer_sweep(base: DPSpec | None, source: str, model: str, target: SourceSpec,
+                   epsilons: tuple[float, ...] = ()) -> SweepSpec:
+    """The sweep to launch from the Utility page: the shown sweep's settings (`base`; else the defaults for this
+    dataset and model) with `target` added to its transfer targets, over `epsilons` (else DEFAULT_EPSILONS).
+    Heads are trained on the base's dataset as before and applied, without retraining, to the target's test split."""
+    base = base or DPSpec(source=SourceSpec(name=source), model=model)
+    transfer = base.transfer if target in base.transfer else (*base.transfer, target)
+    return SweepSpec(base=dataclasses.replace(base, transfer=transfer),
+                     epsilons=tuple(sorted(set(epsilons))) or DEFAULT_EPSILONS)
+
+
+def check_source(spec: SourceSpec) -> None:
+    """Load a source as a job would, raising its SourceError (bad folder, unknown option) before any job starts.
+    The synthetic source is checked on a 5-patient prefix (its options are the same; the full table takes
+    seconds to generate)."""
+    options = dict(spec.options)
+    if spec.name == "synthetic":
+        options["n_patients"] = 5
+    load_source(spec.name, root=spec.root, section_policy=spec.section_policy, **options)
+
+
+def needs_root(name: str) -> bool:
+    try:
+        return get_source(name).needs_root
+    except RelinkError:
+        return False
+
+
+# Measured on the 2-core development machine on the synthetic demo data (25,660 pairs; README "Recompute the
+# demo" and "Epsilon sweep"): the 7-point demo sweep took 14 min, 3 min 15 s of it embedding the train split, so
+# about 80 s per evaluation (8: the points and the original-model reference); sweeps with one transfer target took
+# 17 min 19 s for 5 points and 15 min 37 s for 4, about 100 s per evaluation, so about 20 s more per target.
+# Embedding a target's test split (5,090 images) is about 1.5 min (the demo audit: 1 min 48 s with its bootstrap).
+SWEEP_TIMES_S = {"train_embed": 195.0, "evaluation": 80.0, "transfer_evaluation": 20.0, "target_embed": 90.0}
+
+
+def sweep_estimate(n_epsilons: int, n_targets: int = 0) -> str:
+    """An honest time estimate of a sweep on a 2-core CPU, from the measured times above: from everything cached
+    to embedding the train split and each target's test split first."""
+    t = SWEEP_TIMES_S
+    evaluations = n_epsilons + 1  # and the original model
+    low = evaluations * (t["evaluation"] + n_targets * t["transfer_evaluation"])
+    high = low + t["train_embed"] + n_targets * t["target_embed"]
+    text = (f"Estimated time on a 2-core CPU for data the size of the synthetic demo (25,660 pairs): about "
+            f"{low / 60:.0f}-{high / 60:.0f} min. {evaluations} evaluations ({n_epsilons} ε points and the original "
+            f"model) take about {t['evaluation']:.0f} s each")
+    text += f", plus about {t['transfer_evaluation']:.0f} s each per transfer target" if n_targets else ""
+    text += "; embedding the training split adds about 3 min"
+    text += f" and {'the' if n_targets == 1 else 'each'} target's test split about 1.5 min" if n_targets else ""
+    return text + (", the first time only (the lower end: all embeddings cached). Measured on the development "
+                   "machine; larger datasets take longer, a GPU less.")
+
+
+RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep"}
+
+
+def running_jobs(kind: str, source: str | None = None, model: str | None = None) -> list[jobs.Job]:
+    """Queued or running jobs that will store a run of `kind` ("audit" or "sweep") for this dataset and model
+    (None: any), newest first: jobs of that kind, and demo jobs whose audit or sweep part is not stored yet. So a
+    session opened while another session's (or the command line's) job runs shows it as running."""
+    out = []
+    for job in jobs.list_jobs(limit=50):
+        if not job.active or job.kind not in (kind, "demo"):
+            continue
+        info = spec_info(job.spec)
+        if (source and info.get("source") != source) or (model and info.get("model") != model):
+            continue
+        if job.kind == "demo":
+            try:
+                part = getattr(spec_from_json(job.spec), kind, None)
+            except RelinkError:
+                continue
+            if part is None or (store.get_run(part.run_id()) or {}).get("status") == "done":
+                continue
+        out.append(job)
+    return out
+
+
+def pending_text(kind: str, job: jobs.Job, source: str | None, model: str | None) -> str:
+    """One line for a page whose run is still being computed: "Epsilon sweep running (40%) ..."."""
+    what = RUN_NAMES.get(kind, kind)
+    target = " for " + " on ".join(x for x in (model, source) if x) if (model or source) else ""
+    via = " as part of the demo job" if job.kind == "demo" and kind != "demo" else ""
+    step = f": {job.message}" if job.message else ""
+    return (f"{what} {job.status} ({job.fraction:.0%}){target}{via}{step}. Its results appear on this page as soon "
+            "as they are stored.")
 
 
 def _hms(seconds: float) -> str:

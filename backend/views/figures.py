@@ -6,42 +6,73 @@ import math
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import qualitative, sample_colorscale
 
 from backend.specs import POOL_NAMES
-from backend.views.dashboard import epsilon_label
+from backend.views.dashboard import ORIGINAL, RETRAINED, epsilon_label, series_label
 
 POOL_DASH = {"random": "solid", "hard": "dash", "full": "dot"}
 POOL_NAME = POOL_NAMES
+REFERENCE_COLORS = {ORIGINAL: "#7F7F7F", RETRAINED: "#2CA02C"}  # grey, green: never a colour of the epsilon scale
 
 
 def _rgba(color: str, alpha: float) -> str:
-    color = color.lstrip("#")
-    r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
+    if color.startswith("rgb("):
+        r, g, b = (int(float(v)) for v in color[4:-1].split(","))
+    else:
+        color = color.lstrip("#")
+        r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def series_colors(names: list[str]) -> dict[str, str]:
+    """One fixed colour per series name, by its place in the full list of names (e.g. every audited model), so a
+    series keeps its colour whichever of them a page shows."""
+    palette = qualitative.Plotly
+    return {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+def sweep_colors(epsilons: list[float] | pd.Series) -> dict[str, str]:
+    """Series label -> colour for a sweep: each finite epsilon a fixed colour of a purple-to-orange scale by its
+    rank in the grid (stronger privacy darker), the two references their own (REFERENCE_COLORS). Keyed by the
+    label (dashboard.series_label), never by drawing order, so colours do not swap when the slider moves."""
+    finite = sorted({float(e) for e in epsilons if math.isfinite(e)})
+    spots = [0.08 + 0.7 * i / max(1, len(finite) - 1) for i in range(len(finite))]
+    colors = dict(zip((series_label(e) for e in finite), sample_colorscale("Plasma", spots) if finite else [],
+                      strict=True))
+    return {**colors, **REFERENCE_COLORS}
+
+
 def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", title: str = "",
-                  show_chance: bool = True, y: str = "recall") -> go.Figure:
+                  show_chance: bool = True, y: str = "recall", colors: dict[str, str] | None = None,
+                  emphasis: str | None = None) -> go.Figure:
     """Recall@k (y="recall") or lift over chance (y="lift": recall / chance, so that pools of different
     effective size compare fairly) against pool size N (log x) with CI bands, one line per (series value, pool,
-    level). rows: tidy relink rows plus a `series` column (model name, epsilon label ...)."""
+    level). rows: tidy relink rows plus a `series` column (model name, epsilon label ...). colors: series value ->
+    colour (fixed per series; series_colors / sweep_colors), else by order of appearance. emphasis: one series
+    value drawn bold with its CI band, the others thin and faded (so that overlapping curves stay readable)."""
     fig = go.Figure()
     sel = rows[rows["k"] == k].sort_values("n")
     if y == "lift":
         sel = sel.assign(recall=sel["lift"], ci_low=sel["ci_low"] / sel["chance"], ci_high=sel["ci_high"] / sel["chance"])
     palette = qualitative.Plotly
-    for i, (name, g_series) in enumerate(sel.groupby(series, sort=False)):
-        color = palette[i % len(palette)]
+    groups = list(sel.groupby(series, sort=False))
+    if emphasis is not None:  # the emphasised series last: drawn on top of the others
+        groups.sort(key=lambda item: item[0] == emphasis)
+    for i, (name, g_series) in enumerate(groups):
+        color = (colors or {}).get(name) or palette[i % len(palette)]
+        faded = emphasis is not None and name != emphasis
         for (pool, level), g in g_series.groupby(["pool_kind", "level"]):
             label = f"{name} · {POOL_NAME.get(pool, pool)} · {level}"
             x = g["n"].tolist()
+            width = (1.5 if faded else 3.0 if emphasis is not None else 2.0) * (1.0 if level == "study" else 0.5)
             fig.add_trace(go.Scatter(x=x + x[::-1], y=g["ci_high"].tolist() + g["ci_low"].tolist()[::-1],
-                                     fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0}, mode="lines",
-                                     hoverinfo="skip", showlegend=False, legendgroup=label))
+                                     fill="toself", fillcolor=_rgba(color, 0.06 if faded else 0.15), line={"width": 0},
+                                     mode="lines", hoverinfo="skip", showlegend=False, legendgroup=label))
             fig.add_trace(go.Scatter(
-                x=x, y=g["recall"], mode="lines+markers", name=label, legendgroup=label,
-                line={"color": color, "dash": POOL_DASH.get(pool, "solid"), "width": 2 if level == "study" else 1},
+                x=x, y=g["recall"], mode="lines+markers", name=label, legendgroup=label, opacity=0.7 if faded else 1.0,
+                marker={"size": 4 if faded else 6},
+                line={"color": color, "dash": POOL_DASH.get(pool, "solid"), "width": width},
                 customdata=g[["ci_low", "ci_high", "lift", "chance"]].to_numpy(),
                 hovertemplate=(f"{label}<br>N=%{{x}}<br>Recall@{k}=%{{y:.3f}} (95% CI %{{customdata[0]:.3f}}-"
                                "%{customdata[1]:.3f})<br>lift=%{customdata[2]:.1f}x, chance=%{customdata[3]:.4f}"
@@ -61,18 +92,37 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
 
 
 def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
-    """Re-linkage reduction against linear-probe AUROC change, one marker per epsilon."""
+    """Re-linkage reduction against linear-probe AUROC change, one marker per epsilon, joined in epsilon order
+    (inf, the retrained heads without DP, last). The selected epsilon is ringed, and its label is an annotation
+    with a background, above the ring (a label on the plain marker would sit under the ring, and points close
+    together would print their labels over it)."""
     fig = go.Figure()
-    labels = [epsilon_label(e) for e in points["epsilon"]]
+    points = points.sort_values("epsilon", kind="stable")  # inf sorts last
+    colors = sweep_colors(points["epsilon"])
+    labels = [f"ε={epsilon_label(e)}".replace("inf (no DP)", "∞") for e in points["epsilon"]]
+    chosen = _same(points["epsilon"], selected) if selected is not None else pd.Series(False, index=points.index)
     fig.add_trace(go.Scatter(x=points["auroc_change"], y=points["reduction"], mode="lines+markers+text",
-                             text=[f"ε={t}".replace("inf (no DP)", "∞") for t in labels], textposition="top center",
-                             name="sweep",
-                             hovertemplate="ε=%{text}<br>AUROC change=%{x:+.3f}<br>re-linkage reduction=%{y:.1%}"
+                             text=["" if hit else t for t, hit in zip(labels, chosen, strict=True)],
+                             customdata=labels, textposition="top center", name="sweep",
+                             line={"color": "#BBBBBB", "width": 1},
+                             marker={"size": 9, "color": [colors.get(series_label(e), "#444444")
+                                                          for e in points["epsilon"]]},
+                             hovertemplate="%{customdata}<br>AUROC change=%{x:+.3f}<br>re-linkage reduction=%{y:.1%}"
                                            "<extra></extra>"))
     if selected is not None:
-        hit = points[_same(points["epsilon"], selected)]
+        hit = points[chosen]
         fig.add_trace(go.Scatter(x=hit["auroc_change"], y=hit["reduction"], mode="markers", name="selected ε",
-                                 marker={"size": 16, "color": "red", "symbol": "circle-open", "line": {"width": 3}}))
+                                 hoverinfo="skip", marker={"size": 18, "color": "red", "symbol": "circle-open",
+                                                           "line": {"width": 3}}))
+        for x, y, text in zip(hit["auroc_change"], hit["reduction"],
+                              [t for t, h in zip(labels, chosen, strict=True) if h], strict=True):
+            fig.add_annotation(x=x, y=y, text=f"<b>{text}</b>", showarrow=True, arrowcolor="red", arrowwidth=1.5,
+                               ax=0, ay=-34, standoff=10, font={"color": "red"}, bgcolor="rgba(255,255,255,0.92)",
+                               bordercolor="red", borderpad=2)
+    y = points["reduction"].dropna()
+    if len(y):  # headroom above the highest point for its label (and the selected label's box)
+        span = max(float(y.max() - y.min()), 0.05)
+        fig.update_yaxes(range=[float(y.min()) - 0.1 * span, float(y.max()) + 0.3 * span])
     fig.update_layout(title="Privacy-utility frontier", showlegend=False, xaxis_title="linear-probe macro AUROC change vs no DP",
                       yaxis_title="Recall@1 reduction at largest N", yaxis_tickformat=".0%", height=380,
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
@@ -85,12 +135,14 @@ def _same(series: pd.Series, value: float) -> pd.Series:
     return (series - value).abs() < 1e-12
 
 
-def auroc_bars(probe: pd.DataFrame, *, series: str, method: str = "linear", title: str = "") -> go.Figure:
-    """Per-label AUROC bars, one group per series value (e.g. before/after), with CI whiskers."""
+def auroc_bars(probe: pd.DataFrame, *, series: str, method: str = "linear", title: str = "",
+               colors: dict[str, str] | None = None) -> go.Figure:
+    """Per-label AUROC bars, one group per series value (e.g. before/after), with CI whiskers; colors: series value
+    -> colour (e.g. sweep_colors, the Mitigation page's)."""
     fig = go.Figure()
     sel = probe[probe["method"] == method]
     for name, g in sel.groupby(series, sort=False):
-        fig.add_trace(go.Bar(x=g["label"], y=g["auroc"], name=str(name),
+        fig.add_trace(go.Bar(x=g["label"], y=g["auroc"], name=str(name), marker_color=(colors or {}).get(str(name)),
                              error_y={"type": "data", "symmetric": False, "array": g["ci_high"] - g["auroc"],
                                       "arrayminus": g["auroc"] - g["ci_low"]}))
     floor = min(0.4, float(sel["ci_low"].min()) - 0.05) if len(sel) and sel["ci_low"].notna().any() else 0.4
@@ -102,19 +154,25 @@ def auroc_bars(probe: pd.DataFrame, *, series: str, method: str = "linear", titl
 def mitigation_view(curves: pd.DataFrame, points: pd.DataFrame, selected: float, *, title: str) -> go.Figure:
     """The Mitigation page's one figure: Recall@1 curves (left, log N) beside the privacy-utility frontier
     (right) with the selected epsilon ringed. One figure, so that a slider move redraws one plot, not two
-    (each plotly redraw costs the browser about 130 ms)."""
+    (each plotly redraw costs the browser about 130 ms). Colours are fixed per series over the whole sweep
+    (sweep_colors); the selected epsilon is drawn bold, the two references thin."""
     from plotly.subplots import make_subplots
 
-    left, right = recall_curves(curves, series="series", title=title), frontier(points, selected=selected)
+    left = recall_curves(curves, series="series", title=title, colors=sweep_colors(points["epsilon"]),
+                         emphasis=series_label(selected))
+    right = frontier(points, selected=selected)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.09,
                         subplot_titles=("Recall@1 against pool size N", "Privacy-utility frontier"))
     for trace in left.data:
         fig.add_trace(trace, row=1, col=1)
     for trace in right.data:
         fig.add_trace(trace.update(showlegend=False), row=1, col=2)
+    for note in right.layout.annotations:  # the selected epsilon's label, on the frontier's axes
+        fig.add_annotation(note.update(xref="x2", yref="y2"))
     fig.update_xaxes(type="log", title_text="pool size N (log scale)", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], title_text="Recall@1", row=1, col=1)
     fig.update_xaxes(title_text="linear-probe macro AUROC change vs no DP", row=1, col=2)
-    fig.update_yaxes(title_text="Recall@1 reduction at largest N", tickformat=".0%", row=1, col=2)
+    fig.update_yaxes(title_text="Recall@1 reduction at largest N", tickformat=".0%", range=right.layout.yaxis.range,
+                     row=1, col=2)
     fig.update_layout(title=title, height=620, legend=left.layout.legend, margin={"l": 50, "r": 20, "t": 80, "b": 40})
     return fig

@@ -88,12 +88,13 @@ def _mitigation_section(sweep_id: str | None, first: list[bool]) -> str:
                         "r1_random", "r1_hard", "auroc_linear", "auroc_zero_shot", "reduction", "auroc_change")
             if c in pts.columns]
     curves = view.metrics[~view.metrics["variant"].str.startswith("transfer:")].copy()
-    curves["series"] = [f"ε={dashboard.epsilon_label(e)}" for e in curves["epsilon"]]
+    curves["series"] = [dashboard.series_label(e) for e in curves["epsilon"]]
     parts = ["<h2>Mitigation (DP projection heads)</h2>",
              f"<p>{html.escape(dashboard.DEFINITIONS['nominal'])}</p>",
              f"<p>{html.escape(dashboard.DEFINITIONS['certified'])}</p>", _table(pts[cols]),
              _figure(figures.recall_curves(curves[curves["pool_kind"] == "random"], series="series",
-                                           title="Recall@1 by epsilon (random pools)"), first),
+                                           title="Recall@1 by epsilon (random pools)",
+                                           colors=figures.sweep_colors(pts["epsilon"])), first),
              _figure(figures.frontier(pts), first)]
     transfer = view.metrics[view.metrics["variant"].str.startswith("transfer:")]
     if len(transfer):

@@ -87,6 +87,15 @@ def no_errors(page: object) -> None:
     assert page.locator("[data-testid='stException']").count() == 0
 
 
+def cut_off(page: object) -> list[str]:
+    """Chips and pills in the page's main area whose text does not fit (a multiselect's tag row or a pills row
+    that overflows its box hides the end of a name)."""
+    return page.evaluate("""() => [...document.querySelectorAll(
+        '[data-testid="stMain"] [data-testid="stMultiSelectTagsContainer"], [data-testid="stMain"] .stButtonGroup, '
+        + '[data-testid="stMain"] .stButtonGroup > div')]
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.slice(0, 80))""")
+
+
 def screen_state(page: object) -> list[str]:
     """What a slide must change: the metric values and the recall chart's title."""
     return page.evaluate(_STATE_JS)
