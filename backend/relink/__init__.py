@@ -85,15 +85,21 @@ def _shape(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _normalised(arr: np.ndarray, rows: np.ndarray, name: str) -> np.ndarray:
-    """L2-normalised copy of arr[rows] (only the rows in use are copied); raises SpecError on NaN/inf/zero rows."""
+def _normalised(arr: np.ndarray, rows: np.ndarray, name: str, chunk: int = 1 << 16) -> np.ndarray:
+    """L2-normalised copy of arr[rows] (only the rows in use are copied); raises SpecError on NaN/inf/zero rows.
+
+    Done in row chunks with np.linalg.norm's own arithmetic (the same float32 bits as one call over all rows,
+    without its n x d temporaries)."""
     out = arr[rows]
-    if not np.isfinite(out).all():
-        raise SpecError(f"{name} contains NaN or infinite values; re-embed the split.")
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    if (norm == 0).any():
-        raise SpecError(f"{name} has all-zero rows (row {int(rows[np.flatnonzero(norm[:, 0] == 0)[0]])}); cosine is undefined.")
-    out /= norm
+    for a in range(0, out.shape[0], chunk):
+        sub = out[a:a + chunk]
+        if not np.isfinite(sub).all():
+            raise SpecError(f"{name} contains NaN or infinite values; re-embed the split.")
+        norm = np.sqrt(np.add.reduce(sub * sub, axis=1, keepdims=True))
+        if (norm == 0).any():
+            raise SpecError(f"{name} has all-zero rows (row {int(rows[a + np.flatnonzero(norm[:, 0] == 0)[0]])}); "
+                            "cosine is undefined.")
+        sub /= norm
     return out
 
 
@@ -108,14 +114,25 @@ def _codes(values: Any, name: str, n: int) -> np.ndarray:
 
 
 def _label_groups(labels: Any, n: int) -> np.ndarray:
-    """(n,) id of each pair's label vector (NaN counted as 0); all pairs one group when labels is None."""
+    """(n,) id of each pair's label vector (NaN counted as 0); all pairs one group when labels is None.
+
+    Ids number the distinct vectors in lexicographic order (as np.unique(axis=0) would), computed column by
+    column in mixed radix (fast at 400,000 rows) when the number of combinations fits in int64."""
     if labels is None:
         return np.zeros(n, dtype=np.int64)
     arr = np.asarray(labels, dtype=np.float64)
     arr = arr.reshape(n, -1) if arr.ndim == 1 and arr.shape[0] == n else arr
     if arr.ndim != 2 or arr.shape[0] != n:
         raise SpecError(f"labels must be (n, n_labels) with n = {n} pairs, got shape {arr.shape}.")
-    return np.unique(np.nan_to_num(arr, nan=0.0), axis=0, return_inverse=True)[1].ravel().astype(np.int64)
+    arr = np.nan_to_num(arr, nan=0.0)
+    code, radix = np.zeros(n, dtype=np.int64), 1
+    for col in arr.T:
+        values, inv = np.unique(col, return_inverse=True)
+        radix *= values.size
+        if radix >= 2**62:  # too many combinations for one int64: the row-wise unique
+            return np.unique(arr, axis=0, return_inverse=True)[1].ravel().astype(np.int64)
+        code = code * values.size + inv.ravel()
+    return np.unique(code, return_inverse=True)[1].ravel().astype(np.int64)
 
 
 def _check_options(pools: Sequence[str], ks: Sequence[int], n_grid: Sequence[int] | None, n_bootstrap: int,
