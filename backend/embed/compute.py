@@ -34,13 +34,14 @@ from backend.embed.files import (
     write_set,
 )
 from backend.embed.images import FastPreprocess, describe, image_loader, prefetch_bytes
+from backend.embed.shards import embed_devices, owner, run_shards
 from backend.errors import SourceError
-from backend.models import load_model
+from backend.models import MODELS, get_model, load_model, register_model
 from backend.models.openclip import LoadedModel
 from backend.progress import ProgressLike, null_progress
 from backend.sources import SourceData, load_source
 from backend.sources.schema import table_digest
-from backend.specs import EmbedSpec
+from backend.specs import EmbedSpec, spec_from_json
 
 __all__ = ["embed_split", "embedding_key", "select_split"]  # the set and its files: backend.embed
 
@@ -154,21 +155,45 @@ def _apply_head(feat: np.ndarray, head: torch.nn.Linear) -> np.ndarray:
         return F.normalize(emb, dim=-1).numpy().astype(np.float32)
 
 
+def _chunk(kind: str, c: int, folder: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Chunk number c of `kind` from <folder>/<kind>-<c>.npy, computing and writing it (atomically) when missing."""
+    path = folder / f"{kind}-{c:05d}.npy"
+    if path.is_file():
+        return np.load(path)
+    arr = compute()
+    atomic_write(path, lambda p, a=arr: np.save(open(p, "wb"), a))
+    return arr
+
+
 def _run_chunks(kind: str, n: int, compute: Callable[[int, int], np.ndarray], folder: Path, chunk_size: int,
                 progress: ProgressLike, offset: int, total: int) -> np.ndarray:
     """Compute items [0, n) chunk by chunk, skipping chunks already on disk; returns the stacked array."""
     parts = []
     for c, start in enumerate(range(0, n, chunk_size)):
         stop = min(n, start + chunk_size)
-        path = folder / f"{kind}-{c:05d}.npy"
-        if path.is_file():
-            parts.append(np.load(path))
-        else:
-            arr = compute(start, stop)
-            atomic_write(path, lambda p, a=arr: np.save(open(p, "wb"), a))
-            parts.append(arr)
+        parts.append(_chunk(kind, c, folder, lambda a=start, b=stop: compute(a, b)))
         progress(offset + stop, total, f"embedding {kind}s")
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _shard(rank: int, world: int, device: str, spec_json: str, entry: Any, paths: list[str], texts: list[str],
+           folder: str, chunk_size: int, num_workers: int) -> None:
+    """One process of a multi-device job (backend.embed.shards): the chunks `owner` gives this rank."""
+    if entry is not None and entry.name not in MODELS:
+        register_model(entry)  # a model registered at run time in the parent (a plugin, a test)
+    spec = spec_from_json(spec_json)
+    src = load_source(spec.source.name, root=spec.source.root, section_policy=spec.source.section_policy,
+                      **spec.source.options)
+    lm = load_model(spec.model, device=device)
+    out = Path(folder)
+    n_img = -(-len(paths) // chunk_size)
+    for c, a in enumerate(range(0, len(paths), chunk_size)):
+        if owner(c, world) == rank:
+            _chunk("image", c, out, lambda a=a: _image_chunk(lm, src, paths[a:a + chunk_size], spec.batch_size,
+                                                                num_workers))
+    for c, a in enumerate(range(0, len(texts), chunk_size)):
+        if owner(n_img + c, world) == rank:
+            _chunk("text", c, out, lambda a=a: _text_chunk(lm, texts[a:a + chunk_size], spec.batch_size))
 
 
 def _auto_workers(n: int, batch_size: int, file_based: bool = False) -> int:
@@ -208,6 +233,12 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
     paths = pairs["image_path"].tolist()
     total = len(paths) + len(texts)
     workers = _auto_workers(len(paths), spec.batch_size, src.image_file is not None) if num_workers is None else num_workers
+    devices = embed_devices(device)
+    if len(devices) > 1:  # every GPU: one process each computes its chunks; the loops below then only read them
+        entry = None if spec.model.startswith("local:") else get_model(spec.model)
+        run_shards(_shard, devices, (spec.to_json(), entry, paths, texts, str(chunks), chunk_size,
+                                     max(0, workers // len(devices))), chunks,
+                   lambda: min(total, chunk_size * len(list(chunks.glob("*.npy")))), total, progress)
     image_feat = _run_chunks("image", len(paths), lambda a, b: _image_chunk(
         lm, src, paths[a:b], spec.batch_size, workers), chunks, chunk_size, progress, 0, total)
     text_feat_u = _run_chunks("text", len(texts), lambda a, b: _text_chunk(

@@ -32,3 +32,10 @@ def register_tiny_models() -> None:
                               "tests.helpers.tiny_models:load_tiny_random"))
     register_model(ModelEntry("demo-tiny", "demo recipe on a tiny config (tests)", "synthetic", "trained",
                               "tests.helpers.tiny_models:load_demo_tiny"))
+
+
+def load_broken(device: torch.device, progress: Any = None, **_: Any):
+    """A model whose weights cannot be loaded (tests of failure paths in other processes)."""
+    from backend.errors import ModelUnavailableError
+
+    raise ModelUnavailableError("tiny-broken: these weights are missing on purpose (test)")
