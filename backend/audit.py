@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from backend import settings
@@ -109,3 +110,34 @@ def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: 
     settings.check_device(device)
     es = embeddings if embeddings is not None else embed_split(spec.embed, progress, device=device)
     return audit_embeddings(es, spec, progress)
+
+
+TOPK_COLUMNS: tuple[str, ...] = ("pair_id", "study_id", "patient_id", "rank", "candidate_study_id",
+                                 "candidate_patient_id", "score", "is_true_report", "is_same_patient")
+
+
+def top_k_table(es: EmbeddingSet, k: int, device: str | None = None) -> pd.DataFrame:
+    """Every query image's k best-scoring candidate reports over the whole database of the split: what an
+    attacker holding the images and the report database would hand over. One row per (query, rank),
+    columns TOPK_COLUMNS; candidates are the split's distinct studies (one report each), ranked by cosine
+    similarity, the patient's own other studies included (flagged), ties in either order."""
+    from backend.relink.index import top_k_all  # late: faiss / torch
+
+    meta = es.meta
+    first = ~meta["study_id"].duplicated().to_numpy()
+    cand = meta.loc[first, ["study_id", "patient_id"]].reset_index(drop=True)
+    idx, scores = top_k_all(es.image_emb, es.report_emb[first], k, device)
+    kk = idx.shape[1]
+    rep = np.repeat(np.arange(len(meta)), kk)
+    c_study = cand["study_id"].to_numpy(dtype=object)[idx.ravel()]
+    c_patient = cand["patient_id"].to_numpy(dtype=object)[idx.ravel()]
+    q_study = meta["study_id"].to_numpy(dtype=object)[rep]
+    q_patient = meta["patient_id"].to_numpy(dtype=object)[rep]
+    out = pd.DataFrame({
+        "pair_id": meta["pair_id"].to_numpy(dtype=object)[rep], "study_id": q_study, "patient_id": q_patient,
+        "rank": np.tile(np.arange(1, kk + 1), len(meta)), "candidate_study_id": c_study,
+        "candidate_patient_id": c_patient, "score": scores.ravel(),
+        "is_true_report": c_study == q_study, "is_same_patient": c_patient == q_patient})
+    for col in ("pair_id", "study_id", "patient_id", "candidate_study_id", "candidate_patient_id"):
+        out[col] = out[col].astype(str)
+    return out[list(TOPK_COLUMNS)]

@@ -111,6 +111,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topk(args: argparse.Namespace) -> int:
+    from backend.audit import top_k_table
+    from backend.embed.compute import embed_split
+
+    out = check_output(args.out, "--out")
+    if args.k < 1:
+        raise SpecError(f"--k must be >= 1, got {args.k}.")
+    check_device(args.device)
+    es = embed_split(embed_spec_from(args), phased_progress("embed"), device=args.device)
+    device = args.device or ("cuda" if _cuda() else "cpu")
+    table = top_k_table(es, args.k, device)
+    table.to_parquet(out, index=False)
+    hits = table.groupby("pair_id")["is_true_report"].any().mean()
+    print(f"{len(table)} rows ({table['pair_id'].nunique()} queries x top {table['rank'].max()}) -> {out}; "
+          f"true report within the top {table['rank'].max()} for {hits:.1%} of queries (device {device})")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from backend.audit import run_audit
 
@@ -147,6 +171,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("embed", help="embed one split (cached, resumable)")
     _add_source_args(p)
     p.set_defaults(func=cmd_embed)
+
+    p = subparsers.add_parser("topk", help="export every query image's top-k reports over the whole database "
+                              "(parquet; what an attacker would hand over)")
+    _add_source_args(p)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", required=True, help="the parquet file to write")
+    p.set_defaults(func=cmd_topk)
 
     p = subparsers.add_parser("audit", help="measure re-linkage of a source's split under a model")
     _add_source_args(p)

@@ -1,4 +1,6 @@
-"""Top-k report retrieval for one image (the pair explorer), through faiss inner-product search.
+"""Exact top-k report retrieval: for one image (the pair explorer, faiss inner-product search) and for
+every query over the whole database at once (`top_k_all`, the attacker's hand-over list: faiss on the CPU,
+blocked matmul + topk in torch on a GPU).
 
 Embeddings are L2-normalised here (defensively), so scores are cosine similarities.
 """
@@ -55,3 +57,33 @@ def top_k(query_emb: np.ndarray, report_emb: np.ndarray | ReportIndex, k: int) -
     Returns (indices (k,) int64, cosine scores (k,) float32), best first (k capped at m)."""
     index = report_emb if isinstance(report_emb, ReportIndex) else ReportIndex(report_emb)
     return index.search(np.asarray(query_emb, dtype=np.float32).reshape(-1), k)
+
+
+def top_k_all(query_emb: np.ndarray, report_emb: np.ndarray, k: int, device: str | None = None,
+              block_elements: int = 1 << 27, engine: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k most similar reports of every query: (indices (q, k) int64, cosine scores (q, k) float32),
+    best first (k capped at m). Exact on both paths: faiss IndexFlatIP on the CPU; on CUDA, blocks of
+    queries against all reports (about `block_elements` similarities per block) with torch.topk. Equal
+    scores may come in either order."""
+    queries, reports = _unit_rows(query_emb, "query_emb"), _unit_rows(report_emb, "report_emb")
+    if queries.shape[1] != reports.shape[1]:
+        raise SpecError(f"query_emb has dimension {queries.shape[1]} but the reports have {reports.shape[1]}.")
+    if int(k) < 1:
+        raise SpecError(f"k must be >= 1, got {k}.")
+    k = min(int(k), reports.shape[0])
+    engine = engine or ("faiss" if device is None or str(device) == "cpu" else "torch")
+    if engine == "faiss":
+        return ReportIndex(reports).search(queries, k)
+    import torch
+
+    dev = torch.device(device or "cpu")
+    rep = torch.from_numpy(reports).to(dev)
+    rows = max(1, block_elements // reports.shape[0])
+    idx = np.empty((queries.shape[0], k), np.int64)
+    scores = np.empty((queries.shape[0], k), np.float32)
+    with torch.inference_mode():
+        for a in range(0, queries.shape[0], rows):
+            sim = torch.from_numpy(queries[a:a + rows]).to(dev) @ rep.T
+            top = torch.topk(sim, k, dim=1)
+            scores[a:a + rows], idx[a:a + rows] = top.values.cpu().numpy(), top.indices.cpu().numpy()
+    return idx, scores
