@@ -22,6 +22,7 @@ from backend.embed import EmbeddingSet
 from backend.embed.compute import embed_split
 from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
+from backend.relink.index import top_k_all
 from backend.relink.rows import CURVE_COLUMNS
 from backend.specs import AuditSpec, to_plain
 
@@ -121,8 +122,6 @@ def top_k_table(es: EmbeddingSet, k: int, device: str | None = None) -> pd.DataF
     attacker holding the images and the report database would hand over. One row per (query, rank),
     columns TOPK_COLUMNS; candidates are the split's distinct studies (one report each), ranked by cosine
     similarity, the patient's own other studies included (flagged), ties in either order."""
-    from backend.relink.index import top_k_all  # late: faiss / torch
-
     meta = es.meta
     first = ~meta["study_id"].duplicated().to_numpy()
     cand = meta.loc[first, ["study_id", "patient_id"]].reset_index(drop=True)
