@@ -28,7 +28,7 @@ k = c2.selectbox("K", ks, help="Top-K: the attacker succeeds when the true repor
 c3, c4 = st.columns([3, 2])
 kinds = sorted(rows_all["pool_kind"].unique())
 pools = c3.pills("Pools", kinds, selection_mode="multi", default=[p for p in POOL_KINDS if p in kinds],
-                 format_func=lambda p: figures.POOL_NAME.get(p, p),
+                 format_func=figures.pool_name,
                  help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"]) or []
 levels = c4.pills("Level", ["study", "patient"], selection_mode="multi", default=["study"],
                   help=dashboard.DEFINITIONS["study"] + " " + dashboard.DEFINITIONS["patient"]) or []

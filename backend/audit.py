@@ -20,11 +20,12 @@ import pandas as pd
 from backend import settings
 from backend.embed import EmbeddingSet
 from backend.embed.compute import embed_split
+from backend.errors import SpecError
 from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
 from backend.relink.index import top_k_all
 from backend.relink.rows import CURVE_COLUMNS
-from backend.specs import AuditSpec, to_plain
+from backend.specs import MATCH_PREFIX, AuditSpec, to_plain
 
 
 @dataclass
@@ -85,6 +86,26 @@ def headline(rows: pd.DataFrame, k: int = 1, level: str = "study", n_ref: int = 
     return pd.DataFrame(out, columns=list(CURVE_COLUMNS))
 
 
+def match_codes(es: EmbeddingSet, attributes: list[str]) -> np.ndarray:
+    """(n, c) float matrix whose rows are equal exactly when two pairs agree on every attribute: "labels" is the
+    14-label vector (NaN as 0, as the pathology-matched pool counts it); other attributes are columns of the
+    pair table. The engine takes a study's attributes from its first pair. SpecError naming the attribute when
+    the data lacks it for some pair."""
+    parts = []
+    for name in attributes:
+        if name == "labels":
+            parts.append(np.nan_to_num(es.labels().astype(np.float64), nan=0.0))
+            continue
+        col = es.meta[name] if name in es.meta.columns else None
+        if col is None or col.isna().any() or (col.astype(str).str.strip() == "").any():
+            have = "missing for some pairs" if col is not None else "not in this data"
+            raise SpecError(f"Cannot match pools on {name!r}: it is {have} (this source gives "
+                            f"{', '.join(c for c in ('view', 'site', 'sex', 'age_band', 'year') if c in es.meta.columns) or 'none'}"
+                            "). Choose attributes the source provides, or add the column to the data.")
+        parts.append(pd.factorize(col.astype(str), sort=True)[0][:, None].astype(np.float64))
+    return np.concatenate(parts, axis=1)
+
+
 def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None) -> AuditResult:
     """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`."""
 
@@ -94,12 +115,21 @@ def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike |
         meta["report"].to_numpy(), es.labels(), pools=tuple(spec.pools), ks=tuple(spec.ks),
         include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
         progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy())
+    rows = result.rows
+    for match in spec.match:  # side-information pools: the pathology-matched engine on attribute groups
+        matched = relink_curves(
+            es.image_emb, es.report_emb, meta["study_id"].to_numpy(), meta["patient_id"].to_numpy(),
+            meta["report"].to_numpy(), match_codes(es, match.split("+")), pools=("hard",), ks=tuple(spec.ks),
+            include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
+            pair_id=meta["pair_id"].to_numpy()).rows
+        matched = matched[matched["pool_kind"] == "hard"].assign(pool_kind=MATCH_PREFIX + match)
+        rows = pd.concat([rows, matched], ignore_index=True)
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
               "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique())}
     inputs = {"data_hash": "", "n_pairs": len(meta), **(es.info.get("inputs") or {})}
     if es.info.get("key"):
         inputs["embedding_key"] = es.info["key"]
-    return AuditResult(spec=spec, rows=result.rows, summary=dict(result.summary), per_query=result.per_query,
+    return AuditResult(spec=spec, rows=rows, summary=dict(result.summary), per_query=result.per_query,
                        embedding_path=str(es.path) if es.path else None, counts=counts, inputs=inputs)
 
 

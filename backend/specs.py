@@ -23,7 +23,8 @@ def to_plain(value: Any, *, canonical: bool = True) -> Any:
     strings "inf"/"-inf"/"nan". canonical=False (result JSON): key order kept, inf/nan as None (strict JSON
     has no NaN)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: to_plain(getattr(value, f.name), canonical=canonical) for f in dataclasses.fields(value)}
+        out = {f.name: to_plain(getattr(value, f.name), canonical=canonical) for f in dataclasses.fields(value)
+               if not (f.metadata.get("omit_default") and getattr(value, f.name) == f.default)}
         out["kind"] = type(value).__name__
         return out
     if isinstance(value, dict):
@@ -84,6 +85,15 @@ class EmbedSpec(SpecMixin):
 POOL_NAMES: dict[str, str] = {  # every pool kind of the engine, with the one name the pages and reports use
     "random": "random pool", "hard": "pathology-matched", "full": "full database"}
 POOL_KINDS: tuple[str, ...] = ("random", "hard")  # the kinds an audit measures (full: the explorer's whole database)
+MATCH_ATTRIBUTES: tuple[str, ...] = ("labels", "view", "site", "sex", "age_band", "year")  # what a pool can match on
+MATCH_PREFIX = "matched:"  # pool_kind of a side-information pool: "matched:sex+age_band"
+
+
+def pool_name(kind: str) -> str:
+    """The one display name of a pool kind, side-information pools included ("matched on sex, age band")."""
+    if kind.startswith(MATCH_PREFIX):
+        return "matched on " + ", ".join(a.replace("_", " ") for a in kind[len(MATCH_PREFIX):].split("+"))
+    return POOL_NAMES.get(kind, kind)
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,15 @@ class AuditSpec(SpecMixin):
     include_same_patient: bool = False
     n_bootstrap: int = 200
     seed: int = 0
+    # side-information pools: each entry a "+"-joined attribute set (e.g. "sex+age_band", "labels+view"); a field
+    # added later, so it is left out of the canonical JSON (and the run id) while empty
+    match: tuple[str, ...] = field(default=(), metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
+        bad_match = [m for m in self.match if not m or any(a not in MATCH_ATTRIBUTES for a in m.split("+"))]
+        if bad_match:
+            raise SpecError(f"Cannot match pools on {bad_match}; use attributes from {', '.join(MATCH_ATTRIBUTES)} "
+                            "joined by '+', e.g. sex+age_band.")
         bad = [p for p in self.pools if p not in POOL_KINDS]
         if bad:
             raise SpecError(f"Unknown pool kind(s) {bad}; use {', '.join(POOL_KINDS)}.")

@@ -74,7 +74,8 @@ def audit_spec_from(args: argparse.Namespace) -> AuditSpec:
     if args.hard_negatives and "hard" not in pools:
         pools.append("hard")
     return AuditSpec(embed=embed_spec_from(args), pools=tuple(pools), ks=tuple(args.ks),
-                     include_same_patient=args.include_same_patient, n_bootstrap=args.n_bootstrap, seed=args.seed)
+                     include_same_patient=args.include_same_patient, n_bootstrap=args.n_bootstrap, seed=args.seed,
+                     match=tuple(dict.fromkeys(args.match)))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -186,6 +187,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hard-negatives", action="store_true", help="include pathology-matched pools (same as adding hard)")
     p.add_argument("--include-same-patient", action="store_true",
                    help="let other studies of the same patient be distractors (default: excluded)")
+    p.add_argument("--match", action="append", default=[], metavar="ATTR[+ATTR...]",
+                   help="also a side-information pool matched on these attributes, repeatable: labels, view, site, "
+                        "sex, age_band, year (those the source provides), e.g. --match view+site --match labels+view")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
     p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples over patients for the CIs")
     p.add_argument("--seed", type=int, default=0)

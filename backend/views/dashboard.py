@@ -22,7 +22,7 @@ from backend.errors import RelinkError, SpecError
 from backend.runs import jobs, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import get_source, list_sources, load_source
-from backend.specs import DEFAULT_EPSILONS, POOL_KINDS, POOL_NAMES, DPSpec, SourceSpec, SweepSpec, spec_from_json
+from backend.specs import DEFAULT_EPSILONS, POOL_KINDS, DPSpec, SourceSpec, SweepSpec, pool_name, spec_from_json
 
 # The model registry imports torch (seconds); the dashboard lists names without it.
 
@@ -339,7 +339,7 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                      "such reports exist on average)")
             out["lines"].append({
                 "key": f"lift_{pool}_{'100' if n else 'max'}", "pool": pool, **p,
-                "label": f"Lift at N={p['n']:,}, {POOL_NAMES[pool]}",
+                "label": f"Lift at N={p['n']:,}, {pool_name(pool)}",
                 "sentence": (f"An attacker holding one image and {where} picks the right report first "
                              f"{p['lift']:.1f} times more often than by guessing (Recall@1 {p['recall']:.3f}, "
                              f"95% CI {p['ci_low']:.3f}-{p['ci_high']:.3f}; chance {p['chance']:.4f}).")})

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from backend.specs import POOL_NAMES
+from backend.specs import POOL_NAMES, pool_name
 from backend.views.dashboard import ORIGINAL, RETRAINED, epsilon_label, series_label
 
 POOL_DASH = {"random": "solid", "hard": "dash", "full": "dot"}
@@ -63,7 +63,7 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
         color = (colors or {}).get(name) or palette[i % len(palette)]
         faded = emphasis is not None and name != emphasis
         for (pool, level), g in g_series.groupby(["pool_kind", "level"]):
-            label = f"{name} · {POOL_NAME.get(pool, pool)} · {level}"
+            label = f"{name} · {pool_name(pool)} · {level}"
             x = g["n"].tolist()
             width = (1.5 if faded else 3.0 if emphasis is not None else 2.0) * (1.0 if level == "study" else 0.5)
             fig.add_trace(go.Scatter(x=x + x[::-1], y=g["ci_high"].tolist() + g["ci_low"].tolist()[::-1],
@@ -72,7 +72,7 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
             fig.add_trace(go.Scatter(
                 x=x, y=g["recall"], mode="lines+markers", name=label, legendgroup=label, opacity=0.7 if faded else 1.0,
                 marker={"size": 4 if faded else 6},
-                line={"color": color, "dash": POOL_DASH.get(pool, "solid"), "width": width},
+                line={"color": color, "dash": POOL_DASH.get(pool, "dashdot"), "width": width},
                 customdata=g[["ci_low", "ci_high", "lift", "chance"]].to_numpy(),
                 hovertemplate=(f"{label}<br>N=%{{x}}<br>Recall@{k}=%{{y:.3f}} (95% CI %{{customdata[0]:.3f}}-"
                                "%{customdata[1]:.3f})<br>lift=%{customdata[2]:.1f}x, chance=%{customdata[3]:.4f}"
