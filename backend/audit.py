@@ -83,15 +83,17 @@ def headline(rows: pd.DataFrame, k: int = 1, level: str = "study", n_ref: int = 
     return pd.DataFrame(out, columns=list(CURVE_COLUMNS))
 
 
-def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None) -> AuditResult:
-    """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`."""
+def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None, *,
+                     n_grid: tuple[int, ...] | None = None) -> AuditResult:
+    """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`; n_grid: the pool
+    sizes N (default: the 1-2-5 grid up to the split's largest pool)."""
 
     meta = es.meta
     result = relink_curves(
         es.image_emb, es.report_emb, meta["study_id"].to_numpy(), meta["patient_id"].to_numpy(),
         meta["report"].to_numpy(), es.labels(), pools=tuple(spec.pools), ks=tuple(spec.ks),
         include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
-        progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy())
+        progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy(), n_grid=n_grid)
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
               "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique())}
     inputs = {"data_hash": "", "n_pairs": len(meta), **(es.info.get("inputs") or {})}
