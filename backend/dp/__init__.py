@@ -31,6 +31,7 @@ from backend import settings
 from backend.audit import records
 from backend.dp.accounting import calibrate_noise, compute_epsilon, resolve_delta
 from backend.dp.eval import EvalInputs, evaluate, prepare
+from backend.dp.members import gap_contains_zero, member_groups, members_gap, members_headline
 from backend.dp.objectives import GUARANTEE, LinearHeads
 from backend.dp.train import TrainConfig, TrainData, schedule, train_dp, train_nonprivate
 from backend.progress import ProgressLike, null_progress, scaled
@@ -203,3 +204,37 @@ def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_
         log.info("sweep %d/%d: epsilon %g done", i + 1, len(points), point.epsilon)
     progress(total, total, "sweep done")
     return results
+
+
+def _members_point(label: str, privacy: dict[str, Any], rows: pd.DataFrame) -> dict[str, Any]:
+    head = members_headline(rows)
+    return {"label": label, "target_epsilon": privacy.get("target_epsilon"), "epsilon": privacy.get("epsilon"),
+            "guarantee": privacy.get("guarantee"), "objective": privacy.get("objective"),
+            "privacy_unit": privacy.get("privacy_unit"), "noise_multiplier": privacy.get("noise_multiplier"),
+            "gap_contains_zero": gap_contains_zero(head), "headline": records(head), "curves": records(rows)}
+
+
+def run_members(spec: SweepSpec, progress: ProgressLike | None = None, *, max_patients: int | None = None) -> dict[str, Any]:
+    """Members against non-members (backend.dp.members) for the original model's heads, the heads retrained
+    without DP (always) and each finite epsilon of spec: a JSON-ready dict (groups, and per point its headline
+    rows at N = 100 and the largest common N, its curves over the common grid, and whether the gap's CI holds 0)."""
+    progress = progress or null_progress
+    base = spec.base
+    inputs = prepare(base, scaled(progress, 0, 400, 1000))
+    groups = member_groups(inputs.train, inputs.test, max_patients=max_patients, seed=base.seed,
+                           include_same_patient=base.audit.include_same_patient)
+    epsilons = [math.inf, *dict.fromkeys(e for e in spec.epsilons if math.isfinite(e))]
+    step = 600 / (len(epsilons) + 1)
+    progress(400, 1000, "members: original model's heads")
+    original = {"target_epsilon": None, "epsilon": math.inf, "guarantee": "none", "objective": "original",
+                "privacy_unit": None, "noise_multiplier": 0.0}
+    points = [_members_point("original", original, members_gap(inputs.train.heads, groups, base.audit))]
+    for i, eps in enumerate(epsilons):
+        progress(400 + int(step * (i + 1)), 1000, f"members: epsilon {eps:g} ({i + 1} of {len(epsilons)})")
+        trained = train_heads(dataclasses.replace(base, epsilon=eps), inputs.train, inputs.bank,
+                              logit_scale=inputs.logit_scale)
+        points.append(_members_point("dp" if math.isfinite(eps) else "retrained", trained.privacy,
+                                     members_gap(trained.as_dict(), groups, base.audit)))
+    progress(1000, 1000, "members done")
+    return {"kind": "members", "spec": spec.to_dict(), "groups": to_plain(groups.describe(), canonical=False),
+            "points": to_plain(points, canonical=False)}
