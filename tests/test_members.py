@@ -155,3 +155,58 @@ def test_cli_members_bad_inputs_are_named_errors(capsys: pytest.CaptureFixture, 
         assert main(["members", "--model", "local:/nonexistent/model", "--source-option", "n_patients=20", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("error: ") == 1 and message in err and "Traceback" not in err
+
+
+def test_sweep_stores_members_per_point_and_the_mitigation_page_shows_them(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from backend.dp import run_sweep
+    from backend.runs import store
+    from backend.runs.persist import persist_sweep
+    from backend.specs import DPSpec, SourceSpec, SweepSpec
+    from backend.views import dashboard
+    from tests.helpers.tiny_models import register_tiny_models
+
+    register_tiny_models()
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    base = DPSpec(source=SourceSpec(options={"n_patients": 40, "image_size": 64}), model="tiny-random", epochs=1,
+                  batch_size=16, audit=AuditSpec(n_bootstrap=20))
+    spec = SweepSpec(base=base, epsilons=(4.0, math.inf))
+    results = run_sweep(spec)
+    assert all(r.members is not None and list(r.members.columns) == list(MEMBER_COLUMNS) for r in results)
+    assert "members" in results[1].to_dict() and results[1].members_groups["n_patients"] >= 2
+    store.upsert_run(spec.run_id(), "sweep", spec.to_json(), "running")
+    persist_sweep(spec.run_id(), spec, results, "cpu")
+    table, groups = dashboard.members_table(spec.run_id())
+    assert list(dict.fromkeys(table["heads"])) == [dashboard.ORIGINAL, dashboard.RETRAINED, "ε=4"]
+    assert groups["members"]["patients"] == groups["non_members"]["patients"] == results[0].members_groups["n_patients"]
+    np.testing.assert_allclose(table["gap"], table["member_recall"] - table["nonmember_recall"], atol=1e-12)
+    original = members_headline(results[0].members)
+    np.testing.assert_allclose(table[table["heads"] == dashboard.ORIGINAL]["gap"], original["gap"], atol=1e-12)
+    shown = dashboard.members_display(table)
+    assert list(shown.columns) == ["Heads", "N", "Members R@1 [95% CI]", "Non-members R@1 [95% CI]", "Gap [95% CI]"]
+    note = dashboard.members_note(table)
+    assert note == (dashboard.MEMBERS_NO_GAP if gap_contains_zero(table) else dashboard.MEMBERS_GAP)
+    # the page
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.session_state["model"] = "tiny-random"
+    at.run()
+    at.switch_page("app_pages/mitigation.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Members vs non-members" in [h.value for h in at.subheader]
+    frames = [d.value for d in at.dataframe if "Gap [95% CI]" in d.value.columns]
+    assert len(frames) == 1 and len(frames[0]) == len(table)
+    assert note is None or any(note.split(":")[0] in i.value.replace("\\", "") for i in at.info)
+
+
+def test_members_note_names_what_dp_does_and_does_not_protect() -> None:
+    from backend.views import dashboard
+
+    rows = pd.DataFrame({"gap_ci_low": [-0.01, -0.02], "gap_ci_high": [0.02, 0.01]})
+    assert dashboard.members_note(rows) == dashboard.MEMBERS_NO_GAP
+    assert "capability of the model, not memorisation" in dashboard.MEMBERS_NO_GAP
+    assert dashboard.members_note(rows.assign(gap_ci_low=[0.01, -0.02])) == dashboard.MEMBERS_GAP
+    assert dashboard.members_note(pd.DataFrame()) is None
+    # an older sweep (no members stored) reads as empty
+    assert dashboard._members_rows(None).empty
