@@ -88,6 +88,12 @@ def sweep_view(sweep_id: str) -> dashboard.SweepView:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
+def members_table(sweep_id: str) -> tuple[pd.DataFrame, dict]:
+    """Members against non-members stored with a finished sweep (empty when it did not measure them)."""
+    return dashboard.members_table(sweep_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
 def sweep_spec(sweep_id: str | None) -> Any:
     """The SweepSpec of a finished sweep (its settings, for a new launch), or None."""
     return dashboard.sweep_spec(sweep_id)

@@ -54,6 +54,22 @@ if sweep_id:
         st.plotly_chart(figs[choice], key="mitigation_view", theme=None)
 
     _explore()
+
+    st.subheader("Members vs non-members", help=dashboard.DEFINITIONS["members"])
+    members, groups = ui.members_table(sweep_id)
+    if members.empty:
+        st.caption("This sweep did not measure members against non-members (sweeps launched from now on do); "
+                   "`python -m backend members` measures them for any model and epsilons.")
+    else:
+        if groups:
+            st.caption(ui.plain(f"{groups['members']['patients']} member patients (train split, "
+                                f"{groups['members']['pairs']} pairs) against {groups['non_members']['patients']} "
+                                f"non-member patients (test split, {groups['non_members']['pairs']} pairs); both "
+                                f"audited with the same pool sizes N, up to {groups['largest_common_n']}."))
+        st.dataframe(dashboard.members_display(members), hide_index=True)
+        note = dashboard.members_note(members)
+        if note:
+            st.info(ui.plain(note))
 elif not sweep_pending:
     st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet. Launch one below.")
 

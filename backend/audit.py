@@ -106,22 +106,24 @@ def match_codes(es: EmbeddingSet, attributes: list[str]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None) -> AuditResult:
-    """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`."""
+def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None, *,
+                     n_grid: tuple[int, ...] | None = None) -> AuditResult:
+    """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`; n_grid: the pool
+    sizes N (default: the 1-2-5 grid up to the split's largest pool)."""
 
     meta = es.meta
     result = relink_curves(
         es.image_emb, es.report_emb, meta["study_id"].to_numpy(), meta["patient_id"].to_numpy(),
         meta["report"].to_numpy(), es.labels(), pools=tuple(spec.pools), ks=tuple(spec.ks),
         include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
-        progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy())
+        progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy(), n_grid=n_grid)
     rows = result.rows
     for match in spec.match:  # side-information pools: the pathology-matched engine on attribute groups
         matched = relink_curves(
             es.image_emb, es.report_emb, meta["study_id"].to_numpy(), meta["patient_id"].to_numpy(),
             meta["report"].to_numpy(), match_codes(es, match.split("+")), pools=("hard",), ks=tuple(spec.ks),
             include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
-            pair_id=meta["pair_id"].to_numpy()).rows
+            pair_id=meta["pair_id"].to_numpy(), n_grid=n_grid).rows
         matched = matched[matched["pool_kind"] == "hard"].assign(pool_kind=MATCH_PREFIX + match)
         rows = pd.concat([rows, matched], ignore_index=True)
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),

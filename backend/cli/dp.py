@@ -1,8 +1,9 @@
-"""Commands: dp, sweep, probe (python -m backend COMMAND --help).
+"""Commands: dp, sweep, probe, members (python -m backend COMMAND --help).
 
     python -m backend dp --source synthetic --model demo --epsilon 1 --objective public-negatives --json out.json
     python -m backend sweep --epsilons 0.34 1 inf --objective in-batch --transfer synthetic:sites=B --json sweep.json
     python -m backend probe --source synthetic --model demo --json probe.json
+    python -m backend members --source synthetic --model demo --epsilons inf 1 0.05 --json members.json
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec(name=name, root=root, options=options)
 
 
-def _add_args(p: argparse.ArgumentParser, *, epsilon: bool) -> None:
+def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, evaluation: bool = True) -> None:
     p.add_argument("--source", default="synthetic", help="registered source to train and test on")
     p.add_argument("--root", default=None, help="the source's data folder")
     p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", help="source option, repeatable")
@@ -63,10 +64,11 @@ def _add_args(p: argparse.ArgumentParser, *, epsilon: bool) -> None:
     p.add_argument("--n-negatives", type=int, default=DPSpec.n_negatives, help="public-negatives: bank reports per step")
     p.add_argument("--public-bank", type=parse_source, default=None, metavar="SOURCE[:k=v,...]",
                    help="public report bank for public-negatives (default: OpenI)")
-    p.add_argument("--transfer", type=parse_source, action="append", default=[], metavar="SOURCE[:k=v,...]",
-                   help="also evaluate on this source's test split without retraining, e.g. synthetic:sites=B")
-    p.add_argument("--pools", nargs="+", default=list(POOL_KINDS), choices=POOL_KINDS)
-    p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
+    if evaluation:  # members: random pool, K = 1, in-domain only
+        p.add_argument("--transfer", type=parse_source, action="append", default=[], metavar="SOURCE[:k=v,...]",
+                       help="also evaluate on this source's test split without retraining, e.g. synthetic:sites=B")
+        p.add_argument("--pools", nargs="+", default=list(POOL_KINDS), choices=POOL_KINDS)
+        p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
     p.add_argument("--n-bootstrap", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the result(s) here")
@@ -74,11 +76,12 @@ def _add_args(p: argparse.ArgumentParser, *, epsilon: bool) -> None:
 
 def dp_spec_from(args: argparse.Namespace) -> DPSpec:
     source = SourceSpec(name=args.source, root=args.root, options=dict(parse_option(o) for o in args.source_option))
-    audit = AuditSpec(pools=tuple(args.pools), ks=tuple(args.ks), n_bootstrap=args.n_bootstrap, seed=args.seed)
+    audit = AuditSpec(pools=tuple(getattr(args, "pools", POOL_KINDS)), ks=tuple(getattr(args, "ks", (1, 5, 10))),
+                      n_bootstrap=args.n_bootstrap, seed=args.seed)
     return DPSpec(source=source, model=args.model, epsilon=getattr(args, "epsilon", math.inf), delta=args.delta,
                   objective=args.objective, privacy_unit=args.privacy_unit, max_grad_norm=args.max_grad_norm,
                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, init=args.init,
-                  accountant=args.accountant, public_bank=args.public_bank, transfer=tuple(args.transfer), audit=audit,
+                  accountant=args.accountant, public_bank=args.public_bank, transfer=tuple(getattr(args, "transfer", ())), audit=audit,
                   seed=args.seed, n_negatives=args.n_negatives)
 
 
@@ -138,6 +141,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_members(args: argparse.Namespace) -> int:
+    """Members (train patients) against as many non-members (test patients): Recall@1 with CIs and the gap, for
+    the original model, the heads retrained without DP and each epsilon; JSON on stdout (and in --json)."""
+    base = dp_spec_from(args)
+    spec = SweepSpec(base=base, epsilons=tuple(args.epsilons))  # every point validated here
+    if args.max_patients is not None and args.max_patients < 2:
+        raise SpecError(f"max_patients must be at least 2 (a pool needs another patient's report), got {args.max_patients}.")
+    check_output(args.json, "--json")
+    from backend.dp import run_members  # late: torch
+
+    payload = run_members(spec, phased_progress("members"), max_patients=args.max_patients)
+    print(json.dumps(payload, indent=1, allow_nan=False))
+    write_result(args.json, payload)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dp", help="train DP (or non-private, --epsilon inf) projection heads, then audit and probe")
     _add_args(p, epsilon=True)
@@ -146,6 +165,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_args(p, epsilon=False)
     p.add_argument("--epsilons", nargs="+", type=float, default=list(DEFAULT_EPSILONS), help="the grid; inf allowed")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("members", help="Recall@1 of member (train) against non-member (test) patients, and the gap, "
+                       "for the original model, non-private retrained heads and each epsilon")
+    _add_args(p, epsilon=False, evaluation=False)
+    p.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 0.34],
+                   help="the DP points (the retrained heads without DP are always included)")
+    p.add_argument("--max-patients", type=int, default=None,
+                   help="patients per group (default: as many as the test split has)")
+    p.set_defaults(func=cmd_members)
     p = sub.add_parser("probe", help="linear-probe and zero-shot AUROC of the model's own embeddings (no training)")
     _add_args(p, epsilon=False)
     p.set_defaults(func=cmd_probe)

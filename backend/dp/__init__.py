@@ -31,8 +31,10 @@ from backend import settings
 from backend.audit import records
 from backend.dp.accounting import calibrate_noise, compute_epsilon, resolve_delta
 from backend.dp.eval import EvalInputs, evaluate, prepare
+from backend.dp.members import gap_contains_zero, member_groups, members_gap, members_headline
 from backend.dp.objectives import GUARANTEE, LinearHeads
 from backend.dp.train import TrainConfig, TrainData, schedule, train_dp, train_nonprivate
+from backend.errors import SpecError
 from backend.progress import ProgressLike, null_progress, scaled
 from backend.specs import POOL_KINDS, DPSpec, SweepSpec, to_plain
 
@@ -106,6 +108,8 @@ class DPResult:
 
     relink_rows: audit curve rows + `target` ('in-domain' or a transfer source); probe_rows: probe.ROW_COLUMNS +
     target, method ('linear-probe' | 'zero-shot'), features ('projected' | 'frozen'). heads: not serialised.
+    members: members against non-members (backend.dp.members.MEMBER_COLUMNS, one row per N) when the sweep
+    measured them, with members_groups (the groups' sizes and pool sizes).
     """
 
     spec: DPSpec
@@ -115,6 +119,8 @@ class DPResult:
     relink_summary: dict[str, Any]
     probe_rows: pd.DataFrame
     heads: dict[str, Any] = field(default_factory=dict, repr=False)
+    members: pd.DataFrame | None = None
+    members_groups: dict[str, Any] = field(default_factory=dict)
 
     def headline(self) -> pd.DataFrame:
         """Per target: R@1 at the largest pool (random, hard) and macro AUROCs, with CIs (one row per target)."""
@@ -124,7 +130,9 @@ class DPResult:
         return {"kind": "dp", "run_id": self.spec.run_id(), "label": self.label, "spec": self.spec.to_dict(),
                 "privacy": to_plain(self.privacy, canonical=False), "headline": records(self.headline()),
                 "relink_summary": to_plain(self.relink_summary, canonical=False), "relink_rows": records(self.relink_rows),
-                "probe_rows": records(self.probe_rows)}
+                "probe_rows": records(self.probe_rows),
+                **({"members": records(self.members), "members_groups": to_plain(self.members_groups, canonical=False)}
+                   if self.members is not None else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False)
@@ -170,7 +178,25 @@ def _point(spec: DPSpec, inputs: EvalInputs, progress: ProgressLike) -> DPResult
     trained = train_heads(spec, inputs.train, inputs.bank, progress, logit_scale=inputs.logit_scale)
     heads = trained.as_dict()
     rows, summary, probes = evaluate(heads, inputs, spec.audit)
-    return DPResult(spec, "dp" if spec.private else "retrained", trained.privacy, rows, summary, probes, heads)
+    return DPResult(spec, "dp" if spec.private else "retrained", trained.privacy, rows, summary, probes, heads,
+                    **_members_fields(heads, inputs, spec))
+
+
+def _members_fields(heads: dict, inputs: EvalInputs, spec: DPSpec) -> dict[str, Any]:
+    """DPResult's members / members_groups when inputs carry member groups (the sweep's), else nothing."""
+    if inputs.members is None:
+        return {}
+    return {"members": members_gap(heads, inputs.members, spec.audit), "members_groups": inputs.members.describe()}
+
+
+def sweep_members(spec: DPSpec, inputs: EvalInputs) -> Any:
+    """The sweep's member groups (backend.dp.members), or None (logged) when the splits are too small for them."""
+    try:
+        return member_groups(inputs.train, inputs.test, seed=spec.seed,
+                             include_same_patient=spec.audit.include_same_patient)
+    except SpecError as exc:
+        log.warning("sweep: members against non-members skipped: %s", exc)
+        return None
 
 
 def original_result(spec: DPSpec, inputs: EvalInputs) -> DPResult:
@@ -178,7 +204,8 @@ def original_result(spec: DPSpec, inputs: EvalInputs) -> DPResult:
     privacy = {"target_epsilon": None, "epsilon": math.inf, "guarantee": "none", "objective": "original",
                "privacy_unit": None, "noise_multiplier": 0.0, "accountant": None}
     rows, summary, probes = evaluate(inputs.train.heads, inputs, spec.audit)
-    return DPResult(spec, "original", privacy, rows, summary, probes, dict(inputs.train.heads))
+    return DPResult(spec, "original", privacy, rows, summary, probes, dict(inputs.train.heads),
+                    **_members_fields(inputs.train.heads, inputs, spec))
 
 
 def run_dp(spec: DPSpec, progress: ProgressLike | None = None) -> DPResult:
@@ -193,6 +220,7 @@ def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_
     progress = progress or null_progress
     total, prep = 1000, 400  # one bar that only moves forward: embedding (cached after the first run), then points
     inputs = prepare(spec.base, scaled(progress, 0, prep, total))
+    inputs.members = sweep_members(spec.base, inputs)  # members against non-members at every point
     points = spec.points()
     step = (total - prep) / (len(points) + 1)
     progress(prep, total, "original model's heads")
@@ -203,3 +231,37 @@ def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_
         log.info("sweep %d/%d: epsilon %g done", i + 1, len(points), point.epsilon)
     progress(total, total, "sweep done")
     return results
+
+
+def _members_point(label: str, privacy: dict[str, Any], rows: pd.DataFrame) -> dict[str, Any]:
+    head = members_headline(rows)
+    return {"label": label, "target_epsilon": privacy.get("target_epsilon"), "epsilon": privacy.get("epsilon"),
+            "guarantee": privacy.get("guarantee"), "objective": privacy.get("objective"),
+            "privacy_unit": privacy.get("privacy_unit"), "noise_multiplier": privacy.get("noise_multiplier"),
+            "gap_contains_zero": gap_contains_zero(head), "headline": records(head), "curves": records(rows)}
+
+
+def run_members(spec: SweepSpec, progress: ProgressLike | None = None, *, max_patients: int | None = None) -> dict[str, Any]:
+    """Members against non-members (backend.dp.members) for the original model's heads, the heads retrained
+    without DP (always) and each finite epsilon of spec: a JSON-ready dict (groups, and per point its headline
+    rows at N = 100 and the largest common N, its curves over the common grid, and whether the gap's CI holds 0)."""
+    progress = progress or null_progress
+    base = spec.base
+    inputs = prepare(base, scaled(progress, 0, 400, 1000))
+    groups = member_groups(inputs.train, inputs.test, max_patients=max_patients, seed=base.seed,
+                           include_same_patient=base.audit.include_same_patient)
+    epsilons = [math.inf, *dict.fromkeys(e for e in spec.epsilons if math.isfinite(e))]
+    step = 600 / (len(epsilons) + 1)
+    progress(400, 1000, "members: original model's heads")
+    original = {"target_epsilon": None, "epsilon": math.inf, "guarantee": "none", "objective": "original",
+                "privacy_unit": None, "noise_multiplier": 0.0}
+    points = [_members_point("original", original, members_gap(inputs.train.heads, groups, base.audit))]
+    for i, eps in enumerate(epsilons):
+        progress(400 + int(step * (i + 1)), 1000, f"members: epsilon {eps:g} ({i + 1} of {len(epsilons)})")
+        trained = train_heads(dataclasses.replace(base, epsilon=eps), inputs.train, inputs.bank,
+                              logit_scale=inputs.logit_scale)
+        points.append(_members_point("dp" if math.isfinite(eps) else "retrained", trained.privacy,
+                                     members_gap(trained.as_dict(), groups, base.audit)))
+    progress(1000, 1000, "members done")
+    return {"kind": "members", "spec": spec.to_dict(), "groups": to_plain(groups.describe(), canonical=False),
+            "points": to_plain(points, canonical=False)}

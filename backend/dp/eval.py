@@ -44,6 +44,7 @@ class EvalInputs:
     logit_scale: float | None
     transfer: dict[str, Any] = field(default_factory=dict)  # target label -> EmbeddingSet (test split)
     frozen_rows: pd.DataFrame | None = None  # the reference probe on frozen encoder features
+    members: Any = None  # backend.dp.members.MemberGroups: members against non-members per point (the sweep's)
 
 
 def source_label(src: SourceSpec) -> str:

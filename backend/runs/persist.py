@@ -82,12 +82,24 @@ def dp_records(result: Any, variant: str = "dp") -> tuple[dict[str, pd.DataFrame
     return metrics, probe
 
 
+def members_summary(result: Any) -> dict[str, Any]:
+    """{"members": rows (backend.dp.members.MEMBER_COLUMNS, one per N), "members_groups": sizes} of a DPResult that
+    measured members against non-members (kept in the run's summary); {} otherwise."""
+    rows = _get(result, "members")
+    if rows is None:
+        return {}
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict(orient="records")
+    return {"members": list(rows), "members_groups": dict(_get(result, "members_groups", default={}) or {})}
+
+
 def persist_dp(run_id: str, spec: Any, result: Any, device: str) -> None:
     """DPResult (relink rows, probe rows, privacy dict, transfer as `target`) -> one finished DP run."""
     metrics, probe = dp_records(result)
     store.upsert_run(run_id, "dp", spec.to_json(), "running")
     summary = dict(_get(result, "relink_summary", "summary", default={}) or {})
     summary["label"] = _get(result, "label", default="dp")
+    summary.update(members_summary(result))
     store.finish_run(run_id, summary=summary, device=device, metrics=metrics, probe=probe,
                      privacy=dict(_get(result, "privacy", default={}) or {}))
 
@@ -95,10 +107,11 @@ def persist_dp(run_id: str, spec: Any, result: Any, device: str) -> None:
 def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> None:
     """Every DP point of a sweep becomes its own DP run; the sweep run lists them in grid order and keeps
     the 'original model' reference (the model's own heads, evaluated the same way) as its own rows."""
-    points, metrics, probe = [], {}, {}
+    points, metrics, probe, own = [], {}, {}, {}
     for result in results:
         if _get(result, "label") == "original":
             metrics, probe = dp_records(result, variant="original")
+            own = members_summary(result)
             continue
         point_spec = _get(result, "spec")
         point_id = point_spec.run_id()
@@ -106,7 +119,7 @@ def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> No
         points.append((point_spec.epsilon, point_id))
     order = {e: i for i, e in enumerate(spec.epsilons)}
     points.sort(key=lambda p: order.get(p[0], len(order)))
-    store.finish_run(run_id, summary={"n_points": len(points)}, device=device, sweep_points=points,
+    store.finish_run(run_id, summary={"n_points": len(points), **own}, device=device, sweep_points=points,
                      metrics=metrics, probe=probe)
 
 

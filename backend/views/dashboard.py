@@ -70,6 +70,10 @@ DEFINITIONS: dict[str, str] = {
              "(0.5 = chance, 1 = perfect); macro = mean over labels with enough positives.",
     "reduction": "Re-linkage reduction: 1 - Recall@1(DP heads) / Recall@1(non-private retrained heads), at the "
                  "largest pool size.",
+    "members": "Members: a seeded random subset of the train split's patients (their pairs trained the heads); "
+               "non-members: as many test-split patients. Each group is audited on its own reports with the same pool "
+               "sizes N (random pool, study level, Recall@1); the gap is member minus non-member Recall@1, its 95% CI "
+               "from resampling the patients of both groups independently.",
     "rank": "Rank of the true report among all candidate reports (1 = the attacker's first guess): 1 + the reports "
             "scored higher + half the reports scored equal (ties broken at random, on average); the same patient's "
             "other studies are left out, as in the audit.",
@@ -246,6 +250,69 @@ def utility_frames(view: SweepView, eps: float) -> tuple[pd.DataFrame, pd.DataFr
         tr = tr.assign(target=tr["variant"].str.split(":").str[1])
         tr = tr[["target", "epsilon", "pool_kind", "k", "n", "recall", "ci_low", "ci_high", "lift"]]
     return before_after, tr.reset_index(drop=True)
+
+
+MEMBERS_NO_GAP = ("Members are re-linked no better than non-members here (every gap's 95% CI contains 0): DP on the "
+                  "heads bounds what one training patient adds to them, but re-linkage that the model does for everyone, "
+                  "members or not, is a capability of the model, not memorisation, and DP does not remove it.")
+MEMBERS_GAP = ("Where a gap's 95% CI lies above 0, those heads re-link their own training patients better than unseen "
+               "ones (memorisation): that is the part DP on the heads bounds.")
+
+
+def _members_rows(records: Any, n_ref: int = 100) -> pd.DataFrame:
+    """Stored members rows (one per N) -> the rows at N = n_ref (or the largest N below it) and the largest N."""
+    rows = pd.DataFrame(list(records or []))
+    if rows.empty or "n" not in rows.columns:
+        return pd.DataFrame()
+    rows = rows.apply(pd.to_numeric, errors="coerce").sort_values("n")
+    near = rows[rows["n"] <= n_ref]
+    picks = ([near.index[-1]] if len(near) else []) + [rows.index[-1]]
+    return rows.loc[list(dict.fromkeys(picks))]
+
+
+def members_table(sweep_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Members against non-members stored with a sweep: (rows at N = 100 and the largest common N for the original
+    model, the retrained heads without DP and each epsilon, with `heads` and `epsilon` columns; the groups' sizes).
+    Empty when the sweep did not measure them (sweeps made before, the shipped snapshot)."""
+    summary = (store.get_run(sweep_id) or {}).get("summary") or {}
+    parts = [_members_rows(summary.get("members")).assign(heads=ORIGINAL, epsilon=math.inf)]
+    groups = dict(summary.get("members_groups") or {})
+    pts = store.load_sweep_points(sweep_id)
+    for run_id, eps in sorted(zip(pts["run_id"], pts["epsilon"], strict=True), key=lambda p: -p[1]):
+        point = (store.get_run(run_id) or {}).get("summary") or {}
+        groups = groups or dict(point.get("members_groups") or {})
+        parts.append(_members_rows(point.get("members")).assign(heads=series_label(eps), epsilon=eps))
+    parts = [p for p in parts if "n" in p.columns]
+    if not parts:
+        return pd.DataFrame(), groups
+    out = pd.concat(parts, ignore_index=True)
+    out["n"] = out["n"].astype(int)
+    return out, groups
+
+
+def members_display(table: pd.DataFrame) -> pd.DataFrame:
+    """members_table's rows as the page shows them: heads, N, both Recall@1 values and the gap, each with its CI."""
+    def fmt(v: float, lo: float, hi: float, sign: str = "") -> str:
+        ci = "" if not (np.isfinite(lo) and np.isfinite(hi)) else f" [{lo:{sign}.4f}, {hi:{sign}.4f}]"
+        return f"{v:{sign}.4f}{ci}"
+
+    return pd.DataFrame({
+        "Heads": table["heads"], "N": table["n"],
+        "Members R@1 [95% CI]": [fmt(r.member_recall, r.member_ci_low, r.member_ci_high) for r in table.itertuples()],
+        "Non-members R@1 [95% CI]": [fmt(r.nonmember_recall, r.nonmember_ci_low, r.nonmember_ci_high)
+                                     for r in table.itertuples()],
+        "Gap [95% CI]": [fmt(r.gap, r.gap_ci_low, r.gap_ci_high, "+") for r in table.itertuples()],
+    })
+
+
+def members_note(table: pd.DataFrame) -> str | None:
+    """The plain sentence under the table: MEMBERS_NO_GAP when every gap's CI contains 0, MEMBERS_GAP when one
+    lies above 0, None without rows (or without CIs)."""
+    if table.empty or table[["gap_ci_low", "gap_ci_high"]].isna().any().any():
+        return None
+    if ((table["gap_ci_low"] <= 0) & (table["gap_ci_high"] >= 0)).all():
+        return MEMBERS_NO_GAP
+    return MEMBERS_GAP if (table["gap_ci_low"] > 0).any() else None
 
 
 def epsilon_label(eps: float) -> str:
