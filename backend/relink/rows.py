@@ -5,7 +5,9 @@ torch on the chosen device (the GPU, when the counts were made there); semantics
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -78,24 +80,31 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
     on_gpu = device is not None and (str(device) != "cpu" or TORCH_ON_CPU)
     xp = Xp(device if on_gpu else None)
     grid = sorted({int(v) for v in n_grid}) if n_grid is not None else default_grid(int(groups["m"].max()) + 1)
+    combos = [(kind, level) for kind in [*kinds, "full"] for level in ("study", "patient")]
+
+    def one(combo: tuple[str, str]) -> tuple[Any, Any, Any]:
+        kind, level = combo
+        e_key, b_key, t_key = COMBOS[("random" if kind == "full" else kind, level)]
+        elig, beat, tie = (xp.f64(a) for a in (groups[e_key], counts[b_key], counts[t_key]))
+        if kind == "full":
+            return elig, expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig[:, None]
+        return (elig, *_curve(xp, elig, beat, tie, grid, ks))
+
+    # the combos are independent, and numpy/scipy release the GIL in their loops: threads use every core on
+    # the CPU (the results do not depend on it: each combo's arithmetic is the same)
+    with ThreadPoolExecutor(1 if on_gpu else min(len(combos), os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(one, combos))
     columns, meta, stats = [], [], []
-    for kind in [*kinds, "full"]:
-        for level in ("study", "patient"):
-            e_key, b_key, t_key = COMBOS[("random" if kind == "full" else kind, level)]
-            elig, beat, tie = (xp.f64(a) for a in (groups[e_key], counts[b_key], counts[t_key]))
-            r = xp.f64(groups["r"]) if level == "patient" else None
-            pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
-            if kind == "full":
-                vals, draws = expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig[:, None]
-            else:
-                vals, draws = _curve(xp, elig, beat, tie, grid, ks)
-            for gi, n_pts in enumerate(pts):
-                capped = xp.f64(draws[:, gi] + 1 < n_pts)
-                for ki, k in enumerate(ks):
-                    columns.append(vals[:, gi, ki])
-                    stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
-                              capped.mean() * (kind != "full")]
-                    meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
+    for (kind, level), (elig, vals, draws) in zip(combos, parts, strict=True):
+        r = xp.f64(groups["r"]) if level == "patient" else None
+        pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
+        for gi, n_pts in enumerate(pts):
+            capped = xp.f64(draws[:, gi] + 1 < n_pts)
+            for ki, k in enumerate(ks):
+                columns.append(vals[:, gi, ki])
+                stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
+                          capped.mean() * (kind != "full")]
+                meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
     values = xp.stack(columns, axis=1)
     per_row = xp.numpy(xp.stack(stats, axis=0)).reshape(-1, 3)  # one transfer: chance, effective N, capped share
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed)
