@@ -1,8 +1,8 @@
 """Utility of an embedding: a linear probe and zero-shot classification, per label AUROC and macro AUROC.
 
-- `linear_probe`: one scikit-learn LogisticRegression per label (standardised inputs) fitted on the
-  train split's embeddings and scored on the test split. A linear probe on a linear projection of frozen
-  features is nearly blind to what the heads do (any invertible head leaves it unchanged), so also:
+- `linear_probe`: one scikit-learn LogisticRegression per label (standardised inputs, fitted to its optimum
+  by Newton's method: `fit_probe`) fitted on the train split's embeddings and scored on the test split. A
+  linear probe on a linear projection of frozen features is nearly blind to what the heads do (any invertible head leaves it unchanged), so also:
 - `zero_shot`: cross-modal utility, score_il = <u_i, t(positive prompt l)> - <u_i, t(negative prompt l)>
   with L2-normalised image embeddings u and prompt embeddings t (the softmax over the two prompts is
   monotone in this difference, so its AUROC is the same).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -106,10 +107,17 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         if reason:
             continue
         keep = ~np.isnan(train_y[:, j])
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
-        model.fit(train_x[keep], train_y[keep, j].astype(int))
-        scores[:, j] = model.decision_function(test_x)
+        scores[:, j] = fit_probe(train_x[keep], train_y[keep, j], c).decision_function(np.asarray(test_x, np.float64))
     return auroc_table(scores, test_y, test_patient, reasons, labels=labels, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> Any:
+    """StandardScaler + L2 logistic regression (C=c) of y (n,) 0/1 on x (n, d), fitted to its optimum: Newton's
+    method (Cholesky) in float64 to a gradient below 1e-10, a handful of iterations. (lbfgs at sklearn's default
+    tolerance on float32 features stopped up to 0.01 test AUROC away from the optimum on the demo's embeddings,
+    after hundreds of iterations.)"""
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, solver="newton-cholesky", tol=1e-10, max_iter=1000))
+    return model.fit(np.asarray(x, np.float64), np.asarray(y).astype(int))
 
 
 def zero_shot(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray, test_y: np.ndarray,

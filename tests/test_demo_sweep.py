@@ -82,7 +82,8 @@ def test_each_sweep_point_is_stored_as_soon_as_it_is_computed(fake_inputs: list[
     sweep_id = spec.sweep.run_id()
     assert store.get_run(sweep_id)["status"] == "running"  # not finished: two of four points
     points = store.load_sweep_points(sweep_id)
-    assert points["epsilon"].tolist() == [0.5, 2.0] and points["position"].tolist() == [0, 1]
+    # the heads retrained without DP (the reference of every DP point) come first, then the grid in order
+    assert points["epsilon"].tolist() == [0.5, math.inf] and points["position"].tolist() == [0, 3]
     assert all(store.get_run(p)["status"] == "done" for p in points["run_id"])
     assert len(store.load_privacy(points["run_id"].tolist())) == 2 and len(store.load_metrics(points["run_id"].tolist()))
     own = store.load_metrics(sweep_id)
@@ -101,9 +102,9 @@ def test_an_interrupted_sweep_resumes_without_recomputing_stored_points(fake_inp
     with pytest.raises(Stop):
         run_demo(spec, _stop_at(2))
     store.set_run_status(sweep_id, "failed")  # what the worker records for a job that raised
-    assert fake_inputs == [0.5, 2.0]
+    assert fake_inputs == [math.inf, 0.5]
     out = run_demo(spec)
-    assert fake_inputs == [0.5, 2.0, 8.0, math.inf]  # only the points that were not stored
+    assert fake_inputs == [math.inf, 0.5, 2.0, 8.0]  # only the points that were not stored
     assert out["sweep_run"] == sweep_id and store.get_run(sweep_id)["status"] == "done"
     assert store.get_run(sweep_id)["summary"]["n_points"] == 4
     resumed = _stored(sweep_id)
@@ -117,4 +118,25 @@ def test_an_interrupted_sweep_resumes_without_recomputing_stored_points(fake_inp
     for a, b in zip(resumed, once, strict=True):
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
     run_demo(spec)  # a finished sweep is reused as it is
-    assert fake_inputs == [0.5, 2.0, 8.0, math.inf] * 2
+    assert fake_inputs == [math.inf, 0.5, 2.0, 8.0] * 2
+
+
+@pytest.mark.parametrize("n_points", [1, 3])
+def test_the_pages_show_a_running_sweeps_stored_points(fake_inputs: list[float], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, n_points: int) -> None:
+    from backend.runs.demo import run_demo
+    from backend.views import dashboard
+    from tests.test_pages import _open, _text
+
+    spec = _spec()
+    with pytest.raises(Stop):
+        run_demo(spec, _stop_at(n_points))
+    sweep_id = spec.sweep.run_id()
+    assert dashboard.latest("sweep", "synthetic", "fake") == sweep_id  # a running sweep with stored points
+    assert dashboard.sweep_progress(sweep_id) == ("running", n_points, 4)
+    view = dashboard.sweep_view(sweep_id)
+    assert len(view.points) == n_points and len(view.original)
+    for page in ("mitigation", "utility", "overview"):
+        at = _open(page, tmp_path, monkeypatch, model="fake")
+        assert not at.exception, page
+    assert f"{n_points} of 4 points stored" in _text(_open("mitigation", tmp_path, monkeypatch, model="fake"))

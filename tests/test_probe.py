@@ -125,3 +125,28 @@ def test_vectorised_bootstrap_equals_sklearn_per_resample() -> None:
         keep = w[b] > 0
         assert weighted_auc(s, pos, w)[b] == pytest.approx(roc_auc_score(pos[keep], s[keep], sample_weight=w[b, keep]),
                                                           abs=1e-12)
+
+
+def test_probe_is_fitted_to_the_optimum() -> None:
+    """fit_probe reaches the optimum of the L2 logistic loss (C * sum of log-losses + |w|^2 / 2, intercept not
+    penalised; solved here by 30 plain Newton steps) on ill-conditioned features - L2-normalised embeddings,
+    as the probe sees them - where lbfgs at sklearn's default tolerance stops 1e-2 away."""
+    from sklearn.preprocessing import StandardScaler
+
+    from backend.probe import fit_probe
+
+    rng = np.random.default_rng(5)
+    n, d = 3000, 48
+    z = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * np.linspace(0.05, 3, d)
+    x = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+    y = (x @ rng.normal(size=d) + 0.3 * rng.normal(size=n) > 0).astype(int)
+    xs = np.hstack([StandardScaler().fit_transform(x.astype(np.float64)), np.ones((n, 1))])
+    w, penalty = np.zeros(d + 1), np.r_[np.ones(d), 0.0]
+    for _ in range(30):
+        p = 1 / (1 + np.exp(-xs @ w))
+        hessian = xs.T @ (xs * (p * (1 - p))[:, None]) + np.diag(penalty)
+        w -= np.linalg.solve(hessian, xs.T @ (p - y) + penalty * w)
+    fit = fit_probe(x, y)
+    np.testing.assert_allclose(fit[-1].coef_[0], w[:d], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(fit[-1].intercept_[0], w[d], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(fit.decision_function(x.astype(np.float64)), xs @ w, rtol=0, atol=1e-7)

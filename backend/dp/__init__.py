@@ -193,11 +193,13 @@ def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_
               on_result: Callable[[DPResult], None] | None = None, skip: Collection[str] = ()) -> list[DPResult]:
     """The epsilon grid (one DPResult per epsilon, same inputs), preceded by the 'original model' reference.
 
-    on_result(result) is called as soon as each result is computed (the reference first), so that a caller can
-    store it at once; points whose run id is in `skip` (already stored) are not computed and not returned."""
+    on_result(result) is called as soon as each result is computed, so that a caller can store it at once: the
+    two references first (the original model, then the heads retrained without DP, which every DP point is
+    compared with), then the DP points in grid order. Returned: the original model, then the grid's points in
+    grid order; points whose run id is in `skip` (already stored) are not computed and not returned."""
     progress = progress or null_progress
     total, prep = 1000, 400  # one bar that only moves forward: embedding (cached after the first run), then points
-    points = [p for p in spec.points() if p.run_id() not in set(skip)]
+    points = sorted((p for p in spec.points() if p.run_id() not in set(skip)), key=lambda p: p.private)  # stable
     if not points and not include_original:
         progress(total, total, "sweep done (every point was stored already)")
         return []
@@ -216,4 +218,5 @@ def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_
             on_result(results[-1])
         log.info("sweep %d/%d: epsilon %g done", i + 1, len(points), point.epsilon)
     progress(total, total, "sweep done")
-    return results
+    order = {e: i for i, e in enumerate(spec.epsilons)}
+    return sorted(results, key=lambda r: -1 if r.label == "original" else order[r.spec.epsilon])
