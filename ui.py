@@ -81,9 +81,14 @@ def relink_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
     return dashboard.relink_rows(list(run_ids), variant="model")
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
 def sweep_view(sweep_id: str) -> dashboard.SweepView:
-    """A finished sweep, read from the store once per process; the epsilon slider only re-renders."""
+    """A sweep, read from the store once per process (again when a running sweep stored another point); the
+    epsilon slider only re-renders."""
+    return _sweep_view(sweep_id, dashboard.sweep_progress(sweep_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sweep_view(sweep_id: str, version: tuple[str, int, int]) -> dashboard.SweepView:
     return dashboard.sweep_view(sweep_id)
 
 
@@ -99,13 +104,18 @@ def sweep_spec(sweep_id: str | None) -> Any:
     return dashboard.sweep_spec(sweep_id)
 
 
-@st.cache_resource(show_spinner="Preparing the sweep's figures ...", max_entries=8)
 def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, Any]:
-    """Epsilon label -> the figure of recall curves beside the frontier, built once per finished sweep so that the
-    slider only swaps prebuilt figures (building one costs ~0.1 s of plotly validation). Read-only."""
+    """Epsilon label -> the figure of recall curves beside the frontier, built once per sweep (and each time a
+    running sweep stored another point) so that the slider only swaps prebuilt figures (building one costs
+    ~0.1 s of plotly validation). Read-only."""
+    return _mitigation_figures(sweep_id, audit_id, dashboard.sweep_progress(sweep_id))
+
+
+@st.cache_resource(show_spinner="Preparing the sweep's figures ...", max_entries=8)
+def _mitigation_figures(sweep_id: str, audit_id: str | None, version: tuple[str, int, int]) -> dict[str, Any]:
     from backend.views import figures
 
-    view = sweep_view(sweep_id)
+    view = _sweep_view(sweep_id, version)
     pts = view.points
     original = relink_rows((audit_id,)) if audit_id else None
     base = pts[~pts["epsilon"].apply(math.isfinite)]

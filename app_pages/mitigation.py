@@ -19,6 +19,10 @@ if sweep_id:
     pts = view.points
     labels = [dashboard.epsilon_label(e) for e in pts["epsilon"]]
     figs = ui.mitigation_figures(sweep_id, audit_id)
+    status, stored, planned = dashboard.sweep_progress(sweep_id)
+    if status != "done":
+        st.caption(f"This sweep is still running: {stored} of {planned} points stored so far (each appears here as "
+                   "soon as it is computed; reload to see the next).")
 
     @st.fragment
     def _explore() -> None:

@@ -1,8 +1,8 @@
 """Utility of an embedding: a linear probe and zero-shot classification, per label AUROC and macro AUROC.
 
-- `linear_probe`: one scikit-learn LogisticRegression per label (standardised inputs) fitted on the
-  train split's embeddings and scored on the test split. A linear probe on a linear projection of frozen
-  features is nearly blind to what the heads do (any invertible head leaves it unchanged), so also:
+- `linear_probe`: one scikit-learn LogisticRegression per label (standardised inputs, fitted to its optimum
+  by Newton's method: `fit_probe`) fitted on the train split's embeddings and scored on the test split. A
+  linear probe on a linear projection of frozen features is nearly blind to what the heads do (any invertible head leaves it unchanged), so also:
 - `zero_shot`: cross-modal utility, score_il = <u_i, t(positive prompt l)> - <u_i, t(negative prompt l)>
   with L2-normalised image embeddings u and prompt embeddings t (the softmax over the two prompts is
   monotone in this difference, so its AUROC is the same).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -106,10 +107,17 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         if reason:
             continue
         keep = ~np.isnan(train_y[:, j])
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
-        model.fit(train_x[keep], train_y[keep, j].astype(int))
-        scores[:, j] = model.decision_function(test_x)
+        scores[:, j] = fit_probe(train_x[keep], train_y[keep, j], c).decision_function(np.asarray(test_x, np.float64))
     return auroc_table(scores, test_y, test_patient, reasons, labels=labels, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> Any:
+    """StandardScaler + L2 logistic regression (C=c) of y (n,) 0/1 on x (n, d), fitted to its optimum: Newton's
+    method (Cholesky) in float64 to a gradient below 1e-10, a handful of iterations. (lbfgs at sklearn's default
+    tolerance on float32 features stopped up to 0.01 test AUROC away from the optimum on the demo's embeddings,
+    after hundreds of iterations.)"""
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, solver="newton-cholesky", tol=1e-10, max_iter=1000))
+    return model.fit(np.asarray(x, np.float64), np.asarray(y).astype(int))
 
 
 def zero_shot(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray, test_y: np.ndarray,
@@ -153,19 +161,43 @@ def auroc_table(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, reasons:
 
 
 def _bootstrap(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, used: list[int], n: int, seed: int) -> np.ndarray:
-    """(n, L) AUROCs over patient resamples (rows weighted by how often their patient was drawn)."""
+    """(n, L) AUROCs over patient resamples (rows weighted by how often their patient was drawn); a resample in
+    which one class of a label has no row is NaN for that label."""
     out = np.full((n, y.shape[1]), np.nan)
     if not n or not used:
         return out
+    weights = patient_weights(patient, n, seed)
+    for j in used:
+        m = ~np.isnan(y[:, j])
+        out[:, j] = weighted_auc(scores[m, j], y[m, j] == 1, weights[:, m])
+    return out
+
+
+def patient_weights(patient: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """(n, rows) float64 bootstrap weights: replicate b draws the patients with replacement (numpy's
+    default_rng(seed), one draw of all patients per replicate) and weights each row by its patient's count."""
     codes, uniq = pd.factorize(np.asarray(patient))
     rng = np.random.default_rng(seed)
-    for b in range(n):
-        weight = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))[codes]
-        for j in used:
-            m = ~np.isnan(y[:, j]) & (weight > 0)
-            if len(np.unique(y[m, j])) == 2:
-                out[b, j] = roc_auc_score(y[m, j], scores[m, j], sample_weight=weight[m])
-    return out
+    counts = np.stack([np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq)) for _ in range(n)])
+    return counts[:, codes].astype(np.float64)
+
+
+def weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B,) AUROC of score (n,) for the classes positive (n,) bool under each row of weights (B, n): the
+    weighted probability that a positive scores above a negative, equal scores counting one half - what
+    sklearn's roc_auc_score(positive, score, sample_weight=w) computes, for all B weightings in one pass
+    (sorted once). With integer weights every sum is exact in float64 and only the final division rounds.
+    NaN where one class has zero total weight."""
+    order = np.argsort(score, kind="stable")
+    s, pos, w = score[order], positive[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of equal scores, ascending
+    p = np.add.reduceat(np.where(pos, w, 0.0), starts, axis=1)
+    q = np.add.reduceat(np.where(pos, 0.0, w), starts, axis=1)
+    below = np.cumsum(q, axis=1) - q  # negative weight strictly below each group
+    total_p, total_q = p.sum(axis=1), q.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (p * (below + 0.5 * q)).sum(axis=1) / (total_p * total_q)
+    return np.where((total_p > 0) & (total_q > 0), auc, np.nan)
 
 
 def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -81,3 +81,72 @@ def test_bad_shapes_are_spec_errors() -> None:
         linear_probe(np.zeros((5, 2)), np.zeros((4, 4)), np.zeros((5, 2)), np.zeros((5, 4)), np.arange(5), labels=LABELS)
     with pytest.raises(SpecError, match="prompt embeddings"):
         zero_shot(np.zeros((5, 3)), np.zeros((4, 2)), np.zeros((4, 2)), np.zeros((5, 4)), np.arange(5), labels=LABELS)
+
+
+def _sklearn_bootstrap(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, used: list[int], n: int,
+                       seed: int) -> np.ndarray:
+    """The bootstrap as it was first written: one sklearn roc_auc_score per (resample, label)."""
+    import pandas as pd
+
+    out = np.full((n, y.shape[1]), np.nan)
+    codes, uniq = pd.factorize(np.asarray(patient))
+    rng = np.random.default_rng(seed)
+    for b in range(n):
+        weight = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))[codes]
+        for j in used:
+            m = ~np.isnan(y[:, j]) & (weight > 0)
+            if len(np.unique(y[m, j])) == 2:
+                out[b, j] = roc_auc_score(y[m, j], scores[m, j], sample_weight=weight[m])
+    return out
+
+
+def test_vectorised_bootstrap_equals_sklearn_per_resample() -> None:
+    """The one-pass weighted AUROC of every resample equals sklearn's roc_auc_score with sample weights (to float
+    rounding), with tied scores, NaN labels, and resamples that miss a class (NaN)."""
+    from backend.probe import _bootstrap, weighted_auc
+
+    rng = np.random.default_rng(11)
+    n, n_labels = 300, 5
+    patient = rng.integers(0, 90, n)
+    y = (rng.random((n, n_labels)) < [0.5, 0.3, 0.1, 0.02, 0.5]).astype(float)
+    y[rng.random((n, n_labels)) < 0.1] = np.nan
+    scores = np.round(rng.normal(size=(n, n_labels)) + np.nan_to_num(y) * 0.8, 1)  # rounded: many ties
+    scores[:, 4] = 0.0  # every score tied: AUROC 0.5
+    y[:, 3] = 0.0
+    y[:2, 3] = 1.0  # two positives: some resamples draw neither patient (NaN)
+    used = [0, 1, 2, 3, 4]
+    fast, ref = _bootstrap(scores, y, patient, used, 60, seed=4), _sklearn_bootstrap(scores, y, patient, used, 60, 4)
+    assert np.array_equal(np.isnan(fast), np.isnan(ref)) and np.isnan(ref[:, 3]).any()  # label 3: rare positives
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-12)
+    assert np.allclose(fast[:, 4], 0.5)
+    w = rng.integers(0, 3, (4, 40)).astype(float)
+    s, pos = rng.normal(size=40), rng.random(40) < 0.4
+    for b in range(4):
+        keep = w[b] > 0
+        assert weighted_auc(s, pos, w)[b] == pytest.approx(roc_auc_score(pos[keep], s[keep], sample_weight=w[b, keep]),
+                                                          abs=1e-12)
+
+
+def test_probe_is_fitted_to_the_optimum() -> None:
+    """fit_probe reaches the optimum of the L2 logistic loss (C * sum of log-losses + |w|^2 / 2, intercept not
+    penalised; solved here by 30 plain Newton steps) on ill-conditioned features - L2-normalised embeddings,
+    as the probe sees them - where lbfgs at sklearn's default tolerance stops 1e-2 away."""
+    from sklearn.preprocessing import StandardScaler
+
+    from backend.probe import fit_probe
+
+    rng = np.random.default_rng(5)
+    n, d = 3000, 48
+    z = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * np.linspace(0.05, 3, d)
+    x = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+    y = (x @ rng.normal(size=d) + 0.3 * rng.normal(size=n) > 0).astype(int)
+    xs = np.hstack([StandardScaler().fit_transform(x.astype(np.float64)), np.ones((n, 1))])
+    w, penalty = np.zeros(d + 1), np.r_[np.ones(d), 0.0]
+    for _ in range(30):
+        p = 1 / (1 + np.exp(-xs @ w))
+        hessian = xs.T @ (xs * (p * (1 - p))[:, None]) + np.diag(penalty)
+        w -= np.linalg.solve(hessian, xs.T @ (p - y) + penalty * w)
+    fit = fit_probe(x, y)
+    np.testing.assert_allclose(fit[-1].coef_[0], w[:d], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(fit[-1].intercept_[0], w[d], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(fit.decision_function(x.astype(np.float64)), xs @ w, rtol=0, atol=1e-7)

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,22 +216,38 @@ def run_dp(spec: DPSpec, progress: ProgressLike | None = None) -> DPResult:
     return _point(spec, inputs, progress)
 
 
-def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_original: bool = True) -> list[DPResult]:
-    """The epsilon grid (one DPResult per epsilon, same inputs), preceded by the 'original model' reference."""
+def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_original: bool = True,
+              on_result: Callable[[DPResult], None] | None = None, skip: Collection[str] = ()) -> list[DPResult]:
+    """The epsilon grid (one DPResult per epsilon, same inputs), preceded by the 'original model' reference.
+
+    on_result(result) is called as soon as each result is computed, so that a caller can store it at once: the
+    two references first (the original model, then the heads retrained without DP, which every DP point is
+    compared with), then the DP points in grid order. Returned: the original model, then the grid's points in
+    grid order; points whose run id is in `skip` (already stored) are not computed and not returned."""
     progress = progress or null_progress
     total, prep = 1000, 400  # one bar that only moves forward: embedding (cached after the first run), then points
+    points = sorted((p for p in spec.points() if p.run_id() not in set(skip)), key=lambda p: p.private)  # stable
+    if not points and not include_original:
+        progress(total, total, "sweep done (every point was stored already)")
+        return []
     inputs = prepare(spec.base, scaled(progress, 0, prep, total))
     inputs.members = sweep_members(spec.base, inputs)  # members against non-members at every point
-    points = spec.points()
     step = (total - prep) / (len(points) + 1)
-    progress(prep, total, "original model's heads")
-    results = [original_result(spec.base, inputs)] if include_original else []
+    results = []
+    if include_original:
+        progress(prep, total, "original model's heads")
+        results.append(original_result(spec.base, inputs))
+        if on_result is not None:
+            on_result(results[-1])
     for i, point in enumerate(points):
         progress(prep + int(step * (i + 1)), total, f"epsilon {point.epsilon:g} ({i + 1} of {len(points)})")
         results.append(_point(point, inputs, null_progress))
+        if on_result is not None:
+            on_result(results[-1])
         log.info("sweep %d/%d: epsilon %g done", i + 1, len(points), point.epsilon)
     progress(total, total, "sweep done")
-    return results
+    order = {e: i for i, e in enumerate(spec.epsilons)}
+    return sorted(results, key=lambda r: -1 if r.label == "original" else order[r.spec.epsilon])
 
 
 def _members_point(label: str, privacy: dict[str, Any], rows: pd.DataFrame) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from backend.progress import ProgressLike, forward_only, null_progress, scaled
 from backend.registry import resolve
 from backend.runs import store
 from backend.runs.jobs import device_label
-from backend.runs.persist import persist_audit, persist_sweep
+from backend.runs.persist import finish_sweep, persist_audit, persist_sweep_part, stored_sweep_parts
 from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,13 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
             return out
         sweep_id = spec.sweep.run_id()
         if (store.get_run(sweep_id) or {}).get("status") != "done":
+            # each part is stored as soon as it is computed (the pages show it while the sweep runs); a sweep
+            # that an earlier, interrupted job left unfinished resumes without recomputing what it stored
+            has_original, stored = stored_sweep_parts(sweep_id)
             store.upsert_run(sweep_id, "sweep", spec.sweep.to_json(), "running")
-            persist_sweep(sweep_id, spec.sweep, run_sweep(spec.sweep, scaled(progress, 420, 570, total)), device)
+            run_sweep(spec.sweep, scaled(progress, 420, 570, total), include_original=not has_original, skip=stored,
+                      on_result=lambda result: persist_sweep_part(sweep_id, spec.sweep, result, device))
+            finish_sweep(sweep_id, spec.sweep, device)
         out["sweep_run"] = sweep_id
     progress(total, total, "demo finished")
     return out

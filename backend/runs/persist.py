@@ -123,6 +123,37 @@ def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> No
                      metrics=metrics, probe=probe)
 
 
+def persist_sweep_part(run_id: str, spec: Any, result: Any, device: str) -> None:
+    """Store one result of a sweep that is still running, as soon as it is computed: the 'original model'
+    reference as the sweep run's own rows, a DP point as its own finished DP run listed at its grid position.
+    The sweep run stays 'running' until `finish_sweep`."""
+    if _get(result, "label") == "original":
+        metrics, probe = dp_records(result, variant="original")
+        store.add_parts(run_id, metrics=metrics, probe=probe)
+        return
+    point_spec = _get(result, "spec")
+    point_id = point_spec.run_id()
+    persist_dp(point_id, point_spec, result, device)
+    order = {e: i for i, e in enumerate(spec.epsilons)}
+    store.add_parts(run_id, sweep_points=[(order.get(point_spec.epsilon, len(order)), point_spec.epsilon, point_id)])
+
+
+def stored_sweep_parts(run_id: str) -> tuple[bool, set[str]]:
+    """(whether the 'original' reference is stored, the run ids of the finished DP points listed) of a sweep
+    that has not finished: what an interrupted attempt stored, which a resumed one need not compute again."""
+    run = store.get_run(run_id)
+    if run is None or run.get("status") == "done":
+        return False, set()
+    original = bool(len(store.load_metrics(run_id).query("variant == 'original'")))
+    listed = store.load_sweep_points(run_id)["run_id"].tolist()
+    return original, {p for p in listed if (store.get_run(p) or {}).get("status") == "done"}
+
+
+def finish_sweep(run_id: str, spec: Any, device: str) -> None:
+    """Mark a sweep whose parts were stored by `persist_sweep_part` as finished (its rows and points stay)."""
+    store.finish_run(run_id, summary={"n_points": len(store.load_sweep_points(run_id))}, device=device, keep_parts=True)
+
+
 def persist_demo(run_id: str, spec: Any, result: dict[str, Any], device: str) -> None:
     store.finish_run(run_id, summary={k: v for k, v in result.items() if v is not None}, device=device)
 

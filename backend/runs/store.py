@@ -190,15 +190,17 @@ def set_run_status(run_id: str, status: str) -> None:
 def finish_run(run_id: str, *, summary: Mapping[str, Any] | None = None, artifacts: Mapping[str, Any] | None = None,
                device: str = "", metrics: Mapping[str, pd.DataFrame] | None = None,
                probe: Mapping[str, pd.DataFrame] | None = None, privacy: Mapping[str, Any] | None = None,
-               sweep_points: list[tuple[float, str]] | None = None) -> None:
+               sweep_points: list[tuple[float, str]] | None = None, keep_parts: bool = False) -> None:
     """Write every result of a run in one transaction and mark it done (a finished run never changes).
 
     metrics: variant -> tidy re-linkage rows (METRIC_COLUMNS); probe: variant -> PROBE_COLUMNS rows;
-    privacy: the DP record; sweep_points: (epsilon, DP run id) in grid order."""
+    privacy: the DP record; sweep_points: (epsilon, DP run id) in grid order. keep_parts: keep what
+    `add_parts` stored while the run was computing (and add the given results) instead of replacing it."""
     with connect() as con:
-        for table in ("metrics", "probe", "privacy"):
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-        con.execute("DELETE FROM sweep_points WHERE sweep_id = ?", [run_id])
+        if not keep_parts:
+            for table in ("metrics", "probe", "privacy"):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM sweep_points WHERE sweep_id = ?", [run_id])
         for variant, rows in (metrics or {}).items():
             _insert_frame(con, "metrics", run_id, variant, rows, METRIC_COLUMNS)
         for variant, rows in (probe or {}).items():
@@ -209,6 +211,27 @@ def finish_run(run_id: str, *, summary: Mapping[str, Any] | None = None, artifac
             con.execute("INSERT INTO sweep_points VALUES (?, ?, ?, ?)", [run_id, i, float(eps), point])
         con.execute("UPDATE runs SET status = 'done', finished = ?, summary = ?, artifacts = ?, device = ? "
                     "WHERE run_id = ?", [time.time(), _dumps(summary or {}), _dumps(artifacts or {}), device, run_id])
+
+
+def add_parts(run_id: str, *, metrics: Mapping[str, pd.DataFrame] | None = None,
+              probe: Mapping[str, pd.DataFrame] | None = None,
+              sweep_points: list[tuple[int, float, str]] | None = None) -> None:
+    """Store part of the results of a run that is still computing (a sweep's reference and each of its points as
+    soon as it is ready), so that the pages show them before the run finishes; one transaction.
+
+    metrics / probe: variant -> rows, replacing the stored rows of those variants; sweep_points: (position in
+    the grid, epsilon, DP run id), replacing those positions. A finished run never changes: StoreError."""
+    with connect() as con:
+        row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None or row[0] == "done":
+            raise StoreError(f"Cannot add results to run {run_id}: it is {'finished' if row else 'not in the store'}.")
+        for table, frames, columns in (("metrics", metrics, METRIC_COLUMNS), ("probe", probe, PROBE_COLUMNS)):
+            for variant, rows in (frames or {}).items():
+                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND variant = ?", [run_id, variant])
+                _insert_frame(con, table, run_id, variant, rows, columns)
+        for position, eps, point in sweep_points or []:
+            con.execute("DELETE FROM sweep_points WHERE sweep_id = ? AND position = ?", [run_id, int(position)])
+            con.execute("INSERT INTO sweep_points VALUES (?, ?, ?, ?)", [run_id, int(position), float(eps), point])
 
 
 def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, run_id: str, variant: str, rows: pd.DataFrame,

@@ -95,15 +95,22 @@ def spec_info(spec_json: str) -> dict[str, Any]:
             "split": embed.get("split", ""), "source_options": source.get("options", {})}
 
 
-def catalog(kind: str | None = None) -> pd.DataFrame:
-    """Finished runs with source and model columns, newest first."""
-    runs = store.list_runs(kind=kind)
+def catalog(kind: str | None = None, status: str = "done") -> pd.DataFrame:
+    """Runs (finished ones by default) with source and model columns, newest first."""
+    runs = store.list_runs(kind=kind, status=status)
     info = pd.DataFrame([spec_info(s) for s in runs["spec"]], index=runs.index)
     return pd.concat([runs, info], axis=1) if len(runs) else runs.assign(source=[], model=[])
 
 
 def latest(kind: str, source: str | None = None, model: str | None = None) -> str | None:
+    """The newest finished run of a kind; for sweeps, a sweep still running that has stored points comes first
+    (its points appear on the pages as soon as each is stored)."""
     runs = catalog(kind)
+    if kind == "sweep":
+        running = catalog(kind, status="running")
+        if len(running):
+            running = running[[len(store.load_sweep_points(r)) > 0 for r in running["run_id"]]]
+            runs = pd.concat([running, runs], ignore_index=True) if len(runs) else running
     if source and len(runs):
         runs = runs[runs["source"] == source]
     if model and len(runs):
@@ -176,6 +183,16 @@ def _r1_at_max(rows: pd.DataFrame, pool: str) -> float:
 def _macro(probe: pd.DataFrame, method: str) -> float:
     sel = probe[(probe["method"] == method) & (probe["label"] == "macro")]
     return float(sel["auroc"].iloc[0]) if len(sel) else math.nan
+
+
+def sweep_progress(sweep_id: str) -> tuple[str, int, int]:
+    """(status, points stored, points in the grid) of a sweep: what changes while it runs."""
+    run = store.get_run(sweep_id) or {}
+    try:
+        planned = len(json.loads(run.get("spec") or "{}").get("epsilons", []))
+    except json.JSONDecodeError:
+        planned = 0
+    return str(run.get("status", "")), len(store.load_sweep_points(sweep_id)), planned
 
 
 def sweep_view(sweep_id: str) -> SweepView:

@@ -1,0 +1,142 @@
+"""The demo job stores each part of its sweep as soon as it is computed, and resumes an interrupted sweep
+without recomputing what it stored (small fake embedding sets: no model, no training of an encoder)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from backend.runs import store
+from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+from tests.test_dp import _fake_set
+
+EPSILONS = (0.5, 2.0, 8.0, math.inf)
+
+
+class Stop(Exception):
+    pass
+
+
+def _spec() -> DemoSpec:
+    source = SourceSpec(options={"n_patients": 7})
+    audit = AuditSpec(embed=EmbedSpec(source=source, model="fake", split="test"), n_bootstrap=5, ks=(1, 5))
+    base = DPSpec(source=source, model="fake", audit=audit, epochs=1, batch_size=30, lr=0.01, delta=1e-4, init="random")
+    return DemoSpec(audit=audit, sweep=SweepSpec(base=base, epsilons=EPSILONS))
+
+
+@pytest.fixture()
+def fake_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A fresh store; the demo's audit already finished; prepare() returns fake embeddings. Returns the list of
+    epsilons whose heads were trained (filled as the sweep runs)."""
+    import backend.dp as dp
+    from backend.dp.eval import EvalInputs
+    from tests.test_dp import np
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    spec = _spec()
+    store.upsert_run(spec.audit.run_id(), "audit", spec.audit.to_json(), "running")
+    store.finish_run(spec.audit.run_id(), summary={})
+    prompts = np.random.default_rng(0).normal(size=(2, 14, 12)).astype(np.float32)
+    monkeypatch.setattr(dp, "prepare", lambda *a, **k: EvalInputs(_fake_set(), _fake_set(seed=1), None, prompts[0],
+                                                                 prompts[1], 10.0))
+    trained: list[float] = []
+    real = dp.train_heads
+
+    def counting(spec: DPSpec, *args: object, **kwargs: object) -> object:
+        trained.append(spec.epsilon)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(dp, "train_heads", counting)
+    return trained
+
+
+def _stored(sweep_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    points = store.load_sweep_points(sweep_id)
+    ids = [sweep_id, *points["run_id"]]
+    metrics = store.load_metrics(ids).drop(columns="run_id").reset_index(drop=True)
+    return points, metrics, store.load_probe(ids).drop(columns="run_id").sort_values(["variant", "method", "label"])
+
+
+def _stop_at(n_points: int):
+    """A progress callback that raises when the sweep announces its (n_points + 1)-th DP point."""
+    seen = []
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        if message.startswith("epsilon"):
+            seen.append(message)
+            if len(seen) > n_points:
+                raise Stop(message)
+
+    return progress
+
+
+def test_each_sweep_point_is_stored_as_soon_as_it_is_computed(fake_inputs: list[float]) -> None:
+    from backend.runs.demo import run_demo
+
+    spec = _spec()
+    with pytest.raises(Stop):
+        run_demo(spec, _stop_at(2))
+    sweep_id = spec.sweep.run_id()
+    assert store.get_run(sweep_id)["status"] == "running"  # not finished: two of four points
+    points = store.load_sweep_points(sweep_id)
+    # the heads retrained without DP (the reference of every DP point) come first, then the grid in order
+    assert points["epsilon"].tolist() == [0.5, math.inf] and points["position"].tolist() == [0, 3]
+    assert all(store.get_run(p)["status"] == "done" for p in points["run_id"])
+    assert len(store.load_privacy(points["run_id"].tolist())) == 2 and len(store.load_metrics(points["run_id"].tolist()))
+    own = store.load_metrics(sweep_id)
+    assert set(own["variant"]) == {"original"} and len(own)  # the reference is stored before the first point
+    assert set(store.load_probe(sweep_id)["variant"]) == {"original"}
+    with pytest.raises(store.StoreError, match="finished"):  # a finished run never changes
+        store.add_parts(spec.audit.run_id(), metrics={"x": own})
+
+
+def test_an_interrupted_sweep_resumes_without_recomputing_stored_points(fake_inputs: list[float], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs.demo import run_demo
+
+    spec = _spec()
+    sweep_id = spec.sweep.run_id()
+    with pytest.raises(Stop):
+        run_demo(spec, _stop_at(2))
+    store.set_run_status(sweep_id, "failed")  # what the worker records for a job that raised
+    assert fake_inputs == [math.inf, 0.5]
+    out = run_demo(spec)
+    assert fake_inputs == [math.inf, 0.5, 2.0, 8.0]  # only the points that were not stored
+    assert out["sweep_run"] == sweep_id and store.get_run(sweep_id)["status"] == "done"
+    assert store.get_run(sweep_id)["summary"]["n_points"] == 4
+    resumed = _stored(sweep_id)
+    assert resumed[0]["epsilon"].tolist() == list(EPSILONS) and resumed[0]["position"].tolist() == [0, 1, 2, 3]
+    # the same store as one uninterrupted run
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "again"))
+    store.upsert_run(spec.audit.run_id(), "audit", spec.audit.to_json(), "running")
+    store.finish_run(spec.audit.run_id(), summary={})
+    run_demo(spec)
+    once = _stored(sweep_id)
+    for a, b in zip(resumed, once, strict=True):
+        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    run_demo(spec)  # a finished sweep is reused as it is
+    assert fake_inputs == [math.inf, 0.5, 2.0, 8.0] * 2
+
+
+@pytest.mark.parametrize("n_points", [1, 3])
+def test_the_pages_show_a_running_sweeps_stored_points(fake_inputs: list[float], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, n_points: int) -> None:
+    from backend.runs.demo import run_demo
+    from backend.views import dashboard
+    from tests.test_pages import _open, _text
+
+    spec = _spec()
+    with pytest.raises(Stop):
+        run_demo(spec, _stop_at(n_points))
+    sweep_id = spec.sweep.run_id()
+    assert dashboard.latest("sweep", "synthetic", "fake") == sweep_id  # a running sweep with stored points
+    assert dashboard.sweep_progress(sweep_id) == ("running", n_points, 4)
+    view = dashboard.sweep_view(sweep_id)
+    assert len(view.points) == n_points and len(view.original)
+    for page in ("mitigation", "utility", "overview"):
+        at = _open(page, tmp_path, monkeypatch, model="fake")
+        assert not at.exception, page
+    assert f"{n_points} of 4 points stored" in _text(_open("mitigation", tmp_path, monkeypatch, model="fake"))
