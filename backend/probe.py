@@ -144,7 +144,7 @@ def auroc_table(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, reasons:
     for j in used:
         m = ~np.isnan(y[:, j])
         point[j] = roc_auc_score(y[m, j], scores[m, j])
-    boots = _bootstrap(scores, y, patient, used, n_bootstrap, seed)  # (n_bootstrap, L)
+    boots = bootstrap_aurocs(scores, y, patient, used, n_bootstrap, seed)  # (n_bootstrap, L)
     rows = []
     for j, name in enumerate(labels):
         lo, hi = _ci(boots[:, j]) if j in used else (np.nan, np.nan)
@@ -160,7 +160,7 @@ def auroc_table(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, reasons:
     return ProbeResult(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), macro, macro_ci, excluded)
 
 
-def _bootstrap(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, used: list[int], n: int, seed: int) -> np.ndarray:
+def bootstrap_aurocs(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, used: list[int], n: int, seed: int) -> np.ndarray:
     """(n, L) AUROCs over patient resamples (rows weighted by how often their patient was drawn); a resample in
     which one class of a label has no row is NaN for that label."""
     out = np.full((n, y.shape[1]), np.nan)

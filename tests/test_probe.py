@@ -103,7 +103,7 @@ def _sklearn_bootstrap(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, u
 def test_vectorised_bootstrap_equals_sklearn_per_resample() -> None:
     """The one-pass weighted AUROC of every resample equals sklearn's roc_auc_score with sample weights (to float
     rounding), with tied scores, NaN labels, and resamples that miss a class (NaN)."""
-    from backend.probe import _bootstrap, weighted_auc
+    from backend.probe import bootstrap_aurocs, weighted_auc
 
     rng = np.random.default_rng(11)
     n, n_labels = 300, 5
@@ -115,7 +115,7 @@ def test_vectorised_bootstrap_equals_sklearn_per_resample() -> None:
     y[:, 3] = 0.0
     y[:2, 3] = 1.0  # two positives: some resamples draw neither patient (NaN)
     used = [0, 1, 2, 3, 4]
-    fast, ref = _bootstrap(scores, y, patient, used, 60, seed=4), _sklearn_bootstrap(scores, y, patient, used, 60, 4)
+    fast, ref = bootstrap_aurocs(scores, y, patient, used, 60, seed=4), _sklearn_bootstrap(scores, y, patient, used, 60, 4)
     assert np.array_equal(np.isnan(fast), np.isnan(ref)) and np.isnan(ref[:, 3]).any()  # label 3: rare positives
     np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-12)
     assert np.allclose(fast[:, 4], 0.5)
