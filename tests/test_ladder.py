@@ -160,3 +160,30 @@ def test_ladder_cli_on_a_tiny_setting_prints_the_json(tmp_path: Path, monkeypatc
     assert dashboard.ladder_estimate(spec)["seconds"] == 0  # everything stored: a second run recomputes nothing
     table = dashboard.model_comparison([r["audit_run"] for r in doc["rungs"]])
     assert np.allclose(table["lift_max"], [r["lift_largest_n"]["lift"] for r in doc["rungs"]])
+
+
+@pytest.mark.parametrize("page", ["overview", "relinkage"])
+def test_pages_show_the_comparison_table(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a seeded store (two audited models; the demo's AUROCs from its sweep's original-model reference)."""
+    from tests.helpers.seed import seed_store
+    from tests.test_pages import _open
+
+    seed_store(tmp_path)
+    at = _open(page, tmp_path, monkeypatch)
+    tables = [t.value for t in at.dataframe if "Zero-shot AUROC [95% CI]" in t.value.columns]
+    assert len(tables) == 1, page
+    shown = tables[0].set_index("Model")
+    assert shown.loc["openai-vit-b-16", "Linear-probe AUROC [95% CI]"] == "not measured"
+    assert shown.loc["demo", "AUROCs from"] == "epsilon sweep's original model"
+    expected = dashboard.comparison_display(dashboard.model_comparison(
+        list(dashboard.audit_runs("synthetic")["run_id"]))).set_index("Model")
+    assert shown.loc["demo"].equals(expected.loc["demo"])
+
+
+def test_models_page_offers_the_ladder_with_an_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_pages import _open
+
+    at = _open("models_jobs", tmp_path, monkeypatch)
+    assert any("Train the ladder" == b.label for b in at.button)
+    text = " ".join(c.value for c in at.caption).replace("\\", "")  # ui.plain escapes markdown
+    assert "92 steps x 1.1 s" in text and "1,680 steps" in text  # nothing cached: every rung's training counted

@@ -171,7 +171,7 @@ def probe_for(model: str, source: str, options: dict[str, Any] | None = None) ->
         if not len(runs):
             continue
         runs = runs[(runs["model"] == model) & (runs["source"] == source)]
-        runs = runs[[dict(o or {}) == options for o in runs["source_options"]]]
+        runs = runs[np.array([dict(o or {}) == options for o in runs["source_options"]], dtype=bool)]
         for run_id in runs["run_id"]:
             probe = store.load_probe(run_id)
             if len(probe) and (probe["variant"] == variant).any():
