@@ -187,3 +187,19 @@ def test_models_page_offers_the_ladder_with_an_estimate(tmp_path: Path, monkeypa
     assert any("Train the ladder" == b.label for b in at.button)
     text = " ".join(c.value for c in at.caption).replace("\\", "")  # ui.plain escapes markdown
     assert "92 steps x 1.1 s" in text and "1,680 steps" in text  # nothing cached: every rung's training counted
+
+
+def test_the_rungs_probe_equals_the_probe_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model_probe (the ladder's) gives exactly the probe rows of `python -m backend probe` (original_result)."""
+    from backend.dp import model_probe, original_result
+    from backend.dp.eval import prepare
+    from backend.specs import DPSpec
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    register_tiny_models()
+    spec = DPSpec(source=SourceSpec(options={**TINY_SOURCE_OPTIONS, "n_patients": 40}), model="demo-tiny",
+                  audit=AuditSpec(n_bootstrap=5))
+    ours = model_probe(spec)
+    theirs = original_result(spec, prepare(spec, need_bank=False)).probe_rows
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
+    assert {"linear-probe", "zero-shot"} <= set(ours["method"])
