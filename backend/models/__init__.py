@@ -67,7 +67,7 @@ for _entry in (
                "synthetic", "trained on first use (about 2 min on a 2-core CPU), cached under <cache>/models",
                "backend.models.demo:load_rung"),
     ModelEntry("demo-strong", f"The demo's architecture; ladder rung 3 of 3, {RUNGS['demo-strong'].specialisation}",
-               "synthetic", "trained on first use (about 31 min on a 2-core CPU), cached under <cache>/models",
+               "synthetic", "trained on first use (about 32 min on a 2-core CPU), cached under <cache>/models",
                "backend.models.demo:load_rung"),
     ModelEntry("openai-vit-b-16", "OpenAI CLIP ViT-B/16 (general domain)", "general",
                f"Hugging Face hub {OPENAI_B16_REPO} (downloaded once into the HF cache)",
