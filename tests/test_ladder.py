@@ -203,3 +203,24 @@ def test_the_rungs_probe_equals_the_probe_command(tmp_path: Path, monkeypatch: p
     theirs = original_result(spec, prepare(spec, need_bank=False)).probe_rows
     pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
     assert {"linear-probe", "zero-shot"} <= set(ours["method"])
+
+
+def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs import jobs
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)  # stays queued: no worker
+    spec = LadderSpec(rungs=("demo-weak", "demo"), n_bootstrap=3)
+    job = jobs.submit(spec)
+    assert job.kind == "ladder" and job.active
+    assert [j.job_id for j in dashboard.running_jobs("audit", "synthetic", None)] == [job.job_id]
+    assert [j.job_id for j in dashboard.running_jobs("audit", "synthetic", "demo-weak")] == [job.job_id]
+    assert dashboard.running_jobs("audit", "synthetic", "openai-vit-b-16") == []
+    assert dashboard.running_jobs("audit", "openi", None) == []
+    assert "model ladder job" in dashboard.pending_text("audit", job, "synthetic", "demo-weak")
+    for rung in spec.rungs:  # every rung's audit stored: nothing is pending any more
+        audit = spec.audit(rung)
+        store.upsert_run(audit.run_id(), "audit", audit.to_json(), "running")
+        store.finish_run(audit.run_id(), metrics={"model": pd.DataFrame([_curve(10, 0.5)])})
+    assert dashboard.running_jobs("audit", "synthetic", None) == []
+    jobs.cancel(job.job_id, grace_s=0.1, wait=True)
