@@ -224,3 +224,29 @@ def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, monkey
         store.finish_run(audit.run_id(), metrics={"model": pd.DataFrame([_curve(10, 0.5)])})
     assert dashboard.running_jobs("audit", "synthetic", None) == []
     jobs.cancel(job.job_id, grace_s=0.1, wait=True)
+
+
+def test_the_ladder_job_runs_in_a_worker_and_stores_each_rung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job path (kind, worker, persist) on two tiny rungs; the bar only moves forward; resubmitting reuses it."""
+    from backend.runs import jobs
+    from backend.runs.ladder import run_ladder
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    register_tiny_models()
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)
+    monkeypatch.setattr(jobs.signal, "signal", lambda *a: None)
+    spec = LadderSpec(rungs=("demo-weak-tiny", "demo-tiny"), n_bootstrap=3,
+                      source=SourceSpec(options={**TINY_SOURCE_OPTIONS, "n_patients": 40}), probe=False)
+    job = jobs.submit(spec)
+    assert jobs.run_worker(job.job_id) == 0, jobs.read_log(jobs.get_job(job.job_id))
+    done = jobs.get_job(job.job_id)
+    assert done.status == "done" and done.done == done.total
+    summary = store.get_run(spec.run_id())["summary"]
+    assert [r["model"] for r in summary["rungs"]] == list(spec.rungs)
+    assert all(r["probe_run"] is None for r in summary["rungs"])
+    table = dashboard.model_comparison([r["audit_run"] for r in summary["rungs"]])
+    assert (table["probe_from"] == "not measured").all()  # probe=False: the table says so
+    assert jobs.submit(spec).status == "done"
+    seen: list[int] = []
+    run_ladder(spec, lambda d, t, m="": seen.append(d))  # everything stored: nothing recomputed, bar to the end
+    assert seen == sorted(seen) and seen[-1] == 1000
