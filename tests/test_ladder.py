@@ -53,12 +53,14 @@ def test_each_rung_trains_reproducibly_on_the_cpu(name: str, tmp_path: Path, mon
     from backend.models.demo import train_demo
 
     config = TINY_RUNGS[name]
-    weights = []
+    weights, files = [], []
     for i in range(2):
         monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / f"c{i}"))
         folder = train_demo(config)
         assert folder.name == f"demo-{config.key()}"
+        files.append((folder / "weights.pt").read_bytes())
         weights.append(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+    assert files[0] == files[1], "the saved weights file differs between two trainings with the same seed"
     a, b = weights
     assert list(a) == list(b)
     for key in a:
