@@ -81,6 +81,33 @@ def relink_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
     return dashboard.relink_rows(list(run_ids), variant="model")
 
 
+@st.cache_data(ttl=2, show_spinner=False, max_entries=16)
+def model_comparison(run_ids: tuple[str, ...]) -> pd.DataFrame:
+    """The side-by-side table of audited models (a probe may be stored after the audit: short ttl)."""
+    return dashboard.model_comparison(list(run_ids))
+
+
+def comparison_table(run_ids: tuple[str, ...]) -> None:
+    """Per audited model: linear-probe and zero-shot macro AUROC and lift at N=100 and the largest N, with CIs."""
+    table = model_comparison(run_ids)
+    if table.empty:
+        return
+    ci = "95% CI from a bootstrap over patients."
+    st.dataframe(dashboard.comparison_display(table), hide_index=True, column_config={
+        "Linear-probe AUROC [95% CI]": st.column_config.TextColumn(help=dashboard.DEFINITIONS["auroc"] + " " + ci),
+        "Zero-shot AUROC [95% CI]": st.column_config.TextColumn(
+            help="Zero-shot: per finding, cosine with a positive minus a negative prompt. " + ci),
+        "Lift at N=100 [95% CI]": st.column_config.TextColumn(
+            help=dashboard.DEFINITIONS["lift"] + " Random pool, study level, Recall@1; at N=100 or the largest N "
+                 "below it. " + ci),
+        "Lift at the largest N [95% CI]": st.column_config.TextColumn(
+            help=dashboard.DEFINITIONS["lift"] + " At the largest pool the split allows (the whole database). " + ci),
+        "AUROCs from": st.column_config.TextColumn(
+            help="A probe run (the model ladder's, or a probe job), else the original-model reference of an epsilon "
+                 "sweep on the same data; 'not measured' when neither is stored."),
+    })
+
+
 def sweep_view(sweep_id: str) -> dashboard.SweepView:
     """A sweep, read from the store once per process (again when a running sweep stored another point); the
     epsilon slider only re-renders."""

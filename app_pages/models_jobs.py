@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
+from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, LadderSpec, SourceSpec
 from backend.views import dashboard
 
 source, model = ui.selection()
@@ -44,6 +44,23 @@ if (embed_clicked or audit_clicked) and (not ui.needs_root(source) or ui.source_
     embed = EmbedSpec(source=SourceSpec(name=source, root=root), model=chosen, split=split)
     spec = AuditSpec(embed=embed, pools=tuple(pools) or POOL_KINDS, n_bootstrap=int(n_boot)) if audit_clicked else embed
     ui.submit(spec)
+
+st.subheader("The model ladder")
+st.markdown("Three demo models of the same architecture, trained by the project with increasing in-domain "
+            "specialisation (demo-weak: site A style only, 3,000 pairs, 4 epochs; demo: 12,000 pairs, 8 epochs; "
+            "demo-strong: 18,000 pairs, 12 epochs), each audited on the same synthetic test split and probed. Each "
+            "rung's results appear on Re-linkage and Overview as soon as they are stored.")
+ladder_spec = LadderSpec()
+estimate = dashboard.ladder_estimate(ladder_spec)
+st.caption(ui.plain(estimate["text"]))
+if st.button("Train the ladder", help="One background job: train each rung (cached), audit it, probe it. "
+             + estimate["text"]):
+    job = ui.submit(ladder_spec)
+    if job is not None:
+        st.session_state["ladder_job"] = job.job_id
+running = st.session_state.get("ladder_job") or ui.active_job_id("ladder")
+if running:
+    ui.watch_job(running)
 
 st.subheader("Jobs")
 

@@ -87,6 +87,13 @@ if head.get("audit_run"):
     rows = ui.relink_rows((head["audit_run"],))
     st.plotly_chart(figures.recall_curves(rows[rows["level"] == "study"], k=1, title=f"{model} on {source}: Recall@1 "
                                           "against pool size"), key="overview_curve")
+    audited = ui.audit_runs(source)
+    if len(audited) > 1:
+        st.subheader("Audited models side by side")
+        st.caption("Utility (macro AUROC) beside re-linkage (lift of Recall@1, random pool) for every model audited on "
+                   "this dataset; the curves of all of them are overlaid on Re-linkage. Train the model ladder on "
+                   "Models and jobs.")
+        ui.comparison_table(tuple(audited["run_id"]))
     demo_here = bool(ui.snapshot_note(source, model)) and source == ui.DEFAULT_SOURCE and model == "demo"
     if not demo_here and not ui.pending_note("sweep", source, model, head.get("sweep_run")) and not head.get("sweep_run"):
         st.info("No epsilon sweep yet for this dataset and model: launch one on the Mitigation page.")

@@ -54,6 +54,11 @@ st.dataframe(table, hide_index=True, column_config={
     "CI": st.column_config.TextColumn(help="95% CI of the recall, bootstrap over patients."),
     "effective N": st.column_config.NumberColumn(format="%.0f", help=dashboard.DEFINITIONS["effective_n"]),
 })
+st.subheader("Models side by side")
+st.caption("Per audited model: clinical utility (macro AUROC over the 14 findings) beside re-linkage (lift of "
+           "Recall@1 over chance, random pool, study level). The model ladder (Models and jobs) fills it for the "
+           "demo-weak, demo and demo-strong rungs; any audited models compare the same way.")
+ui.comparison_table(tuple(runs[runs["model"].isin(chosen)]["run_id"]))
 st.caption(ui.plain(" · ".join(dashboard.run_inputs(r) for r in runs[runs["model"].isin(chosen)]["run_id"])),
            help="The data hash covers the whole pair table (ids, patients, labels, reports) and every image file's "
                 "size and time: a run over data that changed since is recomputed when it is launched again.")

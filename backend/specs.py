@@ -221,10 +221,57 @@ class DemoSpec(SpecMixin):
     sweep: SweepSpec | None = field(default_factory=lambda: SweepSpec(epsilons=(1.0, 8.0, math.inf)))
 
 
+@dataclass(frozen=True)
+class ProbeSpec(SpecMixin):
+    """Linear-probe and zero-shot macro AUROC of a model's own embeddings (backend/probe.py): the probes are
+    fitted on the source's train split and scored on its test split, patient-bootstrap CIs (what
+    `python -m backend probe` prints)."""
+
+    source: SourceSpec = field(default_factory=SourceSpec)
+    model: str = "demo"
+    n_bootstrap: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_bootstrap < 0:
+            raise SpecError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}.")
+
+
+LADDER_RUNGS: tuple[str, ...] = ("demo-weak", "demo", "demo-strong")  # backend/models/demo_config.py, weakest first
+
+
+@dataclass(frozen=True)
+class LadderSpec(SpecMixin):
+    """The model ladder: train each rung (cached), audit it on the same test split of `source` and probe it;
+    each rung's audit (an AuditSpec) and probe (a ProbeSpec) is stored as its own run as soon as it is done."""
+
+    rungs: tuple[str, ...] = LADDER_RUNGS
+    source: SourceSpec = field(default_factory=SourceSpec)
+    n_bootstrap: int = 200
+    seed: int = 0
+    probe: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.rungs:
+            raise SpecError("A ladder needs at least one rung (e.g. --rungs demo-weak demo demo-strong).")
+        if len(set(self.rungs)) != len(self.rungs):
+            raise SpecError(f"A rung is listed twice in {list(self.rungs)}.")
+        if self.n_bootstrap < 0:
+            raise SpecError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}.")
+
+    def audit(self, rung: str) -> AuditSpec:
+        """The audit of one rung (with the defaults, the demo rung's audit is the demo job's audit: one run)."""
+        return AuditSpec(embed=EmbedSpec(source=self.source, model=rung), n_bootstrap=self.n_bootstrap, seed=self.seed)
+
+    def probe_spec(self, rung: str) -> ProbeSpec:
+        return ProbeSpec(source=self.source, model=rung, n_bootstrap=self.n_bootstrap, seed=self.seed)
+
+
 # ---------------------------------------------------------------- spec JSON round trip
 
 SPEC_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (SourceSpec, EmbedSpec, AuditSpec, DPSpec, SweepSpec, SelfTestSpec, DemoSpec)
+    cls.__name__: cls for cls in (SourceSpec, EmbedSpec, AuditSpec, DPSpec, SweepSpec, SelfTestSpec, DemoSpec, ProbeSpec,
+                                   LadderSpec)
 }
 
 

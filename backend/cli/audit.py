@@ -90,13 +90,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_prepare_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from backend.models.demo import DEFAULT_DEMO, prepare_demo
+    from backend.models.demo import prepare_demo
+    from backend.models.demo_config import get_rung
 
     check_device(args.device)
+    base = get_rung(args.rung).config
     changes = {k: v for k, v in (("epochs", args.epochs), ("max_pairs", args.max_pairs)) if v is not None}
     if args.n_patients is not None:
-        changes["source_options"] = {**DEFAULT_DEMO.source_options, "n_patients": args.n_patients}
-    config = dataclasses.replace(DEFAULT_DEMO, **changes)
+        changes["source_options"] = {**base.source_options, "n_patients": args.n_patients}
+    config = dataclasses.replace(base, **changes)
     folder = prepare_demo(phased_progress("demo"), config, device=args.device or "cpu")
     print(folder)
     return 0
@@ -161,6 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
     p = subparsers.add_parser("prepare-demo", help="train the demo model now (otherwise done on first use)")
+    p.add_argument("--rung", default="demo", help="train this rung of the ladder instead (demo-weak, demo-strong)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--n-patients", type=int, default=None, help="synthetic patients generated for training")

@@ -209,6 +209,14 @@ def original_result(spec: DPSpec, inputs: EvalInputs) -> DPResult:
                     **_members_fields(inputs.train.heads, inputs, spec))
 
 
+def model_probe(spec: DPSpec, progress: ProgressLike | None = None) -> pd.DataFrame:
+    """The probe rows of the model's own heads (what `python -m backend probe` reports, without re-linkage):
+    linear probe and zero-shot on the projected embeddings, and the linear probe on the frozen features; columns
+    target, method ('linear-probe' | 'zero-shot'), features ('projected' | 'frozen') and probe.ROW_COLUMNS."""
+    inputs = prepare(spec, progress or null_progress, need_bank=False)
+    return evaluate(inputs.train.heads, inputs, spec.audit, relink=False)[2]
+
+
 def run_dp(spec: DPSpec, progress: ProgressLike | None = None) -> DPResult:
     """Embed (cached), train the heads under spec, project the test split(s), audit and probe."""
     progress = progress or null_progress

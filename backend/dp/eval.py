@@ -137,28 +137,32 @@ def frozen_reference(inputs: EvalInputs, audit: AuditSpec) -> pd.DataFrame:
 
 
 def evaluate(heads: dict, inputs: EvalInputs, audit: AuditSpec,
-             progress: ProgressLike = null_progress) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+             progress: ProgressLike = null_progress, *, relink: bool = True) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """Audit and probe the heads on the in-domain test split and every transfer target.
 
     Returns (relink rows with a `target` column, {target: relink summary}, probe rows with target/method/features).
+    relink=False: the probes only (empty relink rows and summaries).
     """
 
     tr = inputs.train
     train_emb = project(heads, tr.image_feat, "image")
     pos = project(heads, inputs.prompts_pos, "text")
     neg = project(heads, inputs.prompts_neg, "text")
-    relink, summaries, probes = [], {}, []
+    relinks, summaries, probes = [], {}, []
     for target, te in [("in-domain", inputs.test), *inputs.transfer.items()]:
-        img, rep = project(heads, te.image_feat, "image"), project(heads, te.text_feat, "text")
-        res = audit_embeddings(dataclasses.replace(te, image_emb=img, report_emb=rep), audit, progress)
-        rows = res.rows.copy()
-        rows.insert(0, "target", target)
-        relink.append(rows)
-        summaries[target] = res.summary
+        img = project(heads, te.image_feat, "image")
+        if relink:
+            rep = project(heads, te.text_feat, "text")
+            res = audit_embeddings(dataclasses.replace(te, image_emb=img, report_emb=rep), audit, progress)
+            rows = res.rows.copy()
+            rows.insert(0, "target", target)
+            relinks.append(rows)
+            summaries[target] = res.summary
         patient = te.meta["patient_id"].to_numpy()
         lp = linear_probe(train_emb, tr.labels(), img, te.labels(), patient, n_bootstrap=audit.n_bootstrap, seed=audit.seed)
         zs = zero_shot(img, pos, neg, te.labels(), patient, n_bootstrap=audit.n_bootstrap, seed=audit.seed)
         probes += [_probe_rows(lp, target, "linear-probe", "projected"), _probe_rows(zs, target, "zero-shot", "projected")]
     if inputs.frozen_rows is not None:
         probes.append(inputs.frozen_rows)
-    return pd.concat(relink, ignore_index=True), summaries, pd.concat(probes, ignore_index=True)
+    relink_rows = pd.concat(relinks, ignore_index=True) if relinks else pd.DataFrame()
+    return relink_rows, summaries, pd.concat(probes, ignore_index=True)

@@ -3,7 +3,8 @@ naming the function that builds it ("module:function"), imported only when the m
 
     load_model(name, device=None, progress=None, **options) -> LoadedModel   (backend.models.openclip)
 
-Built-in entries: the project's demo model (trained by backend.models.demo), OpenAI CLIP ViT-B/16 and
+Built-in entries: the project's demo model and its ladder rungs demo-weak and demo-strong (trained by
+backend.models.demo, configs in backend.models.demo_config), OpenAI CLIP ViT-B/16 and
 BiomedCLIP from the Hugging Face hub, a CheXzero checkpoint, and `local:<path>[#config]` checkpoints. Hub
 entries never hang: when offline and the weights are not cached, loading raises ModelUnavailableError at once.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.errors import ModelUnavailableError
+from backend.models.demo_config import RUNGS
 from backend.registry import Registry, resolve
 from backend.settings import check_device
 
@@ -57,9 +59,16 @@ def load_model(name: str, device: Any = None, progress: Any = None, **options: A
 
 
 for _entry in (
-    ModelEntry("demo", "Small CLIP (ViT image tower, 128 px) trained by the project on the synthetic train split",
-               "synthetic", "trained on first use (a few minutes on a CPU), cached under <cache>/models",
+    ModelEntry("demo", "Small CLIP (ViT image tower, 128 px) trained by the project on the synthetic train split; "
+               f"ladder rung 2 of 3, {RUNGS['demo'].specialisation}",
+               "synthetic", "trained on first use (about 14 min on a 2-core CPU), cached under <cache>/models",
                "backend.models.demo:load_demo"),
+    ModelEntry("demo-weak", f"The demo's architecture; ladder rung 1 of 3, {RUNGS['demo-weak'].specialisation}",
+               "synthetic", "trained on first use (about 2 min on a 2-core CPU), cached under <cache>/models",
+               "backend.models.demo:load_rung"),
+    ModelEntry("demo-strong", f"The demo's architecture; ladder rung 3 of 3, {RUNGS['demo-strong'].specialisation}",
+               "synthetic", "trained on first use (about 32 min on a 2-core CPU), cached under <cache>/models",
+               "backend.models.demo:load_rung"),
     ModelEntry("openai-vit-b-16", "OpenAI CLIP ViT-B/16 (general domain)", "general",
                f"Hugging Face hub {OPENAI_B16_REPO} (downloaded once into the HF cache)",
                "backend.models.openclip:load_openai_b16", hub=True),

@@ -1,7 +1,8 @@
 """The `demo` model: a small open_clip CLIP that the project trains itself, CLIP-style, on the synthetic
 source's train split, so that the whole audit runs on a laptop with no download.
 
-Training is seeded and cached: the weights live in settings.cache_subdir("models")/demo-<key>/, where
+DemoConfig and the ladder's rungs are defined torch-free in backend/models/demo_config.py. Training is seeded
+and cached: the weights live in settings.cache_subdir("models")/demo-<key>/, where
 the key hashes the DemoConfig and TRAIN_VERSION, and are reused by every later run. Images are rendered
 once into a uint8 array (n, S, S) and normalised exactly as the model's inference transform does
 (grayscale replicated to 3 channels, (x/255 - 0.5) / 0.25), so training and embedding see the same pixels.
@@ -13,14 +14,12 @@ of one study, or boilerplate normal reports) are all positives of each other, no
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,54 +29,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from backend import settings
-from backend.errors import SourceError, SpecError
+from backend.errors import SourceError
+from backend.models.demo_config import DEFAULT_DEMO, TRAIN_VERSION, DemoConfig, demo_dir, get_rung
 from backend.models.openclip import LoadedModel, build_architecture, file_id, wrap_model
 from backend.progress import ProgressLike, null_progress
 from backend.sources import load_source
 
 log = logging.getLogger(__name__)
 
-TRAIN_VERSION = "demo-train-v1"  # bump when the training code changes what it produces
 DEMO_MEAN, DEMO_STD = 0.5, 0.25
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """What the demo is trained on and how. Every field is part of the cache key."""
-
-    arch: str = "cxr-demo"  # an open_clip config (backend/models/configs/<arch>.json)
-    # Patients are a function of (seed, index) and splits of the patient id, so these train patients are
-    # never test patients of any synthetic dataset with the same seed.
-    source_options: dict[str, Any] = field(default_factory=lambda: {"n_patients": 4500, "seed": 0})
-    max_pairs: int = 12000  # cap on training pairs (first pairs of the train split)
-    epochs: int = 8  # 744 steps; bench/demo_scan.py: R@1@100 0.067 at 4 epochs, 0.094 at 8, 0.100 at 16 (GPU scan)
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_frac: float = 0.05
-    shift_px: int = 4  # random translation augmentation (pixels at model resolution)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "max_pairs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise SpecError(f"Demo {name} must be an integer >= 1, got {value!r} (an untrained or empty demo "
-                                "model would be cached).")
-        if not (self.lr > 0):
-            raise SpecError(f"Demo lr must be > 0, got {self.lr!r}.")
-
-    def key(self) -> str:
-        blob = json.dumps({"v": TRAIN_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-DEFAULT_DEMO = DemoConfig()
-
-
-def demo_dir(config: DemoConfig = DEFAULT_DEMO) -> Path:
-    """Folder of the cached weights of `config` (may not exist yet)."""
-    return settings.cache_subdir("models") / f"demo-{config.key()}"
 
 
 def _image_size(model: torch.nn.Module) -> int:
@@ -227,3 +187,8 @@ def load_demo(device: torch.device, progress: ProgressLike | None = None, config
     model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
     mean, std = (DEMO_MEAN,) * 3, (DEMO_STD,) * 3
     return wrap_model(name, model, tokenizer, device, weights_id=file_id(folder / "weights.pt"), mean=mean, std=std)
+
+
+def load_rung(device: torch.device, progress: ProgressLike | None = None, name: str = "demo", **_: Any) -> LoadedModel:
+    """A rung of the ladder (backend.models.demo_config.RUNGS) by its model name, training it first when needed."""
+    return load_demo(device, progress, config=get_rung(name).config, name=name)

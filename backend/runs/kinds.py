@@ -16,7 +16,7 @@ from typing import Any
 from backend.errors import JobError
 from backend.progress import ProgressLike, null_progress
 from backend.registry import Registry, resolve
-from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SelfTestSpec, SweepSpec
+from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, LadderSpec, ProbeSpec, SelfTestSpec, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -72,5 +72,9 @@ for _kind in (
             "one DP run per epsilon"),
     JobKind("demo", DemoSpec, "backend.runs.demo:run_demo", "backend.runs.persist:persist_demo",
             "prepare the demo model, audit it, and sweep epsilon"),
+    JobKind("probe", ProbeSpec, "backend.runs.ladder:run_probe", "backend.runs.persist:persist_probe",
+            "linear-probe and zero-shot AUROC of a model's own embeddings"),
+    JobKind("ladder", LadderSpec, "backend.runs.ladder:run_ladder", "backend.runs.persist:persist_ladder",
+            "train each rung of the model ladder (cached), audit and probe it"),
 ):
     register_job_kind(_kind)

@@ -154,6 +154,38 @@ def finish_sweep(run_id: str, spec: Any, device: str) -> None:
     store.finish_run(run_id, summary={"n_points": len(store.load_sweep_points(run_id))}, device=device, keep_parts=True)
 
 
+def probe_records(rows: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """Probe rows of a model's own embeddings (backend.dp.model_probe) -> store records: the in-domain rows on the
+    projected embeddings under 'model' (methods 'linear' / 'zero-shot'), the frozen-feature linear probe under
+    'frozen'."""
+    if rows is None or not len(rows):
+        return {}
+    rows = rows[rows["target"] == "in-domain"] if "target" in rows.columns else rows
+    rows = rows.assign(method=rows["method"].map(lambda m: METHODS.get(m, m)))
+    if "features" not in rows.columns:
+        return {"model": rows}
+    return {k: v for k, v in (("model", rows[rows["features"] == "projected"]),
+                              ("frozen", rows[rows["features"] == "frozen"])) if len(v)}
+
+
+def persist_probe(run_id: str, spec: Any, result: pd.DataFrame, device: str) -> None:
+    """The probe rows of one model (ProbeSpec) -> one finished probe run; its summary keeps the macro AUROCs."""
+    probe = probe_records(result)
+    summary: dict[str, Any] = {}
+    own = probe.get("model")
+    if own is not None:
+        for method, name in (("linear", "linear_probe"), ("zero-shot", "zero_shot")):
+            macro = own[(own["method"] == method) & (own["label"] == "macro")]
+            if len(macro):
+                summary[name] = {k: float(macro[k].iloc[0]) for k in ("auroc", "ci_low", "ci_high")}
+    store.upsert_run(run_id, "probe", spec.to_json(), "running")
+    store.finish_run(run_id, summary=summary, device=device, probe=probe)
+
+
+def persist_ladder(run_id: str, spec: Any, result: dict[str, Any], device: str) -> None:
+    store.finish_run(run_id, summary=result, device=device)
+
+
 def persist_demo(run_id: str, spec: Any, result: dict[str, Any], device: str) -> None:
     store.finish_run(run_id, summary={k: v for k, v in result.items() if v is not None}, device=device)
 

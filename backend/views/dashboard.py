@@ -19,10 +19,19 @@ import pandas as pd
 
 from backend import models, settings
 from backend.errors import RelinkError, SpecError
-from backend.runs import jobs, snapshot, store
+from backend.runs import jobs, ladder, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import get_source, list_sources, load_source
-from backend.specs import DEFAULT_EPSILONS, POOL_KINDS, DPSpec, SourceSpec, SweepSpec, pool_name, spec_from_json
+from backend.specs import (
+    DEFAULT_EPSILONS,
+    POOL_KINDS,
+    DPSpec,
+    LadderSpec,
+    SourceSpec,
+    SweepSpec,
+    pool_name,
+    spec_from_json,
+)
 
 # The model registry imports torch (seconds); the dashboard lists names without it.
 
@@ -157,6 +166,87 @@ def lift_table(rows: pd.DataFrame, k: int = 1) -> pd.DataFrame:
                             "CI": f"{r['ci_low']:.3f}-{r['ci_high']:.3f}", "effective N": r["effective_n"],
                             "chance": r["chance"], "lift": r["lift"]})
     return pd.DataFrame(out)
+
+
+def probe_for(model: str, source: str, options: dict[str, Any] | None = None) -> tuple[str | None, str, str]:
+    """Where the linear-probe and zero-shot AUROCs of `model`'s own embeddings on this dataset are stored:
+    (run id, probe variant, what it is) of the newest probe run (ProbeSpec, the ladder's), else of the newest epsilon
+    sweep's original-model reference (the same probes of the same heads), else (None, '', 'not measured')."""
+    options = options or {}
+    for kind, variant, what in (("probe", "model", "probe run"), ("sweep", "original", "epsilon sweep's original model")):
+        runs = catalog(kind)
+        if not len(runs):
+            continue
+        runs = runs[(runs["model"] == model) & (runs["source"] == source)]
+        runs = runs[np.array([dict(o or {}) == options for o in runs["source_options"]], dtype=bool)]
+        for run_id in runs["run_id"]:
+            probe = store.load_probe(run_id)
+            if len(probe) and (probe["variant"] == variant).any():
+                return str(run_id), variant, what
+    return None, "", "not measured"
+
+
+def _macro_ci(probe: pd.DataFrame, method: str) -> tuple[float, float, float]:
+    sel = probe[(probe["method"] == method) & (probe["label"] == "macro")]
+    if not len(sel):
+        return (math.nan, math.nan, math.nan)
+    r = sel.iloc[0]
+    return float(r["auroc"]), float(r["ci_low"]), float(r["ci_high"])
+
+
+COMPARISON_N = 100
+
+
+def model_comparison(audit_ids: list[str]) -> pd.DataFrame:
+    """The ladder's table for any set of audited models, one row per audit run (study level, random pool,
+    Recall@1): model, audit_run, probe_run, probe_from, linear / zero_shot macro AUROC with _low/_high (NaN when no
+    probe was stored), and at N=100 (the largest N <= 100) and at the largest N: n_, recall_, lift_ with CIs."""
+    out = []
+    for audit_id in audit_ids:
+        run = store.get_run(audit_id) or {}
+        info = spec_info(run.get("spec", "{}"))
+        rows = store.load_metrics(audit_id)
+        rows = rows[rows["variant"] == "model"]
+        row: dict[str, Any] = {"model": info.get("model", audit_id), "audit_run": audit_id}
+        probe_id, variant, what = probe_for(row["model"], info.get("source", ""), info.get("source_options"))
+        probe = store.load_probe(probe_id) if probe_id else pd.DataFrame(columns=["variant", "method", "label"])
+        probe = probe[probe["variant"] == variant]
+        row.update(probe_run=probe_id, probe_from=what)
+        for method, name in (("linear", "linear"), ("zero-shot", "zero_shot")):
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = _macro_ci(probe, method)
+        for tag, n in (("100", COMPARISON_N), ("max", None)):
+            p = _point(rows, n) or {}
+            row.update({f"n_{tag}": p.get("n", math.nan), f"recall_{tag}": p.get("recall", math.nan),
+                        f"recall_{tag}_low": p.get("ci_low", math.nan), f"recall_{tag}_high": p.get("ci_high", math.nan),
+                        f"lift_{tag}": p.get("lift", math.nan), f"lift_{tag}_low": p.get("lift_low", math.nan),
+                        f"lift_{tag}_high": p.get("lift_high", math.nan)})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
+    """model_comparison's rows as the pages show them: AUROCs and lifts with their 95% CIs as text, "not measured"
+    where no probe was stored."""
+    def auroc(r: Any, name: str) -> str:
+        v = getattr(r, name)
+        return "not measured" if not np.isfinite(v) else f"{v:.3f} [{getattr(r, name + '_low'):.3f}, {getattr(r, name + '_high'):.3f}]"
+
+    def lift(r: Any, tag: str) -> str:
+        v = getattr(r, f"lift_{tag}")
+        if not np.isfinite(v):
+            return "n/a"
+        return f"{v:.1f}x [{getattr(r, f'lift_{tag}_low'):.1f}, {getattr(r, f'lift_{tag}_high'):.1f}] at N={int(getattr(r, f'n_{tag}')):,}"
+
+    if table.empty:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "Model": table["model"],
+        "Linear-probe AUROC [95% CI]": [auroc(r, "linear") for r in table.itertuples()],
+        "Zero-shot AUROC [95% CI]": [auroc(r, "zero_shot") for r in table.itertuples()],
+        "Lift at N=100 [95% CI]": [lift(r, "100") for r in table.itertuples()],
+        "Lift at the largest N [95% CI]": [lift(r, "max") for r in table.itertuples()],
+        "AUROCs from": table["probe_from"],
+    })
 
 
 @dataclass
@@ -546,7 +636,7 @@ def sweep_estimate(n_epsilons: int, n_targets: int = 0) -> str:
                    "machine; larger datasets take longer, a GPU less.")
 
 
-RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep"}
+RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep", "ladder": "Model ladder"}
 
 
 def running_jobs(kind: str, source: str | None = None, model: str | None = None) -> list[jobs.Job]:
@@ -555,7 +645,11 @@ def running_jobs(kind: str, source: str | None = None, model: str | None = None)
     session opened while another session's (or the command line's) job runs shows it as running."""
     out = []
     for job in jobs.list_jobs(limit=50):
-        if not job.active or job.kind not in (kind, "demo"):
+        if not job.active or job.kind not in (kind, "demo", "ladder"):
+            continue
+        if job.kind == "ladder":
+            if kind == "audit" and _ladder_pending(job.spec, source, model):
+                out.append(job)
             continue
         info = spec_info(job.spec)
         if (source and info.get("source") != source) or (model and info.get("model") != model):
@@ -571,11 +665,29 @@ def running_jobs(kind: str, source: str | None = None, model: str | None = None)
     return out
 
 
+def _ladder_pending(spec_json: str, source: str | None, model: str | None) -> bool:
+    """Whether a ladder job will still store an audit for this dataset (and model, when given)."""
+    try:
+        spec = spec_from_json(spec_json)
+    except RelinkError:
+        return False
+    if not isinstance(spec, LadderSpec) or (source and spec.source.name != source):
+        return False
+    return any((store.get_run(spec.audit(r).run_id()) or {}).get("status") != "done"
+               for r in spec.rungs if not model or r == model)
+
+
+def ladder_estimate(spec: LadderSpec | None = None) -> dict[str, Any]:
+    """The ladder job's time estimate from what is cached now (backend.runs.ladder.ladder_estimate)."""
+    return ladder.ladder_estimate(spec or LadderSpec())
+
+
 def pending_text(kind: str, job: jobs.Job, source: str | None, model: str | None) -> str:
     """One line for a page whose run is still being computed: "Epsilon sweep running (40%) ..."."""
     what = RUN_NAMES.get(kind, kind)
     target = " for " + " on ".join(x for x in (model, source) if x) if (model or source) else ""
-    via = " as part of the demo job" if job.kind == "demo" and kind != "demo" else ""
+    via = (f" as part of the {'demo' if job.kind == 'demo' else 'model ladder'} job"
+           if job.kind in ("demo", "ladder") and kind != job.kind else "")
     step = f": {job.message}" if job.message else ""
     return (f"{what} {job.status} ({job.fraction:.0%}){target}{via}{step}. Its results appear on this page as soon "
             "as they are stored.")
