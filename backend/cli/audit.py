@@ -12,6 +12,7 @@ from typing import Any
 from backend.embed import load_embedding_set, save_npz
 from backend.errors import SpecError
 from backend.models import list_models
+from backend.models.demo_config import get_rung
 from backend.progress import phased_progress
 from backend.settings import check_device
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
@@ -91,7 +92,6 @@ def cmd_prepare_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from backend.models.demo import prepare_demo
-    from backend.models.demo_config import get_rung
 
     check_device(args.device)
     base = get_rung(args.rung).config
