@@ -5,6 +5,8 @@ CXR_OPENI_ROOT  folder with the OpenI archives (default: <repo>/../shared/data/o
 CXR_MIMIC_ROOT, CXR_CHEXPERT_PLUS_ROOT  folders of the credentialed datasets (no default)
 CXR_DEMO_SNAPSHOT  1 (default): the app imports the shipped demo results on start; 0: it does not (tests)
 CXR_IMAGE_CHECK_WORKERS  threads that check a source's images (default: CPU count + 4, at most 32)
+CXR_IMAGE_LOADER  auto | reference | fast | gpu: how file images are decoded (backend/embed/images.py)
+CXR_EMBED_DEVICES  e.g. cuda:0,cuda:1 or all: embed on several devices at once (backend/embed/shards.py)
 """
 
 from __future__ import annotations
