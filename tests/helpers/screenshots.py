@@ -20,7 +20,7 @@ from pathlib import Path
 from tests.helpers.browser_kit import ARGS, CHROMIUM, REPO, no_errors, open_page, running_app, settle
 
 OUT = REPO / "docs" / "screenshots"
-PAGES = (("", "overview", "Verdict"), ("data", "data", "Dataset"), ("models_jobs", "models_jobs", "Models and jobs"),
+PAGES = (("", "overview", "Verdict"), ("data", "data", "Dataset"), ("models_jobs", "models_jobs", "Train the ladder"),
          ("relinkage", "relinkage", "Lift table"), ("explorer", "explorer", "Rank of the true report"),
          ("mitigation", "mitigation", "Privacy budget"), ("utility", "utility", "Transfer"), ("report", "report", "Audit report"))
 
