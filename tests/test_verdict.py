@@ -73,3 +73,24 @@ def test_run_inputs_names_the_data_hash(ids: dict[str, str]) -> None:
     store.set_run_inputs(run_id, {"data_hash": "abcdef0123456789", "n_pairs": 1234})
     assert dashboard.run_inputs(run_id) == f"run {run_id}: computed from data abcdef012345 (1,234 pairs)"
     assert dashboard.run_inputs(None) == ""
+
+
+def test_report_opens_with_the_verdict_caveats_and_readable_names(ids: dict[str, str]) -> None:
+    """Issue 13 part 3: the HTML report leads with the verdict (the same sentences as the Overview, with CIs),
+    the privacy caveats, a SYNTHETIC warning on synthetic data, a utility section, no raw column names."""
+    from backend.views import report
+
+    source, model = "synthetic", "demo"  # the seeded store's demo audit and sweep (tests/helpers/seed.py)
+    assert dashboard.latest("audit", source, model) == ids["audit:demo"]
+    text = report.build_report(source, model)
+    v = dashboard.verdict(dashboard.latest("audit", source, model), dashboard.headline(source, model).get("sweep_run"))
+    import html as html_mod
+
+    for line in v["lines"]:
+        assert html_mod.escape(line["sentence"]) in text
+    assert text.index("Verdict") < text.index("privacy caveats") < text.index("The threat")
+    assert all(html_mod.escape(c) in text for c in report.CAVEATS)
+    assert "95% CI" in text and "Clinical utility at the strongest epsilon" in text
+    assert ">r1_random<" not in text and ">auroc_linear<" not in text and "Recall@1, random pool, largest N" in text
+    assert "@media print" in text
+    assert (html_mod.escape(report.SYNTHETIC_WARNING) in text) == (source == "synthetic")

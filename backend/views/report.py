@@ -26,6 +26,28 @@ THREAT = (
 )
 
 
+CAVEATS: tuple[str, ...] = (
+    "Only the projection heads are private: DP-SGD trains the two linear heads on frozen encoder features; the "
+    "encoders themselves saw their training data without any guarantee, and their features are used as they are.",
+    "Epsilon bounds what one training patient (or pair, per the privacy unit) adds to the heads. Re-linkage that "
+    "the model does for every patient, seen or unseen, is a capability of the model, not memorisation, and DP does "
+    "not promise to remove it (see the members against non-members numbers on the Mitigation page).",
+    "One attack is measured: ranking a pool of candidate reports by cosine similarity to one image. Other attacks "
+    "(several images of one patient, side information, a fine-tuned attacker model) can re-link more.",
+    "'Nominal' epsilon (in-batch objective) ignores that one record also appears as a negative for others; only "
+    "'certified' points carry the DP-SGD guarantee as stated.",
+    "Confidence intervals are 95% percentile bootstraps over patients; lift = Recall@K / chance (K/N).",
+)
+SYNTHETIC_WARNING = ("SYNTHETIC data: generated images and reports, no patient. The numbers show the mechanism, "
+                     "not the size of the risk on real data.")
+MITIGATION_COLUMNS = {  # stored column -> the name a reader sees
+    "epsilon": "target epsilon", "epsilon_achieved": "epsilon (accountant)", "guarantee": "guarantee",
+    "privacy_unit": "privacy unit", "objective": "objective", "noise_multiplier": "noise multiplier",
+    "delta": "delta", "r1_random": "Recall@1, random pool, largest N", "r1_hard": "Recall@1, pathology-matched, largest N",
+    "auroc_linear": "linear-probe macro AUROC", "auroc_zero_shot": "zero-shot macro AUROC",
+    "reduction": "Recall@1 reduction vs no DP", "auroc_change": "linear-probe AUROC change vs no DP"}
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -91,11 +113,24 @@ def _mitigation_section(sweep_id: str | None, first: list[bool]) -> str:
     curves["series"] = [dashboard.series_label(e) for e in curves["epsilon"]]
     parts = ["<h2>Mitigation (DP projection heads)</h2>",
              f"<p>{html.escape(dashboard.DEFINITIONS['nominal'])}</p>",
-             f"<p>{html.escape(dashboard.DEFINITIONS['certified'])}</p>", _table(pts[cols]),
+             f"<p>{html.escape(dashboard.DEFINITIONS['certified'])}</p>",
+             _table(pts[cols].rename(columns=MITIGATION_COLUMNS)),
              _figure(figures.recall_curves(curves[curves["pool_kind"] == "random"], series="series",
                                            title="Recall@1 by epsilon (random pools)",
                                            colors=figures.sweep_colors(pts["epsilon"])), first),
              _figure(figures.frontier(pts), first)]
+    strongest = pts[np.isfinite(pts["epsilon"])]
+    if len(strongest):
+        eps = float(strongest["epsilon"].min())
+        probe, _ = dashboard.utility_frames(view, eps)
+        macro = probe[probe["label"] == "macro"] if "label" in probe.columns else probe.iloc[0:0]
+        if len(macro):
+            keep = [c for c in ("series", "method", "auroc", "ci_low", "ci_high") if c in macro.columns]
+            parts += [f"<h3>Clinical utility at the strongest epsilon ({eps:g}) against no DP</h3>",
+                      "<p>Macro AUROC over the 14 findings with its 95% patient-bootstrap CI; linear probe on the "
+                      "projected image embeddings, zero-shot with positive and negative prompts.</p>",
+                      _table(macro[keep].rename(columns={"series": "heads", "ci_low": "95% CI low",
+                                                         "ci_high": "95% CI high"}))]
     transfer = view.metrics[view.metrics["variant"].str.startswith("transfer:")]
     if len(transfer):
         t = transfer[(transfer["k"] == 1) & (transfer["level"] == "study")]
@@ -113,6 +148,12 @@ def build_report(source: str | None, model: str | None) -> str:
     numbers = pd.DataFrame([{"quantity": f"lift of Recall@1 at N={n}", "before": head.get(f"before_{key}", np.nan),
                              "after (strongest DP)": head.get(f"after_{key}", np.nan)}
                             for key, n in (("100", 100), ("max", head.get("n_max")))])
+    audit_id = dashboard.latest("audit", source, model)
+    verdict = dashboard.verdict(audit_id, head.get("sweep_run"))
+    verdict_html = "".join(f"<li><b>{html.escape(line['label'])}</b>: {html.escape(line['sentence'])}</li>"
+                           for line in verdict["lines"]) or "<li>No finished audit yet.</li>"
+    warning = f'<p class="warn">{html.escape(SYNTHETIC_WARNING)}</p>' if source == "synthetic" else ""
+    caveats = "".join(f"<li>{html.escape(c)}</li>" for c in CAVEATS)
     defs = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in dashboard.DEFINITIONS.items())
     specs = "".join(_spec_block(r) for r in [*audit_ids, head.get("sweep_run")])
     vers = _table(pd.DataFrame(sorted(versions().items()), columns=["package", "version"]))
@@ -120,9 +161,15 @@ def build_report(source: str | None, model: str | None) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>CXR re-linkage audit</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
-pre{{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}}dt{{font-weight:bold}}</style></head><body>
+pre{{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}}dt{{font-weight:bold}}
+.warn{{background:#fff6dd;border:1px solid #e6c200;padding:8px}}
+@media print{{body{{max-width:none;margin:0;font-size:11px}}h2,h3{{page-break-after:avoid}}
+table,pre,.js-plotly-plot,.plotly-graph-div{{page-break-inside:avoid}}pre{{white-space:pre-wrap}}}}</style></head><body>
 <h1>CXR re-linkage audit</h1>
 <p>Dataset <b>{_fmt(source)}</b>, model <b>{_fmt(model)}</b>. Generated {when} (UTC).</p>
+{warning}
+<h2>Verdict</h2><ul>{verdict_html}</ul>
+<h2>What this does not show (privacy caveats)</h2><ul>{caveats}</ul>
 <h2>The threat</h2><p>{html.escape(THREAT)}</p>
 <h2>Headline</h2>{_table(numbers)}
 <p>Strongest DP point: epsilon {_fmt(head.get('after_eps', 'n/a'))}, guarantee {_fmt(head.get('guarantee', 'n/a'))}.</p>
