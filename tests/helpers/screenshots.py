@@ -22,7 +22,7 @@ from tests.helpers.browser_kit import ARGS, CHROMIUM, REPO, no_errors, open_page
 OUT = REPO / "docs" / "screenshots"
 PAGES = (("", "overview", "Verdict"), ("data", "data", "Dataset"), ("models_jobs", "models_jobs", "Train the ladder"),
          ("relinkage", "relinkage", "Lift table"), ("explorer", "explorer", "Rank of the true report"),
-         ("mitigation", "mitigation", "Privacy budget"), ("utility", "utility", "Transfer"), ("report", "report", "Audit report"))
+         ("mitigation", "mitigation", "Privacy budget"), ("utility", "utility", "Transfer"), ("report", "report", "Download the HTML audit report"))
 
 
 def run_demo(n_patients: int | None) -> None:
