@@ -25,7 +25,7 @@ from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
 from backend.relink.index import top_k_all
 from backend.relink.rows import CURVE_COLUMNS
-from backend.specs import MATCH_PREFIX, AuditSpec, to_plain
+from backend.specs import MATCH_ATTRIBUTES, MATCH_PREFIX, AuditSpec, to_plain
 
 
 @dataclass
@@ -100,7 +100,7 @@ def match_codes(es: EmbeddingSet, attributes: list[str]) -> np.ndarray:
         if col is None or col.isna().any() or (col.astype(str).str.strip() == "").any():
             have = "missing for some pairs" if col is not None else "not in this data"
             raise SpecError(f"Cannot match pools on {name!r}: it is {have} (this source gives "
-                            f"{', '.join(c for c in ('view', 'site', 'sex', 'age_band', 'year') if c in es.meta.columns) or 'none'}"
+                            f"{', '.join(c for c in MATCH_ATTRIBUTES if c in es.meta.columns) or 'none'}"
                             "). Choose attributes the source provides, or add the column to the data.")
         parts.append(pd.factorize(col.astype(str), sort=True)[0][:, None].astype(np.float64))
     return np.concatenate(parts, axis=1)

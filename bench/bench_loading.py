@@ -19,6 +19,7 @@ Prints one JSON object with --json: naive_images_per_s, images_per_s (fast), rat
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -54,6 +55,7 @@ def _preprocess_id() -> str:
                        "resize_mode": "shortest", "fill_color": 0}, sort_keys=True)
 
 
+@functools.cache
 def _reference():
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -67,12 +69,17 @@ def _naive_one(path: str) -> tuple[int, ...]:
     return tuple(_reference()(rgb).shape)
 
 
-def _fast_one(path: str) -> tuple[int, ...]:
+@functools.cache
+def _fast():
     from backend.embed.images import FastPreprocess
 
     fast = FastPreprocess.from_preprocess_id(_preprocess_id())
     assert fast is not None
-    return tuple(fast.load(path).shape)
+    return fast
+
+
+def _fast_one(path: str) -> tuple[int, ...]:
+    return tuple(_fast().load(path).shape)
 
 
 def _one_thread() -> None:
@@ -92,11 +99,10 @@ def _rate(fn, files: list[str], workers: int) -> float:
 def _cuda_figures(files: list[str], e2e: int, batch: int) -> dict:
     import torch
 
-    from backend.embed.images import FastPreprocess, prefetch_bytes, read_bytes
+    from backend.embed.images import prefetch_bytes, read_bytes
 
     dev = torch.device("cuda")
-    fast = FastPreprocess.from_preprocess_id(_preprocess_id())
-    assert fast is not None
+    fast = _fast()
     out: dict = {"device": torch.cuda.get_device_name(0)}
     paths = [Path(f) for f in files]
     with ThreadPoolExecutor(16) as pool:

@@ -24,6 +24,7 @@ so embeddings made by different paths never mix.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -141,8 +142,7 @@ class FastPreprocess:
 
     def normalise(self, chw: torch.Tensor) -> torch.Tensor:
         """(1 or 3, H, W) floats in [0, 1] -> (3, H, W) normalised (one channel repeated, like L -> RGB)."""
-        mean = torch.tensor(self.mean, dtype=chw.dtype, device=chw.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=chw.dtype, device=chw.device)[:, None, None]
+        mean, std = _channel_stats(self.mean, self.std, chw.dtype, chw.device)
         return (chw.expand(3, -1, -1) - mean) / std
 
     def load(self, path: str | Path) -> torch.Tensor:
@@ -185,6 +185,14 @@ class FastPreprocess:
         left, top = self.crop_box(new_w, new_h)
         x = x[0, :, top:top + self.size, left:left + self.size]
         return self.normalise(x)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, 1, 1) mean and std tensors, made once per device (not two host-to-device copies per image)."""
+    return (torch.tensor(mean, dtype=dtype, device=device)[:, None, None],
+            torch.tensor(std, dtype=dtype, device=device)[:, None, None])
 
 
 def _is_jpeg(blob: torch.Tensor) -> bool:

@@ -65,15 +65,15 @@ def top_k_all(query_emb: np.ndarray, report_emb: np.ndarray, k: int, device: str
     best first (k capped at m). Exact on both paths: faiss IndexFlatIP on the CPU; on CUDA, blocks of
     queries against all reports (about `block_elements` similarities per block) with torch.topk. Equal
     scores may come in either order."""
+    engine = engine or ("faiss" if device is None or str(device) == "cpu" else "torch")
+    if engine == "faiss":  # ReportIndex validates and normalises both sides itself
+        return ReportIndex(report_emb).search(query_emb, k)
     queries, reports = _unit_rows(query_emb, "query_emb"), _unit_rows(report_emb, "report_emb")
     if queries.shape[1] != reports.shape[1]:
         raise SpecError(f"query_emb has dimension {queries.shape[1]} but the reports have {reports.shape[1]}.")
     if int(k) < 1:
         raise SpecError(f"k must be >= 1, got {k}.")
     k = min(int(k), reports.shape[0])
-    engine = engine or ("faiss" if device is None or str(device) == "cpu" else "torch")
-    if engine == "faiss":
-        return ReportIndex(reports).search(queries, k)
     import torch
 
     dev = torch.device(device or "cpu")
