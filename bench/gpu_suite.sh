@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks, prepared to run in few short calls on a lent GPU machine (see README, Benchmarks).
 #
-#   bash bench/gpu_suite.sh [info] [tests] [loading] [relink] [recompute] [scale]   (default: these six, < 9 min
+#   bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale]   (default: these seven, < 9 min
 #   on an H200) and the older parts on request: [embed] [dp] [demo]
 #     info: GPU, cores, package versions; tests: the CUDA tests (engine on the GPU = CPU; nvJPEG path = reference);
 #     loading: real-size JPEG loading CPU vs PIL, nvJPEG, ViT-B/16 end to end (bench/bench_loading.py);
 #     relink: the whole curve on CUDA vs one CUDA matmul of its shape, 43,793 x 21,896 (bench/bench_relink.py);
 #     recompute: the dashboard's Recompute (demo audit + sweep, model cached) three times (bench/demo_recompute.py);
 #     scale: the curve at 43,793 x 400,000 on CUDA;
+#     probe: the sweep's 14 linear probes, scikit-learn on the CPU vs the torch Newton solver on CUDA (bench/bench_probe.py);
 #     embed: ViT-B-16 images/s in fp32/fp16/bf16 (bench/gpu_embed.py);
 #     dp: the DP tests on CUDA, then DP epoch vs non-private epoch (bench/bench_dp.py, 128-d and 768-d heads);
 #     demo: demo-training scan on the GPU (bench/demo_scan.py), then the end-to-end demo audit with --device cuda
@@ -45,17 +46,18 @@ pandas.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee "$OUT/device.txt"
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(info tests loading relink recompute scale)
+[ ${#parts[@]} -eq 0 ] && parts=(info tests probe loading relink recompute scale)
 for part in "${parts[@]}"; do
   case "$part" in
     info) info ;;
     tests) step pytest_cuda 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_relink.py \
-             tests/test_images.py -k "cuda or nvjpeg or torch" ;;
+             tests/test_images.py tests/test_probe.py -k "cuda or nvjpeg or torch" ;;
     loading) step loading 150 $PY -m bench.bench_loading --n 64 --e2e 8192 --batch 256 --json ;;
     relink) step relink 150 $PY -m bench.bench_relink --device cuda --n 43793 --skip-sampling ;;
     recompute)
       step recompute 330 bash -c "$PY -m backend prepare-demo --device cuda && \
         $PY -m bench.demo_recompute --repeats 3 --json $OUT/recompute.jsonl" ;;
+    probe) step probe 90 $PY -m bench.bench_probe --device cuda --json ;;
     scale) step scale 200 $PY -m bench.bench_relink --device cuda --n --scale --skip-sampling ;;
     embed) step gpu_embed 90 $PY -m bench.gpu_embed --batch-size 256 --batches 20 ;;
     dp)
@@ -70,6 +72,6 @@ for part in "${parts[@]}"; do
       step demo_e2e 180 bash -c "$PY -m backend prepare-demo --device cuda && \
         $PY -m backend audit --source synthetic --model demo --device cuda --json $OUT/audit_cuda.json"
       ;;
-    *) echo "usage: bash bench/gpu_suite.sh [info] [tests] [loading] [relink] [recompute] [scale] [embed] [dp] [demo]"; exit 2 ;;
+    *) echo "usage: bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale] [embed] [dp] [demo]"; exit 2 ;;
   esac
 done

@@ -4,6 +4,7 @@ label is excluded with its reason, NaN labels are masked, CIs bootstrap over pat
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -150,3 +151,43 @@ def test_probe_is_fitted_to_the_optimum() -> None:
     np.testing.assert_allclose(fit[-1].coef_[0], w[:d], rtol=0, atol=1e-7)
     np.testing.assert_allclose(fit[-1].intercept_[0], w[d], rtol=0, atol=1e-7)
     np.testing.assert_allclose(fit.decision_function(x.astype(np.float64)), xs @ w, rtol=0, atol=1e-7)
+
+
+def test_torch_newton_probes_equal_scikit_learn() -> None:
+    """newton_probes (the GPU path of linear_probe, run here on the CPU) reaches scikit-learn's optimum: decision
+    values within 1e-7 per label, with NaN rows left out per label (each label's scaler fitted on its own rows),
+    ill-conditioned L2-normalised features and a constant feature; the AUROC rows of linear_probe agree."""
+    from backend.probe import fit_probe, newton_probes
+
+    rng = np.random.default_rng(11)
+    n, d, labels = 2500, 40, ("a", "b", "c")
+    z = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * np.linspace(0.05, 3, d)
+    x = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+    x[:, 3] = 0.25  # zero variance: scikit-learn's scaler leaves it unscaled
+    y = np.stack([(x @ rng.normal(size=d) + s * rng.normal(size=n) > t).astype(np.float64)
+                  for s, t in ((0.3, 0.0), (1.0, 0.5), (0.1, -0.2))], axis=1)
+    y[rng.random((n, 3)) < [0.0, 0.2, 0.5]] = np.nan
+    test = x[:700]
+    got = newton_probes(x, y, test, 1.0, "cpu")
+    for j in range(3):
+        keep = ~np.isnan(y[:, j])
+        ref = fit_probe(x[keep], y[keep, j]).decision_function(test.astype(np.float64))
+        np.testing.assert_allclose(got[:, j], ref, rtol=0, atol=1e-7)
+    patient = np.arange(700) // 2
+    ty = np.nan_to_num(y[:700], nan=0.0)
+    a = linear_probe(x, y, test, ty, patient, labels=labels, n_bootstrap=20, solver="sklearn").rows
+    b = linear_probe(x, y, test, ty, patient, labels=labels, n_bootstrap=20, solver="torch").rows
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-9)
+    with pytest.raises(SpecError, match="probe solver"):
+        linear_probe(x, y, test, ty, patient, labels=labels, solver="gpu")
+
+
+def test_auto_probe_solver_is_scikit_learn_without_a_gpu() -> None:
+    """On a CPU-only machine the probes stay scikit-learn's (the shipped snapshot's numbers), torch or not."""
+    import torch
+
+    from backend.probe import probe_device
+
+    assert probe_device("sklearn") is None
+    assert probe_device("auto") == ("cuda" if torch.cuda.is_available() else None)
+    assert probe_device("torch") == ("cuda" if torch.cuda.is_available() else "cpu")
