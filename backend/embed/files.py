@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import SourceError
-from backend.sources.schema import LABELS
+from backend.sources.schema import LABELS, SIDE_COLUMNS
 
+# the side information (sex, age, age_band, year) only where the source gives it: what side-information pools match on
 META_COLUMNS: tuple[str, ...] = ("pair_id", "study_id", "patient_id", "report", "view", "site", "split",
-                                 "image_path") + LABELS
+                                 "image_path") + LABELS + SIDE_COLUMNS
 ARRAYS: tuple[str, ...] = ("image_emb", "report_emb", "image_feat", "text_feat")
 DONE = "done.json"
 
@@ -25,7 +26,8 @@ DONE = "done.json"
 class EmbeddingSet:
     """One embedded split.
 
-    meta        DataFrame, one row per pair: META_COLUMNS (pair_id, study_id, ..., 14 label columns)
+    meta        DataFrame, one row per pair: META_COLUMNS (pair_id, study_id, ..., 14 label columns, and the side
+                information columns the source gives)
     image_emb   (n, d) float32, L2-normalised
     report_emb  (n, d) float32, L2-normalised (pairs of one study share their report's row values)
     image_feat  (n, d_img_pre) float32 pre-projection image features (input of the image head)
