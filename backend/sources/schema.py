@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from backend.errors import SourceError
+from backend.specs import MATCH_ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,6 @@ def filled(pairs: pd.DataFrame, column: str) -> bool:
 def match_attributes(pairs: pd.DataFrame) -> list[str]:
     """The attributes (backend.specs.MATCH_ATTRIBUTES) pools can match on in this table: "labels" always (an
     unknown label counts as 0), the others when every pair has a value."""
-    from backend.specs import MATCH_ATTRIBUTES  # specs is torch-free and imports nothing of the sources
-
     return [a for a in MATCH_ATTRIBUTES if a == "labels" or filled(pairs, a)]
 
 
