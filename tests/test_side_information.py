@@ -189,3 +189,20 @@ def test_matched_pools_on_sex_age_band_year_equal_explicit_pool_sampling() -> No
     es.meta.loc[0, "year"] = pd.NA
     with pytest.raises(SpecError, match="'year'.*missing for some pairs.*gives labels, view, sex, age_band"):
         audit_embeddings(es, AuditSpec(match=("sex+year",)))
+
+
+def test_portable_npz_keeps_the_side_information(tmp_path: Path) -> None:
+    from backend.embed import load_npz, save_npz
+
+    data = _data(seed=12, n_patients=20)
+    es = _es(data, _study_attr(data, 0, ["PA", "AP"]))
+    es.meta["sex"] = _study_attr(data, 1, ["F", "M"])
+    es.meta["age_band"] = _study_attr(data, 2, ["18-39", "80+"])
+    es.meta["year"] = pd.array(_study_attr(data, 3, ["2011", "2020"]).astype(int), dtype="Int64")
+    back = load_npz(save_npz(es, tmp_path / "e.npz"))
+    for col in ("sex", "age_band", "year"):
+        assert back.meta[col].tolist() == es.meta[col].tolist()
+    spec = AuditSpec(ks=(1,), n_bootstrap=0, match=("sex+age_band+year",))
+    pd.testing.assert_frame_equal(audit_embeddings(back, spec).rows, audit_embeddings(es, spec).rows)
+    es.meta.loc[0, "sex"] = None
+    assert load_npz(save_npz(es, tmp_path / "f.npz")).meta["sex"].iloc[0] is None
