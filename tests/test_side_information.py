@@ -206,3 +206,24 @@ def test_portable_npz_keeps_the_side_information(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(audit_embeddings(back, spec).rows, audit_embeddings(es, spec).rows)
     es.meta.loc[0, "sex"] = None
     assert load_npz(save_npz(es, tmp_path / "f.npz")).meta["sex"].iloc[0] is None
+
+
+def test_a_finished_run_over_files_depends_on_the_side_information_only_when_it_matches_on_it(tmp_path: Path) -> None:
+    from backend.runs.jobs import data_inputs, matches_side_information
+    from backend.specs import DPSpec, SourceSpec
+
+    rows = _rows(8)
+    for k, r in enumerate(rows):
+        r.update(sex="FM"[k % 2], year=2012)
+    source = SourceSpec(name="csv", root=str(_folder(tmp_path, rows)))
+    plain = AuditSpec(embed=EmbedSpec(source=source))
+    matched = AuditSpec(embed=EmbedSpec(source=source), match=("view", "sex+year"))
+    assert not matches_side_information(plain) and not matches_side_information(AuditSpec(match=("view+site",)))
+    assert matches_side_information(matched) and matches_side_information(DPSpec(source=source, audit=matched))
+    before = [data_inputs(spec)["data_hash"] for spec in (plain, matched)]
+    rows[5]["sex"] = "F"  # a corrected side information value (the images stay as they are)
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    after = [data_inputs(spec)["data_hash"] for spec in (plain, matched)]
+    assert after[0] == before[0]  # nothing of the plain audit depends on sex: its finished run stays valid
+    assert after[1] != before[1]  # the matched pools do: recomputed
+    assert after[1] == load_source("csv", root=source.root).digest()  # what an AuditResult records

@@ -96,9 +96,13 @@ class SourceData:
     stats: dict[str, int] = field(default_factory=dict)
     image_file: Callable[[str], Path] | None = None
 
-    def digest(self, pairs: pd.DataFrame | None = None) -> str:
-        """table_digest of `pairs` (default: every pair of the source) with this source's image files."""
-        return table_digest(self.pairs if pairs is None else pairs, self.image_file)
+    def digest(self, pairs: pd.DataFrame | None = None, side_information: bool = True) -> str:
+        """table_digest of `pairs` (default: every pair of the source) with this source's image files; without the
+        SIDE_COLUMNS when side_information is False (for results that do not depend on them)."""
+        table = self.pairs if pairs is None else pairs
+        if not side_information:
+            table = table.drop(columns=[c for c in SIDE_COLUMNS if c in table.columns])
+        return table_digest(table, self.image_file)
 
 
 def table_digest(pairs: pd.DataFrame, image_file: Callable[[str], Path] | None = None) -> str:
