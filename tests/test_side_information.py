@@ -143,6 +143,8 @@ def test_chexpert_plus_sex_and_age(tmp_path: Path) -> None:
     assert by["sex"].tolist() == ["F", "M", None, "F"] and by["age_band"].tolist() == ["18-39"] * 3 + ["80+"]
     assert "year" not in data.pairs.columns and data.stats["sex_known"] == 9
     assert match_attributes(data.pairs) == ["labels", "view", "site", "age_band"]  # unknown sex: no sex pools
+    table.assign(year=2011).to_csv(csv, index=False)  # a derived CSV with a year column
+    assert (load_source("chexpert-plus", root=str(tmp_path)).pairs["year"] == 2011).all()
     table.drop(columns=["sex", "age"]).to_csv(csv, index=False)
     assert not set(SIDE_COLUMNS) & set(load_source("chexpert-plus", root=str(tmp_path)).pairs.columns)
 

@@ -14,7 +14,8 @@ Layout under `root` (official names):
 
 One pair per image; study = patient/study folder of path_to_image; patient = deid_patient_id.
 Side information (issue 13): `sex` (Female/Male) and `age` of the CSV give the columns sex and age / age_band
-(schema.AGE_BANDS); the release has no study dates, so no `year`. Missing columns: not provided.
+(schema.AGE_BANDS); the release has no study dates, so `year` only from a `year` column a derived CSV adds.
+Missing columns: not provided.
 Split (option split=): "auto" (default) uses the CSV's split column when it holds train, val (valid) and
 test, else the patient-hash split (the release's train/valid split has no test set, which the audit needs);
 "official" always uses the column (train/valid -> train/val); "hash" always uses the patient-hash split.
@@ -118,11 +119,11 @@ def _view(frontal_lateral: object, ap_pa: object) -> str:
 
 def demographics(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
     """The side information the release CSV carries: `sex` (Female/Male; Unknown -> unknown) and `age` (years at
-    the study) -> age_band. No year: the release has no dates (patient_report_date_order only orders a patient's
-    reports). A column the CSV lacks is not provided; an odd value is unknown (logged), not an error."""
+    the study) -> age_band. The release has no dates (patient_report_date_order only orders a patient's reports):
+    `year` only from a `year` column a derived CSV may add. A column the CSV lacks is not provided; an odd value
+    is unknown (logged), not an error."""
     return side_information(f"CheXpert Plus CSV {str(csv_path)!r}", strict=False,
-                            sex=table["sex"] if "sex" in table.columns else None,
-                            age=table["age"] if "age" in table.columns else None)
+                            **{col: table[col] for col in ("sex", "age", "year") if col in table.columns})
 
 
 def _official_split(table: pd.DataFrame, csv_path: Path, split: str) -> np.ndarray | None:
