@@ -29,6 +29,8 @@ HELP = {"pairs": "Image-report pairs (a study with two views gives two pairs sha
 cols = st.columns(len(HELP))
 for col, (name, definition) in zip(cols, HELP.items(), strict=True):
     col.metric(name.replace("_", " "), f"{stats.get(name, 0):,}", help=definition)
+st.caption(dashboard.match_summary(pairs) + (" The synthetic images and reports do not encode sex, age or year: "
+           "matching on them only shrinks the pool." if source == "synthetic" else ""))
 with st.expander("All counts from the loader"):
     st.dataframe([{"count": k, "value": v} for k, v in stats.items()], hide_index=True)
 left, right = st.columns([1, 2])

@@ -25,7 +25,8 @@ from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
 from backend.relink.index import top_k_all
 from backend.relink.rows import CURVE_COLUMNS
-from backend.specs import MATCH_ATTRIBUTES, MATCH_PREFIX, AuditSpec, to_plain
+from backend.sources.schema import filled, match_attributes
+from backend.specs import MATCH_PREFIX, AuditSpec, to_plain
 
 
 @dataclass
@@ -96,13 +97,12 @@ def match_codes(es: EmbeddingSet, attributes: list[str]) -> np.ndarray:
         if name == "labels":
             parts.append(np.nan_to_num(es.labels().astype(np.float64), nan=0.0))
             continue
-        col = es.meta[name] if name in es.meta.columns else None
-        if col is None or col.isna().any() or (col.astype(str).str.strip() == "").any():
-            have = "missing for some pairs" if col is not None else "not in this data"
+        if not filled(es.meta, name):
+            have = "missing for some pairs" if name in es.meta.columns else "not in this data"
             raise SpecError(f"Cannot match pools on {name!r}: it is {have} (this source gives "
-                            f"{', '.join(c for c in MATCH_ATTRIBUTES if c in es.meta.columns) or 'none'}"
-                            "). Choose attributes the source provides, or add the column to the data.")
-        parts.append(pd.factorize(col.astype(str), sort=True)[0][:, None].astype(np.float64))
+                            f"{', '.join(match_attributes(es.meta))}). Choose attributes the source provides, "
+                            "or add the column to the data.")
+        parts.append(pd.factorize(es.meta[name].astype(str), sort=True)[0][:, None].astype(np.float64))
     return np.concatenate(parts, axis=1)
 
 

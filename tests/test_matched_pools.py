@@ -44,13 +44,19 @@ def test_matched_pool_equals_explicit_pool_sampling() -> None:
     view = _study_attr(data, 0, ["PA", "AP"])
     es = _es(data, view)
     spec = AuditSpec(ks=KS, n_bootstrap=0, match=("view", "labels+view"))
+    assert_matched_pools_equal_sampling(es, data, spec.match, spec)
+
+
+def assert_matched_pools_equal_sampling(es: EmbeddingSet, data: dict, matches: tuple[str, ...],
+                                        spec: AuditSpec, n_pools: tuple[int, ...] = (2, 5, 10)) -> None:
+    """Each matched pool's study-level Recall@K (spec.ks) within 4.5 standard errors of explicit pool sampling."""
     rows = audit_embeddings(es, spec).rows
-    for match in ("view", "labels+view"):
+    for match in matches:
         groups = match_codes(es, match.split("+"))
         mc_data = dict(data, labels=groups)  # the independent sampler draws distractors with equal vectors
-        for n_pool in (2, 5, 10):
-            mean, se = _mc(mc_data, n_pool, KS, True, "study", n_pools=300, seed=n_pool)
-            for i, k in enumerate(KS):
+        for n_pool in n_pools:
+            mean, se = _mc(mc_data, n_pool, spec.ks, True, "study", n_pools=300, seed=n_pool)
+            for i, k in enumerate(spec.ks):
                 got = rows[(rows.pool_kind == f"matched:{match}") & (rows.level == "study") & (rows.k == k)
                            & (rows.n == n_pool)].recall.iloc[0]
                 assert abs(got - mean[i]) <= 4.5 * se[i] + 1e-9, (match, n_pool, k, got, mean[i], se[i])
@@ -110,4 +116,8 @@ def test_cli_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert main([*args, "--match", "view+site", "--match", "labels+view"]) == 0
     kinds = {r["pool_kind"] for r in json.loads(out.read_text())["rows"]}
     assert kinds == {"random", "hard", "full", "matched:view+site", "matched:labels+view"}
-    assert main([*args, "--match", "sex"]) == 2  # the synthetic source has no sex (yet): a named error, exit 2
+    side = ("sex+age_band", "sex+age_band+view", "sex+age_band+view+year")  # the synthetic side information
+    assert main([*args, *[f"--match={m}" for m in side]]) == 0
+    assert {r["pool_kind"] for r in json.loads(out.read_text())["rows"]} == {"random", "hard", "full",
+                                                                            *(f"matched:{m}" for m in side)}
+    assert main([*args, "--match", "sex+shoe_size"]) == 2  # an attribute no source gives: a named error, exit 2

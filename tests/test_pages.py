@@ -123,6 +123,7 @@ def test_hub_model_offline_shows_a_clear_message(seeded: Path, monkeypatch: pyte
 def test_data_page_on_the_synthetic_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open("data", tmp_path, monkeypatch)
     assert "SYNTHETIC" in _text(at)
+    assert "can match on: labels, view, site, sex, age band, year." in _text(at)  # the side information it gives
     assert not _cut_off_columns(at)  # the sources' descriptions wrap
 
 

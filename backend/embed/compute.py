@@ -2,7 +2,7 @@
 features and head weights, cached under settings.cache_subdir("embeddings")/<key>/.
 
 The key hashes (model name, weights id, source spec, split, section policy, preprocessing, the pair
-table's content, EMBED_VERSION). Work is done in chunks of `chunk_size` items, each written atomically
+table's content but its side information, EMBED_VERSION). Work is done in chunks of `chunk_size` items, each written atomically
 to <key>/chunks/ as soon as it is finished; a job killed at 80% (a raising progress callback, Ctrl-C,
 a crash) restarts from its last finished chunk, recomputing and losing nothing that was finished. Chunk
 boundaries and batches are fixed by the key, so a resumed run yields the same arrays as an unbroken one.
@@ -40,7 +40,7 @@ from backend.models import MODELS, get_model, load_model, register_model
 from backend.models.openclip import LoadedModel
 from backend.progress import ProgressLike, null_progress
 from backend.sources import SourceData, load_source
-from backend.sources.schema import table_digest
+from backend.sources.schema import SIDE_COLUMNS, table_digest
 from backend.specs import EmbedSpec, spec_from_json
 
 __all__ = ["embed_split", "embedding_key", "select_split"]  # the set and its files: backend.embed
@@ -97,7 +97,11 @@ def embedding_key(spec: EmbedSpec, lm: LoadedModel, pairs: pd.DataFrame, chunk_s
     """The content hash naming the cache folder of this embedding job: the table's full content (patients,
     labels, view/site/split too) and, for file-based sources (`image_file`), each image's (size, mtime_ns);
     generated (synthetic) images are covered by the source options. `loader` (backend.embed.images.describe)
-    names a fast image path, so its embeddings never mix with the reference path's."""
+    names a fast image path, so its embeddings never mix with the reference path's. The side information
+    (schema.SIDE_COLUMNS: sex, age, age band, year) is left out: no embedding depends on it, and embed_split
+    always takes the returned set's meta (side information included) from the current table, so adding or
+    correcting it never recomputes embeddings (and keys made before sources had it stay valid)."""
+    pairs = pairs.drop(columns=[c for c in SIDE_COLUMNS if c in pairs.columns])
     extra = {"loader": loader} if loader and loader.get("loader") != "reference" else {}
     blob = json.dumps({**extra,
         "v": EMBED_VERSION, "model": spec.model, "weights": lm.weights_id, "source": spec.source.to_dict(),

@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import SourceError
-from backend.sources.schema import LABELS
+from backend.sources.schema import LABELS, SIDE_COLUMNS
 
+# the side information (sex, age, age_band, year) only where the source gives it: what side-information pools match on
 META_COLUMNS: tuple[str, ...] = ("pair_id", "study_id", "patient_id", "report", "view", "site", "split",
-                                 "image_path") + LABELS
+                                 "image_path") + LABELS + SIDE_COLUMNS
+NPZ_SIDE: tuple[str, ...] = ("sex", "age_band", "year")  # the side information pools match on, in the portable npz
 ARRAYS: tuple[str, ...] = ("image_emb", "report_emb", "image_feat", "text_feat")
 DONE = "done.json"
 
@@ -25,7 +27,8 @@ DONE = "done.json"
 class EmbeddingSet:
     """One embedded split.
 
-    meta        DataFrame, one row per pair: META_COLUMNS (pair_id, study_id, ..., 14 label columns)
+    meta        DataFrame, one row per pair: META_COLUMNS (pair_id, study_id, ..., 14 label columns, and the side
+                information columns the source gives)
     image_emb   (n, d) float32, L2-normalised
     report_emb  (n, d) float32, L2-normalised (pairs of one study share their report's row values)
     image_feat  (n, d_img_pre) float32 pre-projection image features (input of the image head)
@@ -94,8 +97,8 @@ def load_embedding_set(path: str | Path) -> EmbeddingSet:
 
 def save_npz(es: EmbeddingSet, path: str | Path) -> Path:
     """The portable file: image_emb (n,d) f32, report_emb (n,d) f32, pair_id, study_id, patient_id,
-    labels (n,14) f32 with NaN, label_names, report, and view and image_path when known (unicode arrays:
-    loads without allow_pickle)."""
+    labels (n,14) f32 with NaN, label_names, report, and view, image_path and the side information sex,
+    age_band, year when known ("" where unknown; unicode arrays: loads without allow_pickle)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     m = es.meta
@@ -105,9 +108,9 @@ def save_npz(es: EmbeddingSet, path: str | Path) -> Path:
         "patient_id": m["patient_id"].astype(str).to_numpy(dtype=str), "labels": es.labels(),
         "label_names": np.asarray(LABELS, dtype=str), "report": m["report"].astype(str).to_numpy(dtype=str),
     }
-    for key in ("view", "image_path"):  # what the pair explorer shows beside each pair, when known
+    for key in ("view", "image_path", *NPZ_SIDE):  # the explorer's view and path; side information for --match
         if key in m.columns:
-            data[key] = m[key].fillna("").astype(str).to_numpy(dtype=str)
+            data[key] = m[key].astype(object).where(m[key].notna(), "").astype(str).to_numpy(dtype=str)
     atomic_write(p, lambda t: np.savez_compressed(open(t, "wb"), **data))
     return p
 
@@ -119,4 +122,8 @@ def load_npz(path: str | Path) -> EmbeddingSet:
     meta = pd.DataFrame({k: data[k].astype(object) for k in ("pair_id", "study_id", "patient_id", "report")})
     for i, name in enumerate(LABELS):
         meta[name] = data["labels"][:, i]
+    for key in NPZ_SIDE:  # "" was unknown
+        if key in data:
+            values = pd.Series([v or None for v in data[key].tolist()], dtype=object)
+            meta[key] = pd.to_numeric(values).astype("Int64") if key == "year" else values
     return EmbeddingSet(meta, data["image_emb"], data["report_emb"], None, None, {}, {"npz": str(path)}, None)

@@ -13,6 +13,9 @@ Layout under `root` (official names):
                                    path_to_image with CheXpert label columns). Absent -> labels NaN (logged).
 
 One pair per image; study = patient/study folder of path_to_image; patient = deid_patient_id.
+Side information (issue 13): `sex` (Female/Male) and `age` of the CSV give the columns sex and age / age_band
+(schema.AGE_BANDS); the release has no study dates, so `year` only from a `year` column a derived CSV adds.
+Missing columns: not provided.
 Split (option split=): "auto" (default) uses the CSV's split column when it holds train, val (valid) and
 test, else the patient-hash split (the release's train/valid split has no test set, which the audit needs);
 "official" always uses the column (train/valid -> train/val); "hash" always uses the patient-hash split.
@@ -46,6 +49,8 @@ from backend.sources.schema import (
     assign_split,
     finalize_pairs,
     normalise_view,
+    side_information,
+    side_stats,
 )
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,15 @@ def _view(frontal_lateral: object, ap_pa: object) -> str:
     return "FRONTAL" if view == "UNKNOWN" and str(frontal_lateral).strip().lower() == "frontal" else view
 
 
+def demographics(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+    """The side information the release CSV carries: `sex` (Female/Male; Unknown -> unknown) and `age` (years at
+    the study) -> age_band. The release has no dates (patient_report_date_order only orders a patient's reports):
+    `year` only from a `year` column a derived CSV may add. A column the CSV lacks is not provided; an odd value
+    is unknown (logged), not an error."""
+    return side_information(f"CheXpert Plus CSV {str(csv_path)!r}", strict=False,
+                            **{col: table[col] for col in ("sex", "age", "year") if col in table.columns})
+
+
 def _official_split(table: pd.DataFrame, csv_path: Path, split: str) -> np.ndarray | None:
     """The CSV's split as train/val/test, or None when the hash split is to be used.
 
@@ -159,7 +173,7 @@ def load_chexpert_plus(root: str | None = None, section_policy: str = "findings+
                                              table.get("ap_pa", pd.Series(index=table.index)), strict=True)],
         "findings": table["section_findings"], "impression": table["section_impression"], "site": "chexpert-plus",
     })
-    pairs = pd.concat([pairs, table[list(LABELS)]], axis=1)
+    pairs = pd.concat([pairs, table[list(LABELS)], demographics(table, csv_path)], axis=1)
     official = _official_split(table, csv_path, split)
     if official is not None:
         pairs["split"] = official
@@ -172,7 +186,8 @@ def load_chexpert_plus(root: str | None = None, section_policy: str = "findings+
     out = finalize_pairs(pairs, "chexpert-plus")
     stats = {"rows": len(table), "pairs": len(out), "studies": int(out["study_id"].nunique()),
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped,
-             "skipped_images": skipped, "labelled": int(label_path is not None), "official_split": int(official is not None)}
+             "skipped_images": skipped, "labelled": int(label_path is not None), "official_split": int(official is not None),
+             **side_stats(out)}
     return SourceData(name="chexpert-plus", pairs=out, read_image=make_reader(base, resolve_image, _IMAGE_HINT),
                       root=str(base), stats=stats, image_file=lambda p: resolve_image(base, p))
 

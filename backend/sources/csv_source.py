@@ -9,6 +9,13 @@ Optional: study_id (default: one study per distinct (patient_id, report)), view,
 'valid'/'validate' accepted; default: patient-hash split), site (default 'csv'), and any of the 14
 CheXpert label columns with their CheXpert names (1 / 0 / -1 uncertain / blank = not mentioned).
 
+Optional side information (issue 13; what pools can be matched on besides labels, view and site):
+`sex` (F/female/woman/w or M/male/man/m, any case; blank or unknown/u/unk = unknown), `age` (years at the study,
+a number from 0 to 120; its band is derived) or `age_band` (one of 0-17, 18-39, 40-59, 60-79, 80+; used only
+without an age column), `year` (of the study, a whole number from 1900 to 2300). A bad value is refused with a
+SourceError naming its row (counted from 1 after the header) and column; blank cells are unknown, and a pool
+cannot match on a column with unknown cells.
+
 Label cells: a number equal to 1 (positive), 0 (negative) or -1 (uncertain), written e.g. 1, 0, -1, 1.0, 0.0,
 -1.0; or blank (an empty cell, NaN, NA). Uncertain (-1) becomes NaN (unknown) as everywhere in the project and
 blank becomes 0 (not mentioned = negative). Anything else (yes, True, positive, 2 ...) is refused with a
@@ -47,6 +54,8 @@ from backend.sources.schema import (
     assign_split,
     finalize_pairs,
     normalise_view,
+    side_information,
+    side_stats,
 )
 
 DEFAULT_CSV = "pairs.csv"
@@ -110,7 +119,9 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
     })
     if (pairs["patient_id"].isin(["", "nan", "None"])).any() or table["patient_id"].isna().any():
         raise SourceError(f"CSV {str(path)!r}: some rows have no patient_id; every row needs one.")
-    pairs = pd.concat([pairs, label_columns(table, what=f"CSV {str(path)!r}")], axis=1)
+    side = side_information(f"CSV {str(path)!r}", **{key: table[col] for key, col in (
+        ("sex", "sex"), ("age", "age"), ("age_band_values", "age_band"), ("year", "year")) if col in table.columns})
+    pairs = pd.concat([pairs, label_columns(table, what=f"CSV {str(path)!r}"), side], axis=1)
     policy = "findings" if report_only else section_policy  # a lone report column is the text for every policy
     pairs["pair_id"] = [f"csv-{i}" for i in range(len(pairs))]
     if "split" in table.columns:
@@ -125,7 +136,7 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
     out = finalize_pairs(pairs, "csv")
     stats = {"rows": len(table), "pairs": len(out), "studies": int(out["study_id"].nunique()),
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped, "skipped_images": skipped,
-             "labelled_columns": sum(lab in table.columns for lab in LABELS)}
+             "labelled_columns": sum(lab in table.columns for lab in LABELS), **side_stats(out)}
     return SourceData(name="csv", pairs=out, read_image=make_reader(base), root=str(base), stats=stats,
                       image_file=lambda p: base / p)
 

@@ -10,6 +10,14 @@ and the reports, from the MIMIC-CXR (not -JPG) project, under `reports_root` (de
 'mimic-cxr-reports' folder inside root is found too):
     files/pXX/pXXXXXXXX/sXXXXXXXX.txt   free text with FINDINGS: / IMPRESSION: headings
 
+Side information (issue 13): `year` from the metadata's StudyDate (YYYYMMDD). MIMIC dates are shifted into
+the future (2100-2200) by a random offset per patient, so it is the shifted year: consistent across one
+patient's studies (their order and spacing are real), not comparable between patients, and not the calendar
+year. With option patients_csv=<MIMIC-IV hosp/patients.csv(.gz)> (another credentialed PhysioNet project;
+relative to root or absolute): `sex` from its gender (F/M) and the age at each study, anchor_age + (study year -
+anchor_year) when anchor_year is there (both in the same shifted time; MIMIC-IV gives anchor_age 91 to everyone
+over 89), else anchor_age, -> age_band. A subject the file lacks has no sex/age (stats['sex_known'] counts).
+
 One pair per image (dicom_id); study = study_id; patient = subject_id. Labels: the CheXpert labeller
 file shipped with MIMIC-CXR-JPG; blank (not mentioned) -> `blank_as` (default 0.0), -1 -> NaN.
 A study whose report file is missing is dropped and counted (stats['dropped_missing_report']).
@@ -38,12 +46,15 @@ from backend.sources.files import (
     require_root,
 )
 from backend.sources.schema import (
+    AGE_RANGE,
     LABELS,
     SourceData,
     apply_section_policy,
     assign_split,
     finalize_pairs,
     normalise_view,
+    side_information,
+    side_stats,
 )
 
 log = logging.getLogger(__name__)
@@ -124,9 +135,40 @@ def _split(root: Path) -> pd.DataFrame | None:
     return pd.DataFrame({"dicom_id": table["dicom_id"], "split": normalise_split(table["split"], str(path))})
 
 
+PATIENTS_COLUMNS = ("subject_id", "gender", "anchor_age")  # MIMIC-IV hosp/patients.csv; anchor_year optional
+
+
+def _patients(base: Path, patients_csv: str) -> pd.DataFrame:
+    """subject_id, gender, anchor_age (and anchor_year when present) of MIMIC-IV's patients.csv(.gz)."""
+    path = Path(patients_csv).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise SourceError(f"MIMIC-IV patients file {str(path)!r} does not exist; pass patients_csv=<the MIMIC-IV "
+                          f"hosp/patients.csv(.gz)> with columns {', '.join(PATIENTS_COLUMNS)} (and anchor_year).")
+    table = read_table(path, PATIENTS_COLUMNS, "MIMIC-IV patients file")
+    keep = [c for c in (*PATIENTS_COLUMNS, "anchor_year") if c in table.columns]
+    return table[keep].drop_duplicates("subject_id")
+
+
+def _side_information(table: pd.DataFrame, meta_path: Path, patients: pd.DataFrame | None) -> pd.DataFrame:
+    """year (shifted, from StudyDate) and, with the patients file, sex and age at the study (see module doc)."""
+    year = None
+    if "StudyDate" in table.columns:
+        year = (pd.to_numeric(table["StudyDate"], errors="coerce") // 10000).reset_index(drop=True)
+    what = f"MIMIC-CXR-JPG metadata {str(meta_path)!r}"
+    if patients is None:
+        return side_information(what, year=year, strict=False)
+    info = table[["subject_id"]].reset_index(drop=True).merge(patients, on="subject_id", how="left")
+    age = pd.to_numeric(info["anchor_age"], errors="coerce")
+    if "anchor_year" in info.columns and year is not None:
+        age = age + (year - pd.to_numeric(info["anchor_year"], errors="coerce")).fillna(0)
+    return side_information(what + " with the MIMIC-IV patients file", sex=info["gender"],
+                            age=age.clip(upper=AGE_RANGE[1]), year=year, strict=False)
+
+
 def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impression", *,
                    reports_root: str | None = None, blank_as: float = 0.0, check_images: bool = False,
-                   **options: object) -> SourceData:
+                   patients_csv: str | None = None, **options: object) -> SourceData:
     """Load MIMIC-CXR-JPG + reports as the canonical pair table (see module docstring).
 
     check_images: verify every JPEG first, skipping missing/corrupt ones: a full decode of each, in parallel
@@ -134,13 +176,14 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
     (backend.sources.image_checks)."""
     if options:
         raise SourceError(f"Unknown option(s) for source 'mimic-cxr': {sorted(options)}; "
-                          "known: reports_root, blank_as, check_images.")
+                          "known: reports_root, blank_as, check_images, patients_csv.")
 
     base = require_root(root if root is not None else data_root("mimic-cxr"), "mimic-cxr", "CXR_MIMIC_ROOT")
     meta_path = find_file(base, (METADATA,), "MIMIC-CXR-JPG metadata file",
                           "Point root at the MIMIC-CXR-JPG 2.0.0 folder (physionet.org/content/mimic-cxr-jpg).")
     meta = read_table(meta_path, ["dicom_id", "subject_id", "study_id", "ViewPosition"], "MIMIC-CXR-JPG metadata",
                       dtype={"dicom_id": str})
+    patients = _patients(base, patients_csv) if patients_csv is not None else None
     studies = meta[["subject_id", "study_id"]].drop_duplicates()
     reports = read_study_reports(_reports_base(base, reports_root), studies)
     missing_reports = len(studies) - len(reports)
@@ -162,7 +205,8 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
         "view": [normalise_view(v) for v in table["ViewPosition"]], "findings": table["findings"],
         "impression": table["impression"], "site": "mimic-cxr", "dicom_id": table["dicom_id"].astype(str),
     })
-    pairs = pd.concat([pairs, table[list(LABELS)].reset_index(drop=True)], axis=1)
+    side = _side_information(table, meta_path, patients)
+    pairs = pd.concat([pairs, table[list(LABELS)].reset_index(drop=True), side], axis=1)
     pairs, dropped = apply_section_policy(pairs, section_policy)
     skipped = 0
     if check_images:
@@ -177,7 +221,7 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
     stats = {"images": len(meta), "pairs": len(out), "studies": int(out["study_id"].nunique()),
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped,
              "dropped_missing_report": int(missing_reports), "skipped_images": skipped,
-             "official_split": int(split is not None), "labelled": int(labels is not None)}
+             "official_split": int(split is not None), "labelled": int(labels is not None), **side_stats(out)}
     return SourceData(name="mimic-cxr", pairs=out, read_image=make_reader(base, hint=_IMAGE_HINT), root=str(base),
                       stats=stats, image_file=lambda p: base / p)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ import pandas as pd
 from PIL import Image
 
 from backend.errors import SourceError
+from backend.specs import MATCH_ATTRIBUTES
+
+log = logging.getLogger(__name__)
 
 # CheXpert order. Values: 1.0 positive, 0.0 negative, NaN unknown/uncertain (-1 becomes NaN).
 LABELS: tuple[str, ...] = (
@@ -50,6 +54,20 @@ BASE_COLUMNS: tuple[str, ...] = (
     "site",
 )
 PAIR_COLUMNS: tuple[str, ...] = BASE_COLUMNS + LABELS
+# Optional side information (issue 13): what an attacker may know beside the image and use to shrink the pool
+# (AuditSpec.match). A source provides the columns it can fill; `age` (years at the study) is kept for reading,
+# pools match on `age_band`. Images and report texts never depend on them, so the embedding cache key leaves
+# them out (backend.embed.compute.embedding_key); a job's data hash covers them only when the job matches pools
+# on them (backend.runs.jobs.data_inputs).
+SIDE_COLUMNS: tuple[str, ...] = ("sex", "age", "age_band", "year")
+SEX_VALUES: tuple[str, ...] = ("F", "M")
+# Accepted spellings (case-insensitive) and what they mean; blank and the unknown markers are missing values.
+_SEX_ALIASES = {"F": "F", "FEMALE": "F", "W": "F", "WOMAN": "F", "M": "M", "MALE": "M", "MAN": "M"}
+SEX_UNKNOWN: tuple[str, ...] = ("", "U", "UNK", "UNKNOWN", "NAN", "NONE", "NA", "N/A")
+# Age bands: the usual adult bands of chest radiograph cohorts (0-17 only for paediatric rows of a user's CSV).
+AGE_BANDS: tuple[tuple[str, int], ...] = (("0-17", 0), ("18-39", 18), ("40-59", 40), ("60-79", 60), ("80+", 80))
+AGE_RANGE: tuple[int, int] = (0, 120)
+YEAR_RANGE: tuple[int, int] = (1900, 2300)  # MIMIC's per-patient shifted years (2100-2200) included
 
 SECTION_POLICIES: tuple[str, ...] = ("findings+impression", "findings", "impression", "longest")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -79,9 +97,13 @@ class SourceData:
     stats: dict[str, int] = field(default_factory=dict)
     image_file: Callable[[str], Path] | None = None
 
-    def digest(self, pairs: pd.DataFrame | None = None) -> str:
-        """table_digest of `pairs` (default: every pair of the source) with this source's image files."""
-        return table_digest(self.pairs if pairs is None else pairs, self.image_file)
+    def digest(self, pairs: pd.DataFrame | None = None, side_information: bool = True) -> str:
+        """table_digest of `pairs` (default: every pair of the source) with this source's image files; without the
+        SIDE_COLUMNS when side_information is False (for results that do not depend on them)."""
+        table = self.pairs if pairs is None else pairs
+        if not side_information:
+            table = table.drop(columns=[c for c in SIDE_COLUMNS if c in table.columns])
+        return table_digest(table, self.image_file)
 
 
 def table_digest(pairs: pd.DataFrame, image_file: Callable[[str], Path] | None = None) -> str:
@@ -112,6 +134,101 @@ def normalise_view(value: object) -> str:
     if not text:
         return "UNKNOWN"
     return _VIEW_ALIASES.get(text, text)
+
+
+def _row_error(what: str, column: str, index: object, value: object, expected: str) -> SourceError:
+    row = f"row {int(index) + 1}" if isinstance(index, int | np.integer) else f"row {index!r}"
+    value = value.item() if isinstance(value, np.generic) else value
+    return SourceError(f"{what}: {row}, column {column!r}: {value!r} is not {expected}.")
+
+
+def _refuse(bad: pd.Series, values: pd.Series, what: str, column: str, expected: str, strict: bool) -> None:
+    """SourceError naming the first bad row (strict), else a logged count: the caller then treats them as unknown."""
+    if not bad.any():
+        return
+    i = bad.idxmax()
+    if strict:
+        raise _row_error(what, column, i, values[i], expected)
+    log.warning("%s: %d value(s) of column %r are not %s (e.g. %r); taken as unknown", what, int(bad.sum()), column,
+                expected, values[i])
+
+
+def normalise_sex(values: pd.Series, what: str, column: str = "sex", strict: bool = True) -> pd.Series:
+    """Sex as "F" / "M" (object; None where unknown). Accepted (any case): F, female, W, woman / M, male, man;
+    blank and unknown markers (SEX_UNKNOWN) are missing. Anything else: SourceError naming the row (index + 1 for a
+    positional index, else the index label) and the column; with strict=False it is unknown (logged)."""
+    text = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip().upper())
+    out = text.map(_SEX_ALIASES)
+    _refuse(out.isna() & ~text.isin(SEX_UNKNOWN), values, what, column,
+            "a sex (F/female or M/male; blank or 'unknown' when unknown)", strict)
+    return out.astype(object).where(out.notna(), None)
+
+
+def _numbers(values: pd.Series, what: str, column: str, lo: int, hi: int, expected: str,
+             whole: bool = False, strict: bool = True) -> pd.Series:
+    """Numeric values in [lo, hi] as float (NaN where blank, and where bad unless strict)."""
+    num = pd.to_numeric(values, errors="coerce").astype("float64")
+    blank = values.isna() | (values.astype(str).str.strip() == "")
+    bad = (num.isna() & ~blank) | (num < lo) | (num > hi)
+    if whole:
+        bad |= num.notna() & (num != np.floor(num))
+    _refuse(bad, values, what, column, expected, strict)
+    return num.where(~bad)
+
+
+def age_band(age: float | None) -> str | None:
+    """The band (AGE_BANDS) of an age in years, None when unknown."""
+    if age is None or not np.isfinite(age):
+        return None
+    return [name for name, lo in AGE_BANDS if age >= lo][-1]
+
+
+def side_information(what: str, *, sex: pd.Series | None = None, age: pd.Series | None = None,
+                     age_band_values: pd.Series | None = None, year: pd.Series | None = None,
+                     strict: bool = True) -> pd.DataFrame:
+    """The SIDE_COLUMNS a source can fill, validated (one helper for every source): `sex` normalised
+    (normalise_sex), `age` a number from 0 to 120 (its band derived), `age_band` one of AGE_BANDS when given
+    without ages, `year` a whole number (YEAR_RANGE). Returns only the columns given (age also gives age_band),
+    on the index of the inputs. A bad value: SourceError naming its row and column (strict: a user's own table),
+    else unknown and logged (strict=False: a public release, whose odd rows must not stop the whole source)."""
+    cols: dict[str, pd.Series] = {}
+    if sex is not None:
+        cols["sex"] = normalise_sex(sex, what, strict=strict)
+    if age is not None:
+        ages = _numbers(age, what, "age", *AGE_RANGE, f"an age in years from {AGE_RANGE[0]} to {AGE_RANGE[1]}",
+                        strict=strict)
+        cols["age"] = ages
+        cols["age_band"] = ages.map(age_band).astype(object).where(ages.notna(), None)
+    elif age_band_values is not None:
+        text = age_band_values.map(lambda v: None if pd.isna(v) or not str(v).strip() else str(v).strip())
+        bad = text.notna() & ~text.isin([name for name, _ in AGE_BANDS])
+        _refuse(bad, age_band_values, what, "age_band", f"an age band ({', '.join(n for n, _ in AGE_BANDS)})", strict)
+        cols["age_band"] = text.where(~bad, None).astype(object)
+    if year is not None:
+        years = _numbers(year, what, "year", *YEAR_RANGE, f"a year (a whole number from {YEAR_RANGE[0]} to "
+                         f"{YEAR_RANGE[1]})", whole=True, strict=strict)
+        cols["year"] = years.astype("Int64")
+    index = next(iter(cols.values())).index if cols else None
+    return pd.DataFrame(cols, index=index)
+
+
+def side_stats(pairs: pd.DataFrame) -> dict[str, int]:
+    """How many pairs have each side information column the table carries ({"sex_known": n, ...})."""
+    return {f"{c}_known": int(pairs[c].notna().sum()) for c in SIDE_COLUMNS if c in pairs.columns}
+
+
+def filled(pairs: pd.DataFrame, column: str) -> bool:
+    """Whether every pair of the table has a (non-blank) value in `column`."""
+    if column not in pairs.columns:
+        return False
+    col = pairs[column]
+    return not (col.isna().any() or (col.astype(str).str.strip() == "").any())
+
+
+def match_attributes(pairs: pd.DataFrame) -> list[str]:
+    """The attributes (backend.specs.MATCH_ATTRIBUTES) pools can match on in this table: "labels" always (an
+    unknown label counts as 0), the others when every pair has a value."""
+    return [a for a in MATCH_ATTRIBUTES if a == "labels" or filled(pairs, a)]
 
 
 def _clean(text: object) -> str:
@@ -189,6 +306,13 @@ def finalize_pairs(pairs: pd.DataFrame, source: str) -> pd.DataFrame:
     for col in LABELS:
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("float32")
         out.loc[out[col] < 0, col] = np.nan  # uncertain (-1) -> NaN
+    for col in ("sex", "age_band"):  # side information: text, None where unknown
+        if col in out.columns:
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
+    if "age" in out.columns:
+        out["age"] = pd.to_numeric(out["age"], errors="coerce").astype("float64")
+    if "year" in out.columns:
+        out["year"] = pd.to_numeric(out["year"], errors="coerce").astype("Int64")
     return out.reset_index(drop=True)
 
 

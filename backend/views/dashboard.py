@@ -22,8 +22,10 @@ from backend.errors import RelinkError, SpecError
 from backend.runs import jobs, ladder, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import get_source, list_sources, load_source
+from backend.sources.schema import match_attributes
 from backend.specs import (
     DEFAULT_EPSILONS,
+    MATCH_ATTRIBUTES,
     POOL_KINDS,
     DPSpec,
     LadderSpec,
@@ -452,6 +454,15 @@ def data_summary(pairs: pd.DataFrame, labels: tuple[str, ...]) -> tuple[pd.DataF
                                         patients=("patient_id", "nunique")).reset_index()
     prevalence = pairs.groupby("split")[list(labels)].mean().T.reset_index(names="label")
     return counts, prevalence
+
+
+def match_summary(pairs: pd.DataFrame) -> str:
+    """One sentence: the attributes side-information pools (`--match`) can use on this table, and those they cannot."""
+    can = match_attributes(pairs)
+    cannot = [a for a in MATCH_ATTRIBUTES if a not in can]
+    name = lambda attrs: ", ".join(a.replace("_", " ") for a in attrs)  # noqa: E731
+    return (f"Side-information pools (audit --match) can match on: {name(can)}."
+            + (f" Not on: {name(cannot)} (not given for every pair)." if cannot else ""))
 
 
 def device_summary() -> str:

@@ -21,6 +21,13 @@ Images are rendered lazily: image_path is "synthetic://<seed>/<pair_id>" and `re
 PIL "L" image from the study's attributes, stored as JSON in the extra column `synth_attrs` (keys
 "patient" and "study", see backend.sources.synthetic.attrs; not named `attrs`, which pandas reserves).
 
+Side information (issue 13; backend.sources.synthetic.demographics): the columns `sex` (F/M, per patient),
+`age` (years at the study; it grows with the year), `age_band` (schema.AGE_BANDS: 18-39, 40-59, 60-79, 80+)
+and `year` (2010-2022, never decreasing over a patient's studies), drawn from a random stream of their own so
+every other column, image and report is what it was before they existed. The images and reports do NOT encode
+sex, age or year: a pool matched on them is only smaller (fewer same-group distractors), which a model cannot
+exploit beyond that.
+
 The default size (6,000 patients) gives about 14,300 studies, 25,700 pairs and 2,800 test studies
 (seed 0: 14,318 / 25,660 / 2,829). Patient i depends only on (seed, i), so a smaller n_patients is a
 prefix of a larger one, and the split depends only on the patient id: the train split of 3,000 patients
@@ -41,8 +48,9 @@ from PIL import Image
 
 from backend.errors import ImageReadError, SourceError
 from backend.sources import SourceInfo, register_source
-from backend.sources.schema import LABELS, SourceData, apply_section_policy, assign_split, finalize_pairs
+from backend.sources.schema import LABELS, SourceData, age_band, apply_section_policy, assign_split, finalize_pairs
 from backend.sources.synthetic.attrs import n_studies, sample_patient, sample_study
+from backend.sources.synthetic.demographics import sample_demographics
 from backend.sources.synthetic.prior import sample_label_chain
 from backend.sources.synthetic.render import render
 from backend.sources.synthetic.text import compose
@@ -52,7 +60,8 @@ log = logging.getLogger(__name__)
 DEFAULT_N_PATIENTS = 6000
 SITE_STYLES = ("A", "B")
 SCHEME = "synthetic://"
-# Peak memory while the pair table is built, per patient (tracemalloc, 1,000 patients: ~9.9 KB; rounded up).
+# Peak memory while the pair table is built, per patient (tracemalloc, 1,000 patients: ~9.9 KB, ~11.5 KB with
+# the side information columns; rounded up).
 BYTES_PER_PATIENT = 12_000
 
 
@@ -103,6 +112,7 @@ def _patient_rows(seed: int, index: int, sites: tuple[str, ...]) -> list[dict]:
     k = n_studies(rng)
     labels = sample_label_chain(rng, k)
     patient_id = f"syn{seed}-p{index:06d}"
+    sex, ages, years = sample_demographics(seed, index, k)  # a stream of their own: nothing above changes
     rows = []
     for j in range(k):
         study = sample_study(rng, patient, labels[j], j)
@@ -113,7 +123,8 @@ def _patient_rows(seed: int, index: int, sites: tuple[str, ...]) -> list[dict]:
             pair_id = f"{study_id}-{view.lower()}"
             row = {"pair_id": pair_id, "study_id": study_id, "patient_id": patient_id,
                    "image_path": f"{SCHEME}{seed}/{pair_id}", "view": view, "findings": findings,
-                   "impression": impression, "site": f"synthetic-{site}", "synth_attrs": attrs}
+                   "impression": impression, "site": f"synthetic-{site}", "synth_attrs": attrs,
+                   "sex": sex, "age": ages[j], "age_band": age_band(ages[j]), "year": years[j]}
             row.update(zip(LABELS, (float(v) for v in study["labels"]), strict=True))
             rows.append(row)
     return rows
