@@ -81,6 +81,11 @@ def relink_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
     return dashboard.relink_rows(list(run_ids), variant="model")
 
 
+@st.cache_data(ttl=2, show_spinner=False)
+def provenance_table() -> pd.DataFrame:
+    return dashboard.provenance_table()
+
+
 @st.cache_data(ttl=2, show_spinner=False, max_entries=16)
 def model_comparison(run_ids: tuple[str, ...]) -> pd.DataFrame:
     """The side-by-side table of audited models (a probe may be stored after the audit: short ttl)."""

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -471,3 +472,20 @@ def test_tables_wrap_long_text_and_labels_fit(seeded: Path, monkeypatch: pytest.
     assert not at.exception and set(at.dataframe[0].value["level"]) == {"study", "patient"}
     at = _open("mitigation", seeded, monkeypatch)
     assert all(len(m.label) <= 30 for m in at.metric), [m.label for m in at.metric]  # a card cuts longer labels
+
+
+def test_models_and_jobs_shows_each_runs_provenance_and_exports_it(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs import provenance, store
+
+    at = _open("models_jobs", seeded, monkeypatch)
+    table = next(d.value for d in at.dataframe if "code version" in d.value.columns)
+    done = store.list_runs(status="done")
+    assert sorted(table["run"]) == sorted(done["run_id"])
+    commit = provenance.code_version()[:12]
+    assert (table["code version"].str.startswith(commit) | (commit == "unknown")).all()
+    started = pd.to_datetime(table["started (UTC)"]).astype("int64") // 10**9
+    finished = pd.to_datetime(table["finished (UTC)"]).astype("int64") // 10**9
+    assert (started <= finished).all()
+    assert at.selectbox(key="export_run").value == table["run"].iloc[0]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download all results of this run (zip)" in labels

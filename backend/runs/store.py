@@ -315,7 +315,7 @@ def list_runs(kind: str | None = None, status: str | None = "done") -> pd.DataFr
 
 
 def provenance_records(run_ids: list[str] | None = None, status: str | None = "done") -> list[dict[str, Any]]:
-    """Per run (newest first; `run_ids`, else every run of `status`, None: any): {run_id, kind, status, provenance}
+    """Per run (newest first; `run_ids`, else every run of `status`, None: any): {run_id, kind, status, spec, provenance}
     with provenance as backend.runs.provenance.describe gives it."""
     sql, args = "SELECT r.*, p.code_version, p.package_version, p.started, p.finished AS p_finished " \
                 "FROM runs r LEFT JOIN run_provenance p USING (run_id) WHERE 1=1", []
@@ -333,7 +333,7 @@ def provenance_records(run_ids: list[str] | None = None, status: str | None = "d
         rec = _run_record(row, names)
         prov = {"code_version": rec["code_version"], "package_version": rec["package_version"],
                 "started": rec["started"], "finished": rec["p_finished"]}
-        out.append({"run_id": rec["run_id"], "kind": rec["kind"], "status": rec["status"],
+        out.append({"run_id": rec["run_id"], "kind": rec["kind"], "status": rec["status"], "spec": rec["spec"],
                     "provenance": provenance.describe(rec, prov if rec["p_finished"] or rec["started"] else None)})
     return out
 

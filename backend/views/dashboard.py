@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import subprocess
 import time
@@ -19,7 +20,7 @@ import pandas as pd
 
 from backend import models, settings
 from backend.errors import RelinkError, SpecError
-from backend.runs import jobs, ladder, snapshot, store
+from backend.runs import jobs, ladder, provenance, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import get_source, list_sources, load_source
 from backend.specs import (
@@ -709,6 +710,26 @@ def job_times(started: float | None, finished: float | None, fraction: float, no
     text += (f"ended {time.strftime('%H:%M:%S', time.localtime(finished))} · took {_hms(elapsed)}" if finished else
              f"running {_hms(elapsed)}" + (f" · about {_hms(left)} left" if left is not None else " · estimating"))
     return {"elapsed_s": elapsed, "left_s": left, "text": text}
+
+
+def provenance_table(limit: int = 200) -> pd.DataFrame:
+    """The finished runs (newest first, at most `limit`) with their provenance, for Models and jobs: run, kind,
+    model, dataset, code version (the commit's first 12 hex), data hash, started / finished (UTC), duration (s);
+    "not recorded" where a run stored before provenance was kept has none (the export has the full text)."""
+    out = []
+    for rec in store.provenance_records()[:limit]:
+        info, text = spec_info(rec["spec"]), provenance.display(rec["provenance"])
+        row = {name: text[provenance.FIELD_NAMES[key]] for key, name in PROVENANCE_COLUMNS.items()}
+        row = {k: "not recorded" if v.startswith("not recorded") else v for k, v in row.items()}
+        row["code version"] = re.sub(r"\b([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", row["code version"])
+        row["code version"] = re.sub(r" \(demo snapshot made .*\)", " (snapshot)", row["code version"])
+        out.append({"run": rec["run_id"], "kind": rec["kind"], "model": info.get("model", ""),
+                    "dataset": info.get("source", ""), **row})
+    return pd.DataFrame(out, columns=["run", "kind", "model", "dataset", *PROVENANCE_COLUMNS.values()])
+
+
+PROVENANCE_COLUMNS = {"code_version": "code version", "data_hash": "data hash", "started": "started (UTC)",
+                      "finished": "finished (UTC)", "duration_s": "duration (s)"}
 
 
 def run_inputs(run_id: str | None) -> str:
