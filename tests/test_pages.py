@@ -72,12 +72,24 @@ def test_overview_headline_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch
     assert not at.button  # no demo button once results exist
 
 
-def test_relinkage_page_overlays_models(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relinkage_page_overlays_runs(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs import store
+    from backend.views import dashboard
+
     at = _open("relinkage", seeded, monkeypatch)
-    at.multiselect[0].set_value(["demo", "openai-vit-b-16"]).run()
+    audits = list(dashboard.audit_runs("synthetic")["run_id"])
+    picker = at.multiselect(key="overlay_runs")
+    assert sorted(picker.value) == sorted(audits)  # default: the newest audit of each model on this dataset
+    table = at.dataframe[0].value
+    assert {r.split(" · ")[0] for r in table["run"]} == {"demo", "openai-vit-b-16"} and (table["lift"] > 1).all()
+    points = store.load_sweep_points(dashboard.latest("sweep", "synthetic", "demo"))
+    dp = points.sort_values("epsilon")["run_id"].iloc[0]
+    picker.set_value([audits[0], dp]).run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert set(table["model"]) == {"demo", "openai-vit-b-16"} and (table["lift"] > 1).all()
+    assert any(dp in r and "nominal, per pair" in r for r in table["run"])
+    lift = next(c for c in at.get("plotly_chart") if "Lift" in c.proto.spec)
+    assert "nominal, per pair" in lift.proto.spec
 
 
 def test_mitigation_slider_changes_the_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,6 +145,64 @@ def relink_rows(run_ids: list[str], variant: str | None = None) -> pd.DataFrame:
     return rows.assign(model=rows["run_id"].map(models))
 
 
+# ---------------------------------------------------------------- runs side by side (issue 13 part 3)
+
+OWN_VARIANT = {"audit": "model", "dp": "dp"}  # the rows a run's curves are drawn from: its own, not its transfer rows
+
+
+def _data_label(info: dict[str, Any]) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in sorted((info.get("source_options") or {}).items()))
+    return f"{info.get('source', '')}" + (f" ({options})" if options else "")
+
+
+def run_labels(run_ids: list[str]) -> dict[str, str]:
+    """Run id -> the name a reader sees on the overlay: model · data (source and its options) · for a DP run its
+    epsilon, guarantee (certified / nominal) and privacy unit (pair / patient) · the run id (two audits of one model
+    on one dataset stay apart)."""
+    privacy = store.load_privacy(run_ids).set_index("run_id") if run_ids else pd.DataFrame()
+    out = {}
+    for run_id in run_ids:
+        run = store.get_run(run_id) or {}
+        info = spec_info(run.get("spec", "{}"))
+        parts = [info.get("model") or "?", _data_label(info)]
+        if run.get("kind") == "dp":
+            try:
+                eps = float(json.loads(run.get("spec") or "{}").get("epsilon", math.nan))
+            except (TypeError, ValueError):
+                eps = math.nan
+            rec = privacy.loc[run_id] if run_id in privacy.index else {}
+            guarantee = str(rec.get("guarantee") or "") if len(rec) else ""
+            unit = str(rec.get("privacy_unit") or info.get("privacy_unit") or "")
+            what = RETRAINED if not math.isfinite(eps) else f"DP heads ε={eps:g} {guarantee}"
+            parts.append(f"{what}, per {unit}" if unit else what)
+        parts.append(run_id)
+        out[run_id] = " · ".join(p for p in parts if p)
+    return out
+
+
+def overlay_runs() -> pd.DataFrame:
+    """Every finished run with re-linkage curves of its own (audits and DP runs, newest first): run_id, kind,
+    model, source, label (run_labels), for the Re-linkage page's run picker."""
+    runs = catalog()
+    if not len(runs):
+        return pd.DataFrame(columns=["run_id", "kind", "model", "source", "label"])
+    runs = runs[runs["kind"].isin(list(OWN_VARIANT))]
+    labels = run_labels(runs["run_id"].tolist())
+    return runs.assign(label=runs["run_id"].map(labels))[["run_id", "kind", "model", "source", "label"]] \
+        .reset_index(drop=True)
+
+
+def run_rows(run_ids: list[str]) -> pd.DataFrame:
+    """Tidy re-linkage rows of any finished runs, each run's own variant (OWN_VARIANT), with `model` and `run`
+    (its run_labels name) columns: the rows the overlay and its lift table show."""
+    rows = store.load_metrics(run_ids)
+    kinds = {r: (store.get_run(r) or {}).get("kind", "") for r in run_ids}
+    rows = rows[rows["variant"] == rows["run_id"].map(lambda r: OWN_VARIANT.get(kinds.get(r), "model"))]
+    labels = run_labels(list(run_ids))
+    models = {r: spec_info((store.get_run(r) or {}).get("spec", "{}")).get("model", r) for r in run_ids}
+    return rows.assign(model=rows["run_id"].map(models), run=rows["run_id"].map(labels))
+
+
 def lift_at(rows: pd.DataFrame, n: int | None, k: int = 1, pool: str = "random", level: str = "study") -> float:
     """Lift at pool size n (None: the largest N stored); NaN when absent."""
     sel = rows[(rows["k"] == k) & (rows["pool_kind"] == pool) & (rows["level"] == level)]
@@ -155,15 +213,15 @@ def lift_at(rows: pd.DataFrame, n: int | None, k: int = 1, pool: str = "random",
     return float(hit["lift"].iloc[0]) if len(hit) else math.nan
 
 
-def lift_table(rows: pd.DataFrame, k: int = 1) -> pd.DataFrame:
-    """Recall@k and lift at N=100 and the largest N, per model, pool and level."""
+def lift_table(rows: pd.DataFrame, k: int = 1, by: str = "model") -> pd.DataFrame:
+    """Recall@k and lift at N=100 and the largest N, per `by` (model, or run for runs side by side), pool and level."""
     out = []
-    for (model, pool, level), g in rows[rows["k"] == k].groupby(["model", "pool_kind", "level"]):
+    for (name, pool, level), g in rows[rows["k"] == k].groupby([by, "pool_kind", "level"]):
         for n in sorted({100, int(g["n"].max())}):
             hit = g[g["n"] == n]
             if len(hit):
                 r = hit.iloc[0]
-                out.append({"model": model, "pool": pool, "level": level, "N": n, f"Recall@{k}": r["recall"],
+                out.append({by: name, "pool": pool, "level": level, "N": n, f"Recall@{k}": r["recall"],
                             "CI": f"{r['ci_low']:.3f}-{r['ci_high']:.3f}", "effective N": r["effective_n"],
                             "chance": r["chance"], "lift": r["lift"]})
     return pd.DataFrame(out)
@@ -199,17 +257,22 @@ COMPARISON_N = 100
 
 
 def model_comparison(audit_ids: list[str]) -> pd.DataFrame:
-    """The ladder's table for any set of audited models, one row per audit run (study level, random pool,
-    Recall@1): model, audit_run, probe_run, probe_from, linear / zero_shot macro AUROC with _low/_high (NaN when no
-    probe was stored), and at N=100 (the largest N <= 100) and at the largest N: n_, recall_, lift_ with CIs."""
+    """The ladder's table for any set of audited runs (audits, and DP runs: their own heads' rows and probes), one row
+    per run (study level, random pool, Recall@1): model, audit_run, label (run_labels), probe_run, probe_from,
+    linear / zero_shot macro AUROC with _low/_high (NaN when no probe was stored), and at N=100 (the largest
+    N <= 100) and at the largest N: n_, recall_, lift_ with CIs."""
     out = []
+    labels = run_labels(list(audit_ids))
     for audit_id in audit_ids:
         run = store.get_run(audit_id) or {}
         info = spec_info(run.get("spec", "{}"))
         rows = store.load_metrics(audit_id)
-        rows = rows[rows["variant"] == "model"]
-        row: dict[str, Any] = {"model": info.get("model", audit_id), "audit_run": audit_id}
-        probe_id, variant, what = probe_for(row["model"], info.get("source", ""), info.get("source_options"))
+        rows = rows[rows["variant"] == OWN_VARIANT.get(run.get("kind", ""), "model")]
+        row: dict[str, Any] = {"model": info.get("model", audit_id), "audit_run": audit_id, "label": labels[audit_id]}
+        if run.get("kind") == "dp":
+            probe_id, variant, what = audit_id, "dp", "the DP run's own heads"
+        else:
+            probe_id, variant, what = probe_for(row["model"], info.get("source", ""), info.get("source_options"))
         probe = store.load_probe(probe_id) if probe_id else pd.DataFrame(columns=["variant", "method", "label"])
         probe = probe[probe["variant"] == variant]
         row.update(probe_run=probe_id, probe_from=what)
@@ -242,6 +305,7 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.DataFrame({
         "Model": table["model"],
+        "Run": table["label"] if "label" in table.columns else table["audit_run"],
         "Linear-probe AUROC [95% CI]": [auroc(r, "linear") for r in table.itertuples()],
         "Zero-shot AUROC [95% CI]": [auroc(r, "zero_shot") for r in table.itertuples()],
         "Lift at N=100 [95% CI]": [lift(r, "100") for r in table.itertuples()],
