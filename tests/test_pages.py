@@ -501,3 +501,25 @@ def test_models_and_jobs_shows_each_runs_provenance_and_exports_it(seeded: Path,
     assert at.selectbox(key="export_run").value == table["run"].iloc[0]
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download all results of this run (zip)" in labels
+
+
+def test_overview_verdict_names_strongest_side_information_members_and_caveats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.views import dashboard, report
+    from tests.helpers.seed import add_side_information
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    add_side_information(seed_store(tmp_path))
+    at = _open("overview", tmp_path, monkeypatch)
+    v = dashboard.verdict("audit-sideinfo", dashboard.latest("sweep", "synthetic", "demo"))
+    lines = {x["key"]: x for x in v["lines"]}
+    metrics = {m.label: m for m in at.metric}
+    strongest = lines["strongest"]
+    assert metrics[f"Strongest: N={strongest['n']:,}"].value == f"{strongest['lift']:.1f}x"
+    assert metrics["Side info: N=100"].value == f"{lines['matched:sex+age_band_100']['lift']:.1f}x"
+    gap = lines["members_100"]
+    assert metrics["Members gap, N=100"].value == f"{gap['delta']:+.4f}"
+    assert f"{gap['delta_low']:+.4f}" in metrics["Members gap, N=100"].proto.delta
+    caveats = next(e for e in at.expander if e.label.startswith("Privacy caveats"))
+    shown = "\n".join(m.value for m in caveats.markdown)
+    assert len(report.CAVEATS) == shown.count("\n- ") + 1 and "Only the projection heads are private" in shown

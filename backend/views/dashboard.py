@@ -25,6 +25,7 @@ from backend.sources import LABELS as LABELS  # re-exported: the pages import no
 from backend.sources import get_source, list_sources, load_source
 from backend.specs import (
     DEFAULT_EPSILONS,
+    MATCH_PREFIX,
     POOL_KINDS,
     DPSpec,
     LadderSpec,
@@ -563,12 +564,17 @@ def _point(rows: pd.DataFrame, n: int | None, pool: str = "random", k: int = 1) 
 
 def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | None = None) -> dict[str, Any]:
     """The one-screen verdict: re-linkage lift at N=100 and the largest N (random and pathology-matched pools,
-    with 95% CIs) and, for one epsilon of the sweep (default: the strongest), Recall@1 and the macro AUROCs of
-    the DP heads against the heads retrained without DP, each with a plain sentence."""
+    with 95% CIs); the strongest measured re-linkage (the pool and N of the largest lift, key "strongest"); what side
+    information does (each matched pool against the random pool at N=100 and the largest N, keys
+    "matched:<attrs>_100" / "_max"); and, for one epsilon of the sweep (default: the strongest), Recall@1 and the
+    macro AUROCs of the DP heads against the heads retrained without DP, and the members gap at that epsilon (keys
+    "members_100" / "members_max"). Each line has a plain sentence; each delta its interval (`delta_low`,
+    `delta_high`: the members gap's bootstrap CI; for the others a conservative range from the two 95% CIs)."""
     out: dict[str, Any] = {"lines": []}
     if audit_id:
         rows = store.load_metrics(audit_id)
         rows = rows[rows["variant"] == "model"]
+        out["lines"] += _strongest_line(rows) + _matched_lines(rows)
         for pool, n in (("random", 100), ("random", None), ("hard", 100), ("hard", None)):
             p = _point(rows, n, pool)
             if p is None:
@@ -602,13 +608,17 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                 verb = (f"{cut:.0%} fewer first-guess re-links" if cut >= 0 else
                         f"{-cut:.0%} more first-guess re-links: the noise moved the heads, it did not remove what "
                         "they share with the frozen encoders")
+                low, high = _range(a["ci_low"], a["ci_high"], b["ci_low"], b["ci_high"])
                 out["lines"].append({
                     "key": f"dp_{'100' if n else 'max'}", "pool": "random", "n": b["n"], "before": a, "after": b,
-                    "change": -cut, "label": f"Recall@1 at N={b['n']:,} with DP heads (ε={out['epsilon']:g})",
+                    "change": -cut, "delta": b["recall"] - a["recall"], "delta_low": low, "delta_high": high,
+                    "label": f"Recall@1 at N={b['n']:,} with DP heads (ε={out['epsilon']:g})",
                     "sentence": (f"With DP heads at ε={out['epsilon']:g} ({out['guarantee']}, per {out['privacy_unit']}), "
                                  f"Recall@1 at N={b['n']:,} is {b['recall']:.3f} (95% CI {b['ci_low']:.3f}-"
                                  f"{b['ci_high']:.3f}) against {a['recall']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) "
-                                 f"for heads retrained without DP: {verb}.")})
+                                 f"for heads retrained without DP: {verb} (difference {b['recall'] - a['recall']:+.4f}, "
+                                 f"conservative range {low:+.4f} to {high:+.4f}).")})
+            out["lines"] += _members_lines(sweep_id, float(chosen["epsilon"]))
             for key, name in (("auroc_linear", "linear-probe"), ("auroc_zero_shot", "zero-shot")):
                 before, after = float(base.iloc[0][key]), float(chosen[key])
                 out["lines"].append({
@@ -616,6 +626,78 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                     "label": f"{name} macro AUROC with DP heads (ε={out['epsilon']:g})",
                     "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (no DP) to "
                                  f"{after:.3f} ({after - before:+.3f}): the clinical utility the DP heads keep.")})
+    return out
+
+
+def _range(a_low: float, a_high: float, b_low: float, b_high: float) -> tuple[float, float]:
+    """A conservative range of b - a from the two 95% CIs (the Minkowski difference; wider than a paired bootstrap
+    would give, never narrower)."""
+    return b_low - a_high, b_high - a_low
+
+
+def _strongest_line(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The largest lift of Recall@1 the audit measured (study level, any pool and N), with its CI."""
+    sel = rows[(rows["k"] == 1) & (rows["level"] == "study")]
+    if not len(sel):
+        return []
+    top = sel.loc[sel["lift"].idxmax()]
+    p = _point(sel, int(top["n"]), str(top["pool_kind"]))
+    if p is None:
+        return []
+    pool = pool_name(str(top["pool_kind"]))
+    return [{"key": "strongest", "pool": str(top["pool_kind"]), **p,
+             "label": f"Strongest measured re-linkage: {pool}, N={p['n']:,}",
+             "sentence": (f"The strongest re-linkage measured is in the {pool} at N={p['n']:,}: {p['lift']:.1f} times "
+                          f"chance (95% CI {p['lift_low']:.1f}-{p['lift_high']:.1f}; Recall@1 {p['recall']:.3f}, "
+                          f"chance {p['chance']:.4f}).")}]
+
+
+def _matched_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per side-information pool (pool_kind "matched:<attrs>"): its lift at N=100 and at its largest N against the
+    random pool's at the same N, the difference with a conservative range (_range)."""
+    out = []
+    for kind in sorted(k for k in rows["pool_kind"].unique() if str(k).startswith(MATCH_PREFIX)):
+        for tag, n in (("100", 100), ("max", None)):
+            m = _point(rows, n, kind)
+            r = _point(rows, m["n"], "random") if m else None
+            if m is None or r is None or r["n"] != m["n"]:
+                continue
+            low, high = _range(r["lift_low"], r["lift_high"], m["lift_low"], m["lift_high"])
+            delta = m["lift"] - r["lift"]
+            name = pool_name(kind)
+            out.append({
+                "key": f"{kind}_{tag}", "pool": kind, **m, "random": r, "delta": delta, "delta_low": low,
+                "delta_high": high, "label": f"Side information: {name}, N={m['n']:,}",
+                "sentence": (f"With pools {name} (distractors share what the attacker knows of the patient), lift at "
+                             f"N={m['n']:,} is {m['lift']:.1f}x (95% CI {m['lift_low']:.1f}-{m['lift_high']:.1f}) "
+                             f"against {r['lift']:.1f}x ({r['lift_low']:.1f}-{r['lift_high']:.1f}) in random pools: "
+                             f"{delta:+.1f}x (conservative range {low:+.1f} to {high:+.1f}, from the two CIs).")})
+    return out
+
+
+def _members_lines(sweep_id: str, epsilon: float) -> list[dict[str, Any]]:
+    """The members gap (member - non-member Recall@1, its bootstrap CI) of the DP heads at `epsilon`, at N=100 (or
+    the largest N below it) and the largest common N; none when the sweep did not measure members."""
+    table, _ = members_table(sweep_id)
+    if table.empty:
+        return []
+    sel = table[table["heads"] == series_label(epsilon)].sort_values("n")
+    out = []
+    for tag, row in (("100", sel[sel["n"] <= 100].tail(1)), ("max", sel.tail(1))):
+        if not len(row) or (tag == "max" and out and out[0]["n"] == int(row["n"].iloc[0])):
+            continue
+        r = row.iloc[0]
+        gap, low, high = float(r["gap"]), float(r["gap_ci_low"]), float(r["gap_ci_high"])
+        what = ("no measurable memorisation: the CI contains 0" if low <= 0 <= high else
+                "the heads re-link their own training patients better" if low > 0 else
+                "members are re-linked less well than non-members")
+        out.append({
+            "key": f"members_{tag}", "n": int(r["n"]), "epsilon": epsilon, "delta": gap, "delta_low": low,
+            "delta_high": high, "member": float(r["member_recall"]), "nonmember": float(r["nonmember_recall"]),
+            "label": f"Members gap at N={int(r['n']):,} (ε={epsilon:g})",
+            "sentence": (f"With DP heads at ε={epsilon:g}, training patients (members) are re-linked with Recall@1 "
+                         f"{float(r['member_recall']):.4f} against {float(r['nonmember_recall']):.4f} for unseen "
+                         f"patients at N={int(r['n']):,}: gap {gap:+.4f} (95% CI {low:+.4f} to {high:+.4f}), {what}.")})
     return out
 
 
