@@ -180,3 +180,13 @@ def test_an_older_store_without_provenance_stays_readable(monkeypatch: pytest.Mo
     assert _raw("SELECT value FROM meta WHERE key = 'schema_version'", [])["value"].iloc[0] == str(store.SCHEMA_VERSION)
     z = _zip(export.archive_bytes("audit-old"))
     assert json.loads(z.read("provenance.json"))["code_version"].startswith("not recorded")
+
+
+def test_an_imported_snapshot_names_the_snapshots_code_version() -> None:
+    run = {"finished": 50.0, "summary": {"snapshot": {"code_version": "abc", "made": "2026-01-01T00:00:00+00:00"},
+                                         "inputs": {"data_hash": "0123456789abcdef", "n_pairs": 3}}}
+    prov = provenance.describe(run, {"code_version": "importer", "started": 40.0, "finished": 50.0})
+    assert prov["code_version"] == "abc (demo snapshot made 2026-01-01T00:00:00+00:00)"
+    assert prov["started"] is None and prov["duration_s"] is None and prov["data_hash"] == "0123456789abcdef"
+    shown = provenance.display(prov)
+    assert shown[provenance.FIELD_NAMES["started"]] == "not recorded" and shown[provenance.FIELD_NAMES["n_pairs"]] == "3"

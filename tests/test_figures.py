@@ -182,3 +182,12 @@ def test_runs_side_by_side_one_trace_per_run_and_pool_in_one_colour(tmp_path: Pa
     assert table.loc[dp, "lift_max"] == pytest.approx(top["recall"] / top["chance"])
     probe = store.load_probe(dp).query("variant == 'dp' and label == 'macro' and method == 'linear'")
     assert table.loc[dp, "linear"] == pytest.approx(float(probe["auroc"].iloc[0]))
+
+
+def test_series_names_are_text_not_plotly_markup() -> None:
+    """Plotly renders <a href>, <b>, <br> in trace names; a model name or source option is shown as its text."""
+    rows = pd.DataFrame([{"model": "<a href='http://example.invalid'>x</a>", "pool_kind": "random", "level": "study",
+                          "k": 1, "n": n, "recall": 0.5 / n, "ci_low": 0.4 / n, "ci_high": 0.6 / n, "chance": 1 / n,
+                          "lift": 0.5, "effective_n": n} for n in (10, 100)])
+    names = [t.name for t in figures.recall_curves(rows).data if t.mode == "lines+markers"]
+    assert names == ["&lt;a href=&#x27;http://example.invalid&#x27;&gt;x&lt;/a&gt; · random pool · study"]

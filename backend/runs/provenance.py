@@ -72,8 +72,9 @@ def describe(run: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[
            "n_pairs": inputs.get("n_pairs"), "started": started, "finished": finished,
            "duration_s": (finished - started) if started and finished else None}
     snap = summary.get("snapshot")
-    if isinstance(snap, dict):  # imported: the snapshot's own code version, not the importer's
+    if isinstance(snap, dict):  # imported: the snapshot's code version and date, not the importer's or the import's
         out["code_version"] = f"{snap.get('code_version', 'unknown')} (demo snapshot made {snap.get('made', '?')})"
+        out.update(started=None, finished=None, duration_s=None)
     return out
 
 
