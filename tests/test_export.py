@@ -190,3 +190,26 @@ def test_an_imported_snapshot_names_the_snapshots_code_version() -> None:
     assert prov["started"] is None and prov["duration_s"] is None and prov["data_hash"] == "0123456789abcdef"
     shown = provenance.display(prov)
     assert shown[provenance.FIELD_NAMES["started"]] == "not recorded" and shown[provenance.FIELD_NAMES["n_pairs"]] == "3"
+
+
+def test_a_sweeps_points_start_where_the_previous_point_ended(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import math
+
+    from backend.runs import persist
+    from backend.specs import AuditSpec, DPSpec, EmbedSpec, SweepSpec
+    from tests.helpers.seed import SOURCE, _dp_result
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    base = DPSpec(source=SOURCE, model="demo", audit=AuditSpec(embed=EmbedSpec(source=SOURCE, model="demo")))
+    sweep = SweepSpec(base=base, epsilons=(1.0, math.inf))
+    store.upsert_run(sweep.run_id(), "sweep", sweep.to_json(), "running")
+    begun = store.get_provenance(sweep.run_id())["started"]
+    ends = []
+    for point in sweep.points():
+        privacy = {"epsilon": point.epsilon, "guarantee": "nominal", "privacy_unit": "pair"}
+        persist.persist_sweep_part(sweep.run_id(), sweep, _dp_result(point, "dp", 0.2, 0.0, privacy), "cpu")
+        ends.append(store.get_provenance(point.run_id()))
+    assert ends[0]["started"] == begun and ends[1]["started"] == ends[0]["finished"]
+    persist.finish_sweep(sweep.run_id(), sweep, "cpu")
+    whole = store.get_provenance(sweep.run_id())
+    assert whole["started"] == begun and whole["finished"] >= ends[1]["finished"]

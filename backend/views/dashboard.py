@@ -161,9 +161,11 @@ def run_labels(run_ids: list[str]) -> dict[str, str]:
     epsilon, guarantee (certified / nominal) and privacy unit (pair / patient) · the run id (two audits of one model
     on one dataset stay apart)."""
     privacy = store.load_privacy(run_ids).set_index("run_id") if run_ids else pd.DataFrame()
+    stored = store.list_runs(status=None)  # one read for all of them (the run picker labels every stored run)
+    runs = {r["run_id"]: r for r in stored[stored["run_id"].isin(list(run_ids))].to_dict(orient="records")}
     out = {}
     for run_id in run_ids:
-        run = store.get_run(run_id) or {}
+        run = runs.get(run_id) or {}
         info = spec_info(run.get("spec", "{}"))
         parts = [info.get("model") or "?", _data_label(info)]
         if run.get("kind") == "dp":
