@@ -121,7 +121,9 @@ def test_utility_report_and_jobs_pages_on_seeded_store(seeded: Path, monkeypatch
     at = _open("utility", seeded, monkeypatch)
     assert len(at.dataframe) >= 2
     at = _open("report", seeded, monkeypatch)
-    assert at.get("download_button")
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download the HTML audit report", "Download all results of the audit (zip)",
+                      "Download all results of the epsilon sweep (zip)"]
     at = _open("models_jobs", seeded, monkeypatch)
     assert "failed" in _text(at) and any("Traceback" in e.label for e in at.expander)
 
