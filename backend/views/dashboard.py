@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend import models, settings
+from backend import models, settings, specs
 from backend.errors import RelinkError, SpecError
 from backend.runs import jobs, ladder, provenance, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import get_source, list_sources, load_source
 from backend.specs import (
     DEFAULT_EPSILONS,
-    MATCH_PREFIX,
     POOL_KINDS,
     DPSpec,
     LadderSpec,
@@ -658,7 +657,7 @@ def _matched_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """Per side-information pool (pool_kind "matched:<attrs>"): its lift at N=100 and at its largest N against the
     random pool's at the same N, the difference with a conservative range (_range)."""
     out = []
-    for kind in sorted(k for k in rows["pool_kind"].unique() if str(k).startswith(MATCH_PREFIX)):
+    for kind in sorted(k for k in rows["pool_kind"].unique() if str(k).startswith(specs.MATCH_PREFIX)):
         for tag, n in (("100", 100), ("max", None)):
             m = _point(rows, n, kind)
             r = _point(rows, m["n"], "random") if m else None
