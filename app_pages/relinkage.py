@@ -21,11 +21,13 @@ if not len(runs):
 catalog = ui.overlay_runs()
 labels = dict(zip(catalog["run_id"], catalog["label"], strict=True))
 default = [r for r in runs["run_id"].tolist()[:4] if r in labels]  # the newest audit of each model on this dataset
-c1, c2 = st.columns([4, 1])
-chosen = c1.multiselect("Runs", catalog["run_id"].tolist(), default=default, format_func=lambda r: labels.get(r, r),
+chips = dict(zip(catalog["run_id"], catalog["chip"], strict=True))
+# On a row of its own, with short names (the legend and the tables give the whole name): chips that fit.
+chosen = st.multiselect("Runs", catalog["run_id"].tolist(), default=default, format_func=lambda r: chips.get(r, r),
                         key="overlay_runs",
                         help="Any stored audit or DP run, overlaid; each keeps one colour in every chart. Default: the "
                              "newest audit of each model on this dataset.")
+c2, _ = st.columns([1, 4])
 if not chosen:
     st.info("Pick at least one run.")
     st.stop()

@@ -184,14 +184,22 @@ def run_labels(run_ids: list[str]) -> dict[str, str]:
 
 def overlay_runs() -> pd.DataFrame:
     """Every finished run with re-linkage curves of its own (audits and DP runs, newest first): run_id, kind,
-    model, source, label (run_labels), for the Re-linkage page's run picker."""
+    model, source, label (run_labels) and chip (the label without its data part), for the Re-linkage page's run
+    picker."""
     runs = catalog()
     if not len(runs):
-        return pd.DataFrame(columns=["run_id", "kind", "model", "source", "label"])
+        return pd.DataFrame(columns=["run_id", "kind", "model", "source", "label", "chip"])
     runs = runs[runs["kind"].isin(list(OWN_VARIANT))]
     labels = run_labels(runs["run_id"].tolist())
-    return runs.assign(label=runs["run_id"].map(labels))[["run_id", "kind", "model", "source", "label"]] \
-        .reset_index(drop=True)
+    runs = runs.assign(label=runs["run_id"].map(labels))
+    runs["chip"] = [_chip(label) for label in runs["label"]]
+    return runs[["run_id", "kind", "model", "source", "label", "chip"]].reset_index(drop=True)
+
+
+def _chip(label: str) -> str:
+    """A run's short name for a picker chip: its label without the data part (model · [DP heads ...] · run id)."""
+    parts = label.split(" · ")
+    return " · ".join([parts[0], *parts[2:]]) if len(parts) > 2 else label
 
 
 def run_rows(run_ids: list[str]) -> pd.DataFrame:
