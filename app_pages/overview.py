@@ -53,7 +53,12 @@ if head.get("audit_run"):
                       dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS[line["pool"]],
                       delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
             st.caption(ui.plain(line["sentence"]))
-    extra = [line for line in verdict["lines"] if line["key"] == "strongest" or line["key"].startswith("matched:")]
+    shown = {(line["pool"], line["n"]) for line in lines.values() if line["key"].startswith("lift_")}
+    strongest = lines.get("strongest")
+    if strongest and (strongest["pool"], strongest["n"]) in shown:  # already a card above: one line, not a second card
+        st.caption(ui.plain(strongest["sentence"]))
+    extra = [line for line in verdict["lines"] if (line["key"] == "strongest" and (line["pool"], line["n"]) not in shown)
+             or line["key"].startswith("matched:")]
     if extra:  # the strongest re-linkage measured, and what side information does to it
         for col, line in zip(st.columns(4), extra[:4], strict=False):
             with col:
