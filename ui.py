@@ -81,6 +81,22 @@ def relink_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
     return dashboard.relink_rows(list(run_ids), variant="model")
 
 
+@st.cache_data(ttl=2, show_spinner=False)
+def overlay_runs() -> pd.DataFrame:
+    return dashboard.overlay_runs()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
+    """Finished runs only: cached for good."""
+    return dashboard.run_rows(list(run_ids))
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def provenance_table() -> pd.DataFrame:
+    return dashboard.provenance_table()
+
+
 @st.cache_data(ttl=2, show_spinner=False, max_entries=16)
 def model_comparison(run_ids: tuple[str, ...]) -> pd.DataFrame:
     """The side-by-side table of audited models (a probe may be stored after the audit: short ttl)."""
@@ -93,7 +109,9 @@ def comparison_table(run_ids: tuple[str, ...]) -> None:
     if table.empty:
         return
     ci = "95% CI from a bootstrap over patients."
-    st.dataframe(dashboard.comparison_display(table), hide_index=True, column_config={
+    st.dataframe(dashboard.comparison_display(table), hide_index=True, row_height=WRAP_ROW_HEIGHT, column_config={
+        "Run": st.column_config.TextColumn(width="large", help="model · data · for a DP run its ε, guarantee and "
+                                                               "privacy unit · run id"),
         "Linear-probe AUROC [95% CI]": st.column_config.TextColumn(help=dashboard.DEFINITIONS["auroc"] + " " + ci),
         "Zero-shot AUROC [95% CI]": st.column_config.TextColumn(
             help="Zero-shot: per finding, cosine with a positive minus a negative prompt. " + ci),

@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, LadderSpec, SourceSpec
-from backend.views import dashboard
+from backend.views import dashboard, export
 
 source, model = ui.selection()
 st.title("Models and jobs")
@@ -61,6 +61,31 @@ if st.button("Train the ladder", help="One background job: train each rung (cach
 running = st.session_state.get("ladder_job") or ui.active_job_id("ladder")
 if running:
     ui.watch_job(running)
+
+st.subheader("Stored runs")
+st.caption("Where each finished run comes from: the code version that computed it (git commit; -dirty: with "
+           "uncommitted changes), the hash of the data it read, and when it started and ended. Export writes every "
+           "result of one run as a zip: spec and provenance (JSON), curve rows (JSON and CSV), per-label AUROCs, sweep "
+           "points, members rows and the per-query table when stored, with a README naming each file. The command "
+           "line: `python -m backend export RUN_ID --out FILE.zip`.")
+stored = ui.provenance_table()
+if len(stored):
+    st.dataframe(stored, hide_index=True, column_config={
+        "code version": st.column_config.TextColumn(help="git commit of the code that stored the run (-dirty: with "
+                                                         "uncommitted changes; unknown: not a git checkout)."),
+        "data hash": st.column_config.TextColumn(help="16 hex of SHA-256 over the pair table and each image file's "
+                                                      "size and time, as the run recorded it."),
+        "duration (s)": st.column_config.TextColumn(help="finished - started; a sweep's point starts when the "
+                                                         "previous point was stored.")})
+    picked = st.selectbox("Run to export", stored["run"].tolist(), key="export_run",
+                          format_func=lambda r: " · ".join(str(v) for v in stored.loc[stored["run"] == r,
+                                                                                   ["run", "kind", "model", "dataset"]]
+                                                           .iloc[0]))
+    st.download_button("Download all results of this run (zip)", data=lambda: export.archive_bytes(picked),
+                       file_name=export.file_name(picked), mime="application/zip", key="export_zip",
+                       help="One zip archive: the same file as `python -m backend export RUN_ID`.")
+else:
+    st.info("No finished runs yet: their provenance and export appear here.")
 
 st.subheader("Jobs")
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from backend.runs.demo import default_demo_spec
-from backend.views import dashboard, figures
+from backend.views import dashboard, figures, report
 
 
 def demo_button(label: str, what: str, *, primary: bool) -> None:
@@ -53,6 +53,23 @@ if head.get("audit_run"):
                       dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS[line["pool"]],
                       delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
             st.caption(ui.plain(line["sentence"]))
+    shown = {(line["pool"], line["n"]) for line in lines.values() if line["key"].startswith("lift_")}
+    strongest = lines.get("strongest")
+    if strongest and (strongest["pool"], strongest["n"]) in shown:  # already a card above: one line, not a second card
+        st.caption(ui.plain(strongest["sentence"]))
+    extra = [line for line in verdict["lines"] if (line["key"] == "strongest" and (line["pool"], line["n"]) not in shown)
+             or line["key"].startswith("matched:")]
+    if extra:  # the strongest re-linkage measured, and what side information does to it
+        for col, line in zip(st.columns(4), extra[:4], strict=False):
+            with col:
+                if line["key"] == "strongest":
+                    ui.metric(f"Strongest: N={line['n']:,}", line["lift"], dashboard.DEFINITIONS["lift"],
+                              delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
+                else:
+                    ui.metric(f"Side info: N={line['n']:,}", line["lift"], "Lift in pools whose distractors share "
+                              "the matched attributes with the query: " + figures.pool_name(line["pool"]) + ".",
+                              delta=f"{line['delta']:+.1f}x vs random pool", delta_color="inverse")
+                st.caption(ui.plain(line["sentence"]))
     if "epsilon" in verdict:
         st.subheader(f"With DP projection heads at ε={verdict['epsilon']:g}")
         ui.guarantee_badge(verdict.get("guarantee", ""), verdict.get("privacy_unit", ""), verdict.get("objective", ""))
@@ -70,19 +87,18 @@ if head.get("audit_run"):
                               dashboard.DEFINITIONS["auroc"], fmt="{:.3f}",
                               delta=f"{line['change']:+.3f} vs retrained heads, no DP", delta_color="normal")
                 st.caption(ui.plain(line["sentence"]))
+        members = [line for line in verdict["lines"] if line["key"].startswith("members_")]
+        for col, line in zip(st.columns(4), members, strict=False):
+            with col:
+                ui.metric(f"Members gap, N={line['n']:,}", line["delta"], dashboard.DEFINITIONS["members"],
+                          fmt="{:+.4f}", delta=f"95% CI {line['delta_low']:+.4f} to {line['delta_high']:+.4f}",
+                          delta_color="off")
+                st.caption(ui.plain(line["sentence"]))
         st.caption("Baselines: *retrained heads, no DP* are trained exactly like the DP heads but without noise "
                    "(the fair comparison for what the noise does); the *original model* is the model's own heads "
                    "(on Re-linkage and Mitigation). The strongest ε of the sweep is shown; slide ε on Mitigation.")
-    with st.expander("What DP on the heads does and does not protect"):
-        st.markdown(
-            "- Only the **projection heads** are trained with DP; both encoders are frozen, so whatever the frozen "
-            "features already link stays linkable.\n"
-            "- ε bounds how much **one training pair or patient** (the privacy unit) can change the heads, not how "
-            "re-linkable a patient is: members and non-members re-link alike when the heads do not memorise.\n"
-            "- **Nominal** ε (in-batch objective) is what the accountant reports for a loss whose per-example "
-            "gradients are not independent; **certified** ε (public negatives) carries the usual DP-SGD guarantee.\n"
-            "- This is **one attack** (cosine ranking with this model); side information or another model can do "
-            "better. Synthetic data shows the mechanism, not the size.")
+    with st.expander("Privacy caveats: what these numbers do not show"):
+        st.markdown("\n".join(f"- {ui.plain(c)}" for c in report.CAVEATS))
     st.caption("Recall@1, study level. Lift 1x = chance. Details on Re-linkage and Mitigation.")
     rows = ui.relink_rows((head["audit_run"],))
     st.plotly_chart(figures.recall_curves(rows[rows["level"] == "study"], k=1, title=f"{model} on {source}: Recall@1 "

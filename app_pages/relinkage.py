@@ -1,4 +1,5 @@
-"""Re-linkage: Recall@K against pool size, models overlaid, pools and levels, and a lift table."""
+"""Re-linkage: lift and Recall@K against pool size, any stored runs overlaid (one colour per run), pools and levels,
+a lift table and the runs side by side."""
 
 import streamlit as st
 
@@ -17,11 +18,20 @@ if not len(runs):
     st.info(f"No finished audit on {ui.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
     st.stop()
 
-models = runs["model"].tolist()
-c1, c2 = st.columns([4, 1])
-chosen = c1.multiselect("Models", models, default=models[:4],
-                        help="Overlay several audited models (the newest audit of each).")
-rows_all = ui.relink_rows(tuple(runs["run_id"]))
+catalog = ui.overlay_runs()
+labels = dict(zip(catalog["run_id"], catalog["label"], strict=True))
+default = [r for r in runs["run_id"].tolist()[:4] if r in labels]  # the newest audit of each model on this dataset
+chips = dict(zip(catalog["run_id"], catalog["chip"], strict=True))
+# On a row of its own, with short names (the legend and the tables give the whole name): chips that fit.
+chosen = st.multiselect("Runs", catalog["run_id"].tolist(), default=default, format_func=lambda r: chips.get(r, r),
+                        key="overlay_runs",
+                        help="Any stored audit or DP run, overlaid; each keeps one colour in every chart. Default: the "
+                             "newest audit of each model on this dataset.")
+c2, _ = st.columns([1, 4])
+if not chosen:
+    st.info("Pick at least one run.")
+    st.stop()
+rows_all = ui.run_rows(tuple(chosen))
 ks = sorted(rows_all["k"].unique().tolist())
 k = c2.selectbox("K", ks, help="Top-K: the attacker succeeds when the true report is among the K best-scored.")
 # Pills on a row of their own, not chips in a narrow column (which cut "pathology-matched" off): whole names.
@@ -32,21 +42,26 @@ pools = c3.pills("Pools", kinds, selection_mode="multi", default=[p for p in POO
                  help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"]) or []
 levels = c4.pills("Level", ["study", "patient"], selection_mode="multi", default=["study"],
                   help=dashboard.DEFINITIONS["study"] + " " + dashboard.DEFINITIONS["patient"]) or []
-rows = rows_all[rows_all["model"].isin(chosen) & rows_all["pool_kind"].isin(pools) & rows_all["level"].isin(levels)]
+rows = rows_all[rows_all["pool_kind"].isin(pools) & rows_all["level"].isin(levels)]
 if not len(rows):
-    st.info("Pick at least one model, pool and level.")
+    st.info("Pick at least one pool and level.")
     st.stop()
-show = st.radio("Show", ["lift over chance", f"Recall@{k}"], horizontal=True,
-                help="Lift (Recall@K divided by chance K/N) puts pools of different effective size on one scale: a "
-                     "pathology-matched pool is often smaller than N, which raises its raw recall.")
-st.plotly_chart(figures.recall_curves(rows, k=k, y="lift" if show.startswith("lift") else "recall",
-                                      colors=figures.series_colors(models)), key="recall_curves")
+colors = figures.run_label_colors(labels, chosen)
+st.caption("Lift (Recall@K divided by chance K/N) puts pools of different effective size on one scale: a "
+           "pathology-matched pool is often smaller than N, which raises its raw recall. Each run keeps its colour in "
+           "both charts; the line style is the pool.")
+st.plotly_chart(figures.recall_curves(rows, k=k, y="lift", series="run", colors=colors,
+                                      title=f"Lift of Recall@{k} over chance against pool size"), key="lift_curves")
+st.plotly_chart(figures.recall_curves(rows, k=k, y="recall", series="run", colors=colors,
+                                      title=f"Recall@{k} against pool size"), key="recall_curves")
 st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: chance (lift 1x; K/N on the recall "
            "scale). Log x axis.")
 
 st.subheader(f"Lift table (K={k})")
-table = dashboard.lift_table(rows, k=k)
-st.dataframe(table, hide_index=True, column_config={
+table = dashboard.lift_table(rows, k=k, by="run")
+st.dataframe(table, hide_index=True, row_height=ui.WRAP_ROW_HEIGHT, column_config={
+    "run": st.column_config.TextColumn(width="large", help="model · data · for a DP run its ε, guarantee and privacy "
+                                                           "unit · run id"),
     f"Recall@{k}": st.column_config.NumberColumn(format="%.4f", help=dashboard.DEFINITIONS["recall"]),
     "chance": st.column_config.NumberColumn(format="%.4f", help=dashboard.DEFINITIONS["chance"]),
     "lift": st.column_config.NumberColumn(format="%.1fx", help=dashboard.DEFINITIONS["lift"]),
@@ -54,12 +69,12 @@ st.dataframe(table, hide_index=True, column_config={
     "CI": st.column_config.TextColumn(help="95% CI of the recall, bootstrap over patients."),
     "effective N": st.column_config.NumberColumn(format="%.0f", help=dashboard.DEFINITIONS["effective_n"]),
 })
-st.subheader("Models side by side")
-st.caption("Per audited model: clinical utility (macro AUROC over the 14 findings) beside re-linkage (lift of "
+st.subheader("Runs side by side")
+st.caption("Per run picked above: clinical utility (macro AUROC over the 14 findings) beside re-linkage (lift of "
            "Recall@1 over chance, random pool, study level). The model ladder (Models and jobs) fills it for the "
            "demo-weak, demo and demo-strong rungs; any audited models compare the same way.")
-ui.comparison_table(tuple(runs[runs["model"].isin(chosen)]["run_id"]))
-st.caption(ui.plain(" · ".join(dashboard.run_inputs(r) for r in runs[runs["model"].isin(chosen)]["run_id"])),
+ui.comparison_table(tuple(chosen))
+st.caption(ui.plain(" · ".join(dashboard.run_inputs(r) for r in chosen)),
            help="The data hash covers the whole pair table (ids, patients, labels, reports) and every image file's "
                 "size and time: a run over data that changed since is recomputed when it is launched again.")
 hard = rows[(rows["pool_kind"] == "hard") & (rows["effective_n"] < rows["n"])]

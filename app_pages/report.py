@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from backend.views import report
+from backend.views import export, report
 
 source, model = ui.selection()
 st.title("Audit report")
@@ -14,3 +14,11 @@ if not ui.pending_note("audit", source, model, head.get("audit_run")) and not he
     st.info(f"No finished audit of {ui.plain(model)} on {ui.plain(source)} yet; the report would be empty.")
 st.download_button("Download the HTML audit report", data=lambda: report.build_report(source, model),
                    file_name=f"relink-audit-{source}-{model}.html", mime="text/html", type="primary", help="Built from the finished runs of this dataset and model.")
+for key, what in (("audit_run", "audit"), ("sweep_run", "epsilon sweep")):
+    run_id = head.get(key)
+    if run_id:
+        st.download_button(f"Download all results of the {what} (zip)", data=lambda r=run_id: export.archive_bytes(r),
+                           file_name=export.file_name(run_id), mime="application/zip", key=f"export_{key}",
+                           help=f"Run {run_id}: spec, provenance, curve rows (JSON and CSV), AUROCs, sweep points, "
+                                "members rows and the per-query table when stored, with a README; the same file as "
+                                "`python -m backend export RUN_ID` and Models and jobs, Stored runs.")

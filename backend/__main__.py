@@ -13,7 +13,7 @@ import sys
 
 from backend.errors import RelinkError
 
-CLI_MODULES = ("data", "audit", "dp", "jobs", "snapshot", "ladder")
+CLI_MODULES = ("data", "audit", "dp", "jobs", "snapshot", "ladder", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,3 +41,7 @@ class CacheError(RelinkError):
 
 class JobError(RelinkError):
     """A background job failed, was cancelled, or is unknown."""
+
+
+class UnknownRunError(StoreError):
+    """A run id that is not in the results database (a typo, or another CXR_CACHE_DIR)."""

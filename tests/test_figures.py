@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from backend.views import figures
 
@@ -140,3 +142,52 @@ def test_relinkage_models_keep_their_colour_whichever_are_overlaid() -> None:
 
     both, only_c = line_colors(["a", "c"]), line_colors(["c"])
     assert both["c"] == only_c["c"] == colors["c"] and both["a"] != both["c"]
+
+
+def test_runs_side_by_side_one_trace_per_run_and_pool_in_one_colour(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit runs and a DP run overlaid: the lift and the recall figure each have one line per (run, pool), and a
+    run's colour is the same in both and whichever other runs are shown."""
+    from backend.runs import store
+    from backend.views import dashboard
+    from tests.helpers.seed import seed_store
+
+    ids = seed_store(tmp_path)
+    dp = store.load_sweep_points(ids["sweep"]).sort_values("epsilon")["run_id"].iloc[0]
+    chosen = [ids["audit:demo"], ids["audit:openai-vit-b-16"], dp]
+    rows = dashboard.run_rows(chosen)
+    rows = rows[rows["level"] == "study"]
+    labels = dashboard.run_labels(chosen)
+    colors = figures.run_label_colors(labels, chosen)
+    lines = {}
+    for y in ("lift", "recall"):
+        fig = figures.recall_curves(rows, k=1, y=y, series="run", colors=colors)
+        drawn = [t for t in fig.data if t.mode == "lines+markers"]
+        keys = [tuple(t.name.split(" · ")[-3:-1]) + (t.name,) for t in drawn]
+        assert len(keys) == len(set(keys))
+        expected = {(r, p) for r, p in rows.groupby(["run_id", "pool_kind"]).groups}
+        assert len(drawn) == len(expected)
+        lines[y] = {t.name: t.line.color for t in drawn}
+    assert lines["lift"] == lines["recall"]
+    for run_id in chosen:
+        mine = {c for name, c in lines["lift"].items() if run_id in name}
+        assert mine == {figures.run_colors(chosen)[run_id]}
+    assert len(set(figures.run_colors(chosen).values())) == 3
+    assert figures.run_colors(chosen[1:])[dp] == figures.run_colors([dp, chosen[1]])[dp]
+    assert "nominal, per pair" in labels[dp] and "demo · synthetic (n_patients=2000)" in labels[dp]
+    assert labels[ids["audit:demo"]] == f"demo · synthetic (n_patients=2000) · {ids['audit:demo']}"
+    table = dashboard.model_comparison(chosen).set_index("audit_run")
+    dp_rows = store.load_metrics(dp).query("variant == 'dp' and k == 1 and level == 'study' and pool_kind == 'random'")
+    top = dp_rows.sort_values("n").iloc[-1]
+    assert table.loc[dp, "lift_max"] == pytest.approx(top["recall"] / top["chance"])
+    probe = store.load_probe(dp).query("variant == 'dp' and label == 'macro' and method == 'linear'")
+    assert table.loc[dp, "linear"] == pytest.approx(float(probe["auroc"].iloc[0]))
+
+
+def test_series_names_are_text_not_plotly_markup() -> None:
+    """Plotly renders <a href>, <b>, <br> in trace names; a model name or source option is shown as its text."""
+    rows = pd.DataFrame([{"model": "<a href='http://example.invalid'>x</a>", "pool_kind": "random", "level": "study",
+                          "k": 1, "n": n, "recall": 0.5 / n, "ci_low": 0.4 / n, "ci_high": 0.6 / n, "chance": 1 / n,
+                          "lift": 0.5, "effective_n": n} for n in (10, 100)])
+    names = [t.name for t in figures.recall_curves(rows).data if t.mode == "lines+markers"]
+    assert names == ["&lt;a href=&#x27;http://example.invalid&#x27;&gt;x&lt;/a&gt; · random pool · study"]

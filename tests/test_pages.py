@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -69,14 +70,28 @@ def test_overview_headline_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch
     assert all(m.value != "n/a" for m in at.metric), [(m.label, m.value) for m in at.metric]
     assert all(m.help for m in at.metric)
     assert not at.button  # no demo button once results exist
+    # the strongest lift here is the random pool at the largest N, a card already: one sentence, no second card
+    assert not any(m.label.startswith("Strongest") for m in at.metric) and "The strongest re" in _text(at)
 
 
-def test_relinkage_page_overlays_models(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relinkage_page_overlays_runs(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs import store
+    from backend.views import dashboard
+
     at = _open("relinkage", seeded, monkeypatch)
-    at.multiselect[0].set_value(["demo", "openai-vit-b-16"]).run()
+    audits = list(dashboard.audit_runs("synthetic")["run_id"])
+    picker = at.multiselect(key="overlay_runs")
+    assert sorted(picker.value) == sorted(audits)  # default: the newest audit of each model on this dataset
+    table = at.dataframe[0].value
+    assert {r.split(" · ")[0] for r in table["run"]} == {"demo", "openai-vit-b-16"} and (table["lift"] > 1).all()
+    points = store.load_sweep_points(dashboard.latest("sweep", "synthetic", "demo"))
+    dp = points.sort_values("epsilon")["run_id"].iloc[0]
+    picker.set_value([audits[0], dp]).run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert set(table["model"]) == {"demo", "openai-vit-b-16"} and (table["lift"] > 1).all()
+    assert any(dp in r and "nominal, per pair" in r for r in table["run"])
+    lift = next(c for c in at.get("plotly_chart") if "Lift" in c.proto.spec)
+    assert "nominal, per pair" in lift.proto.spec
 
 
 def test_mitigation_slider_changes_the_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +123,9 @@ def test_utility_report_and_jobs_pages_on_seeded_store(seeded: Path, monkeypatch
     at = _open("utility", seeded, monkeypatch)
     assert len(at.dataframe) >= 2
     at = _open("report", seeded, monkeypatch)
-    assert at.get("download_button")
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download the HTML audit report", "Download all results of the audit (zip)",
+                      "Download all results of the epsilon sweep (zip)"]
     at = _open("models_jobs", seeded, monkeypatch)
     assert "failed" in _text(at) and any("Traceback" in e.label for e in at.expander)
 
@@ -472,3 +489,46 @@ def test_tables_wrap_long_text_and_labels_fit(seeded: Path, monkeypatch: pytest.
     assert not at.exception and set(at.dataframe[0].value["level"]) == {"study", "patient"}
     at = _open("mitigation", seeded, monkeypatch)
     assert all(len(m.label) <= 30 for m in at.metric), [m.label for m in at.metric]  # a card cuts longer labels
+
+
+def test_models_and_jobs_shows_each_runs_provenance_and_exports_it(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs import provenance, store
+
+    at = _open("models_jobs", seeded, monkeypatch)
+    table = next(d.value for d in at.dataframe if "code version" in d.value.columns)
+    done = store.list_runs(status="done")
+    assert sorted(table["run"]) == sorted(done["run_id"])
+    commit = provenance.code_version()[:12]
+    assert (table["code version"].str.startswith(commit) | (commit == "unknown")).all()
+    started = pd.to_datetime(table["started (UTC)"]).astype("int64") // 10**9
+    finished = pd.to_datetime(table["finished (UTC)"]).astype("int64") // 10**9
+    assert (started <= finished).all()
+    assert at.selectbox(key="export_run").value == table["run"].iloc[0]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download all results of this run (zip)" in labels
+
+
+def test_overview_verdict_names_strongest_side_information_members_and_caveats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ui
+    from backend.views import dashboard, report
+    from tests.helpers.seed import add_side_information
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    add_side_information(seed_store(tmp_path))
+    at = _open("overview", tmp_path, monkeypatch)
+    v = dashboard.verdict("audit-sideinfo", dashboard.latest("sweep", "synthetic", "demo"))
+    lines = {x["key"]: x for x in v["lines"]}
+    metrics = {m.label: m for m in at.metric}
+    strongest = lines["strongest"]
+    if (strongest["pool"], strongest["n"]) in {(x["pool"], x["n"]) for k, x in lines.items() if k.startswith("lift_")}:
+        assert ui.plain(strongest["sentence"]) in _text(at)  # a card above already shows it: one sentence
+    else:
+        assert metrics[f"Strongest: N={strongest['n']:,}"].value == f"{strongest['lift']:.1f}x"
+    assert metrics["Side info: N=100"].value == f"{lines['matched:sex+age_band_100']['lift']:.1f}x"
+    gap = lines["members_100"]
+    assert metrics["Members gap, N=100"].value == f"{gap['delta']:+.4f}"
+    assert f"{gap['delta_low']:+.4f}" in metrics["Members gap, N=100"].proto.delta
+    caveats = next(e for e in at.expander if e.label.startswith("Privacy caveats"))
+    shown = "\n".join(m.value for m in caveats.markdown)
+    assert len(report.CAVEATS) == shown.count("\n- ") + 1 and "Only the projection heads are private" in shown

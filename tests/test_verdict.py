@@ -10,7 +10,7 @@ import pytest
 
 from backend.runs import store
 from backend.views import dashboard
-from tests.helpers.seed import seed_store
+from tests.helpers.seed import add_side_information, seed_store
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,80 @@ def test_report_opens_with_the_verdict_caveats_and_readable_names(ids: dict[str,
     assert ">r1_random<" not in text and ">auroc_linear<" not in text and "Recall@1, random pool, largest N" in text
     assert "@media print" in text
     assert (html_mod.escape(report.SYNTHETIC_WARNING) in text) == (source == "synthetic")
+
+
+def test_verdict_names_the_strongest_measured_relinkage(ids: dict[str, str]) -> None:
+    v = dashboard.verdict(ids["audit:demo"], ids["sweep"])
+    line = next(x for x in v["lines"] if x["key"] == "strongest")
+    rows = store.load_metrics(ids["audit:demo"]).query("variant == 'model' and k == 1 and level == 'study'")
+    lift = rows["recall"] / rows["chance"]  # independent of the stored lift column
+    top = rows.loc[lift.idxmax()]
+    assert (line["pool"], line["n"]) == (top["pool_kind"], top["n"])
+    assert line["lift"] == pytest.approx(lift.max())
+    assert (line["lift_low"], line["lift_high"]) == pytest.approx((top["ci_low"] / top["chance"],
+                                                                   top["ci_high"] / top["chance"]))
+    assert f"N={int(top['n']):,}" in line["sentence"] and f"{lift.max():.1f} times chance" in line["sentence"]
+    dp = next(x for x in v["lines"] if x["key"] == "dp_100")
+    a, b = dp["before"], dp["after"]
+    assert (dp["delta_low"], dp["delta_high"]) == pytest.approx((b["ci_low"] - a["ci_high"], b["ci_high"] - a["ci_low"]))
+
+
+@pytest.fixture()
+def side_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A seeded store plus an audit with a side-information pool and a sweep whose points measured members."""
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))  # first: monkeypatch restores the earlier value afterwards
+    out = seed_store(tmp_path)
+    return add_side_information(out)
+
+
+def test_verdict_says_what_side_information_and_membership_do(side_info: dict[str, str]) -> None:
+    v = dashboard.verdict(side_info["audit:sideinfo"], side_info["sweep"])
+    lines = {x["key"]: x for x in v["lines"]}
+    rows = store.load_metrics("audit-sideinfo").query("k == 1 and level == 'study'")
+    for tag, n in (("100", 100), ("max", 2000)):
+        line = lines[f"matched:sex+age_band_{tag}"]
+        m = rows[(rows["pool_kind"] == "matched:sex+age_band") & (rows["n"] == n)].iloc[0]
+        r = rows[(rows["pool_kind"] == "random") & (rows["n"] == n)].iloc[0]
+        assert line["n"] == n
+        assert line["delta"] == pytest.approx(m["recall"] / m["chance"] - r["recall"] / r["chance"])
+        assert line["delta_low"] == pytest.approx(m["ci_low"] / m["chance"] - r["ci_high"] / r["chance"])
+        assert line["delta_high"] == pytest.approx(m["ci_high"] / m["chance"] - r["ci_low"] / r["chance"])
+        assert "matched on sex, age band" in line["sentence"]
+    pts = store.load_sweep_points(side_info["sweep"])
+    strongest = pts[np.isfinite(pts["epsilon"])].sort_values("epsilon").iloc[0]
+    i = int(pts.index[pts["run_id"] == strongest["run_id"]][0])
+    gap = lines["members_100"]
+    assert gap["n"] == 100 and gap["epsilon"] == strongest["epsilon"]
+    assert (gap["delta"], gap["delta_low"], gap["delta_high"]) == pytest.approx((0.01 * i, 0.01 * i - 0.02,
+                                                                                 0.01 * i + 0.02 + 0.1))
+    assert lines["members_max"]["n"] == 200
+    assert ("contains 0" in gap["sentence"]) == (0.01 * i - 0.02 <= 0)
+    for key in ("members_100", "members_max", "matched:sex+age_band_100"):
+        assert key in lines
+    from backend.views import report
+
+    text = report.build_report("synthetic", "demo")
+    import html as html_mod
+
+    shown = dashboard.verdict(dashboard.latest("audit", "synthetic", "demo"),
+                              dashboard.headline("synthetic", "demo").get("sweep_run"))
+    assert any(x["key"].startswith("members_") for x in shown["lines"])
+    for line in shown["lines"]:
+        assert html_mod.escape(line["sentence"]) in text
+    assert provenance_named(text, dashboard.latest("audit", "synthetic", "demo"))
+
+
+def provenance_named(text: str, run_id: str) -> bool:
+    """The report names every provenance field of the run, with its code version."""
+    import html as html_mod
+
+    from backend.runs import provenance
+
+    prov = store.get_provenance(run_id)
+    names = all(html_mod.escape(name) in text for name in provenance.FIELD_NAMES.values())
+    return names and prov["code_version"] in text and run_id in text
+
+
+def test_verdict_without_matched_pools_or_members_has_no_such_lines(ids: dict[str, str]) -> None:
+    keys = {x["key"] for x in dashboard.verdict(ids["audit:demo"], ids["sweep"])["lines"]}
+    assert not any(k.startswith(("matched:", "members_")) for k in keys)

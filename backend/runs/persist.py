@@ -93,15 +93,29 @@ def members_summary(result: Any) -> dict[str, Any]:
     return {"members": list(rows), "members_groups": dict(_get(result, "members_groups", default={}) or {})}
 
 
-def persist_dp(run_id: str, spec: Any, result: Any, device: str) -> None:
-    """DPResult (relink rows, probe rows, privacy dict, transfer as `target`) -> one finished DP run."""
+def persist_dp(run_id: str, spec: Any, result: Any, device: str, started: float | None = None) -> None:
+    """DPResult (relink rows, probe rows, privacy dict, transfer as `target`) -> one finished DP run. started: when
+    its computation began (a sweep's point: see `_point_start`), else when the run began running."""
     metrics, probe = dp_records(result)
     store.upsert_run(run_id, "dp", spec.to_json(), "running")
     summary = dict(_get(result, "relink_summary", "summary", default={}) or {})
     summary["label"] = _get(result, "label", default="dp")
     summary.update(members_summary(result))
     store.finish_run(run_id, summary=summary, device=device, metrics=metrics, probe=probe,
-                     privacy=dict(_get(result, "privacy", default={}) or {}))
+                     privacy=dict(_get(result, "privacy", default={}) or {}), started=started)
+
+
+def _point_start(sweep_id: str) -> float | None:
+    """When the next point of a running sweep began computing: the end of its latest point stored since the sweep
+    started, else the sweep's start (its points are computed one after another in one job); None when the sweep's
+    start is not recorded."""
+    points = store.load_sweep_points(sweep_id)["run_id"].tolist()
+    times = store.run_times([sweep_id, *points])
+    marks = [*times.loc[times["run_id"] == sweep_id, "started"], *times.loc[times["run_id"] != sweep_id, "finished"]]
+    own = times.loc[times["run_id"] == sweep_id, "started"].dropna()
+    if not len(own):
+        return None
+    return max(float(t) for t in marks if pd.notna(t))
 
 
 def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> None:
@@ -115,7 +129,8 @@ def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> No
             continue
         point_spec = _get(result, "spec")
         point_id = point_spec.run_id()
-        persist_dp(point_id, point_spec, result, device)  # a recomputed sweep (its data changed) renews its points
+        # a recomputed sweep (its data changed) renews its points; stored together, they share the sweep's start
+        persist_dp(point_id, point_spec, result, device, started=_point_start(run_id))
         points.append((point_spec.epsilon, point_id))
     order = {e: i for i, e in enumerate(spec.epsilons)}
     points.sort(key=lambda p: order.get(p[0], len(order)))
@@ -133,7 +148,7 @@ def persist_sweep_part(run_id: str, spec: Any, result: Any, device: str) -> None
         return
     point_spec = _get(result, "spec")
     point_id = point_spec.run_id()
-    persist_dp(point_id, point_spec, result, device)
+    persist_dp(point_id, point_spec, result, device, started=_point_start(run_id))
     order = {e: i for i, e in enumerate(spec.epsilons)}
     store.add_parts(run_id, sweep_points=[(order.get(point_spec.epsilon, len(order)), point_spec.epsilon, point_id)])
 

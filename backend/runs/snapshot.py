@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from backend.embed import load_embedding_set, save_npz
 from backend.errors import StoreError
 from backend.runs import store
 from backend.runs.demo import default_demo_spec
+from backend.runs.provenance import code_version
 from backend.specs import DemoSpec
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,6 @@ def is_snapshot(run: dict[str, Any] | None) -> bool:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def code_version() -> str:
-    """The git commit of this checkout (+ "-dirty" with uncommitted changes), or "unknown"."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.REPO_ROOT, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=settings.REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def _records(frame: pd.DataFrame, drop: tuple[str, ...]) -> list[dict[str, Any]]:

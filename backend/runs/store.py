@@ -7,7 +7,12 @@ cache or across a job. Large tables (per-query rows) live in parquet files under
 runs table indexes.
 
 Tables: runs (one per spec run id), jobs (one per worker launch), metrics (tidy re-linkage rows),
-privacy (one record per DP run), probe (per-label AUROC rows), sweep_points (sweep -> DP runs).
+privacy (one record per DP run), probe (per-label AUROC rows), sweep_points (sweep -> DP runs),
+run_provenance (per run: code and package version that stored it, start and end; backend/runs/provenance.py).
+
+Migrations: a table added later (run_provenance) needs no schema version: `_ensure_schema` runs the DDL (every
+statement IF NOT EXISTS) whenever a table of TABLES is missing, so an older store gains it on first use and keeps
+every row; older code reads a newer store as before (it never names the new table).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import pandas as pd
 from backend import settings
 from backend.errors import StoreError
 from backend.relink.rows import CURVE_COLUMNS
+from backend.runs import provenance
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+TABLES = ("meta", "runs", "jobs", "metrics", "privacy", "probe", "sweep_points", "run_provenance")
 LOCK_TIMEOUT_S = 15.0
 # Threads of one process (a worker's heartbeat and its progress; Streamlit sessions) take turns: DuckDB
 # would otherwise abort one of two concurrent updates of the same row with a conflict.
@@ -64,6 +71,8 @@ CREATE TABLE IF NOT EXISTS probe (
   run_id VARCHAR, variant VARCHAR, method VARCHAR, label VARCHAR, auroc DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
   n_pos DOUBLE);
 CREATE TABLE IF NOT EXISTS sweep_points (sweep_id VARCHAR, position INTEGER, epsilon DOUBLE, run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS run_provenance (
+  run_id VARCHAR PRIMARY KEY, code_version VARCHAR, package_version VARCHAR, started DOUBLE, finished DOUBLE);
 INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -133,11 +142,10 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
-    if found:
+    found = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "meta" in found:
         row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row and int(row[0]) == SCHEMA_VERSION:
+        if row and int(row[0]) == SCHEMA_VERSION and found.issuperset(TABLES):
             return
         if row and int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"{settings.db_path()} was written by a newer version (schema {row[0]}); "
@@ -180,22 +188,37 @@ def upsert_run(run_id: str, kind: str, spec_json: str, status: str, *, label: st
                         [run_id, kind, spec_json, status, time.time(), label])
         elif row[0] != "done":
             con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [status, run_id])
+        if status == "running" and (row is None or row[0] not in ("done", "running")):
+            _stamp_start(con, run_id)
 
 
 def set_run_status(run_id: str, status: str) -> None:
+    """Set a not-finished run's status; a run that starts running records its start (run_provenance)."""
     with connect() as con:
+        row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
         con.execute("UPDATE runs SET status = ? WHERE run_id = ? AND status <> 'done'", [status, run_id])
+        if status == "running" and row is not None and row[0] not in ("done", "running"):
+            _stamp_start(con, run_id)
+
+
+def _stamp_start(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Record when a run started computing (again: a resumed run's start is its last start)."""
+    con.execute("INSERT INTO run_provenance (run_id, started) VALUES (?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+                "started = excluded.started", [run_id, time.time()])
 
 
 def finish_run(run_id: str, *, summary: Mapping[str, Any] | None = None, artifacts: Mapping[str, Any] | None = None,
                device: str = "", metrics: Mapping[str, pd.DataFrame] | None = None,
                probe: Mapping[str, pd.DataFrame] | None = None, privacy: Mapping[str, Any] | None = None,
-               sweep_points: list[tuple[float, str]] | None = None, keep_parts: bool = False) -> None:
+               sweep_points: list[tuple[float, str]] | None = None, keep_parts: bool = False,
+               started: float | None = None) -> None:
     """Write every result of a run in one transaction and mark it done (a finished run never changes).
 
     metrics: variant -> tidy re-linkage rows (METRIC_COLUMNS); probe: variant -> PROBE_COLUMNS rows;
     privacy: the DP record; sweep_points: (epsilon, DP run id) in grid order. keep_parts: keep what
-    `add_parts` stored while the run was computing (and add the given results) instead of replacing it."""
+    `add_parts` stored while the run was computing (and add the given results) instead of replacing it.
+    Provenance: this process's code and package version, the end (now) and the start: `started` when given, else
+    the start recorded when the run began running, else now (a run stored in one go)."""
     with connect() as con:
         if not keep_parts:
             for table in ("metrics", "probe", "privacy"):
@@ -209,8 +232,14 @@ def finish_run(run_id: str, *, summary: Mapping[str, Any] | None = None, artifac
             _insert_privacy(con, run_id, privacy)
         for i, (eps, point) in enumerate(sweep_points or []):
             con.execute("INSERT INTO sweep_points VALUES (?, ?, ?, ?)", [run_id, i, float(eps), point])
+        now = time.time()
         con.execute("UPDATE runs SET status = 'done', finished = ?, summary = ?, artifacts = ?, device = ? "
-                    "WHERE run_id = ?", [time.time(), _dumps(summary or {}), _dumps(artifacts or {}), device, run_id])
+                    "WHERE run_id = ?", [now, _dumps(summary or {}), _dumps(artifacts or {}), device, run_id])
+        row = con.execute("SELECT started FROM run_provenance WHERE run_id = ?", [run_id]).fetchone()
+        begun = started if started is not None else row[0] if row and row[0] is not None else now
+        stamp = provenance.stamp()
+        con.execute("INSERT OR REPLACE INTO run_provenance VALUES (?, ?, ?, ?, ?)",
+                    [run_id, stamp["code_version"], stamp["package_version"], float(begun), now])
 
 
 def add_parts(run_id: str, *, metrics: Mapping[str, pd.DataFrame] | None = None,
@@ -283,6 +312,42 @@ def list_runs(kind: str | None = None, status: str | None = "done") -> pd.DataFr
         sql, args = sql + " AND status = ?", [*args, status]
     with connect() as con:
         return con.execute(sql + " ORDER BY created DESC", args).df()
+
+
+def provenance_records(run_ids: list[str] | None = None, status: str | None = "done") -> list[dict[str, Any]]:
+    """Per run (newest first; `run_ids`, else every run of `status`, None: any): {run_id, kind, status, spec, provenance}
+    with provenance as backend.runs.provenance.describe gives it."""
+    sql, args = "SELECT r.*, p.code_version, p.package_version, p.started, p.finished AS p_finished " \
+                "FROM runs r LEFT JOIN run_provenance p USING (run_id) WHERE 1=1", []
+    if run_ids is not None:
+        if not run_ids:
+            return []
+        sql, args = sql + f" AND r.run_id IN ({', '.join('?' * len(run_ids))})", list(run_ids)
+    if status:
+        sql, args = sql + " AND r.status = ?", [*args, status]
+    with connect() as con:
+        cur = con.execute(sql + " ORDER BY r.created DESC", args)
+        rows, names = cur.fetchall(), [d[0] for d in cur.description]
+    out = []
+    for row in rows:
+        rec = _run_record(row, names)
+        prov = {"code_version": rec["code_version"], "package_version": rec["package_version"],
+                "started": rec["started"], "finished": rec["p_finished"]}
+        out.append({"run_id": rec["run_id"], "kind": rec["kind"], "status": rec["status"], "spec": rec["spec"],
+                    "provenance": provenance.describe(rec, prov if rec["p_finished"] or rec["started"] else None)})
+    return out
+
+
+def get_provenance(run_id: str) -> dict[str, Any]:
+    """The provenance of one run (backend.runs.provenance.FIELDS: code and package version, data hash, start, end,
+    duration); fields of a run stored before provenance was kept say so. {} for a run not in the store."""
+    found = provenance_records([run_id], status=None)
+    return found[0]["provenance"] if found else {}
+
+
+def run_times(run_ids: list[str]) -> pd.DataFrame:
+    """(run_id, started, finished) of the runs whose provenance is stored."""
+    return _frame_for("run_provenance", "run_id", run_ids)[["run_id", "started", "finished"]]
 
 
 def set_run_inputs(run_id: str, inputs: Mapping[str, Any]) -> None:

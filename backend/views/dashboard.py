@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import subprocess
 import time
@@ -17,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend import models, settings
+from backend import models, settings, specs
 from backend.errors import RelinkError, SpecError
-from backend.runs import jobs, ladder, snapshot, store
+from backend.runs import jobs, ladder, provenance, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import get_source, list_sources, load_source
 from backend.sources.schema import match_attributes
@@ -146,6 +147,74 @@ def relink_rows(run_ids: list[str], variant: str | None = None) -> pd.DataFrame:
     return rows.assign(model=rows["run_id"].map(models))
 
 
+# ---------------------------------------------------------------- runs side by side (issue 13 part 3)
+
+OWN_VARIANT = {"audit": "model", "dp": "dp"}  # the rows a run's curves are drawn from: its own, not its transfer rows
+
+
+def _data_label(info: dict[str, Any]) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in sorted((info.get("source_options") or {}).items()))
+    return f"{info.get('source', '')}" + (f" ({options})" if options else "")
+
+
+def run_labels(run_ids: list[str]) -> dict[str, str]:
+    """Run id -> the name a reader sees on the overlay: model · data (source and its options) · for a DP run its
+    epsilon, guarantee (certified / nominal) and privacy unit (pair / patient) · the run id (two audits of one model
+    on one dataset stay apart)."""
+    privacy = store.load_privacy(run_ids).set_index("run_id") if run_ids else pd.DataFrame()
+    stored = store.list_runs(status=None)  # one read for all of them (the run picker labels every stored run)
+    runs = {r["run_id"]: r for r in stored[stored["run_id"].isin(list(run_ids))].to_dict(orient="records")}
+    out = {}
+    for run_id in run_ids:
+        run = runs.get(run_id) or {}
+        info = spec_info(run.get("spec", "{}"))
+        parts = [info.get("model") or "?", _data_label(info)]
+        if run.get("kind") == "dp":
+            try:
+                eps = float(json.loads(run.get("spec") or "{}").get("epsilon", math.nan))
+            except (TypeError, ValueError):
+                eps = math.nan
+            rec = privacy.loc[run_id] if run_id in privacy.index else {}
+            guarantee = str(rec.get("guarantee") or "") if len(rec) else ""
+            unit = str(rec.get("privacy_unit") or info.get("privacy_unit") or "")
+            what = RETRAINED if not math.isfinite(eps) else f"DP heads ε={eps:g} {guarantee}"
+            parts.append(f"{what}, per {unit}" if unit else what)
+        parts.append(run_id)
+        out[run_id] = " · ".join(p for p in parts if p)
+    return out
+
+
+def overlay_runs() -> pd.DataFrame:
+    """Every finished run with re-linkage curves of its own (audits and DP runs, newest first): run_id, kind,
+    model, source, label (run_labels) and chip (the label without its data part), for the Re-linkage page's run
+    picker."""
+    runs = catalog()
+    if not len(runs):
+        return pd.DataFrame(columns=["run_id", "kind", "model", "source", "label", "chip"])
+    runs = runs[runs["kind"].isin(list(OWN_VARIANT))]
+    labels = run_labels(runs["run_id"].tolist())
+    runs = runs.assign(label=runs["run_id"].map(labels))
+    runs["chip"] = [_chip(label) for label in runs["label"]]
+    return runs[["run_id", "kind", "model", "source", "label", "chip"]].reset_index(drop=True)
+
+
+def _chip(label: str) -> str:
+    """A run's short name for a picker chip: its label without the data part (model · [DP heads ...] · run id)."""
+    parts = label.split(" · ")
+    return " · ".join([parts[0], *parts[2:]]) if len(parts) > 2 else label
+
+
+def run_rows(run_ids: list[str]) -> pd.DataFrame:
+    """Tidy re-linkage rows of any finished runs, each run's own variant (OWN_VARIANT), with `model` and `run`
+    (its run_labels name) columns: the rows the overlay and its lift table show."""
+    rows = store.load_metrics(run_ids)
+    kinds = {r: (store.get_run(r) or {}).get("kind", "") for r in run_ids}
+    rows = rows[rows["variant"] == rows["run_id"].map(lambda r: OWN_VARIANT.get(kinds.get(r), "model"))]
+    labels = run_labels(list(run_ids))
+    models = {r: spec_info((store.get_run(r) or {}).get("spec", "{}")).get("model", r) for r in run_ids}
+    return rows.assign(model=rows["run_id"].map(models), run=rows["run_id"].map(labels))
+
+
 def lift_at(rows: pd.DataFrame, n: int | None, k: int = 1, pool: str = "random", level: str = "study") -> float:
     """Lift at pool size n (None: the largest N stored); NaN when absent."""
     sel = rows[(rows["k"] == k) & (rows["pool_kind"] == pool) & (rows["level"] == level)]
@@ -156,15 +225,15 @@ def lift_at(rows: pd.DataFrame, n: int | None, k: int = 1, pool: str = "random",
     return float(hit["lift"].iloc[0]) if len(hit) else math.nan
 
 
-def lift_table(rows: pd.DataFrame, k: int = 1) -> pd.DataFrame:
-    """Recall@k and lift at N=100 and the largest N, per model, pool and level."""
+def lift_table(rows: pd.DataFrame, k: int = 1, by: str = "model") -> pd.DataFrame:
+    """Recall@k and lift at N=100 and the largest N, per `by` (model, or run for runs side by side), pool and level."""
     out = []
-    for (model, pool, level), g in rows[rows["k"] == k].groupby(["model", "pool_kind", "level"]):
+    for (name, pool, level), g in rows[rows["k"] == k].groupby([by, "pool_kind", "level"]):
         for n in sorted({100, int(g["n"].max())}):
             hit = g[g["n"] == n]
             if len(hit):
                 r = hit.iloc[0]
-                out.append({"model": model, "pool": pool, "level": level, "N": n, f"Recall@{k}": r["recall"],
+                out.append({by: name, "pool": pool, "level": level, "N": n, f"Recall@{k}": r["recall"],
                             "CI": f"{r['ci_low']:.3f}-{r['ci_high']:.3f}", "effective N": r["effective_n"],
                             "chance": r["chance"], "lift": r["lift"]})
     return pd.DataFrame(out)
@@ -200,17 +269,22 @@ COMPARISON_N = 100
 
 
 def model_comparison(audit_ids: list[str]) -> pd.DataFrame:
-    """The ladder's table for any set of audited models, one row per audit run (study level, random pool,
-    Recall@1): model, audit_run, probe_run, probe_from, linear / zero_shot macro AUROC with _low/_high (NaN when no
-    probe was stored), and at N=100 (the largest N <= 100) and at the largest N: n_, recall_, lift_ with CIs."""
+    """The ladder's table for any set of audited runs (audits, and DP runs: their own heads' rows and probes), one row
+    per run (study level, random pool, Recall@1): model, audit_run, label (run_labels), probe_run, probe_from,
+    linear / zero_shot macro AUROC with _low/_high (NaN when no probe was stored), and at N=100 (the largest
+    N <= 100) and at the largest N: n_, recall_, lift_ with CIs."""
     out = []
+    labels = run_labels(list(audit_ids))
     for audit_id in audit_ids:
         run = store.get_run(audit_id) or {}
         info = spec_info(run.get("spec", "{}"))
         rows = store.load_metrics(audit_id)
-        rows = rows[rows["variant"] == "model"]
-        row: dict[str, Any] = {"model": info.get("model", audit_id), "audit_run": audit_id}
-        probe_id, variant, what = probe_for(row["model"], info.get("source", ""), info.get("source_options"))
+        rows = rows[rows["variant"] == OWN_VARIANT.get(run.get("kind", ""), "model")]
+        row: dict[str, Any] = {"model": info.get("model", audit_id), "audit_run": audit_id, "label": labels[audit_id]}
+        if run.get("kind") == "dp":
+            probe_id, variant, what = audit_id, "dp", "the DP run's own heads"
+        else:
+            probe_id, variant, what = probe_for(row["model"], info.get("source", ""), info.get("source_options"))
         probe = store.load_probe(probe_id) if probe_id else pd.DataFrame(columns=["variant", "method", "label"])
         probe = probe[probe["variant"] == variant]
         row.update(probe_run=probe_id, probe_from=what)
@@ -243,6 +317,7 @@ def comparison_display(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.DataFrame({
         "Model": table["model"],
+        "Run": table["label"] if "label" in table.columns else table["audit_run"],
         "Linear-probe AUROC [95% CI]": [auroc(r, "linear") for r in table.itertuples()],
         "Zero-shot AUROC [95% CI]": [auroc(r, "zero_shot") for r in table.itertuples()],
         "Lift at N=100 [95% CI]": [lift(r, "100") for r in table.itertuples()],
@@ -509,12 +584,17 @@ def _point(rows: pd.DataFrame, n: int | None, pool: str = "random", k: int = 1) 
 
 def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | None = None) -> dict[str, Any]:
     """The one-screen verdict: re-linkage lift at N=100 and the largest N (random and pathology-matched pools,
-    with 95% CIs) and, for one epsilon of the sweep (default: the strongest), Recall@1 and the macro AUROCs of
-    the DP heads against the heads retrained without DP, each with a plain sentence."""
+    with 95% CIs); the strongest measured re-linkage (the pool and N of the largest lift, key "strongest"); what side
+    information does (each matched pool against the random pool at N=100 and the largest N, keys
+    "matched:<attrs>_100" / "_max"); and, for one epsilon of the sweep (default: the strongest), Recall@1 and the
+    macro AUROCs of the DP heads against the heads retrained without DP, and the members gap at that epsilon (keys
+    "members_100" / "members_max"). Each line has a plain sentence; each delta its interval (`delta_low`,
+    `delta_high`: the members gap's bootstrap CI; for the others a conservative range from the two 95% CIs)."""
     out: dict[str, Any] = {"lines": []}
     if audit_id:
         rows = store.load_metrics(audit_id)
         rows = rows[rows["variant"] == "model"]
+        out["lines"] += _strongest_line(rows) + _matched_lines(rows)
         for pool, n in (("random", 100), ("random", None), ("hard", 100), ("hard", None)):
             p = _point(rows, n, pool)
             if p is None:
@@ -548,13 +628,17 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                 verb = (f"{cut:.0%} fewer first-guess re-links" if cut >= 0 else
                         f"{-cut:.0%} more first-guess re-links: the noise moved the heads, it did not remove what "
                         "they share with the frozen encoders")
+                low, high = _range(a["ci_low"], a["ci_high"], b["ci_low"], b["ci_high"])
                 out["lines"].append({
                     "key": f"dp_{'100' if n else 'max'}", "pool": "random", "n": b["n"], "before": a, "after": b,
-                    "change": -cut, "label": f"Recall@1 at N={b['n']:,} with DP heads (ε={out['epsilon']:g})",
+                    "change": -cut, "delta": b["recall"] - a["recall"], "delta_low": low, "delta_high": high,
+                    "label": f"Recall@1 at N={b['n']:,} with DP heads (ε={out['epsilon']:g})",
                     "sentence": (f"With DP heads at ε={out['epsilon']:g} ({out['guarantee']}, per {out['privacy_unit']}), "
                                  f"Recall@1 at N={b['n']:,} is {b['recall']:.3f} (95% CI {b['ci_low']:.3f}-"
                                  f"{b['ci_high']:.3f}) against {a['recall']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) "
-                                 f"for heads retrained without DP: {verb}.")})
+                                 f"for heads retrained without DP: {verb} (difference {b['recall'] - a['recall']:+.4f}, "
+                                 f"conservative range {low:+.4f} to {high:+.4f}).")})
+            out["lines"] += _members_lines(sweep_id, float(chosen["epsilon"]))
             for key, name in (("auroc_linear", "linear-probe"), ("auroc_zero_shot", "zero-shot")):
                 before, after = float(base.iloc[0][key]), float(chosen[key])
                 out["lines"].append({
@@ -562,6 +646,78 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                     "label": f"{name} macro AUROC with DP heads (ε={out['epsilon']:g})",
                     "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (no DP) to "
                                  f"{after:.3f} ({after - before:+.3f}): the clinical utility the DP heads keep.")})
+    return out
+
+
+def _range(a_low: float, a_high: float, b_low: float, b_high: float) -> tuple[float, float]:
+    """A conservative range of b - a from the two 95% CIs (the Minkowski difference; wider than a paired bootstrap
+    would give, never narrower)."""
+    return b_low - a_high, b_high - a_low
+
+
+def _strongest_line(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The largest lift of Recall@1 the audit measured (study level, any pool and N), with its CI."""
+    sel = rows[(rows["k"] == 1) & (rows["level"] == "study")]
+    if not len(sel):
+        return []
+    top = sel.loc[sel["lift"].idxmax()]
+    p = _point(sel, int(top["n"]), str(top["pool_kind"]))
+    if p is None:
+        return []
+    pool = pool_name(str(top["pool_kind"]))
+    return [{"key": "strongest", "pool": str(top["pool_kind"]), **p,
+             "label": f"Strongest measured re-linkage: {pool}, N={p['n']:,}",
+             "sentence": (f"The strongest re-linkage measured is in the {pool} at N={p['n']:,}: {p['lift']:.1f} times "
+                          f"chance (95% CI {p['lift_low']:.1f}-{p['lift_high']:.1f}; Recall@1 {p['recall']:.3f}, "
+                          f"chance {p['chance']:.4f}).")}]
+
+
+def _matched_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per side-information pool (pool_kind "matched:<attrs>"): its lift at N=100 and at its largest N against the
+    random pool's at the same N, the difference with a conservative range (_range)."""
+    out = []
+    for kind in sorted(k for k in rows["pool_kind"].unique() if str(k).startswith(specs.MATCH_PREFIX)):
+        for tag, n in (("100", 100), ("max", None)):
+            m = _point(rows, n, kind)
+            r = _point(rows, m["n"], "random") if m else None
+            if m is None or r is None or r["n"] != m["n"]:
+                continue
+            low, high = _range(r["lift_low"], r["lift_high"], m["lift_low"], m["lift_high"])
+            delta = m["lift"] - r["lift"]
+            name = pool_name(kind)
+            out.append({
+                "key": f"{kind}_{tag}", "pool": kind, **m, "random": r, "delta": delta, "delta_low": low,
+                "delta_high": high, "label": f"Side information: {name}, N={m['n']:,}",
+                "sentence": (f"With pools {name} (distractors share what the attacker knows of the patient), lift at "
+                             f"N={m['n']:,} is {m['lift']:.1f}x (95% CI {m['lift_low']:.1f}-{m['lift_high']:.1f}) "
+                             f"against {r['lift']:.1f}x ({r['lift_low']:.1f}-{r['lift_high']:.1f}) in random pools: "
+                             f"{delta:+.1f}x (conservative range {low:+.1f} to {high:+.1f}, from the two CIs).")})
+    return out
+
+
+def _members_lines(sweep_id: str, epsilon: float) -> list[dict[str, Any]]:
+    """The members gap (member - non-member Recall@1, its bootstrap CI) of the DP heads at `epsilon`, at N=100 (or
+    the largest N below it) and the largest common N; none when the sweep did not measure members."""
+    table, _ = members_table(sweep_id)
+    if table.empty:
+        return []
+    sel = table[table["heads"] == series_label(epsilon)].sort_values("n")
+    out = []
+    for tag, row in (("100", sel[sel["n"] <= 100].tail(1)), ("max", sel.tail(1))):
+        if not len(row) or (tag == "max" and out and out[0]["n"] == int(row["n"].iloc[0])):
+            continue
+        r = row.iloc[0]
+        gap, low, high = float(r["gap"]), float(r["gap_ci_low"]), float(r["gap_ci_high"])
+        what = ("no measurable memorisation: the CI contains 0" if low <= 0 <= high else
+                "the heads re-link their own training patients better" if low > 0 else
+                "members are re-linked less well than non-members")
+        out.append({
+            "key": f"members_{tag}", "n": int(r["n"]), "epsilon": epsilon, "delta": gap, "delta_low": low,
+            "delta_high": high, "member": float(r["member_recall"]), "nonmember": float(r["nonmember_recall"]),
+            "label": f"Members gap at N={int(r['n']):,} (ε={epsilon:g})",
+            "sentence": (f"With DP heads at ε={epsilon:g}, training patients (members) are re-linked with Recall@1 "
+                         f"{float(r['member_recall']):.4f} against {float(r['nonmember_recall']):.4f} for unseen "
+                         f"patients at N={int(r['n']):,}: gap {gap:+.4f} (95% CI {low:+.4f} to {high:+.4f}), {what}.")})
     return out
 
 
@@ -720,6 +876,26 @@ def job_times(started: float | None, finished: float | None, fraction: float, no
     text += (f"ended {time.strftime('%H:%M:%S', time.localtime(finished))} · took {_hms(elapsed)}" if finished else
              f"running {_hms(elapsed)}" + (f" · about {_hms(left)} left" if left is not None else " · estimating"))
     return {"elapsed_s": elapsed, "left_s": left, "text": text}
+
+
+def provenance_table(limit: int = 200) -> pd.DataFrame:
+    """The finished runs (newest first, at most `limit`) with their provenance, for Models and jobs: run, kind,
+    model, dataset, code version (the commit's first 12 hex), data hash, started / finished (UTC), duration (s);
+    "not recorded" where a run stored before provenance was kept has none (the export has the full text)."""
+    out = []
+    for rec in store.provenance_records()[:limit]:
+        info, text = spec_info(rec["spec"]), provenance.display(rec["provenance"])
+        row = {name: text[provenance.FIELD_NAMES[key]] for key, name in PROVENANCE_COLUMNS.items()}
+        row = {k: "not recorded" if v.startswith("not recorded") else v for k, v in row.items()}
+        row["code version"] = re.sub(r"\b([0-9a-f]{12})[0-9a-f]{28}\b", r"\1", row["code version"])
+        row["code version"] = re.sub(r" \(demo snapshot made .*\)", " (snapshot)", row["code version"])
+        out.append({"run": rec["run_id"], "kind": rec["kind"], "model": info.get("model", ""),
+                    "dataset": info.get("source", ""), **row})
+    return pd.DataFrame(out, columns=["run", "kind", "model", "dataset", *PROVENANCE_COLUMNS.values()])
+
+
+PROVENANCE_COLUMNS = {"code_version": "code version", "data_hash": "data hash", "started": "started (UTC)",
+                      "finished": "finished (UTC)", "duration_s": "duration (s)"}
 
 
 def run_inputs(run_id: str | None) -> str:

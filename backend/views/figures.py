@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import html
 import math
 
 import pandas as pd
@@ -30,6 +32,28 @@ def series_colors(names: list[str]) -> dict[str, str]:
     series keeps its colour whichever of them a page shows."""
     palette = qualitative.Plotly
     return {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+def run_colors(run_ids: list[str]) -> dict[str, str]:
+    """One colour per run id for runs side by side, the same in every chart: a fixed place in the qualitative
+    Plotly palette from a hash of the run id (so a run keeps its colour as others are added or removed), the next
+    free place when two of the runs shown would share one (ids taken in sorted order, so the result does not depend
+    on the order they were picked in); colours repeat only beyond the palette's 10."""
+    palette = qualitative.Plotly
+    out: dict[str, str] = {}
+    for run_id in sorted(set(run_ids)):
+        spot = int(hashlib.sha256(run_id.encode()).hexdigest(), 16) % len(palette)
+        for step in range(len(palette)):
+            if palette[(spot + step) % len(palette)] not in out.values():
+                spot = (spot + step) % len(palette)
+                break
+        out[run_id] = palette[spot]
+    return out
+
+
+def run_label_colors(labels: dict[str, str], run_ids: list[str]) -> dict[str, str]:
+    """run_colors keyed by each run's label (the `series` value the overlay draws), for recall_curves."""
+    return {labels.get(r, r): color for r, color in run_colors(run_ids).items()}
 
 
 def sweep_colors(epsilons: list[float] | pd.Series) -> dict[str, str]:
@@ -63,7 +87,7 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
         color = (colors or {}).get(name) or palette[i % len(palette)]
         faded = emphasis is not None and name != emphasis
         for (pool, level), g in g_series.groupby(["pool_kind", "level"]):
-            label = f"{name} · {pool_name(pool)} · {level}"
+            label = html.escape(f"{name} · {pool_name(pool)} · {level}")  # plotly renders tags in names: text only
             x = g["n"].tolist()
             width = (1.5 if faded else 3.0 if emphasis is not None else 2.0) * (1.0 if level == "study" else 0.5)
             fig.add_trace(go.Scatter(x=x + x[::-1], y=g["ci_high"].tolist() + g["ci_low"].tolist()[::-1],

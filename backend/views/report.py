@@ -13,7 +13,7 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
-from backend.runs import store
+from backend.runs import provenance, store
 from backend.views import dashboard, figures
 
 PACKAGES = ("numpy", "pandas", "torch", "open_clip_torch", "opacus", "duckdb", "plotly", "streamlit", "scikit-learn")
@@ -78,8 +78,10 @@ def _spec_block(run_id: str | None) -> str:
     if not run:
         return ""
     pretty = json.dumps(json.loads(run["spec"] or "{}"), indent=2, sort_keys=True)
+    prov = provenance.display(store.get_provenance(run_id))
     return (f"<h3>{html.escape(run_id)} ({html.escape(run['kind'])}, device {html.escape(run.get('device') or '?')})"
-            f"</h3><pre>{html.escape(pretty)}</pre>")
+            f"</h3>{_table(pd.DataFrame(list(prov.items()), columns=['provenance', 'value']))}"
+            f"<pre>{html.escape(pretty)}</pre>")
 
 
 def _relink_section(source: str | None, model: str | None, first: list[bool]) -> tuple[str, list[str]]:
@@ -175,6 +177,6 @@ table,pre,.js-plotly-plot,.plotly-graph-div{{page-break-inside:avoid}}pre{{white
 <p>Strongest DP point: epsilon {_fmt(head.get('after_eps', 'n/a'))}, guarantee {_fmt(head.get('guarantee', 'n/a'))}.</p>
 {relink_html}{_mitigation_section(head.get('sweep_run'), first)}
 <h2>Definitions</h2><dl>{defs}</dl>
-<h2>Full specifications</h2>{specs or '<p>No runs.</p>'}
+<h2>Full specifications and provenance of every run</h2>{specs or '<p>No runs.</p>'}
 <h2>Versions</h2>{vers}
 </body></html>"""

@@ -199,6 +199,29 @@ def seed_store(cache_dir: Path | None = None, crafted: bool = False) -> dict[str
     return ids
 
 
+def add_side_information(ids: dict[str, str]) -> dict[str, str]:
+    """Add to a seeded store an audit of the demo model with a side-information pool ("matched:sex+age_band", 1.3x
+    the random pool's recall) and members against non-members on every point of the sweep (point i: gap 0.01 i,
+    CI gap -0.02 to gap + 0.02 + 0.001 N); returns `ids` with "audit:sideinfo"."""
+    rows = store.load_metrics(ids["audit:demo"]).query("variant == 'model'").drop(columns=["run_id", "variant"])
+    matched = rows[rows["pool_kind"] == "random"].assign(pool_kind="matched:sex+age_band")
+    matched = matched.assign(recall=(matched["recall"] * 1.3).clip(upper=1.0), ci_low=matched["ci_low"] * 1.2,
+                             ci_high=(matched["ci_high"] * 1.4).clip(upper=1.0))
+    matched = matched.assign(lift=matched["recall"] / matched["chance"])
+    store.upsert_run("audit-sideinfo", "audit", store.get_run(ids["audit:demo"])["spec"], "running")
+    store.finish_run("audit-sideinfo", metrics={"model": pd.concat([rows, matched], ignore_index=True)})
+    pts = store.load_sweep_points(ids["sweep"])
+    for i, run_id in enumerate(pts["run_id"]):
+        members = [{"n": n, "member_recall": 0.3 / n ** 0.5 + 0.01 * i, "member_ci_low": 0.0, "member_ci_high": 1.0,
+                    "nonmember_recall": 0.3 / n ** 0.5, "nonmember_ci_low": 0.0, "nonmember_ci_high": 1.0,
+                    "gap": 0.01 * i, "gap_ci_low": 0.01 * i - 0.02, "gap_ci_high": 0.01 * i + 0.02 + 0.001 * n}
+                   for n in (10, 50, 100, 200)]
+        summary = store.get_run(run_id)["summary"]
+        store.finish_run(run_id, summary={**summary, "members": members}, keep_parts=True)
+    ids["audit:sideinfo"] = "audit-sideinfo"
+    return ids
+
+
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--crafted"]
     target = Path(args[0]) if args else settings.cache_dir()
