@@ -268,10 +268,12 @@ def start_queued() -> list[str]:
     returns the ids started. Atomic across processes (_submit_lock). A process that sees no GPUs
     (job_devices() is []) starts nothing: the jobs keep waiting for one that does."""
     devices = job_devices()
+    if not devices:
+        return []
     with _submit_lock():
         active = [Job.from_row(r) for r in store.list_jobs(statuses=ACTIVE, limit=1_000_000).to_dict("records")]
         waiting = sorted((j for j in active if j.waiting), key=lambda j: (j.created or 0.0, j.job_id))
-        if not waiting or not devices:
+        if not waiting:
             return []
         busy = {j.gpu for j in active if j.gpu}
         free = [d for d in devices if d not in busy]

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backend.errors import JobError
@@ -62,7 +63,13 @@ def run_selftest(spec: SelfTestSpec, progress: ProgressLike | None = None) -> di
 
 def run_selftest_gpu(spec: SelfTestSpec, progress: ProgressLike | None = None) -> dict[str, Any]:
     """run_selftest in a GPU slot (a kind that uses torch, so the one-job-per-GPU queue applies), recording
-    the CUDA_VISIBLE_DEVICES its worker got; it imports no torch itself (tests/test_jobs.py runs it on CPUs)."""
+    the CUDA_VISIBLE_DEVICES its worker got; it imports no torch itself (tests/test_jobs.py runs it on CPUs).
+    With $CXR_SELFTEST_GATE (a folder) set, it first holds its GPU until the file <folder>/<spec.tag> exists."""
+    progress = progress or null_progress
+    gate = os.environ.get("CXR_SELFTEST_GATE")
+    while gate and not Path(gate, spec.tag).exists():
+        progress(0, spec.steps, "waiting at the gate")  # the cancel check rides on it
+        time.sleep(0.05)
     return {**run_selftest(spec, progress), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
