@@ -8,7 +8,7 @@ VmHWM: the RSS of holding the inputs, the baseline. It then runs the curve as be
 and reads VmHWM again: peak / baseline is the ratio printed, with the peak in MB and the wall time. A sampler
 thread notes the RSS every 20 ms under the engine step that runs (normalising, counting, the curve, ...),
 so the holders show (a step shorter than 20 ms, or one that holds the GIL throughout, may go unseen there;
-VmHWM sees everything).
+VmHWM sees everything). The child also prints its progress, RSS and peak to stderr every 30 s.
 
 Variants:
   copy  the engine called as before: image and report embeddings of every pair (n x d each); the engine
@@ -90,8 +90,17 @@ def run_case(n_queries: int, n_candidates: int, variant: str) -> dict:
     base = _status_mb("VmHWM") if reset else _status_mb("VmRSS")
     sampler.thread.start()
     start = time.perf_counter()
+    last = [start]
+
+    def progress(done: int, total: int, message: str = "") -> None:  # a line on stderr every 30 s
+        now = time.perf_counter()
+        if now - last[0] >= 30 or done == total:
+            last[0] = now
+            print(f"[{now - start:6.0f} s] {done}/{total} queries counted; RSS {_status_mb('VmRSS'):.0f} MB, "
+                  f"peak {_status_mb('VmHWM'):.0f} MB", file=sys.stderr, flush=True)
+
     res = relink.relink_curves(**data, pools=("random", "hard"), ks=(1, 5, 10), n_bootstrap=200, seed=0,
-                               device="cpu", overwrite_emb=variant == "lean")
+                               device="cpu", overwrite_emb=variant == "lean", progress=progress)
     seconds = time.perf_counter() - start
     sampler.stop.set()
     sampler.thread.join()
@@ -118,9 +127,10 @@ def main() -> None:
     for m in args.candidates:
         for variant in args.variants:
             cmd = [sys.executable, "-m", "bench.bench_rss", "--case", str(args.queries), str(m), variant]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=REPO)  # stderr: live
             if proc.returncode != 0:
-                print(f"case {args.queries} x {m} ({variant}) failed:\n{proc.stderr[-3000:]}", flush=True)
+                print(f"case {args.queries} x {m} ({variant}) failed (exit code {proc.returncode}; its "
+                      "traceback is above)", flush=True)
                 continue
             fig = json.loads(proc.stdout.strip().splitlines()[-1])
             if args.json:

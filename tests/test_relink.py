@@ -345,6 +345,21 @@ def test_query_only_images_and_in_place_normalisation_give_the_same_bits() -> No
         relink_curves(**{**data, "image_emb": img[:-1]}, query_mask=mask)
 
 
+def test_the_curve_threads_fit_the_scratch_budget_and_do_not_change_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from backend.relink import rows as rows_mod
+
+    assert rows_mod.curve_threads(43_793, 17, 10, 6) == 1  # the 400k check: 0.3 GB a thread, one thread
+    assert rows_mod.curve_threads(2_000, 12, 10, 6) == min(6, os.cpu_count() or 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    data = _data(seed=23)
+    several = relink_curves(**data, n_bootstrap=20)
+    monkeypatch.setattr(rows_mod, "CURVE_SCRATCH_BYTES", 1)
+    assert rows_mod.curve_threads(100, 5, 10, 6) == 1
+    pd.testing.assert_frame_equal(relink_curves(**data, n_bootstrap=20).rows, several.rows, check_exact=True)
+
+
 def test_rows_taken_in_place_equal_a_fancy_index() -> None:
     from backend.relink import _take_rows_in_place
 
