@@ -16,7 +16,11 @@ Variants:
   lean  only the queries' image embeddings (the rows the engine reads), and overwrite_emb=True: the engine
         normalises and reorders the caller's arrays in place instead of copying them (the same result bits)
 
+--curve-only: only the step after the counting (the curve, the bootstrap, the per-query table), on random
+counts of the check's shape: its scratch does not depend on the values, and it takes a minute, not an hour.
+
 Usage: python -m bench.bench_rss [--candidates 100000 400000] [--variants copy lean] [--queries 43793] [--json]
+       python -m bench.bench_rss --curve-only [--candidates 400000]
 """
 
 from __future__ import annotations
@@ -113,16 +117,62 @@ def run_case(n_queries: int, n_candidates: int, variant: str) -> dict:
                                           .recall.iloc[0])}
 
 
+def run_curve_case(n_queries: int, n_candidates: int) -> dict:
+    """The curve step alone (curve_rows, summary_dict, per_query_frame) on per-query counts of the shape of
+    the check (n_queries queries, about n_candidates eligible distractors each, 10% of queries with ties, ~6
+    queries per patient), drawn at random: its scratch memory does not depend on the values. Peak over the
+    RSS of holding the counts, as run_case does; for a quick look at the step that follows the counting."""
+    import numpy as np
+
+    from backend.relink.rows import curve_rows, per_query_frame, summary_dict
+
+    rng = np.random.default_rng(0)
+    n = n_queries
+    r = rng.integers(1, 4, size=n)
+    m = n_candidates - r
+    mh = m // 12
+    groups = {"m": m, "mh": mh, "pm": m, "pmh": mh, "r": r}
+    counts = {"score": rng.random(n).astype(np.float32)}
+    for b_key, t_key, pool in (("b", "t", m), ("bh", "th", mh), ("pb", "pt", m), ("pbh", "pth", mh)):
+        counts[b_key] = np.floor(rng.random(n) ** 3 * pool).astype(np.int64)
+        counts[t_key] = np.where(rng.random(n) < 0.1, rng.integers(1, 4, size=n), 0)
+    q_patient = np.arange(n) // 6
+    reset = _reset_hwm()
+    base = _status_mb("VmHWM") if reset else _status_mb("VmRSS")
+    start = time.perf_counter()
+    curve_rows(counts, groups, q_patient, kinds=["random", "hard"], ks=[1, 5, 10], n_grid=None, n_bootstrap=200,
+               seed=0, device=None)
+    summary_dict(counts, groups, q_patient, n_bootstrap=200, seed=0, n_candidates=n_candidates,
+                 include_same_patient=False, extra={})
+    per_query_frame(np.arange(n), None, np.arange(n), q_patient, counts, groups)
+    peak = _status_mb("VmHWM")
+    return {"variant": "curve-only", "n_queries": n, "n_candidates": n_candidates, "rss_inputs_mb": base,
+            "hwm_reset": reset, "peak_rss_mb": peak, "curve_step_extra_mb": peak - base,
+            "seconds": time.perf_counter() - start}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=43_793)
     parser.add_argument("--candidates", type=int, nargs="+", default=[100_000, 400_000])
     parser.add_argument("--variants", nargs="+", default=["copy", "lean"], choices=["copy", "lean"])
     parser.add_argument("--json", action="store_true", help="print each case's figures as JSON too")
+    parser.add_argument("--curve-only", action="store_true",
+                        help="only the step after the counting, on random counts of the check's shape (quick)")
     parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(int(args.case[0]), int(args.case[1]), args.case[2])))
+        q, m = int(args.case[0]), int(args.case[1])
+        print(json.dumps(run_curve_case(q, m) if args.case[2] == "curve-only" else run_case(q, m, args.case[2])))
+        return
+    if args.curve_only:
+        for m in args.candidates:
+            cmd = [sys.executable, "-m", "bench.bench_rss", "--case", str(args.queries), str(m), "curve-only"]
+            fig = json.loads(subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, cwd=REPO)
+                             .stdout.strip().splitlines()[-1])
+            print(f"{fig['n_queries']} queries x {fig['n_candidates']} candidates, the curve step alone: peak RSS "
+                  f"{fig['peak_rss_mb']:.0f} MB vs {fig['rss_inputs_mb']:.0f} MB holding the counts: "
+                  f"+{fig['curve_step_extra_mb']:.0f} MB; {fig['seconds']:.0f} s", flush=True)
         return
     for m in args.candidates:
         for variant in args.variants:

@@ -360,6 +360,21 @@ def test_the_curve_threads_fit_the_scratch_budget_and_do_not_change_the_rows(mon
     pd.testing.assert_frame_equal(relink_curves(**data, n_bootstrap=20).rows, several.rows, check_exact=True)
 
 
+def test_expected_recall_in_chunks_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """expected_recall and tie_factor bound their scratch by chunks of rows (issue 14); every row's arithmetic,
+    tie windows included, is the one of the unchunked call."""
+    from backend.relink import stats
+
+    rng = np.random.default_rng(5)
+    m = rng.integers(1, 400, size=3000).astype(np.float64)
+    b = np.floor(rng.random(3000) * m)
+    t = np.floor(rng.random(3000) * (m - b) * (rng.random(3000) < 0.5))
+    n = np.floor(rng.random(3000) * m)
+    whole = expected_recall(m, b, t, n, (1, 5, 10))
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 50)
+    assert np.array_equal(expected_recall(m, b, t, n, (1, 5, 10)), whole)
+
+
 def test_rows_taken_in_place_equal_a_fancy_index() -> None:
     from backend.relink import _take_rows_in_place
 
