@@ -104,19 +104,20 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
     # memory budget allows
     with ThreadPoolExecutor(1 if on_gpu else curve_threads(n_queries=len(q_patient), n_grid=len(grid),
                                                            kmax=max(ks), n_combos=len(combos))) as pool:
-        parts = list(pool.map(one, combos))
-    columns, meta, stats = [], [], []
-    for (kind, level), (elig, vals, draws) in zip(combos, parts, strict=True):
-        r = xp.f64(groups["r"]) if level == "patient" else None
-        pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
-        for gi, n_pts in enumerate(pts):
-            capped = xp.f64(draws[:, gi] + 1 < n_pts)
-            for ki, k in enumerate(ks):
-                columns.append(vals[:, gi, ki])
-                stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
-                          capped.mean() * (kind != "full")]
-                meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
-    values = xp.stack(columns, axis=1)
+        # each combo's (n_q, N, K) values go into one (n_q, columns) array as soon as they come: never all at once
+        values = xp.empty((len(q_patient), sum(len(ks) * (1 if kind == "full" else len(grid)) for kind, _ in combos)))
+        meta, stats = [], []
+        for (kind, level), (elig, vals, draws) in zip(combos, pool.map(one, combos), strict=True):
+            r = xp.f64(groups["r"]) if level == "patient" else None
+            pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
+            for gi, n_pts in enumerate(pts):
+                capped = xp.f64(draws[:, gi] + 1 < n_pts)
+                for ki, k in enumerate(ks):
+                    values[:, len(meta)] = vals[:, gi, ki]
+                    stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
+                              capped.mean() * (kind != "full")]
+                    meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
+            del elig, vals, draws
     per_row = xp.numpy(xp.stack(stats, axis=0)).reshape(-1, 3)  # one transfer: chance, effective N, capped share
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed)
     low, high = percentile_ci(bootstrap_means(values, q_patient, weights))
