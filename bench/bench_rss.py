@@ -7,7 +7,8 @@ VmHWM: the RSS of holding the inputs, the baseline. It then runs the curve as be
 (random and hard pools, K in {1, 5, 10}, every N of the default grid, 200 patient-bootstrap resamples, CPU)
 and reads VmHWM again: peak / baseline is the ratio printed, with the peak in MB and the wall time. A sampler
 thread notes the RSS every 20 ms under the engine step that runs (normalising, counting, the curve, ...),
-so the holders show (a step shorter than 20 ms, or one that holds the GIL throughout, may go unseen there;
+so the holders show ("setup": everything outside those steps: the id codes, the label groups, the gaps
+between steps; a step shorter than 20 ms, or one that holds the GIL throughout, may go unseen there;
 VmHWM sees everything). The child also prints its progress, RSS and peak to stderr every 30 s.
 
 Variants:
