@@ -52,6 +52,9 @@ def synthetic(n_pairs: int, seed: int = 0, n_studies: int | None = None, query_i
     rng = np.random.default_rng(seed)
     base = max(1, n_pairs // 2)
     n_studies = n_studies or base
+    if n_studies < base:
+        raise ValueError(f"{n_pairs} query pairs make {base} studies; ask for at least that many candidates "
+                         f"(got {n_studies}).")
     study_of_pair = np.minimum(np.arange(n_pairs) // 2, base - 1)
     extra = n_studies - base
     study = np.concatenate([study_of_pair, base + np.arange(extra)])
