@@ -80,14 +80,10 @@ class _Sampler:
 
 
 def run_case(n_queries: int, n_candidates: int, variant: str) -> dict:
-    """One case in this process; returns its figures. Variant "<name>-notrim": without the malloc_trim after
-    the counting (backend.relink.TRIM_AFTER_COUNTING off), for comparison."""
+    """One case in this process; returns its figures."""
     import backend.relink as relink
     import backend.relink.counts as counts
     from bench.bench_relink import synthetic
-
-    variant, _, trim = variant.partition("-")
-    relink.TRIM_AFTER_COUNTING = trim != "notrim"
 
     data = synthetic(n_queries, seed=n_queries, n_studies=n_candidates, query_images_only=variant == "lean")
     inputs_mb = sum(v.nbytes for v in data.values()) / 2**20
@@ -160,8 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=43_793)
     parser.add_argument("--candidates", type=int, nargs="+", default=[100_000, 400_000])
-    parser.add_argument("--variants", nargs="+", default=["copy", "lean"],
-                        choices=["copy", "lean", "copy-notrim", "lean-notrim"])
+    parser.add_argument("--variants", nargs="+", default=["copy", "lean"], choices=["copy", "lean"])
     parser.add_argument("--json", action="store_true", help="print each case's figures as JSON too")
     parser.add_argument("--curve-only", action="store_true",
                         help="only the step after the counting, on random counts of the check's shape (quick)")

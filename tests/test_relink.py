@@ -375,21 +375,6 @@ def test_expected_recall_in_chunks_gives_the_same_bits(monkeypatch: pytest.Monke
     assert np.array_equal(expected_recall(m, b, t, n, (1, 5, 10)), whole)
 
 
-def test_freed_memory_is_handed_back_after_counting_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    import backend.relink as relink
-
-    calls: list[int] = []
-    monkeypatch.setattr(relink, "_release_freed_memory", lambda: calls.append(1))
-    data = _data(seed=2, n_patients=6)
-    on = relink_curves(**data, n_bootstrap=5)
-    monkeypatch.setattr(relink, "TRIM_AFTER_COUNTING", False)
-    off = relink_curves(**data, n_bootstrap=5)
-    assert calls == [1]
-    pd.testing.assert_frame_equal(on.rows, off.rows, check_exact=True)
-    monkeypatch.undo()
-    relink._release_freed_memory()  # the real call returns quietly (glibc here, or nothing to call)
-
-
 def test_rows_taken_in_place_equal_a_fancy_index() -> None:
     from backend.relink import _take_rows_in_place
 

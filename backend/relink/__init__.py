@@ -66,7 +66,6 @@ __all__ = ["RelinkResult", "relink_curves", "default_grid", "top_k", "build_inde
            "ROW_COLUMNS", "CURVE_COLUMNS"]
 
 POOLS: tuple[str, ...] = tuple(POOL_NAMES)
-TRIM_AFTER_COUNTING = True  # hand freed heap pages back to the OS before the curve (bench_rss --no-trim: off)
 
 
 @dataclass(frozen=True)
@@ -247,8 +246,6 @@ def relink_curves(image_emb: np.ndarray, report_emb: np.ndarray, study_id: Seque
                        include_same_patient=include_same_patient, block_size=block_size, device=device,
                        progress=progress)
     cands.emb = cands.emb[:0]  # counted: the candidates' matrix (0.8 GB at 400,000) is not held through the curve
-    if TRIM_AFTER_COUNTING:
-        _release_freed_memory()
     groups = _group_sizes(cands, true, include_same_patient)
     q_patient = pd.factorize(patient[queries])[0]
     rows, extra = curve_rows(counts, groups, q_patient, kinds=kinds, ks=k_list, n_grid=n_grid,
@@ -259,18 +256,6 @@ def relink_curves(image_emb: np.ndarray, report_emb: np.ndarray, study_id: Seque
     summary = summary_dict(counts, groups, q_patient, n_bootstrap=n_bootstrap, seed=seed, n_candidates=cands.m,
                            include_same_patient=include_same_patient, extra=extra)
     return RelinkResult(rows=rows, summary=summary, per_query=per_query)
-
-
-def _release_freed_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc malloc_trim) once the counting pass is over: its
-    blocks' masks and row copies, freed but kept by the allocator, would otherwise stay in the RSS under the
-    curve step (about 0.1-0.2 GB at 400,000 candidates). A no-op where glibc is absent."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _writable(arr: np.ndarray) -> bool:
