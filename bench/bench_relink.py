@@ -36,19 +36,25 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 D = 512
+CHUNK = 50_000
 
 
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def synthetic(n_pairs: int, seed: int = 0, n_studies: int | None = None) -> dict:
+def synthetic(n_pairs: int, seed: int = 0, n_studies: int | None = None, query_images_only: bool = False) -> dict:
     """Pairs with structure: ~2 images/study, ~3 studies/patient, 12 label groups, correlated embeddings.
 
-    n_studies > n_pairs / 2 adds report-only studies (one pair each) and a query_mask over the first n_pairs."""
+    n_studies > n_pairs / 2 adds report-only studies (one pair each) and a query_mask over the first n_pairs.
+    query_images_only: image_emb holds the n_pairs query rows only (what backend.relink reads of it), the
+    same values. The generator never holds more than the arrays it returns plus a 50,000-row chunk."""
     rng = np.random.default_rng(seed)
     base = max(1, n_pairs // 2)
     n_studies = n_studies or base
+    if n_studies < base:
+        raise ValueError(f"{n_pairs} query pairs make {base} studies; ask for at least that many candidates "
+                         f"(got {n_studies}).")
     study_of_pair = np.minimum(np.arange(n_pairs) // 2, base - 1)
     extra = n_studies - base
     study = np.concatenate([study_of_pair, base + np.arange(extra)])
@@ -58,20 +64,28 @@ def synthetic(n_pairs: int, seed: int = 0, n_studies: int | None = None) -> dict
     labels14 = (centers[group] > 0.3).astype(np.float32)
     labels14[rng.random(labels14.shape) < 0.02] = np.nan
     protos = rng.standard_normal(size=(12, D), dtype=np.float32)
-    rep = rng.standard_normal(size=(n_studies, D), dtype=np.float32)  # float32 throughout: small generator peak
-    rep += 0.6 * protos[group]
+    # the per-pair report array is built in place: the studies' rows are drawn into its tail (the report-only
+    # studies' rows are already where they belong), then the query pairs' rows are gathered to its head
+    report = np.empty((study.size, D), np.float32)
+    rep = report[study.size - n_studies:]
+    rng.standard_normal(out=rep, dtype=np.float32)  # float32 throughout: small generator peak
+    for a in range(0, n_studies, CHUNK):
+        rep[a:a + CHUNK] += 0.6 * protos[group[a:a + CHUNK]]
     text = np.arange(n_studies)
     dup = rng.random(n_studies) < 0.05
     src = rng.integers(0, n_studies, size=n_studies)
     text[dup] = text[src[dup]]
     rep[dup] = rep[src[dup]]
-    img = np.empty((study.size, D), np.float32)
-    for a in range(0, study.size, 50_000):  # chunked to keep the generator's memory small
-        s = study[a:a + 50_000]
-        img[a:a + 50_000] = 0.07 * rep[s] + rng.standard_normal(size=(s.size, D), dtype=np.float32)
+    img = np.empty((n_pairs if query_images_only else study.size, D), np.float32)
+    for a in range(0, study.size, CHUNK):  # chunked to keep the generator's memory small
+        s = study[a:a + CHUNK]
+        chunk = 0.07 * rep[s] + rng.standard_normal(size=(s.size, D), dtype=np.float32)
+        if a < img.shape[0]:
+            img[a:a + CHUNK] = chunk[:img.shape[0] - a]
+    report[:n_pairs] = rep[study[:n_pairs]]  # overlapping rows: numpy reads them before it writes
     mask = np.zeros(study.size, bool)
     mask[:n_pairs] = True
-    return {"image_emb": img, "report_emb": rep[study], "study_id": study, "patient_id": patient,
+    return {"image_emb": img, "report_emb": report, "study_id": study, "patient_id": patient,
             "report_text": text[study].astype(str), "labels": labels14[study], "query_mask": mask}
 
 
@@ -151,7 +165,6 @@ def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, devic
     from backend.relink import relink_curves
 
     data = synthetic(n, seed=n, n_studies=n_candidates)
-    q, c = work_arrays(data)
 
     def curve(n_bootstrap: int = 200) -> tuple[float, object]:
         _sync(device)
@@ -168,6 +181,7 @@ def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, devic
     rss0 = _maxrss_mb()
     curve_s, res = curve()
     rss1 = _maxrss_mb()
+    q, c = work_arrays(data)  # after the first curve, so that its peak RSS is the curve's (bench_rss: in detail)
     out = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
            "n_queries": int(data["query_mask"].sum()), "n_candidates": res.summary["n_candidates"], "d": D,
            "torch_threads": torch.get_num_threads(), "curve_s": curve_s, "rows": len(res.rows),

@@ -10,6 +10,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("CXR_OFFLINE", "1")
+os.environ["CXR_JOB_DEVICES"] = "none"  # no one-job-per-GPU queue on a GPU machine; tests/test_jobs.py sets fake GPUs
 os.environ["CXR_DEMO_SNAPSHOT"] = "0"  # pages show what a test seeds; tests/test_snapshot.py switches it on
 
 REPO = Path(__file__).resolve().parent.parent

@@ -293,3 +293,89 @@ def test_a_throttled_progress_message_reaches_the_store_with_the_next_heartbeat(
     finally:
         stop.set()
         beat.join(5)
+
+
+# ---------------------------------------------------------------- one job per GPU (fake GPU indices on CPUs)
+
+
+def _gpu_jobs(monkeypatch: pytest.MonkeyPatch, devices: str, gate: Path, *specs: SelfTestSpec) -> list[jobs.Job]:
+    """Submit selftest-gpu jobs on fake GPUs; each holds its GPU until the test creates gate/<its tag>."""
+    gate.mkdir(exist_ok=True)
+    monkeypatch.setenv("CXR_JOB_DEVICES", devices)
+    monkeypatch.setenv("CXR_SELFTEST_GATE", str(gate))
+    return [jobs.submit(spec, kind="selftest-gpu") for spec in specs]
+
+
+def test_job_devices_come_from_the_env_or_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_JOB_DEVICES", " 2, 3,2 ")
+    assert jobs.job_devices() == ["2", "3"]
+    monkeypatch.setenv("CXR_JOB_DEVICES", "none")
+    assert jobs.job_devices() == []
+    monkeypatch.delenv("CXR_JOB_DEVICES")
+    monkeypatch.setattr(jobs, "_gpu_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert jobs.job_devices() == ["0", "1", "2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1,-1,0")  # CUDA stops at an invalid entry
+    assert jobs.job_devices() == ["3", "1"]
+    monkeypatch.setattr(jobs, "_gpu_count", lambda: 0)  # a CPU machine: no queue, whatever the env says
+    assert jobs.job_devices() == []
+
+
+def test_one_job_per_gpu_the_third_waits_in_line_and_starts_when_a_gpu_frees(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from backend.__main__ import main
+
+    gate = tmp_path / "gate"
+    specs = [SelfTestSpec(steps=2, delay_s=0.05, tag=f"gpu{i}") for i in range(3)]
+    first, second, third = _gpu_jobs(monkeypatch, "0,1", gate, *specs)
+    assert {first.device, second.device} == {"cuda:0", "cuda:1"} and first.pid and second.pid
+    assert third.status == "queued" and third.waiting and not third.pid and "1 of 1 in line" in third.message
+    assert main(["jobs"]) == 0
+    listed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(third.job_id))
+    assert "queued" in listed and "1 of 1 in line" in listed
+    torch_free = jobs.submit(SelfTestSpec(steps=1, delay_s=0.0, tag="no-gpu"))  # never queued
+    assert torch_free.pid and not torch_free.waiting
+    _wait(second.job_id, ("running",))
+    (gate / "gpu0").touch()  # the first job finishes; its worker (no refresh() here) starts the third on its GPU
+    assert _wait(first.job_id, ("done", "failed")).status == "done"
+    started = _wait(third.job_id, ("running", "done", "failed"))
+    assert started.device.startswith(first.device) and jobs.get_job(second.job_id).status == "running"
+    seen_overlap = []
+    (gate / "gpu1").touch()
+    (gate / "gpu2").touch()
+    deadline = time.monotonic() + 60
+    while any(jobs.get_job(j.job_id).active for j in (second, third)) and time.monotonic() < deadline:
+        held = [j.gpu for j in map(jobs.get_job, (first.job_id, second.job_id, third.job_id)) if j.gpu]
+        seen_overlap += [held] if len(held) != len(set(held)) else []
+        time.sleep(0.05)
+    assert not seen_overlap  # never two jobs on one GPU
+    done = [jobs.get_job(j.job_id) for j in (first, second, third)]
+    assert [j.status for j in done] == ["done"] * 3, [jobs.read_log(j) for j in done]
+    assert done[2].device == done[0].device and done[2].started >= done[0].finished
+    for job, spec in zip(done, specs, strict=True):  # each worker saw only its own GPU
+        assert store.get_run(spec.run_id())["summary"]["visible_devices"] == job.device.removeprefix("cuda:")
+        assert store.get_run(spec.run_id())["device"] == job.device
+
+
+def test_a_killed_worker_frees_its_gpu_and_a_waiting_job_can_be_cancelled(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    specs = (SelfTestSpec(steps=2, delay_s=0.1, tag="held"), SelfTestSpec(steps=2, delay_s=0.1, tag="next"),
+             SelfTestSpec(steps=2, delay_s=0.1, tag="dropped"))
+    gate = tmp_path / "gate"
+    held, nxt, dropped = _gpu_jobs(monkeypatch, "7", gate, *specs)  # "held" never passes its gate
+    (gate / "next").touch()
+    running = _wait(held.job_id, ("running",))
+    assert running.device == "cuda:7" and nxt.waiting and dropped.waiting and "2 of 2" in dropped.message
+    assert jobs.cancel(dropped.job_id).status == "cancelled"  # at once: it has no worker
+    assert store.get_run(dropped.run_id)["status"] == "cancelled"
+    assert jobs.refresh() == [] and "1 of 1 in line" in jobs.get_job(nxt.job_id).message  # places rewritten
+    os.killpg(running.pid, signal.SIGKILL)  # kill -9: the worker cannot start the next job itself
+    deadline = time.monotonic() + 10
+    while jobs.pid_alive(running.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs.refresh() == [held.job_id]  # the poll marks it stale and hands its GPU to the next in line
+    assert jobs.get_job(held.job_id).status == "stale" and jobs.get_job(nxt.job_id).device == "cuda:7"
+    done = _wait(nxt.job_id, ("done", "failed", "stale"))
+    assert done.status == "done", jobs.read_log(done)
+    assert store.get_run(specs[1].run_id())["summary"]["visible_devices"] == "7"
+    assert jobs.get_job(dropped.job_id).pid is None  # the cancelled one never ran

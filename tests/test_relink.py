@@ -314,6 +314,79 @@ def test_query_mask_keeps_every_study_as_candidate_and_progress_reaches_total() 
     assert calls[-1] == (int(mask.sum()), int(mask.sum())) and len(calls) == -(-int(mask.sum()) // 4)
 
 
+def test_query_only_images_and_in_place_normalisation_give_the_same_bits() -> None:
+    """The 400k memory diet (issue 14): image_emb with only the queries' rows, and overwrite_emb=True (the
+    caller's arrays normalised and reordered in place), change nothing in the result, not a bit."""
+    data = _data(seed=21, n_patients=40)
+    n = len(data["study_id"])
+    mask = np.arange(n) % 3 != 1
+    ref = relink_curves(**data, query_mask=mask, n_bootstrap=20, include_same_patient=True)
+    img = data["image_emb"][mask]
+    variants = {"query rows": {"image_emb": img.copy()},
+                "in place": {"report_emb": data["report_emb"].copy(), "image_emb": data["image_emb"].copy()},
+                "both": {"image_emb": img.copy(), "report_emb": data["report_emb"].copy()}}
+    for name, given in variants.items():
+        res = relink_curves(**{**data, **given}, query_mask=mask, n_bootstrap=20, include_same_patient=True,
+                            overwrite_emb=name != "query rows")
+        pd.testing.assert_frame_equal(res.rows, ref.rows, check_exact=True, obj=name)
+        pd.testing.assert_frame_equal(res.per_query, ref.per_query, check_exact=True, obj=name)
+        assert res.summary == ref.summary, name
+        if name != "query rows":  # really used in place: the candidates' unit rows now head report_emb
+            assert not np.array_equal(given["report_emb"], data["report_emb"])
+            np.testing.assert_allclose(np.linalg.norm(given["report_emb"][:ref.summary["n_candidates"]], axis=1), 1,
+                                       atol=1e-6)
+    frozen = data["report_emb"].copy()
+    frozen.flags.writeable = False  # a read-only array is copied, as without the flag
+    res = relink_curves(**{**data, "report_emb": frozen}, query_mask=mask, n_bootstrap=20, include_same_patient=True,
+                        overwrite_emb=True)
+    pd.testing.assert_frame_equal(res.rows, ref.rows, check_exact=True)
+    assert np.array_equal(frozen, data["report_emb"])
+    with pytest.raises(SpecError, match="one row per query"):
+        relink_curves(**{**data, "image_emb": img[:-1]}, query_mask=mask)
+
+
+def test_the_curve_threads_fit_the_scratch_budget_and_do_not_change_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from backend.relink import rows as rows_mod
+
+    assert rows_mod.curve_threads(43_793, 17, 10, 6) == 1  # the 400k check: 0.3 GB a thread, one thread
+    assert rows_mod.curve_threads(2_000, 12, 10, 6) == min(6, os.cpu_count() or 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    data = _data(seed=23)
+    several = relink_curves(**data, n_bootstrap=20)
+    monkeypatch.setattr(rows_mod, "CURVE_SCRATCH_BYTES", 1)
+    assert rows_mod.curve_threads(100, 5, 10, 6) == 1
+    pd.testing.assert_frame_equal(relink_curves(**data, n_bootstrap=20).rows, several.rows, check_exact=True)
+
+
+def test_expected_recall_in_chunks_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """expected_recall and tie_factor bound their scratch by chunks of rows (issue 14); every row's arithmetic,
+    tie windows included, is the one of the unchunked call."""
+    from backend.relink import stats
+
+    rng = np.random.default_rng(5)
+    m = rng.integers(1, 400, size=3000).astype(np.float64)
+    b = np.floor(rng.random(3000) * m)
+    t = np.floor(rng.random(3000) * (m - b) * (rng.random(3000) < 0.5))
+    n = np.floor(rng.random(3000) * m)
+    whole = expected_recall(m, b, t, n, (1, 5, 10))
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 50)
+    assert np.array_equal(expected_recall(m, b, t, n, (1, 5, 10)), whole)
+
+
+def test_rows_taken_in_place_equal_a_fancy_index() -> None:
+    from backend.relink import _take_rows_in_place
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(300, 4)).astype(np.float32)
+    for rows in (np.arange(300), np.arange(0, 300, 3), rng.permutation(300), rng.choice(300, 170, replace=False),
+                 np.array([299, 0, 150]), np.array([5])):
+        arr = base.copy()
+        out = _take_rows_in_place(arr, rows, chunk=16)
+        assert np.shares_memory(out, arr) and np.array_equal(out, base[rows])
+
+
 def test_patient_level_matches_any_report_in_top_k() -> None:
     """Patient level simulated literally: the patient's reports + sampled distractors, sorted by score
     (random tie-breaking), hit = any of the patient's reports in the top K (no text twins in this data)."""

@@ -49,7 +49,7 @@ class Candidates:
 
     @property
     def m(self) -> int:
-        return int(self.emb.shape[0])
+        return int(self.patient.shape[0])  # emb is emptied once counted (backend.relink.relink_curves)
 
 
 def _csr(groups: np.ndarray, n_groups: int, min_size: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -30,10 +30,19 @@ COMBOS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("random", "patient"): ("pm", "pb", "pt"), ("hard", "patient"): ("pmh", "pbh", "pth"),
 }
 PER_QUERY_N: tuple[int, ...] = (10, 100, 1000)
+CURVE_SCRATCH_BYTES = 512 << 20  # the CPU curve's threads share about this much scratch memory (curve_threads)
 TORCH_ON_CPU = False  # True runs the GPU's torch code path on the CPU (tests compare it with numpy's)
 CURVE_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_low", "ci_high", "chance", "lift",
                                   "effective_n")  # what the store keeps and a headline shows
 ROW_COLUMNS: tuple[str, ...] = (*CURVE_COLUMNS, "capped_frac")  # what the engine returns
+
+
+def curve_threads(n_queries: int, n_grid: int, kmax: int, n_combos: int) -> int:
+    """Threads for the CPU curve: one per combo and core, but no more than CURVE_SCRATCH_BYTES of scratch
+    (a combo's expected_recall over n_q x n_grid entries holds about five (entries, kmax) float64 arrays at
+    once: at 43,793 queries and 17 pool sizes that is 0.3 GB a thread). At least one."""
+    per_thread = n_queries * n_grid * kmax * 8 * 5
+    return max(1, min(n_combos, os.cpu_count() or 1, CURVE_SCRATCH_BYTES // max(per_thread, 1)))
 
 
 def default_grid(n_max: int) -> list[int]:
@@ -91,21 +100,24 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
         return (elig, *_curve(xp, elig, beat, tie, grid, ks))
 
     # the combos are independent, and numpy/scipy release the GIL in their loops: threads use every core on
-    # the CPU (the results do not depend on it: each combo's arithmetic is the same)
-    with ThreadPoolExecutor(1 if on_gpu else min(len(combos), os.cpu_count() or 1)) as pool:
-        parts = list(pool.map(one, combos))
-    columns, meta, stats = [], [], []
-    for (kind, level), (elig, vals, draws) in zip(combos, parts, strict=True):
-        r = xp.f64(groups["r"]) if level == "patient" else None
-        pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
-        for gi, n_pts in enumerate(pts):
-            capped = xp.f64(draws[:, gi] + 1 < n_pts)
-            for ki, k in enumerate(ks):
-                columns.append(vals[:, gi, ki])
-                stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
-                          capped.mean() * (kind != "full")]
-                meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
-    values = xp.stack(columns, axis=1)
+    # the CPU (the results do not depend on it: each combo's arithmetic is the same), as many as the scratch
+    # memory budget allows
+    with ThreadPoolExecutor(1 if on_gpu else curve_threads(n_queries=len(q_patient), n_grid=len(grid),
+                                                           kmax=max(ks), n_combos=len(combos))) as pool:
+        # each combo's (n_q, N, K) values go into one (n_q, columns) array as soon as they come: never all at once
+        values = xp.empty((len(q_patient), sum(len(ks) * (1 if kind == "full" else len(grid)) for kind, _ in combos)))
+        meta, stats = [], []
+        for (kind, level), (elig, vals, draws) in zip(combos, pool.map(one, combos), strict=True):
+            r = xp.f64(groups["r"]) if level == "patient" else None
+            pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
+            for gi, n_pts in enumerate(pts):
+                capped = xp.f64(draws[:, gi] + 1 < n_pts)
+                for ki, k in enumerate(ks):
+                    values[:, len(meta)] = vals[:, gi, ki]
+                    stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
+                              capped.mean() * (kind != "full")]
+                    meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
+            del elig, vals, draws
     per_row = xp.numpy(xp.stack(stats, axis=0)).reshape(-1, 3)  # one transfer: chance, effective N, capped share
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed)
     low, high = percentile_ci(bootstrap_means(values, q_patient, weights))

@@ -19,6 +19,7 @@ from scipy.special import gammaln
 
 # Terms past the tie threshold summed directly where the pmf decays at least 4x per step (error < 4**-TAIL).
 TAIL = 24
+CHUNK_ELEMENTS = 1 << 20  # (rows x window) float64 entries per chunk of expected_recall / tie_factor scratch (8 MB)
 DIRECT_RATIO = 0.25
 
 
@@ -136,7 +137,18 @@ def tie_factor(pop: Any, ties: Any, draws: Any, j: Any) -> Any:
     xp = xp_of(pop)
     pop, ties, draws, j = (xp.f64(a) for a in (pop, ties, draws, j))
     jmax = max(int(j.max()) if xp.size(j) else 1, 1)
-    width = jmax + TAIL
+    width = jmax + TAIL  # one width for every row, so that a row's terms do not depend on the chunking below
+    rows = max(1, CHUNK_ELEMENTS // width)
+    if pop.shape[0] <= rows:
+        return _tie_factor(xp, pop, ties, draws, j, width)
+    out = xp.zeros(tuple(j.shape))
+    for a in range(0, pop.shape[0], rows):  # row by row arithmetic: chunks bound the (rows, width) scratch
+        out[a:a + rows] = _tie_factor(xp, pop[a:a + rows], ties[a:a + rows], draws[a:a + rows], j[a:a + rows], width)
+    return out
+
+
+def _tie_factor(xp: Xp, pop: Any, ties: Any, draws: Any, j: Any, width: int) -> Any:
+    """tie_factor on float64 inputs with the window width fixed by the caller."""
     start, pmf = hypergeom_window(pop, ties, draws, width)
     y = start[:, None] + xp.arange(width)
     inv = pmf / (y + 1.0)
@@ -177,22 +189,31 @@ def expected_recall(eligible: Any, beaters: Any, ties: Any, draws: Any, ks: Sequ
     eligible, beaters, ties, draws = (xp.f64(a) for a in (eligible, beaters, ties, draws))
     ks_arr = xp.f64([float(k) for k in ks])
     kmax = int(max(ks))
-    start, pmf = hypergeom_window(eligible, beaters, draws, kmax)
-    x = start[:, None] + xp.arange(kmax)
-    out = xp.stack([(pmf * (x < float(k))).sum(1) for k in ks], axis=1)
+    n = eligible.shape[0]
+    out, start = xp.empty((n, len(ks))), xp.empty((n,))
     tied = xp.flatnonzero(ties > 0)
+    pmf_tied = xp.empty((xp.size(tied), kmax))  # the window is kept for the rows with ties only
+    rows = max(1, CHUNK_ELEMENTS // kmax)
+    for a in range(0, n, rows):  # row by row arithmetic, in chunks: no (E, kmax) arrays
+        b = min(a + rows, n)
+        start[a:b], pmf = hypergeom_window(eligible[a:b], beaters[a:b], draws[a:b], kmax)
+        x = start[a:b, None] + xp.arange(kmax)
+        for i, k in enumerate(ks):
+            out[a:b, i] = (pmf * (x < float(k))).sum(1)
+        here = (tied >= a) & (tied < b)
+        pmf_tied[here] = pmf[tied[here] - a]
     if xp.size(tied) == 0:
         return xp.clip_high(out, 1.0)
     out[tied] = 0.0
     for step in range(kmax):
         xs = start[tied] + step
-        keep = (xs < kmax) & (pmf[tied, step] > 0)
+        keep = (xs < kmax) & (pmf_tied[:, step] > 0)
         rows, xs = tied[keep], xs[keep]
         if xp.size(rows) == 0:
             continue
         j = ks_arr[None, :] - xs[:, None]
         g = tie_factor(eligible[rows] - beaters[rows], ties[rows], draws[rows] - xs, j)
-        out[rows] += pmf[rows, step][:, None] * g
+        out[rows] += pmf_tied[keep, step][:, None] * g
     return xp.clip_high(out, 1.0)
 
 

@@ -11,6 +11,15 @@ a heartbeat, throttled progress and, on failure, the traceback; a cancel request
 that the progress callback checks (it raises JobError), escalated to SIGTERM after a grace period.
 A worker that died (pid gone or heartbeat stale) is shown as "stale"; what it finished (embedding
 chunks on disk) is kept and a resubmission resumes from there.
+
+One job per GPU. On a machine with GPUs (job_devices(): $CXR_JOB_DEVICES, else every GPU that nvidia-smi lists
+and CUDA_VISIBLE_DEVICES leaves visible) a job whose kind uses torch is pinned to one free GPU: its worker gets
+CUDA_VISIBLE_DEVICES set to that one device and the job row's device says "cuda:<device>". While every GPU
+has a job, a new one waits with status "queued", device GPU_QUEUE and its place in line in its message; it
+starts when a GPU frees up: the worker that finishes starts the next one, and so does every refresh() (the
+dashboard's job list, `python -m backend jobs`, a submit), which also frees the GPU of a dead worker. Claims
+take the same cross-process lock as submit (_submit_lock), so two processes never start one job twice or
+put two jobs on one GPU. Torch-free kinds, and machines without GPUs, start a worker at once, as before.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import hashlib
 import logging
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +41,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +66,9 @@ BEAT_WRITE_TIMEOUT_S = 1.0  # progress and heartbeat writes wait this long for a
 # jobs/<job_id>.pending.pkl, which the next refresh() imports: a held database never loses a result.
 RESULT_WRITE_TIMEOUT_S = float(os.environ.get("CXR_RESULT_WRITE_TIMEOUT_S", "600"))
 PENDING_SUFFIX = ".pending.pkl"
-_SUBMIT_LOCK = threading.Lock()
+GPU_QUEUE = "waiting for a GPU"  # the device of a job that waits for a free GPU (status "queued", no worker yet)
+_SUBMIT_LOCK = threading.RLock()
+_lock_depth = 0  # how deep this process holds _submit_lock (only the outermost takes the file lock)
 
 
 @dataclass
@@ -87,6 +100,17 @@ class Job:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    @property
+    def waiting(self) -> bool:
+        """Queued for a free GPU: no worker started yet."""
+        return self.status == "queued" and self.device == GPU_QUEUE
+
+    @property
+    def gpu(self) -> str:
+        """The GPU this job holds ("" when it is not pinned to one): the CUDA_VISIBLE_DEVICES value of its worker."""
+        head = self.device.split(" ", 1)[0]
+        return head[len("cuda:"):] if self.active and head.startswith("cuda:") else ""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -126,10 +150,15 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
             return Job.from_row(active.iloc[0].to_dict())
         job_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
         log_path = settings.cache_subdir("jobs") / f"{job_id}.log"
+        queue = job_kind.uses_torch and bool(job_devices())
         store.upsert_run(run_id, job_kind.name, spec.to_json(), "queued")
         store.insert_job(job_id, {"run_id": run_id, "kind": job_kind.name, "spec": spec.to_json(), "status": "queued",
-                                  "done": 0, "total": 0, "message": "starting worker", "created": time.time(),
-                                  "log_path": str(log_path), "cancel_requested": False})
+                                  "done": 0, "total": 0, "created": time.time(), "log_path": str(log_path),
+                                  "message": "queued: waiting for a free GPU" if queue else "starting worker",
+                                  "device": GPU_QUEUE if queue else "", "cancel_requested": False})
+        if queue:  # a free GPU starts it now, else it waits in line
+            start_queued()
+            return get_job(job_id)
     _spawn(job_id, log_path)
     return get_job(job_id)
 
@@ -182,14 +211,105 @@ def data_inputs(spec: Any) -> dict[str, Any] | None:
 
 @contextmanager
 def _submit_lock() -> Iterator[None]:
-    """Check-and-insert of a run's job is atomic across threads and processes (two dashboards, a CLI):
-    a thread lock, then an exclusive fcntl lock on cache/jobs/.submit.lock (released if the process dies)."""
-    with _SUBMIT_LOCK, open(settings.cache_subdir("jobs") / ".submit.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    """Check-and-insert of a run's job, and the claim of a GPU, are atomic across threads and processes (two
+    dashboards, a CLI, finishing workers): a thread lock, then an exclusive fcntl lock on
+    cache/jobs/.submit.lock (released if the process dies). Re-entrant within a thread (submit -> refresh ->
+    start_queued): only the outermost level takes the file lock."""
+    global _lock_depth
+    with _SUBMIT_LOCK:
+        if _lock_depth:
+            _lock_depth += 1
+            try:
+                yield
+            finally:
+                _lock_depth -= 1
+            return
+        with open(settings.cache_subdir("jobs") / ".submit.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            _lock_depth = 1
+            try:
+                yield
+            finally:
+                _lock_depth = 0
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- one job per GPU
+
+
+def job_devices() -> list[str]:
+    """The GPUs jobs are pinned to, one job each, as CUDA_VISIBLE_DEVICES values; [] means no queue.
+
+    $CXR_JOB_DEVICES when set: a comma list ("0,1,2,3", or GPU UUIDs), or "none" to switch the queue off.
+    Otherwise the GPUs that `nvidia-smi -L` lists (no torch import in the dashboard), narrowed to the entries
+    of CUDA_VISIBLE_DEVICES when that is set; without nvidia-smi, torch's device count if this process
+    already imported torch; else none."""
+    want = os.environ.get("CXR_JOB_DEVICES", "").strip()
+    if want:
+        return [] if want.lower() in ("none", "off", "0 gpus") else \
+            list(dict.fromkeys(d.strip() for d in want.split(",") if d.strip()))
+    n_gpu = _gpu_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(i) for i in range(n_gpu)]
+    entries = []
+    for entry in (v.strip() for v in visible.split(",")):
+        if not entry or entry.startswith("-"):  # CUDA ignores the entries from an invalid one on
+            break
+        entries.append(entry)
+    return entries[:n_gpu]
+
+
+@lru_cache(maxsize=1)
+def _gpu_count() -> int:
+    """GPUs on this machine: `nvidia-smi -L` lines (fast, no CUDA context), else torch if already imported."""
+    exe = shutil.which("nvidia-smi")
+    if exe:
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+            return sum(line.startswith("GPU ") for line in out.splitlines())
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("nvidia-smi -L failed (%s); jobs are not queued per GPU (set CXR_JOB_DEVICES)", exc)
+    torch = sys.modules.get("torch")
+    return int(torch.cuda.device_count()) if torch is not None and torch.cuda.is_available() else 0
+
+
+def start_queued() -> list[str]:
+    """Start waiting jobs on free GPUs, oldest first, and write the place in line of those still waiting;
+    returns the ids started. Atomic across processes (_submit_lock). A process that sees no GPUs
+    (job_devices() is []) starts nothing: the jobs keep waiting for one that does."""
+    devices = job_devices()
+    if not devices:
+        return []
+    with _submit_lock():
+        active = [Job.from_row(r) for r in store.list_jobs(statuses=ACTIVE, limit=1_000_000).to_dict("records")]
+        waiting = sorted((j for j in active if j.waiting), key=lambda j: (j.created or 0.0, j.job_id))
+        if not waiting:
+            return []
+        busy = {j.gpu for j in active if j.gpu}
+        free = [d for d in devices if d not in busy]
+        started = []
+        for job, gpu in zip(waiting, free, strict=False):
+            store.update_job(job.job_id, device=f"cuda:{gpu}", heartbeat=time.time(),  # the start window from now
+                             message=f"starting worker on GPU {gpu}")
+            _spawn(job.job_id, Path(job.log_path), gpu=gpu, devices=devices)
+            started.append(job.job_id)
+        still = waiting[len(started):]
+        for place, job in enumerate(still, 1):
+            message = (f"queued: waiting for a free GPU ({place} of {len(still)} in line; all {len(devices)} "
+                       "GPUs have a job)")
+            if job.message != message:
+                store.update_job(job.job_id, message=message)
+    return started
+
+
+def _start_next() -> None:
+    """After a job ended: start the next queued one on the freed GPU (the next refresh does, if this fails)."""
+    try:
+        start_queued()
+    except Exception as exc:  # never the worker's outcome
+        log.warning("could not start the next queued job (%s); the next refresh (dashboard or `python -m "
+                    "backend jobs`) starts it", exc)
 
 
 def _finished_job(run: dict[str, Any]) -> Job:
@@ -200,9 +320,15 @@ def _finished_job(run: dict[str, Any]) -> Job:
                message="finished earlier", finished=run.get("finished"), device=run.get("device") or "")
 
 
-def _spawn(job_id: str, log_path: Path) -> None:
+def _spawn(job_id: str, log_path: Path, *, gpu: str = "", devices: list[str] | None = None) -> None:
+    """Start the detached worker. gpu: pin it to that one device (CUDA_VISIBLE_DEVICES); the machine's device
+    list travels as CXR_JOB_DEVICES, so that the worker, seeing one GPU, still starts the next queued job on
+    the right one; CXR_EMBED_DEVICES (several GPUs for one job) does not apply to a pinned worker."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(settings.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    if gpu:
+        env["CUDA_VISIBLE_DEVICES"], env["CXR_JOB_DEVICES"] = gpu, ",".join(devices or [gpu])
+        env.pop("CXR_EMBED_DEVICES", None)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "backend", "worker", job_id], cwd=settings.REPO_ROOT,
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -251,12 +377,16 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def refresh(now: float | None = None) -> list[str]:
-    """Mark active jobs whose worker is gone (or silent for STALE_AFTER_S) as stale; returns their ids."""
+    """Mark active jobs whose worker is gone (or silent for STALE_AFTER_S) as stale, then start queued jobs on
+    the GPUs that are free; returns the ids marked stale."""
     import_pending()  # first: a worker that kept its result in a file and exited is done, not stale
     now = now or time.time()
-    stale = []
-    for row in store.list_jobs(statuses=ACTIVE).to_dict("records"):
+    stale, waiting = [], False
+    for row in store.list_jobs(statuses=ACTIVE, limit=1_000_000).to_dict("records"):
         job = Job.from_row(row)
+        if job.waiting:  # no worker yet: it waits for a GPU, however long
+            waiting = True
+            continue
         beat = job.heartbeat or job.created or now
         limit = STALE_AFTER_S if job.heartbeat else START_TIMEOUT_S
         if (job.pid and not pid_alive(job.pid)) or now - beat > limit:
@@ -264,6 +394,8 @@ def refresh(now: float | None = None) -> list[str]:
             _record_end(job.job_id, job.run_id, "stale",
                         f"stale: {why}; finished chunks are kept, submit again to resume", "")
             stale.append(job.job_id)
+    if waiting:  # a GPU may have freed up (a job ended, or its worker died just now)
+        start_queued()
     return stale
 
 
@@ -273,6 +405,12 @@ def refresh(now: float | None = None) -> list[str]:
 def cancel(job_id: str, *, grace_s: float = 5.0, wait: bool = False) -> Job:
     """Ask a job to stop (checked at its next progress call); terminate it after `grace_s` if it has not."""
     job = get_job(job_id)
+    if job.waiting:
+        with _submit_lock():  # not started meanwhile by another process
+            if get_job(job_id).waiting:
+                _record_end(job_id, job.run_id, "cancelled", "cancelled while waiting for a GPU (never started)", "")
+                return get_job(job_id)
+        job = get_job(job_id)
     if not job.active:
         return job
     store.update_job(job_id, cancel_requested=True, message="cancel requested")
@@ -375,8 +513,14 @@ def _heartbeat(job_id: str, stop: threading.Event, unwritten: _Unwritten | None 
                 log.warning("heartbeat of %s skipped (%s)", job_id, exc)
 
 
-def device_label(uses_torch: bool = True) -> str:
-    """"cuda (GPU name)" or "cpu": the device the worker's torch code will use."""
+def device_label(uses_torch: bool = True, gpu: str = "") -> str:
+    """"cuda (GPU name)" or "cpu": the device the worker's torch code will use. A worker pinned to GPU `gpu`:
+    "cuda:<gpu> (GPU name)" once its code has imported torch, "cuda:<gpu>" before (no torch import for it)."""
+    if gpu:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return f"cuda:{gpu}"
+        return f"cuda:{gpu} ({torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CUDA unavailable: cpu'})"
     if not uses_torch:
         return "cpu"
     try:
@@ -393,6 +537,7 @@ def run_worker(job_id: str) -> int:
     job = _retry(lambda: get_job(job_id), f"reading job {job_id}", RESULT_WRITE_TIMEOUT_S)
     if job.cancel_requested:
         store.update_job(job_id, status="cancelled", finished=time.time(), message="cancelled before start")
+        _start_next()
         return 1
     signal.signal(signal.SIGTERM, _raise_cancel)
     now = time.time()
@@ -406,7 +551,8 @@ def run_worker(job_id: str) -> int:
     try:
         kind = get_job_kind(job.kind)
         spec = spec_from_json(job.spec)
-        device = device_label(kind.uses_torch)
+        gpu = job.device[len("cuda:"):].split(" ", 1)[0] if job.device.startswith("cuda:") else ""
+        device = device_label(kind.uses_torch, gpu)
         try:
             store.update_job(job_id, device=device, timeout_s=BEAT_WRITE_TIMEOUT_S)
         except StoreError as exc:
@@ -425,6 +571,7 @@ def run_worker(job_id: str) -> int:
             log.info("job %s: the data changed since run %s finished; recomputing it", job_id, job.run_id)
         result = kind.resolve()(spec, _progress_writer(job_id, unwritten))
         unwritten.close()
+        device = device_label(kind.uses_torch, gpu) if gpu else device  # with the GPU's name, once torch ran
         _save_result({"job_id": job_id, "run_id": job.run_id, "kind": kind.name, "spec": job.spec,
                       "result": result, "device": device, "inputs": inputs}, spec)
         return 0
@@ -441,6 +588,7 @@ def run_worker(job_id: str) -> int:
         return 1
     finally:
         stop.set()
+        _start_next()  # this job's GPU is free
 
 
 def _soft(write: Any, what: str) -> None:

@@ -8,9 +8,11 @@ message and never the dashboard.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backend.errors import JobError
@@ -59,9 +61,23 @@ def run_selftest(spec: SelfTestSpec, progress: ProgressLike | None = None) -> di
     return {"steps": spec.steps, "tag": spec.tag}
 
 
+def run_selftest_gpu(spec: SelfTestSpec, progress: ProgressLike | None = None) -> dict[str, Any]:
+    """run_selftest in a GPU slot (a kind that uses torch, so the one-job-per-GPU queue applies), recording
+    the CUDA_VISIBLE_DEVICES its worker got; it imports no torch itself (tests/test_jobs.py runs it on CPUs).
+    With $CXR_SELFTEST_GATE (a folder) set, it first holds its GPU until the file <folder>/<spec.tag> exists."""
+    progress = progress or null_progress
+    gate = os.environ.get("CXR_SELFTEST_GATE")
+    while gate and not Path(gate, spec.tag).exists():
+        progress(0, spec.steps, "waiting at the gate")  # the cancel check rides on it
+        time.sleep(0.05)
+    return {**run_selftest(spec, progress), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
 for _kind in (
     JobKind("selftest", SelfTestSpec, "backend.runs.kinds:run_selftest", "backend.runs.persist:persist_selftest",
             "count with progress (checks the job machinery)", uses_torch=False),
+    JobKind("selftest-gpu", SelfTestSpec, "backend.runs.kinds:run_selftest_gpu", "backend.runs.persist:persist_selftest",
+            "count with progress in a GPU slot (checks the one-job-per-GPU queue)"),
     JobKind("embed", EmbedSpec, "backend.embed.compute:embed_split", "backend.runs.persist:persist_embed",
             "embed one split (images and reports); resumable"),
     JobKind("audit", AuditSpec, "backend.audit:run_audit", "backend.runs.persist:persist_audit",
