@@ -376,14 +376,14 @@ def test_expected_recall_in_chunks_gives_the_same_bits(monkeypatch: pytest.Monke
 
 
 def test_rows_taken_in_place_equal_a_fancy_index() -> None:
-    from backend.relink import _take_rows_in_place
+    from backend.relink import take_rows_in_place
 
     rng = np.random.default_rng(3)
     base = rng.normal(size=(300, 4)).astype(np.float32)
     for rows in (np.arange(300), np.arange(0, 300, 3), rng.permutation(300), rng.choice(300, 170, replace=False),
                  np.array([299, 0, 150]), np.array([5])):
         arr = base.copy()
-        out = _take_rows_in_place(arr, rows, chunk=16)
+        out = take_rows_in_place(arr, rows, chunk=16)
         assert np.shares_memory(out, arr) and np.array_equal(out, base[rows])
 
 

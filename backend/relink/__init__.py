@@ -93,7 +93,7 @@ def _normalised(arr: np.ndarray, rows: np.ndarray, name: str, *, in_place: bool 
     the result is the view arr[:len(rows)], the rest of arr is left unspecified) instead of a copy.
     Done in row chunks with np.linalg.norm's own arithmetic (the same float32 bits as one call over all rows,
     without its n x d temporaries)."""
-    out = _take_rows_in_place(arr, rows) if in_place else arr[rows]
+    out = take_rows_in_place(arr, rows) if in_place else arr[rows]
     for a in range(0, out.shape[0], chunk):
         sub = out[a:a + chunk]
         if not np.isfinite(sub).all():
@@ -106,7 +106,7 @@ def _normalised(arr: np.ndarray, rows: np.ndarray, name: str, *, in_place: bool 
     return out
 
 
-def _take_rows_in_place(arr: np.ndarray, rows: np.ndarray, chunk: int = 1 << 13) -> np.ndarray:
+def take_rows_in_place(arr: np.ndarray, rows: np.ndarray, chunk: int = 1 << 13) -> np.ndarray:
     """arr[:k] = arr[rows] (k = len(rows), distinct rows) without a second copy of arr: the rows in increasing
     order are moved forward chunk by chunk (never onto a row still to be read), then permuted into place by
     following the permutation's cycles with one spare row. Returns the view arr[:k]."""
