@@ -216,8 +216,11 @@ def _hold_db(seconds: float) -> subprocess.Popen:
     """Another process (like a DuckDB shell) holding the results database for `seconds`."""
     from backend import settings
 
-    code = ("import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-            "time.sleep(float(sys.argv[2])); c.close()")
+    # The job's worker writes its heartbeat and progress: the holder retries while a write holds the file.
+    code = ("import duckdb, sys, time\nend = time.time() + 60\nwhile True:\n    try:\n"
+            "        c = duckdb.connect(sys.argv[1]); break\n    except duckdb.IOException:\n"
+            "        if time.time() > end: raise\n        time.sleep(0.05)\n"
+            "print('held', flush=True); time.sleep(float(sys.argv[2])); c.close()")
     proc = subprocess.Popen([sys.executable, "-c", code, str(settings.db_path()), str(seconds)],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
