@@ -209,14 +209,22 @@ def default_root(name: str) -> str:
     return str(root) if root else ""
 
 
-def source_loads(name: str, root: str | None) -> bool:
-    """Load the source from `root` as a job would; on failure show its SourceError (the message the command line
-    gives for the same --root) and return False."""
+def source_loads(name: str, root: str | None, match: tuple[str, ...] = ()) -> bool:
+    """Load the source from `root` as a job would and check that it gives every attribute the pools of `match`
+    ("sex+age_band", ...) are matched on; on failure show the SourceError or SpecError (the message the command
+    line gives for the same --root and --match) and return False."""
+    from backend.errors import SpecError
     from backend.sources import load_source
+    from backend.sources.schema import match_attributes
 
     try:
-        with st.spinner(f"Checking the {name} dataset folder ..."):
-            load_source(name, root=root)
+        with st.spinner(f"Checking the {name} dataset ..."):
+            data = load_source(name, root=root)
+        wanted = dict.fromkeys(a for m in match for a in m.split("+"))
+        missing = [a for a in wanted if a not in match_attributes(data.pairs)]
+        if missing:
+            raise SpecError(f"The {name} dataset does not give {', '.join(missing)} for every pair, so pools cannot "
+                            f"be matched on it. Match on attributes it gives: {', '.join(match_attributes(data.pairs))}.")
     except RelinkError as exc:
         show_error(exc)
         return False

@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, LadderSpec, SourceSpec
+from backend.specs import MATCH_ATTRIBUTES, POOL_KINDS, AuditSpec, EmbedSpec, LadderSpec, SourceSpec
 from backend.views import dashboard, export
 
 source, model = ui.selection()
@@ -36,13 +36,21 @@ with st.form("launch"):
     pools = c2.multiselect("Pools", list(POOL_KINDS), default=list(POOL_KINDS),
                            help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"])
     n_boot = c3.number_input("Bootstrap resamples", 0, 2000, 200, help="Patient-level bootstrap for the 95% CIs.")
+    side = st.multiselect(
+        "Also a pool matched on what the attacker knows", [a for a in MATCH_ATTRIBUTES if a != "labels"],
+        placeholder="none (random and pathology-matched pools only)", format_func=lambda a: a.replace("_", " "),
+        help="One more pool per audit: candidate reports whose patients share every chosen attribute with the query "
+             "(e.g. sex and age band), as an attacker who knows them would restrict the candidates. Its curve is shown "
+             "against its effective N on Re-linkage. The command line: audit --match sex+age_band.")
     b1, b2 = st.columns(2)
     embed_clicked = b1.form_submit_button("Embed only", help="Embed images and reports (resumable, cached).")
     audit_clicked = b2.form_submit_button("Embed and audit", type="primary",
                                           help="Embed, then measure Recall@K against pool size.")
-if (embed_clicked or audit_clicked) and (not ui.needs_root(source) or ui.source_loads(source, root)):
+match = ("+".join(a for a in MATCH_ATTRIBUTES if a in side),) if side and audit_clicked else ()
+if (embed_clicked or audit_clicked) and (not (ui.needs_root(source) or match) or ui.source_loads(source, root, match)):
     embed = EmbedSpec(source=SourceSpec(name=source, root=root), model=chosen, split=split)
-    spec = AuditSpec(embed=embed, pools=tuple(pools) or POOL_KINDS, n_bootstrap=int(n_boot)) if audit_clicked else embed
+    spec = AuditSpec(embed=embed, pools=tuple(pools) or POOL_KINDS, n_bootstrap=int(n_boot),
+                     match=match) if audit_clicked else embed
     ui.submit(spec)
 
 st.subheader("The model ladder")

@@ -237,6 +237,9 @@ class ProbeSpec(SpecMixin):
             raise SpecError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}.")
 
 
+# The side-information pool the demo (and the model ladder) audits beside the random and pathology-matched ones: an
+# attacker who knows the patient's sex and age band (what a request form or a DICOM header gives away).
+DEMO_MATCH: tuple[str, ...] = ("sex+age_band",)
 LADDER_RUNGS: tuple[str, ...] = ("demo-weak", "demo", "demo-strong")  # backend/models/demo_config.py, weakest first
 
 
@@ -261,7 +264,8 @@ class LadderSpec(SpecMixin):
 
     def audit(self, rung: str) -> AuditSpec:
         """The audit of one rung (with the defaults, the demo rung's audit is the demo job's audit: one run)."""
-        return AuditSpec(embed=EmbedSpec(source=self.source, model=rung), n_bootstrap=self.n_bootstrap, seed=self.seed)
+        return AuditSpec(embed=EmbedSpec(source=self.source, model=rung), n_bootstrap=self.n_bootstrap, seed=self.seed,
+                         match=DEMO_MATCH)
 
     def probe_spec(self, rung: str) -> ProbeSpec:
         return ProbeSpec(source=self.source, model=rung, n_bootstrap=self.n_bootstrap, seed=self.seed)

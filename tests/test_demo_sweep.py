@@ -14,6 +14,7 @@ from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, Sw
 from tests.test_dp import _fake_set
 
 EPSILONS = (0.5, 2.0, 8.0, math.inf)
+DATA = {"data_hash": "feedc0de01234567", "n_pairs": 120}
 
 
 class Stop(Exception):
@@ -40,8 +41,9 @@ def fake_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
     store.upsert_run(spec.audit.run_id(), "audit", spec.audit.to_json(), "running")
     store.finish_run(spec.audit.run_id(), summary={})
     prompts = np.random.default_rng(0).normal(size=(2, 14, 12)).astype(np.float32)
-    monkeypatch.setattr(dp, "prepare", lambda *a, **k: EvalInputs(_fake_set(), _fake_set(seed=1), None, prompts[0],
-                                                                 prompts[1], 10.0))
+    train, test = _fake_set(), _fake_set(seed=1)
+    test.info = {**(test.info or {}), "inputs": DATA}  # what embed_split records: the source's digest
+    monkeypatch.setattr(dp, "prepare", lambda *a, **k: EvalInputs(train, test, None, prompts[0], prompts[1], 10.0))
     trained: list[float] = []
     real = dp.train_heads
 
@@ -119,6 +121,29 @@ def test_an_interrupted_sweep_resumes_without_recomputing_stored_points(fake_inp
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
     run_demo(spec)  # a finished sweep is reused as it is
     assert fake_inputs == [math.inf, 0.5, 2.0, 8.0] * 2
+
+
+def test_the_sweep_and_each_point_record_the_data_they_were_computed_from(fake_inputs: list[float]) -> None:
+    """Provenance: a sweep's points and the sweep itself name the data hash of their source (as audits do), both
+    when stored part by part (the demo job) and all at once (persist_sweep)."""
+    from backend.dp import run_sweep
+    from backend.runs import persist
+    from backend.runs.demo import run_demo
+
+    spec = _spec()
+    run_demo(spec)
+    sweep_id = spec.sweep.run_id()
+    points = store.load_sweep_points(sweep_id)["run_id"].tolist()
+    assert len(points) == len(EPSILONS)
+    for rid in [sweep_id, *points]:
+        prov = store.get_provenance(rid)
+        assert (prov["data_hash"], prov["n_pairs"]) == (DATA["data_hash"], DATA["n_pairs"]), rid
+    other = SweepSpec(base=spec.sweep.base, epsilons=(1.0, math.inf))
+    store.upsert_run(other.run_id(), "sweep", other.to_json(), "running")
+    results = run_sweep(other)
+    assert all(r.inputs == DATA for r in results) and results[0].to_dict()["inputs"] == DATA
+    persist.persist_sweep(other.run_id(), other, results, "cpu")
+    assert store.get_run(other.run_id())["summary"]["inputs"] == DATA
 
 
 @pytest.mark.parametrize("n_points", [1, 3])

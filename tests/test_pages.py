@@ -352,6 +352,39 @@ def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, mon
     assert jobs.get_job(spawned[0]).spec.count(str(data)) == 1
 
 
+def test_the_launch_form_audits_a_pool_matched_on_side_information(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the launch form adds one side-information pool (the CLI's --match sex+age_band); a dataset that
+    does not give a chosen attribute gets a named error and nothing is submitted."""
+    import pandas as pd
+
+    from backend.runs import jobs
+    from backend.specs import AuditSpec, spec_from_json
+    from tests.helpers.fixtures_data import write_image
+
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
+    at = _open("models_jobs", tmp_path, monkeypatch, source="synthetic")
+    side = next(m for m in at.multiselect if m.label.startswith("Also a pool matched"))
+    side.set_value(["age_band", "sex"])  # inside the form: sent with its submit button
+    _button(at, "Embed and audit").click().run()
+    assert not at.exception and not at.error and len(spawned) == 1
+    spec = spec_from_json(jobs.get_job(spawned[0]).spec)
+    assert isinstance(spec, AuditSpec) and spec.match == ("sex+age_band",)  # MATCH_ATTRIBUTES order, one pool
+
+    data = tmp_path / "csv-data"  # no sex column
+    for k in range(4):
+        write_image(data / f"img/{k}.png", seed=k)
+    pd.DataFrame([{"image_path": f"img/{k}.png", "report": f"Report {k}.", "patient_id": f"P{k // 2}"}
+                  for k in range(4)]).to_csv(data / "pairs.csv", index=False)
+    at = _open("models_jobs", tmp_path, monkeypatch, source="csv")
+    at.text_input(key="root-csv").set_value(str(data)).run()
+    next(m for m in at.multiselect if m.label.startswith("Also a pool matched")).set_value(["sex"])
+    _button(at, "Embed and audit").click().run()
+    assert not at.exception and len(spawned) == 1
+    assert len(at.error) == 1 and "does not give sex" in at.error[0].value
+
+
 # ---------------------------------------------------------------- progress never goes stale (issue 12)
 
 

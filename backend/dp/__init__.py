@@ -122,6 +122,7 @@ class DPResult:
     heads: dict[str, Any] = field(default_factory=dict, repr=False)
     members: pd.DataFrame | None = None
     members_groups: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # the data it was computed from: EvalInputs.data_inputs()
 
     def headline(self) -> pd.DataFrame:
         """Per target: R@1 at the largest pool (random, hard) and macro AUROCs, with CIs (one row per target)."""
@@ -131,7 +132,7 @@ class DPResult:
         return {"kind": "dp", "run_id": self.spec.run_id(), "label": self.label, "spec": self.spec.to_dict(),
                 "privacy": to_plain(self.privacy, canonical=False), "headline": records(self.headline()),
                 "relink_summary": to_plain(self.relink_summary, canonical=False), "relink_rows": records(self.relink_rows),
-                "probe_rows": records(self.probe_rows),
+                "probe_rows": records(self.probe_rows), "inputs": to_plain(self.inputs, canonical=False),
                 **({"members": records(self.members), "members_groups": to_plain(self.members_groups, canonical=False)}
                    if self.members is not None else {})}
 
@@ -180,7 +181,7 @@ def _point(spec: DPSpec, inputs: EvalInputs, progress: ProgressLike) -> DPResult
     heads = trained.as_dict()
     rows, summary, probes = evaluate(heads, inputs, spec.audit)
     return DPResult(spec, "dp" if spec.private else "retrained", trained.privacy, rows, summary, probes, heads,
-                    **_members_fields(heads, inputs, spec))
+                    inputs=inputs.data_inputs(), **_members_fields(heads, inputs, spec))
 
 
 def _members_fields(heads: dict, inputs: EvalInputs, spec: DPSpec) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def original_result(spec: DPSpec, inputs: EvalInputs) -> DPResult:
                "privacy_unit": None, "noise_multiplier": 0.0, "accountant": None}
     rows, summary, probes = evaluate(inputs.train.heads, inputs, spec.audit)
     return DPResult(spec, "original", privacy, rows, summary, probes, dict(inputs.train.heads),
-                    **_members_fields(inputs.train.heads, inputs, spec))
+                    inputs=inputs.data_inputs(), **_members_fields(inputs.train.heads, inputs, spec))
 
 
 def model_probe(spec: DPSpec, progress: ProgressLike | None = None) -> pd.DataFrame:

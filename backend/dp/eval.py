@@ -46,6 +46,18 @@ class EvalInputs:
     frozen_rows: pd.DataFrame | None = None  # the reference probe on frozen encoder features
     members: Any = None  # backend.dp.members.MemberGroups: members against non-members per point (the sweep's)
 
+    def data_inputs(self) -> dict[str, Any]:
+        """{"data_hash", "n_pairs"} of the data the heads were trained and evaluated on, as an audit records them:
+        the source's digest (`embed_split`'s, over every pair of the source) and, with transfer targets, one hash
+        over the source's and each target's digest in order; n_pairs counts the source's and the targets' pairs."""
+        sets = [self.test, *self.transfer.values()]
+        found = [dict((getattr(es, "info", None) or {}).get("inputs") or {}) for es in sets]
+        if not all(f.get("data_hash") for f in found):
+            return {}
+        digests = [str(f["data_hash"]) for f in found]
+        digest = digests[0] if len(digests) == 1 else hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
+        return {"data_hash": digest, "n_pairs": sum(int(f.get("n_pairs") or 0) for f in found)}
+
 
 def source_label(src: SourceSpec) -> str:
     """A short readable name for a source spec, e.g. 'synthetic[sites=B]'."""

@@ -18,7 +18,7 @@ from backend.registry import resolve
 from backend.runs import store
 from backend.runs.jobs import device_label
 from backend.runs.persist import finish_sweep, persist_audit, persist_sweep_part, stored_sweep_parts
-from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+from backend.specs import DEMO_MATCH, AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,14 @@ DEMO_EPSILONS: tuple[float, ...] = (0.01, 0.05, 0.3, 1.0, 8.0, 1000.0, math.inf)
 
 def default_demo_spec(n_patients: int | None = None) -> DemoSpec:
     """The dashboard's demo: the synthetic source (sized by `n_patients`, else $CXR_DEMO_N_PATIENTS, else the
-    source's default) and the demo model; an epsilon sweep over DEMO_EPSILONS with randomly initialised heads, C = 10."""
+    source's default) and the demo model, audited with random, pathology-matched and sex+age band pools (DEMO_MATCH); an
+    epsilon sweep over DEMO_EPSILONS with randomly initialised heads, C = 10."""
     n_patients = n_patients or int(os.environ.get("CXR_DEMO_N_PATIENTS", "0") or 0)
     options = {"n_patients": n_patients} if n_patients else {}
-    audit = AuditSpec(embed=EmbedSpec(source=SourceSpec(name="synthetic", options=options), model="demo"))
-    base = DPSpec(source=audit.embed.source, model="demo", audit=audit, init=DEMO_INIT, max_grad_norm=DEMO_MAX_GRAD_NORM)
+    embed = EmbedSpec(source=SourceSpec(name="synthetic", options=options), model="demo")
+    audit = AuditSpec(embed=embed, match=DEMO_MATCH)  # + the side-information pool (sex and age band)
+    base = DPSpec(source=embed.source, model="demo", audit=AuditSpec(embed=embed), init=DEMO_INIT,
+                  max_grad_norm=DEMO_MAX_GRAD_NORM)
     return DemoSpec(audit=audit, sweep=SweepSpec(base=base, epsilons=DEMO_EPSILONS))
 
 

@@ -101,8 +101,24 @@ def persist_dp(run_id: str, spec: Any, result: Any, device: str, started: float 
     summary = dict(_get(result, "relink_summary", "summary", default={}) or {})
     summary["label"] = _get(result, "label", default="dp")
     summary.update(members_summary(result))
+    summary.update(_inputs_summary(result))
     store.finish_run(run_id, summary=summary, device=device, metrics=metrics, probe=probe,
                      privacy=dict(_get(result, "privacy", default={}) or {}), started=started)
+
+
+def _inputs_summary(result: Any) -> dict[str, Any]:
+    """{"inputs": {"data_hash", "n_pairs"}} of a DPResult that recorded the data it was computed from, else {}."""
+    inputs = dict(_get(result, "inputs", default={}) or {})
+    return {"inputs": inputs} if inputs.get("data_hash") else {}
+
+
+def _stored_inputs(run_ids: list[str]) -> dict[str, Any]:
+    """{"inputs": ...} of the first of `run_ids` whose summary records its data (a sweep's points share theirs)."""
+    for rid in run_ids:
+        inputs = ((store.get_run(rid) or {}).get("summary") or {}).get("inputs") or {}
+        if inputs.get("data_hash"):
+            return {"inputs": dict(inputs)}
+    return {}
 
 
 def _point_start(sweep_id: str) -> float | None:
@@ -125,7 +141,7 @@ def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> No
     for result in results:
         if _get(result, "label") == "original":
             metrics, probe = dp_records(result, variant="original")
-            own = members_summary(result)
+            own = {**members_summary(result), **_inputs_summary(result)}
             continue
         point_spec = _get(result, "spec")
         point_id = point_spec.run_id()
@@ -166,7 +182,9 @@ def stored_sweep_parts(run_id: str) -> tuple[bool, set[str]]:
 
 def finish_sweep(run_id: str, spec: Any, device: str) -> None:
     """Mark a sweep whose parts were stored by `persist_sweep_part` as finished (its rows and points stay)."""
-    store.finish_run(run_id, summary={"n_points": len(store.load_sweep_points(run_id))}, device=device, keep_parts=True)
+    points = store.load_sweep_points(run_id)
+    store.finish_run(run_id, summary={"n_points": len(points), **_stored_inputs(points["run_id"].tolist())},
+                     device=device, keep_parts=True)
 
 
 def probe_records(rows: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
