@@ -104,6 +104,19 @@ def test_shipped_audit_curves_are_what_the_code_computes_from_the_shipped_embedd
     assert audit["summary"]["n_queries"] == len(es) if "n_queries" in audit["summary"] else True
 
 
+@pytest.mark.skipif(SHIPPED is None, reason="no snapshot shipped in backend/demo_snapshot/")
+def test_shipped_runs_name_the_data_this_code_generates() -> None:
+    """The data hash each shipped run records is the digest of the data the current code generates for its spec
+    (the synthetic source gains a column, changes a report ...: the snapshot must be made again)."""
+    from backend.sources import load_source
+
+    audit = spec_from_json(SHIPPED["runs"][0]["spec"])
+    src = audit.embed.source
+    digest = load_source(src.name, root=src.root, section_policy=src.section_policy, **src.options).digest()
+    recorded = {run["run_id"]: (run["summary"].get("inputs") or {}).get("data_hash") for run in SHIPPED["runs"]}
+    assert recorded == dict.fromkeys(recorded, digest)
+
+
 def test_import_is_skipped_when_nothing_ships_or_switched_off(cache: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     assert snapshot.import_snapshot(tmp_path / "nothing") == []
