@@ -43,7 +43,7 @@ from backend.sources import SourceData, load_source
 from backend.sources.schema import SIDE_COLUMNS, table_digest
 from backend.specs import EmbedSpec, spec_from_json
 
-__all__ = ["embed_split", "embedding_key", "select_split"]  # the set and its files: backend.embed
+__all__ = ["embed_split", "embedding_key", "select_split", "split_meta"]  # the set and its files: backend.embed
 
 log = logging.getLogger(__name__)
 EMBED_VERSION = "embed-v2"  # v2: the key covers every column and the image files
@@ -82,6 +82,13 @@ def _loader_of(lm: LoadedModel, source: SourceData) -> tuple[str, FastPreprocess
     loader = image_loader(lm.device, source.image_file is not None)
     fast = FastPreprocess.from_preprocess_id(lm.preprocess_id) if loader != "reference" else None
     return (loader, fast) if fast is not None else ("reference", None)
+
+
+def split_meta(pairs: pd.DataFrame) -> pd.DataFrame:
+    """An EmbeddingSet's meta for `pairs` (one split of the current table): ids, patients, labels, view, site, split,
+    report and the side information the source gives. Always taken from the current table, never from the cached
+    files, so a cached set gains columns the source learned to give since (the embedding key leaves those out)."""
+    return pairs[[c for c in META_COLUMNS if c in pairs.columns]].copy()
 
 
 def select_split(pairs: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -221,7 +228,7 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
     lm = model or load_model(spec.model, device=device, progress=progress)
     loader = describe(*_loader_of(lm, src))
     key = embedding_key(spec, lm, pairs, chunk_size, image_file=src.image_file, loader=loader)
-    meta = pairs[[c for c in META_COLUMNS if c in pairs.columns]].copy()
+    meta = split_meta(pairs)
     inputs = {"data_hash": src.digest(), "n_pairs": len(pairs)}  # every pair of the source: what a job depends on
     folder = settings.cache_subdir("embeddings") / key
     if (folder / "done.json").is_file():

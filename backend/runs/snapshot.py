@@ -84,6 +84,23 @@ def _export_run(run_id: str) -> dict[str, Any]:
                                                                     strict=True)]}
 
 
+def _current_meta(demo: DemoSpec, cached: pd.DataFrame) -> pd.DataFrame:
+    """The demo audit's split as the current code's source gives it (what the audit itself read: embed_split
+    takes meta from the table, not from cached files that may predate a column), in the cached rows' order; the
+    cached meta as it is when its pairs are not that split's (logged; test_snapshot then checks the result)."""
+    from backend.embed.compute import select_split, split_meta  # late: torch
+    from backend.sources import load_source
+
+    src = demo.audit.embed.source
+    pairs = load_source(src.name, root=src.root, section_policy=src.section_policy, **src.options).pairs
+    meta = split_meta(select_split(pairs, demo.audit.embed.split)).set_index("pair_id", drop=False)
+    if len(meta) != len(cached) or not meta.index.isin(cached["pair_id"]).all():
+        log.warning("snapshot: the audit's embeddings hold other pairs than the current %s split; their own "
+                    "table is shipped", demo.audit.embed.split)
+        return cached
+    return meta.loc[cached["pair_id"].to_numpy()].reset_index(drop=True)
+
+
 def make_snapshot(out: Path = SNAPSHOT_DIR, demo: DemoSpec | None = None) -> dict[str, Any]:
     """Write the snapshot of the finished demo runs of the current store (settings.cache_dir()) into `out`."""
     from backend.audit import versions  # late: backend.audit imports torch (this module is on the app's path)
@@ -98,7 +115,9 @@ def make_snapshot(out: Path = SNAPSHOT_DIR, demo: DemoSpec | None = None) -> dic
     if not embeddings or not Path(embeddings).exists():
         raise StoreError(f"The demo audit {audit_id} has no embeddings on disk ({embeddings}); run it again.")
     out.mkdir(parents=True, exist_ok=True)
-    npz = save_npz(load_embedding_set(embeddings), out / EMBEDDINGS)
+    es = load_embedding_set(embeddings)
+    es.meta = _current_meta(demo, es.meta)
+    npz = save_npz(es, out / EMBEDDINGS)
     if npz.stat().st_size > MAX_FILE_BYTES:
         raise StoreError(f"{npz} is {npz.stat().st_size / 2**20:.1f} MB, over the 5 MB a shipped file may have.")
     manifest = {"schema": SNAPSHOT_SCHEMA, "store_schema": store.SCHEMA_VERSION,
