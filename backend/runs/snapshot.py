@@ -106,6 +106,7 @@ def make_snapshot(out: Path = SNAPSHOT_DIR, demo: DemoSpec | None = None) -> dic
     from backend.audit import versions  # late: backend.audit imports torch (this module is on the app's path)
 
     demo = demo or default_demo_spec()
+    made_by = code_version()  # before this writes into the checkout (a changed npz would read as "-dirty")
     audit_id = demo.audit.run_id()
     runs = [_export_run(audit_id)]
     if demo.sweep is not None:
@@ -121,7 +122,7 @@ def make_snapshot(out: Path = SNAPSHOT_DIR, demo: DemoSpec | None = None) -> dic
     if npz.stat().st_size > MAX_FILE_BYTES:
         raise StoreError(f"{npz} is {npz.stat().st_size / 2**20:.1f} MB, over the 5 MB a shipped file may have.")
     manifest = {"schema": SNAPSHOT_SCHEMA, "store_schema": store.SCHEMA_VERSION,
-                "made": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": code_version(),
+                "made": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": made_by,
                 "versions": versions(), "command": "cxr-relink snapshot make", "demo_spec": demo.to_dict(),
                 "runs": runs, "files": {EMBEDDINGS: {"sha256": _sha256(npz), "bytes": npz.stat().st_size}}}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
