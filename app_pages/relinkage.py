@@ -4,7 +4,7 @@ a lift table and the runs side by side."""
 import streamlit as st
 
 import ui
-from backend.specs import POOL_KINDS
+from backend.specs import MATCH_PREFIX, POOL_KINDS
 from backend.views import dashboard, figures
 
 source, model = ui.selection()
@@ -37,9 +37,12 @@ k = c2.selectbox("K", ks, help="Top-K: the attacker succeeds when the true repor
 # Pills on a row of their own, not chips in a narrow column (which cut "pathology-matched" off): whole names.
 c3, c4 = st.columns([3, 2])
 kinds = sorted(rows_all["pool_kind"].unique())
-pools = c3.pills("Pools", kinds, selection_mode="multi", default=[p for p in POOL_KINDS if p in kinds],
+pools = c3.pills("Pools", kinds, selection_mode="multi",  # random, pathology-matched and every side-information pool
+                 default=[p for p in kinds if p in POOL_KINDS or str(p).startswith(MATCH_PREFIX)],
                  format_func=figures.pool_name,
-                 help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"]) or []
+                 help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"] + " Matched on sex, age "
+                      "band ...: distractors share those attributes with the query (what an attacker who knows them "
+                      "would keep); fewer reports match, so compare lifts, not raw recall.") or []
 levels = c4.pills("Level", ["study", "patient"], selection_mode="multi", default=["study"],
                   help=dashboard.DEFINITIONS["study"] + " " + dashboard.DEFINITIONS["patient"]) or []
 rows = rows_all[rows_all["pool_kind"].isin(pools) & rows_all["level"].isin(levels)]

@@ -524,6 +524,21 @@ def test_tables_wrap_long_text_and_labels_fit(seeded: Path, monkeypatch: pytest.
     assert all(len(m.label) <= 30 for m in at.metric), [m.label for m in at.metric]  # a card cuts longer labels
 
 
+def test_relinkage_shows_side_information_pools_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run with a pool matched on side information (the demo's sex+age band) draws it without a click."""
+    from backend.specs import pool_name
+    from tests.helpers.seed import add_side_information
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    add_side_information(seed_store(tmp_path))
+    at = _open("relinkage", tmp_path, monkeypatch)
+    at.multiselect(key="overlay_runs").set_value(["audit-sideinfo"]).run()
+    pools = next(p for p in at.pills if p.label == "Pools")
+    assert pools.options == ["pathology-matched", "matched on sex, age band", "random pool"]
+    assert sorted(pools.value) == ["hard", "matched:sex+age_band", "random"]  # every pool drawn, none clicked
+    assert not at.exception and "matched on sex, age band" in {pool_name(p) for p in at.dataframe[0].value["pool"]}
+
+
 def test_models_and_jobs_shows_each_runs_provenance_and_exports_it(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.runs import provenance, store
 
@@ -545,6 +560,7 @@ def test_overview_verdict_names_strongest_side_information_members_and_caveats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ui
     from backend.views import dashboard, report
+    from backend.specs import pool_name
     from tests.helpers.seed import add_side_information
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))

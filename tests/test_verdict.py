@@ -133,6 +133,11 @@ def test_verdict_says_what_side_information_and_membership_do(side_info: dict[st
         assert line["delta_low"] == pytest.approx(m["ci_low"] / m["chance"] - r["ci_high"] / r["chance"])
         assert line["delta_high"] == pytest.approx(m["ci_high"] / m["chance"] - r["ci_low"] / r["chance"])
         assert "matched on sex, age band" in line["sentence"]
+        capped = m["effective_n"] < n - 0.5  # fewer matching reports than N: the sentence says how many
+        assert (f"(about {m['effective_n']:,.0f} such reports exist on average)" in line["sentence"]) == capped
+    # the shipped demo's case: at N=2,829 only about 446 reports match on sex and age band
+    assert dashboard._capped({"n": 2829, "effective_n": 446.3}) == " (about 446 such reports exist on average)"
+    assert dashboard._capped({"n": 100, "effective_n": 100.0}) == ""
     pts = store.load_sweep_points(side_info["sweep"])
     strongest = pts[np.isfinite(pts["epsilon"])].sort_values("epsilon").iloc[0]
     i = int(pts.index[pts["run_id"] == strongest["run_id"]][0])

@@ -672,6 +672,11 @@ def _strongest_line(rows: pd.DataFrame) -> list[dict[str, Any]]:
                           f"chance {p['chance']:.4f}).")}]
 
 
+def _capped(p: dict[str, float]) -> str:
+    """ " (about E such reports exist on average)" when a pool's mean effective N is below its N, else ""."""
+    return f" (about {p['effective_n']:,.0f} such reports exist on average)" if p["effective_n"] < p["n"] - 0.5 else ""
+
+
 def _matched_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """Per side-information pool (pool_kind "matched:<attrs>"): its lift at N=100 and at its largest N against the
     random pool's at the same N, the difference with a conservative range (_range)."""
@@ -689,7 +694,7 @@ def _matched_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
                 "key": f"{kind}_{tag}", "pool": kind, **m, "random": r, "delta": delta, "delta_low": low,
                 "delta_high": high, "label": f"Side information: {name}, N={m['n']:,}",
                 "sentence": (f"With pools {name} (distractors share what the attacker knows of the patient), lift at "
-                             f"N={m['n']:,} is {m['lift']:.1f}x (95% CI {m['lift_low']:.1f}-{m['lift_high']:.1f}) "
+                             f"N={m['n']:,}{_capped(m)} is {m['lift']:.1f}x (95% CI {m['lift_low']:.1f}-{m['lift_high']:.1f}) "
                              f"against {r['lift']:.1f}x ({r['lift_low']:.1f}-{r['lift_high']:.1f}) in random pools: "
                              f"{delta:+.1f}x (conservative range {low:+.1f} to {high:+.1f}, from the two CIs).")})
     return out
