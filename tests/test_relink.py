@@ -425,3 +425,27 @@ def test_cuda_curve_equals_cpu() -> None:
     pd.testing.assert_frame_equal(res.rows, ref.rows, check_exact=False, rtol=1e-9, atol=1e-9)
     pd.testing.assert_frame_equal(res.per_query.drop(columns="score_true"), ref.per_query.drop(columns="score_true"),
                                   check_exact=False, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_row_counts_in_threads_equal_brute_force(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU comparisons run in row slices on several threads: every count equals a row-by-row brute force,
+    whatever the slicing (label-group runs cut between slices, exact score ties included)."""
+    import torch
+
+    from backend.relink import counts as C
+
+    rng = np.random.default_rng(7)
+    m, b = 300, 257
+    label = np.sort(rng.integers(0, 6, size=m))
+    cands = C.build_candidates(rng.normal(size=(m, 4)).astype(np.float32), np.arange(m), np.arange(m), label)
+    sim = np.round(rng.normal(size=(b, m)), 1).astype(np.float32)  # rounded: many exact ties
+    row_label = np.sort(rng.integers(0, 6, size=b))
+    thr = sim[np.arange(b), rng.integers(0, m, size=b)]
+    monkeypatch.setattr(C, "count_threads", lambda: threads)
+    got = C._row_counts(torch.from_numpy(sim), torch.from_numpy(thr), row_label, cands)
+    for i in range(b):
+        group = label == row_label[i]
+        want = [(sim[i] > thr[i]).sum(), (sim[i] == thr[i]).sum(), (sim[i][group] > thr[i]).sum(),
+                (sim[i][group] == thr[i]).sum()]
+        assert got[:, i].tolist() == [int(w) for w in want], i

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,28 +117,47 @@ def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
 def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates) -> np.ndarray:
     """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group.
 
-    On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions)."""
+    On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions),
+    in row slices on count_threads() threads (numpy releases the GIL in its loops; the counts are integers, so
+    they do not depend on the slicing)."""
     if sim.device.type == "cpu" and NUMPY_ON_CPU:
-        s, t = sim.numpy(), thr.numpy()[:, None]
-        gt, eq = np.greater(s, t), np.equal(s, t)
+        s, t = sim.numpy(), thr.numpy()
+        out = np.zeros((4, s.shape[0]), dtype=np.int64)
+        n_threads = min(count_threads(), max(1, s.shape[0] // 64))
+        if n_threads == 1:
+            _numpy_counts(s, t, row_label, cands, out)
+            return out
+        cuts = np.linspace(0, s.shape[0], n_threads + 1).astype(int)
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(lambda ab: _numpy_counts(s[ab[0]:ab[1]], t[ab[0]:ab[1]], row_label[ab[0]:ab[1]], cands,
+                                                   out[:, ab[0]:ab[1]]), zip(cuts[:-1], cuts[1:], strict=True)))
+        return out
+    # on the GPU every count stays there until one transfer at the end (no sync per label group)
+    gt, eq = sim > thr[:, None], sim == thr[:, None]
+    dev_out = torch.zeros((4, sim.shape[0]), dtype=torch.int64, device=sim.device)
+    dev_out[0], dev_out[1] = gt.sum(1), eq.sum(1)
+    for a, b, g in _runs(row_label):
+        lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
+        dev_out[2, a:b], dev_out[3, a:b] = gt[a:b, lo:hi].sum(1), eq[a:b, lo:hi].sum(1)
+    return dev_out.cpu().numpy()
 
-        def count(mask: np.ndarray) -> np.ndarray:
-            return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
-    else:  # on the GPU every count stays there until one transfer at the end (no sync per label group)
-        gt, eq = sim > thr[:, None], sim == thr[:, None]
-        dev_out = torch.zeros((4, sim.shape[0]), dtype=torch.int64, device=sim.device)
-        dev_out[0], dev_out[1] = gt.sum(1), eq.sum(1)
-        for a, b, g in _runs(row_label):
-            lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
-            dev_out[2, a:b], dev_out[3, a:b] = gt[a:b, lo:hi].sum(1), eq[a:b, lo:hi].sum(1)
-        return dev_out.cpu().numpy()
 
-    out = np.zeros((4, sim.shape[0]), dtype=np.int64)
+def count_threads() -> int:
+    """Threads for the CPU comparisons of _row_counts: torch's intra-op thread count (what the matmul uses)."""
+    return max(1, torch.get_num_threads())
+
+
+def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray) -> None:
+    """_row_counts' CPU work for rows s (R, m) with thresholds t (R,), written into out (4, R)."""
+    gt, eq = np.greater(s, t[:, None]), np.equal(s, t[:, None])
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
+
     out[0], out[1] = count(gt), count(eq)
     for a, b, g in _runs(row_label):
         lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
         out[2, a:b], out[3, a:b] = count(gt[a:b, lo:hi]), count(eq[a:b, lo:hi])
-    return out
 
 
 def _corrections(vals: torch.Tensor, thr: torch.Tensor, g: _Gather, in_x: np.ndarray, in_t: np.ndarray,

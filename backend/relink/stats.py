@@ -116,11 +116,14 @@ def hypergeom_window(pop: Any, succ: Any, draws: Any, width: int) -> tuple[Any, 
     out = xp.empty((pop.shape[0], width))
     p = xp.exp(_log_comb(xp, succ, lo) + _log_comb(xp, pop - succ, draws - lo) - _log_comb(xp, pop, draws))
     out[:, 0] = p
-    slack = pop - succ - draws  # (k + 1 + slack) >= 1 for every support point k >= lo
+    # P(lo + j + 1) = P(lo + j) (succ - k)(draws - k) / ((k + 1)(pop - succ - draws + k + 1)) with k = lo + j; every
+    # factor is an integer-valued float64 (exact), the denominator >= 1 for k >= lo, and the numerator is exactly 0
+    # at k = hi = min(succ, draws), so the terms past the support are exact zeros without a mask
+    a, c, e, f = succ - lo, draws - lo, lo + 1.0, pop - succ - draws + lo + 1.0
+    del hi
     for step in range(1, width):
-        k = lo + (step - 1)
-        ratio = (succ - k) * (draws - k) / ((k + 1.0) * (slack + k + 1.0))
-        p = p * xp.where(k < hi, ratio, 0.0)
+        j = float(step - 1)
+        p = p * ((a - j) * (c - j) / ((e + j) * (f + j)))
         out[:, step] = p
     return lo, out
 
