@@ -61,6 +61,10 @@ def _chance(draws: Any, r: Any | None, k: int) -> Any:
     """Per-query chance of a hit: K / (draws + 1) for one true report, group_chance for r patient reports."""
     if r is None:
         return xp_of(draws).clip_high(k / (draws + 1.0), 1.0)
+    if isinstance(draws, np.ndarray):  # few distinct (draws, r) pairs (N - 1 unless capped; 1-10 studies): each once
+        key = draws * (float(r.max()) + 1.0) + r  # integer-valued float64: exact, distinct per pair
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return group_chance(draws[first], r[first], k)[inverse.ravel()]  # elementwise: the same bits per query
     return group_chance(draws, r, k)
 
 
