@@ -427,8 +427,8 @@ def test_cuda_curve_equals_cpu() -> None:
                                   check_exact=False, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_row_counts_in_threads_equal_brute_force(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("threads", "chunk_rows"), [(1, 1000), (2, 1000), (3, 7), (1, 5)])
+def test_row_counts_in_threads_equal_brute_force(threads: int, chunk_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU comparisons run in row slices on several threads: every count equals a row-by-row brute force,
     whatever the slicing (label-group runs cut between slices, exact score ties included)."""
     import torch
@@ -443,6 +443,7 @@ def test_row_counts_in_threads_equal_brute_force(threads: int, monkeypatch: pyte
     row_label = np.sort(rng.integers(0, 6, size=b))
     thr = sim[np.arange(b), rng.integers(0, m, size=b)]
     monkeypatch.setattr(C, "count_threads", lambda: threads)
+    monkeypatch.setattr(C, "COUNT_CHUNK_ELEMENTS", chunk_rows * m)  # chunks of a few rows: runs cut between them
     got = C._row_counts(torch.from_numpy(sim), torch.from_numpy(thr), row_label, cands)
     for i in range(b):
         group = label == row_label[i]
