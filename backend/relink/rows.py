@@ -106,12 +106,16 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
     # the combos are independent, and numpy/scipy release the GIL in their loops: threads use every core on
     # the CPU (the results do not depend on it: each combo's arithmetic is the same), as many as the scratch
     # memory budget allows
-    with ThreadPoolExecutor(1 if on_gpu else curve_threads(n_queries=len(q_patient), n_grid=len(grid),
-                                                           kmax=max(ks), n_combos=len(combos))) as pool:
-        # each combo's (n_q, N, K) values go into one (n_q, columns) array as soon as they come: never all at once
+    threads = 1 if on_gpu else curve_threads(n_queries=len(q_patient), n_grid=len(grid), kmax=max(ks),
+                                             n_combos=len(combos))
+    with ThreadPoolExecutor(threads) as pool:
+        # each combo's (n_q, N, K) values go into one (n_q, columns) array as soon as they come: never all at once.
+        # One thread: computed here, lazily, one combo at a time (a worker would compute the next combo, with its
+        # scratch, while this one is copied: about 25 MB more at the peak of the 400k check)
+        results = pool.map(one, combos) if threads > 1 else map(one, combos)
         values = xp.empty((len(q_patient), sum(len(ks) * (1 if kind == "full" else len(grid)) for kind, _ in combos)))
         meta, stats = [], []
-        for (kind, level), (elig, vals, draws) in zip(combos, pool.map(one, combos), strict=True):
+        for (kind, level), (elig, vals, draws) in zip(combos, results, strict=True):
             r = xp.f64(groups["r"]) if level == "patient" else None
             pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
             for gi, n_pts in enumerate(pts):
