@@ -165,3 +165,37 @@ def test_the_pages_show_a_running_sweeps_stored_points(fake_inputs: list[float],
         at = _open(page, tmp_path, monkeypatch, model="fake")
         assert not at.exception, page
     assert f"{n_points} of 4 points stored" in _text(_open("mitigation", tmp_path, monkeypatch, model="fake"))
+
+
+def test_the_demo_bar_gives_each_part_its_measured_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: the bar's shares are the parts' measured times for what is left to do (no training share when the
+    weights are cached, none for stored parts), so that elapsed x (1 - f) / f estimates the time left from the start."""
+    from backend.models.demo_config import DEFAULT_DEMO, demo_dir
+    from backend.runs.demo import DEMO_TIMES_S, default_demo_spec, demo_plan
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    spec = default_demo_spec()
+    t = DEMO_TIMES_S
+    n_results = len(spec.sweep.points()) + 1  # the grid and the original model's reference
+    assert demo_plan(spec) == {"train": DEFAULT_DEMO.planned_steps() * t["step"] + DEFAULT_DEMO.max_pairs
+                               * t["render_per_pair"], "audit": t["audit"], "sweep_prep": t["sweep_prep"],
+                               "points": n_results * t["point"]}
+    demo_dir(DEFAULT_DEMO).mkdir(parents=True)
+    (demo_dir(DEFAULT_DEMO) / "weights.pt").write_bytes(b"cached")
+    assert demo_plan(spec)["train"] == 0.0
+    store.upsert_run(spec.audit.run_id(), "audit", spec.audit.to_json(), "running")
+    store.finish_run(spec.audit.run_id(), summary={})
+    assert demo_plan(spec) == {"train": 0.0, "audit": 0.0, "sweep_prep": t["sweep_prep"],
+                               "points": n_results * t["point"]}
+
+
+def test_the_sweep_bar_gives_its_preparation_the_share_asked_for(fake_inputs: list[float]) -> None:
+    from backend.dp import run_sweep
+
+    seen: list[tuple[int, str]] = []
+    run_sweep(_spec().sweep, lambda done, total, message="": seen.append((round(1000 * done / total), message)),
+              prep_share=0.7)
+    first = next(done for done, message in seen if message == "original model's heads")
+    assert first == 700
+    points = [done for done, message in seen if message.startswith("epsilon")]
+    assert points == sorted(points) and points[0] > 700 and seen[-1][0] == 1000

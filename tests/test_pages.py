@@ -479,7 +479,7 @@ def test_utility_launches_a_sweep_with_a_transfer_target(seeded: Path, monkeypat
     spawned: list[str] = []
     monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
     at = _open("utility", seeded, monkeypatch)
-    assert "about 13-18 min. 8 evaluations (7 ε points" in _shown(at)  # and the original model; one target
+    assert "about 2-18 min. 8 evaluations (7 ε points" in _shown(at)  # and the original model; one target
     at.text_input(key="transfer-options-synthetic").set_value("colour=red").run()
     _button(at, "Launch sweep with transfer").click().run()
     assert not at.exception and not spawned and any("colour" in e.value for e in at.error)

@@ -226,15 +226,18 @@ def run_dp(spec: DPSpec, progress: ProgressLike | None = None) -> DPResult:
 
 
 def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_original: bool = True,
-              on_result: Callable[[DPResult], None] | None = None, skip: Collection[str] = ()) -> list[DPResult]:
+              on_result: Callable[[DPResult], None] | None = None, skip: Collection[str] = (),
+              prep_share: float = 0.4) -> list[DPResult]:
     """The epsilon grid (one DPResult per epsilon, same inputs), preceded by the 'original model' reference.
 
     on_result(result) is called as soon as each result is computed, so that a caller can store it at once: the
     two references first (the original model, then the heads retrained without DP, which every DP point is
     compared with), then the DP points in grid order. Returned: the original model, then the grid's points in
-    grid order; points whose run id is in `skip` (already stored) are not computed and not returned."""
+    grid order; points whose run id is in `skip` (already stored) are not computed and not returned. prep_share:
+    the bar's share for embedding the splits and the frozen-feature reference (the rest: one step per result)."""
     progress = progress or null_progress
-    total, prep = 1000, 400  # one bar that only moves forward: embedding (cached after the first run), then points
+    total = 1000  # one bar that only moves forward: embedding (cached after the first run), then points
+    prep = int(round(total * min(max(prep_share, 0.0), 0.95)))
     points = sorted((p for p in spec.points() if p.run_id() not in set(skip)), key=lambda p: p.private)  # stable
     if not points and not include_original:
         progress(total, total, "sweep done (every point was stored already)")

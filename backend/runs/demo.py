@@ -46,18 +46,47 @@ def default_demo_spec(n_patients: int | None = None) -> DemoSpec:
     return DemoSpec(audit=audit, sweep=SweepSpec(base=base, epsilons=DEMO_EPSILONS))
 
 
+# Seconds of each part of the demo job on the quiet 2-core development machine (session 6 timeline of the
+# Recompute job: audit 72 s, embedding the train split 140 s, about 10 s for each evaluation; training 1.1 s a step
+# alone): the bar gives each part its share of the time, so the time-left estimate holds from the first part on.
+DEMO_TIMES_S = {"step": 1.1, "render_per_pair": 0.004, "audit": 72.0, "sweep_prep": 140.0, "point": 10.0}
+
+
+def demo_plan(spec: DemoSpec) -> dict[str, float]:
+    """Estimated seconds of what the demo job still has to do (DEMO_TIMES_S): train (0 when the weights are cached
+    or the model is not the demo's), audit (0 when stored), sweep_prep and points (0 when the sweep is stored;
+    points already stored by an interrupted run are not counted)."""
+    from backend.models.demo_config import DEFAULT_DEMO, is_trained  # no torch
+
+    t = DEMO_TIMES_S
+    train = 0.0
+    if spec.audit.embed.model == "demo" and not is_trained(DEFAULT_DEMO):
+        train = DEFAULT_DEMO.planned_steps() * t["step"] + DEFAULT_DEMO.max_pairs * t["render_per_pair"]
+    audit = 0.0 if (store.get_run(spec.audit.run_id()) or {}).get("status") == "done" else t["audit"]
+    prep = points = 0.0
+    if spec.sweep is not None and (store.get_run(spec.sweep.run_id()) or {}).get("status") != "done":
+        has_original, stored = stored_sweep_parts(spec.sweep.run_id())
+        left = len([p for p in spec.sweep.points() if p.run_id() not in stored]) + (0 if has_original else 1)
+        prep, points = (t["sweep_prep"], left * t["point"]) if left else (0.0, 0.0)
+    return {"train": train, "audit": audit, "sweep_prep": prep, "points": points}
+
+
 def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, Any]:
     """Prepare the demo model, audit it, then sweep epsilon when backend.dp exists; store each part."""
     progress = forward_only(progress or null_progress)
-    # bar shares from measured times on a 2-core CPU: training ~7-14 min, audit ~2 min, sweep ~13 min
     total = 1000
+    plan = demo_plan(spec)  # the bar's shares: each part's estimated time (nothing for what is cached or stored)
+    seconds = max(sum(plan.values()), 1e-9)
+    train_end = round(total * plan["train"] / seconds)
+    audit_end = train_end + round(total * plan["audit"] / seconds)
     device = device_label()
     if spec.audit.embed.model == "demo":  # train (or find) the demo weights with their own progress
-        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(scaled(progress, 0, 350, total))
+        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(scaled(progress, 0, max(train_end, 1), total))
     audit_id = spec.audit.run_id()
     if (store.get_run(audit_id) or {}).get("status") != "done":
         store.upsert_run(audit_id, "audit", spec.audit.to_json(), "running")
-        result = resolve("backend.audit:run_audit", "The demo", JobError)(spec.audit, scaled(progress, 350, 70, total))
+        result = resolve("backend.audit:run_audit", "The demo", JobError)(
+            spec.audit, scaled(progress, train_end, max(audit_end - train_end, 1), total))
         persist_audit(audit_id, spec.audit, result, device)
     out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": None}
     if spec.sweep is not None:
@@ -73,7 +102,9 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
             # that an earlier, interrupted job left unfinished resumes without recomputing what it stored
             has_original, stored = stored_sweep_parts(sweep_id)
             store.upsert_run(sweep_id, "sweep", spec.sweep.to_json(), "running")
-            run_sweep(spec.sweep, scaled(progress, 420, 570, total), include_original=not has_original, skip=stored,
+            sweep_s = max(plan["sweep_prep"] + plan["points"], 1e-9)
+            run_sweep(spec.sweep, scaled(progress, audit_end, max(total - audit_end, 1), total),
+                      include_original=not has_original, skip=stored, prep_share=plan["sweep_prep"] / sweep_s,
                       on_result=lambda result: persist_sweep_part(sweep_id, spec.sweep, result, device))
             finish_sweep(sweep_id, spec.sweep, device)
         out["sweep_run"] = sweep_id

@@ -783,29 +783,33 @@ def needs_root(name: str) -> bool:
         return False
 
 
-# Measured on the 2-core development machine on the synthetic demo data (25,660 pairs; README "Recompute the
-# demo" and "Epsilon sweep"): the 7-point demo sweep took 14 min, 3 min 15 s of it embedding the train split, so
-# about 80 s per evaluation (8: the points and the original-model reference); sweeps with one transfer target took
-# 17 min 19 s for 5 points and 15 min 37 s for 4, about 100 s per evaluation, so about 20 s more per target.
-# Embedding a target's test split (5,090 images) is about 1.5 min (the demo audit: 1 min 48 s with its bootstrap).
-SWEEP_TIMES_S = {"train_embed": 195.0, "evaluation": 80.0, "transfer_evaluation": 20.0, "target_embed": 90.0}
+# Measured on the quiet 2-core development machine on the synthetic demo data (25,660 pairs; session 6 timeline
+# of the Recompute job, README "Recompute the demo"): embedding the train split 140 s, then about 10 s per evaluation
+# (8: the 7 points and the original-model reference); beside other jobs (load 3.5-8) the same took 21-67 s per
+# evaluation and 7 min 47 s to embed, so the upper end allows BUSY_FACTOR x. A transfer target added about a quarter
+# of an evaluation in the earlier measurements (17 min 19 s for 5 points with one target against 14 min without),
+# and embedding a target's test split (5,090 images) takes about 36 s (the demo audit's embedding).
+SWEEP_TIMES_S = {"train_embed": 140.0, "evaluation": 10.0, "transfer_evaluation": 2.5, "target_embed": 36.0}
+BUSY_FACTOR = 4.0
 
 
 def sweep_estimate(n_epsilons: int, n_targets: int = 0) -> str:
     """An honest time estimate of a sweep on a 2-core CPU, from the measured times above: from everything cached
-    to embedding the train split and each target's test split first."""
+    on a quiet machine to embedding the train split and each target's test split first beside other jobs."""
     t = SWEEP_TIMES_S
     evaluations = n_epsilons + 1  # and the original model
     low = evaluations * (t["evaluation"] + n_targets * t["transfer_evaluation"])
-    high = low + t["train_embed"] + n_targets * t["target_embed"]
+    high = BUSY_FACTOR * (low + t["train_embed"] + n_targets * t["target_embed"])
     text = (f"Estimated time on a 2-core CPU for data the size of the synthetic demo (25,660 pairs): about "
-            f"{low / 60:.0f}-{high / 60:.0f} min. {evaluations} evaluations ({n_epsilons} ε points and the original "
-            f"model) take about {t['evaluation']:.0f} s each")
-    text += f", plus about {t['transfer_evaluation']:.0f} s each per transfer target" if n_targets else ""
-    text += "; embedding the training split adds about 3 min"
-    text += f" and {'the' if n_targets == 1 else 'each'} target's test split about 1.5 min" if n_targets else ""
-    return text + (", the first time only (the lower end: all embeddings cached). Measured on the development "
-                   "machine; larger datasets take longer, a GPU less.")
+            f"{max(low / 60, 1):.0f}-{high / 60:.0f} min. {evaluations} evaluations ({n_epsilons} ε points and the "
+            f"original model) take about {t['evaluation']:.0f} s each on a quiet machine")
+    text += f", plus about {t['transfer_evaluation']:.1f} s each per transfer target" if n_targets else ""
+    text += f"; embedding the training split adds about {t['train_embed'] / 60:.1f} min"
+    text += (f" and {'the' if n_targets == 1 else 'each'} target's test split about {t['target_embed']:.0f} s"
+             if n_targets else "")
+    return text + (", the first time only (the lower end: all embeddings cached); beside other jobs up to "
+                   f"{BUSY_FACTOR:.0f}x as long (the upper end). Measured on the development machine; larger datasets "
+                   "take longer, a GPU less.")
 
 
 RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep", "ladder": "Model ladder"}
