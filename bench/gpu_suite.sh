@@ -56,7 +56,7 @@ for part in "${parts[@]}"; do
     relink) step relink 150 $PY -m bench.bench_relink --device cuda --n 43793 --skip-sampling ;;
     recompute)
       step recompute 330 bash -c "$PY -m backend prepare-demo --device cuda && \
-        $PY -m bench.demo_recompute --repeats 3 --json $OUT/recompute.jsonl" ;;
+        $PY -m bench.demo_recompute --repeats 3 --timeline --json $OUT/recompute.jsonl" ;;
     probe) step probe 90 $PY -m bench.bench_probe --device cuda --json ;;
     scale) step scale 200 $PY -m bench.bench_relink --device cuda --n --scale --skip-sampling ;;
     embed) step gpu_embed 90 $PY -m bench.gpu_embed --batch-size 256 --batches 20 ;;
