@@ -7,7 +7,8 @@ then the default epsilon sweep) with the demo model already trained, from an oth
 The demo weights come from the current cache (CXR_CACHE_DIR; `python -m backend prepare-demo` trains them
 first when missing) and are copied into a scratch cache per repeat. The device is the job's own choice
 (CUDA when present). Prints one JSON line per repeat: total, the audit part and the sweep part in seconds
-(split where the job's progress crosses from the audit's share of the bar to the sweep's), and the device.
+(split where the job's progress crosses from the audit's share of the bar to the sweep's, from
+backend.runs.demo.demo_plan), and the device.
 Goals (issue #12): <= 8 minutes on a quiet 2-core CPU, <= 2 minutes on one GPU.
 --timeline: also print to stderr, whenever the job's message changes phase, the seconds since the start, the bar's
 share and the time-left estimate the dashboard shows (elapsed x (1 - f) / f), so a run shows where its time goes and
@@ -27,11 +28,15 @@ from pathlib import Path
 
 
 def one_run(models: Path, scratch: Path, timeline: bool = False) -> dict:
-    from backend.runs.demo import default_demo_spec, run_demo
+    from backend.runs.demo import default_demo_spec, demo_plan, run_demo
     from backend.runs.jobs import device_label
 
     shutil.copytree(models, scratch / "models")
     os.environ["CXR_CACHE_DIR"] = str(scratch)
+    spec = default_demo_spec()
+    plan = demo_plan(spec)  # the bar's shares: the audit ends where the sweep's share begins
+    train_end = plan["train"] / max(sum(plan.values()), 1e-9)
+    audit_end = (plan["train"] + plan["audit"]) / max(sum(plan.values()), 1e-9)
     marks: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -45,12 +50,12 @@ def one_run(models: Path, scratch: Path, timeline: bool = False) -> dict:
             elapsed = time.perf_counter() - start
             left = f"{elapsed * (1 - share) / share:7.0f}" if share >= 0.02 else "      -"
             print(f"{elapsed:8.1f} s  {share:5.3f}  left~{left} s  {message[:100]}", file=sys.stderr, flush=True)
-        if share >= 0.35 and "audit" not in marks:
+        if share >= train_end and "audit" not in marks:
             marks["audit"] = time.perf_counter()
-        if share >= 0.42 and "sweep" not in marks:
+        if share > audit_end and "sweep" not in marks:
             marks["sweep"] = time.perf_counter()
 
-    out = run_demo(default_demo_spec(), progress)
+    out = run_demo(spec, progress)
     end = time.perf_counter()
     a, s = marks.get("audit", start), marks.get("sweep", end)
     return {"device": device_label(), "total_s": end - start, "audit_s": s - a, "sweep_s": end - s,
