@@ -560,7 +560,6 @@ def test_overview_verdict_names_strongest_side_information_members_and_caveats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ui
     from backend.views import dashboard, report
-    from backend.specs import pool_name
     from tests.helpers.seed import add_side_information
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
