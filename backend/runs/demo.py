@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from backend.errors import JobError
+from backend.models.demo_config import DEFAULT_DEMO, is_trained
 from backend.progress import ProgressLike, forward_only, null_progress, scaled
 from backend.registry import resolve
 from backend.runs import store
@@ -56,8 +57,6 @@ def demo_plan(spec: DemoSpec) -> dict[str, float]:
     """Estimated seconds of what the demo job still has to do (DEMO_TIMES_S): train (0 when the weights are cached
     or the model is not the demo's), audit (0 when stored), sweep_prep and points (0 when the sweep is stored;
     points already stored by an interrupted run are not counted)."""
-    from backend.models.demo_config import DEFAULT_DEMO, is_trained  # no torch
-
     t = DEMO_TIMES_S
     train = 0.0
     if spec.audit.embed.model == "demo" and not is_trained(DEFAULT_DEMO):

@@ -34,6 +34,7 @@ from backend.errors import StoreError
 from backend.runs import store
 from backend.runs.demo import default_demo_spec
 from backend.runs.provenance import code_version
+from backend.sources import load_source
 from backend.specs import DemoSpec
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ def _current_meta(demo: DemoSpec, cached: pd.DataFrame) -> pd.DataFrame:
     takes meta from the table, not from cached files that may predate a column), in the cached rows' order; the
     cached meta as it is when its pairs are not that split's (logged; test_snapshot then checks the result)."""
     from backend.embed.compute import select_split, split_meta  # late: torch
-    from backend.sources import load_source
 
     src = demo.audit.embed.source
     pairs = load_source(src.name, root=src.root, section_policy=src.section_policy, **src.options).pairs
