@@ -28,15 +28,13 @@ from pathlib import Path
 
 
 def one_run(models: Path, scratch: Path, timeline: bool = False) -> dict:
-    from backend.runs.demo import default_demo_spec, demo_plan, run_demo
+    from backend.runs.demo import bar_marks, default_demo_spec, demo_plan, run_demo
     from backend.runs.jobs import device_label
 
     shutil.copytree(models, scratch / "models")
     os.environ["CXR_CACHE_DIR"] = str(scratch)
     spec = default_demo_spec()
-    plan = demo_plan(spec)  # the bar's shares: the audit ends where the sweep's share begins
-    train_end = plan["train"] / max(sum(plan.values()), 1e-9)
-    audit_end = (plan["train"] + plan["audit"]) / max(sum(plan.values()), 1e-9)
+    train_end, audit_end = (m / 1000 for m in bar_marks(demo_plan(spec)))  # the audit ends where the sweep begins
     marks: dict[str, float] = {}
     start = time.perf_counter()
 

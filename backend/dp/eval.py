@@ -27,6 +27,7 @@ from backend.models import load_model
 from backend.probe import ZERO_SHOT_PROMPTS, linear_probe, zero_shot
 from backend.progress import ProgressLike, null_progress
 from backend.sources import load_source
+from backend.sources.schema import combined_digest
 from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,7 @@ class EvalInputs:
         found = [dict((getattr(es, "info", None) or {}).get("inputs") or {}) for es in sets]
         if not all(f.get("data_hash") for f in found):
             return {}
-        digests = [str(f["data_hash"]) for f in found]
-        digest = digests[0] if len(digests) == 1 else hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
-        return {"data_hash": digest, "n_pairs": sum(int(f.get("n_pairs") or 0) for f in found)}
+        return {"data_hash": combined_digest([str(f["data_hash"]) for f in found]), "n_pairs": sum(int(f.get("n_pairs") or 0) for f in found)}
 
 
 def source_label(src: SourceSpec) -> str:

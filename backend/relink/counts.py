@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,20 +117,11 @@ def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
 def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates) -> np.ndarray:
     """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group.
 
-    On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions),
-    in row slices on count_threads() threads (numpy releases the GIL in its loops; the counts are integers, so
-    they do not depend on the slicing)."""
+    On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions), in
+    cache-sized row chunks (one thread: a second one gained nothing once the chunks read from the cache)."""
     if sim.device.type == "cpu" and NUMPY_ON_CPU:
-        s, t = sim.numpy(), thr.numpy()
-        out = np.zeros((4, s.shape[0]), dtype=np.int64)
-        n_threads = min(count_threads(), max(1, s.shape[0] // 64))
-        if n_threads == 1:
-            _numpy_counts(s, t, row_label, cands, out)
-            return out
-        cuts = np.linspace(0, s.shape[0], n_threads + 1).astype(int)
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(lambda ab: _numpy_counts(s[ab[0]:ab[1]], t[ab[0]:ab[1]], row_label[ab[0]:ab[1]], cands,
-                                                   out[:, ab[0]:ab[1]]), zip(cuts[:-1], cuts[1:], strict=True)))
+        out = np.zeros((4, sim.shape[0]), dtype=np.int64)
+        _numpy_counts(sim.numpy(), thr.numpy(), row_label, cands, out)
         return out
     # on the GPU every count stays there until one transfer at the end (no sync per label group)
     gt, eq = sim > thr[:, None], sim == thr[:, None]
@@ -141,11 +131,6 @@ def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, can
         lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
         dev_out[2, a:b], dev_out[3, a:b] = gt[a:b, lo:hi].sum(1), eq[a:b, lo:hi].sum(1)
     return dev_out.cpu().numpy()
-
-
-def count_threads() -> int:
-    """Threads for the CPU comparisons of _row_counts: torch's intra-op thread count (what the matmul uses)."""
-    return max(1, torch.get_num_threads())
 
 
 def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray) -> None:

@@ -113,7 +113,6 @@ def hypergeom_window(pop: Any, succ: Any, draws: Any, width: int) -> tuple[Any, 
     xp = xp_of(pop)
     pop, succ, draws = (xp.f64(a) for a in (pop, succ, draws))
     lo = xp.clip_low(draws - (pop - succ), 0.0)
-    hi = xp.minimum(succ, draws)
     out = xp.empty((pop.shape[0], width))
     p = xp.exp(_log_comb(xp, succ, lo) + _log_comb(xp, pop - succ, draws - lo) - _log_comb(xp, pop, draws))
     out[:, 0] = p
@@ -121,7 +120,6 @@ def hypergeom_window(pop: Any, succ: Any, draws: Any, width: int) -> tuple[Any, 
     # factor is an integer-valued float64 (exact), the denominator >= 1 for k >= lo, and the numerator is exactly 0
     # at k = hi = min(succ, draws), so the terms past the support are exact zeros without a mask
     a, c, e, f = succ - lo, draws - lo, lo + 1.0, pop - succ - draws + lo + 1.0
-    del hi
     for step in range(1, width):
         j = float(step - 1)
         p = p * ((a - j) * (c - j) / ((e + j) * (f + j)))

@@ -70,14 +70,20 @@ def demo_plan(spec: DemoSpec) -> dict[str, float]:
     return {"train": train, "audit": audit, "sweep_prep": prep, "points": points}
 
 
+def bar_marks(plan: dict[str, float], total: int = 1000) -> tuple[int, int]:
+    """Where the training and the audit end on a bar of `total` steps given demo_plan's seconds (the sweep fills
+    the rest): each part's share of the estimated time."""
+    seconds = max(sum(plan.values()), 1e-9)
+    train_end = round(total * plan["train"] / seconds)
+    return train_end, train_end + round(total * plan["audit"] / seconds)
+
+
 def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, Any]:
     """Prepare the demo model, audit it, then sweep epsilon when backend.dp exists; store each part."""
     progress = forward_only(progress or null_progress)
     total = 1000
     plan = demo_plan(spec)  # the bar's shares: each part's estimated time (nothing for what is cached or stored)
-    seconds = max(sum(plan.values()), 1e-9)
-    train_end = round(total * plan["train"] / seconds)
-    audit_end = train_end + round(total * plan["audit"] / seconds)
+    train_end, audit_end = bar_marks(plan, total)
     device = device_label()
     if spec.audit.embed.model == "demo":  # train (or find) the demo weights with their own progress
         resolve("backend.models.demo:prepare_demo", "The demo", JobError)(scaled(progress, 0, max(train_end, 1), total))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import logging
 import os
 import pickle
@@ -51,7 +50,7 @@ from backend.progress import ProgressLike
 from backend.runs import store
 from backend.runs.kinds import get_job_kind, kind_for_spec
 from backend.sources import get_source, load_source
-from backend.sources.schema import SIDE_COLUMNS
+from backend.sources.schema import SIDE_COLUMNS, combined_digest
 from backend.specs import AuditSpec, SourceSpec, spec_from_json
 
 log = logging.getLogger(__name__)
@@ -205,8 +204,7 @@ def data_inputs(spec: Any) -> dict[str, Any] | None:
         n_pairs += len(data.pairs)
     if not digests:
         return None
-    digest = digests[0] if len(digests) == 1 else hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
-    return {"data_hash": digest, "n_pairs": n_pairs}
+    return {"data_hash": combined_digest(digests), "n_pairs": n_pairs}
 
 
 @contextmanager

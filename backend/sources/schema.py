@@ -106,6 +106,12 @@ class SourceData:
         return table_digest(table, self.image_file)
 
 
+def combined_digest(digests: list[str]) -> str:
+    """One 16-hex digest for results computed from several sources: the digest itself for one source, else
+    SHA-256 over the digests in order (what a run records as its data_hash)."""
+    return digests[0] if len(digests) == 1 else hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
+
+
 def table_digest(pairs: pd.DataFrame, image_file: Callable[[str], Path] | None = None) -> str:
     """16 hex of SHA-256 over everything a result computed from `pairs` depends on: every column of the
     table (ids, patients, labels, view, site, split, report ...) and, when `image_file` is given, the
