@@ -265,6 +265,15 @@ def test_a_result_that_cannot_be_written_is_kept_and_imported_later(fresh_cache:
     assert store.get_run(spec.run_id())["summary"] == {"steps": 2, "tag": "pending"}
 
 
+def test_a_finished_job_shows_a_full_bar_when_its_last_progress_write_was_skipped() -> None:
+    """Seen in CI: a selftest of 150 steps finished as "done 149" (its last throttled progress write never landed)."""
+    store.insert_job("j-149", {"run_id": "selftest-149", "kind": "selftest", "status": "running", "done": 149,
+                               "total": 150, "message": "step 149"})
+    store.complete_job("j-149", "done")
+    job = jobs.get_job("j-149")
+    assert (job.status, job.done, job.total, job.message) == ("done", 150, 150, "done") and job.finished
+
+
 def test_a_throttled_progress_message_reaches_the_store_with_the_next_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     """A phase that announces itself right after another progress call (inside the throttle interval) and then
     computes for long without another call must still show its own message, not the previous one; once the work

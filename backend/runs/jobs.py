@@ -618,7 +618,7 @@ def _persist(record: dict[str, Any], spec: Any) -> None:
     get_job_kind(record["kind"]).resolve_persist()(record["run_id"], spec, record["result"], record["device"])
     if record.get("inputs"):
         store.set_run_inputs(record["run_id"], record["inputs"])
-    store.update_job(record["job_id"], status="done", finished=time.time(), message=record.get("message", "done"))
+    store.complete_job(record["job_id"], record.get("message", "done"))
 
 
 def _save_result(record: dict[str, Any], spec: Any) -> None:

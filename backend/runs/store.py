@@ -436,6 +436,14 @@ def update_job(job_id: str, *, timeout_s: float | None = None, **fields: Any) ->
     return bool(row and row[0])
 
 
+def complete_job(job_id: str, message: str = "done") -> None:
+    """Mark a job done: its end time, its message, and its bar full (done = total), so that a finished job never
+    shows 149 of 150 when its last progress write was throttled or skipped while the database was held."""
+    with connect() as con:
+        con.execute("UPDATE jobs SET status = 'done', finished = ?, message = ?, "
+                    "done = CASE WHEN total > 0 THEN total ELSE done END WHERE job_id = ?", [time.time(), message, job_id])
+
+
 def get_job(job_id: str) -> dict[str, Any] | None:
     with connect() as con:
         cur = con.execute("SELECT * FROM jobs WHERE job_id = ?", [job_id])
