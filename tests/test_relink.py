@@ -449,3 +449,41 @@ def test_row_counts_in_chunks_equal_brute_force(chunk_rows: int, monkeypatch: py
         want = [(sim[i] > thr[i]).sum(), (sim[i] == thr[i]).sum(), (sim[i][group] > thr[i]).sum(),
                 (sim[i][group] == thr[i]).sum()]
         assert got[:, i].tolist() == [int(w) for w in want], i
+
+
+def test_distinct_rows_equal_a_dictionary_of_tuples() -> None:
+    from backend.relink.rows import distinct_rows
+
+    rng = np.random.default_rng(11)
+    small = [rng.integers(0, 4, size=500), rng.integers(0, 3, size=500), rng.integers(0, 2, size=500)]
+    huge = [rng.integers(0, 3, size=200) * 2**40, rng.integers(0, 2, size=200) * 2**30, rng.integers(0, 2, size=200)]
+    for cols in (small, huge):  # one int64 key; too many combinations for one (np.unique over rows)
+        first, inverse = distinct_rows(*cols)
+        tuples = list(zip(*(c.tolist() for c in cols), strict=True))
+        assert len(first) == len(set(tuples))
+        assert len({tuples[i] for i in first}) == len(first)  # each distinct row once
+        assert all(tuples[i] == tuples[first[inverse[i]]] for i in range(len(tuples)))
+
+
+def test_each_distinct_count_triplet_is_computed_once_with_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queries sharing (eligible, beaters, ties) share their expected recall: the curve computes each triplet
+    once and gives every query the bits it would get alone (here: against a run that computes every query)."""
+    from backend.relink import rows as rows_mod
+    from backend.relink import stats
+
+    data = _data(seed=31, n_patients=60)
+    sizes: list[int] = []
+    real = stats.expected_recall
+
+    def spy(eligible, *args, **kw):
+        sizes.append(int(np.asarray(eligible).shape[0]))
+        return real(eligible, *args, **kw)
+
+    monkeypatch.setattr(rows_mod, "expected_recall", spy)
+    deduped = relink_curves(**data, n_bootstrap=20)
+    rows_seen = sum(sizes)
+    sizes.clear()
+    monkeypatch.setattr(rows_mod, "distinct_rows", lambda *cols: (np.arange(len(cols[0])), np.arange(len(cols[0]))))
+    every = relink_curves(**data, n_bootstrap=20)
+    assert rows_seen < sum(sizes)  # the duplicated triplets were left out
+    pd.testing.assert_frame_equal(deduped.rows, every.rows, check_exact=True)

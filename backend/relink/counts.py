@@ -204,11 +204,13 @@ def _best_anchor(sim: torch.Tensor, thr: np.ndarray, g: _Gather) -> tuple[np.nda
 
 
 def count_block(q_emb: torch.Tensor, c_emb: torch.Tensor, true: np.ndarray, cands: Candidates,
-                include_same_patient: bool) -> dict[str, np.ndarray]:
+                include_same_patient: bool, out: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Counts for one block of queries q_emb (B, d) whose true candidates are `true` (B,), rows sorted by label.
 
+    out: a (>= B, m) float32 buffer on c_emb's device for the similarities (count_all passes one for all blocks:
+    a fresh 64 MB block on the CPU is a fresh mapping whose page faults cost about a quarter of its matmul).
     Returns arrays (B,): score, b/t (study, random), bh/th (study, hard), pb/pt, pbh/pth (patient level)."""
-    sim = q_emb @ c_emb.T
+    sim = q_emb @ c_emb.T if out is None else torch.mm(q_emb, c_emb.T, out=out[:q_emb.shape[0]])
     thr = sim[torch.arange(sim.shape[0], device=sim.device), torch.as_tensor(true, device=sim.device)]
     patient, text, label = cands.patient[true], cands.text[true], cands.label[true]
     g = _gather(cands, patient, text)
@@ -248,10 +250,11 @@ def count_all(q_emb: np.ndarray, true: np.ndarray, cands: Candidates, *, include
     c_emb = torch.from_numpy(cands.emb).to(dev)
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
+        sim_buf = torch.empty((min(block, n_q), cands.m), dtype=torch.float32, device=dev)  # reused by every block
         for start in range(0, n_q, block):
             idx = order[start:start + block]
             q = torch.from_numpy(np.ascontiguousarray(q_emb[idx], dtype=np.float32)).to(dev)
-            res = count_block(q, c_emb, true[idx], cands, include_same_patient)
+            res = count_block(q, c_emb, true[idx], cands, include_same_patient, out=sim_buf)
             for key, val in res.items():
                 if key not in out:
                     out[key] = np.empty(n_q, dtype=val.dtype)

@@ -68,10 +68,26 @@ def _chance(draws: Any, r: Any | None, k: int) -> Any:
     return group_chance(draws, r, k)
 
 
-def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Sequence[int]) -> tuple[Any, Any]:
-    """Expected recall per query (n_q, G, nk) and draws (n_q, G) for pools of N - 1 distractors, N in grid.
+def distinct_rows(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of equal-length non-negative integer columns: (first (U,), inverse (n,)) with
+    row i equal to row first[inverse[i]]. One mixed-radix int64 key when it fits (fast), else np.unique(axis=0)."""
+    arrs = [np.asarray(c, dtype=np.int64) for c in cols]
+    key, radix = np.zeros(arrs[0].shape[0], dtype=np.int64), 1
+    for a in arrs:
+        width = int(a.max()) + 1 if a.size else 1
+        radix *= width
+        if radix >= 2**62:  # too many combinations for one int64
+            _, first, inverse = np.unique(np.stack(arrs, 1), axis=0, return_index=True, return_inverse=True)
+            return first, inverse.ravel()
+        key = key * width + a
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.ravel()
 
-    Capped entries (N - 1 >= eligible) are the full-pool value, computed once per query."""
+
+def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Sequence[int]) -> Any:
+    """Expected recall per row (rows, G, nk) for pools of N - 1 distractors, N in grid.
+
+    Capped entries (N - 1 >= eligible) are the full-pool value, computed once per row."""
     n_q = elig.shape[0]
     draws = xp.minimum(xp.f64(grid)[None, :] - 1.0, elig[:, None])
     full = expected_recall(elig, beat, tie, elig, ks)
@@ -79,7 +95,7 @@ def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Seq
     open_q, open_g = xp.nonzero2(draws < elig[:, None])
     if xp.size(open_q):
         values[open_q, open_g] = expected_recall(elig[open_q], beat[open_q], tie[open_q], draws[open_q, open_g], ks)
-    return values.reshape(n_q, len(grid), len(ks)), draws
+    return values.reshape(n_q, len(grid), len(ks))
 
 
 def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_patient: np.ndarray, *,
@@ -95,13 +111,22 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
     grid = sorted({int(v) for v in n_grid}) if n_grid is not None else default_grid(int(groups["m"].max()) + 1)
     combos = [(kind, level) for kind in [*kinds, "full"] for level in ("study", "patient")]
 
-    def one(combo: tuple[str, str]) -> tuple[Any, Any, Any]:
+    def one(combo: tuple[str, str]) -> tuple[Any, Any, Any, Any]:
+        """(eligible (n_q,), values of the distinct rows (U, G or 1, nk), draws (n_q, G or 1), inverse (n_q,)).
+
+        Queries with the same (eligible, beaters, ties) have the same expected recall: each distinct triplet
+        is computed once (3-4x fewer rows on the synthetic benchmark; a well-trained model's beaters cluster
+        near 0, fewer still). The arithmetic is row by row (and its window widths depend on the largest value
+        of a set, not on how often a value occurs), so every query gets the same bits as without it."""
         kind, level = combo
         e_key, b_key, t_key = COMBOS[("random" if kind == "full" else kind, level)]
-        elig, beat, tie = (xp.f64(a) for a in (groups[e_key], counts[b_key], counts[t_key]))
+        first, inverse = distinct_rows(groups[e_key], counts[b_key], counts[t_key])
+        elig, beat, tie = (xp.f64(np.asarray(a)[first]) for a in (groups[e_key], counts[b_key], counts[t_key]))
+        elig_q = xp.f64(groups[e_key])
+        inv = inverse if not on_gpu else xp.t.as_tensor(inverse, device=xp.device)
         if kind == "full":
-            return elig, expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig[:, None]
-        return (elig, *_curve(xp, elig, beat, tie, grid, ks))
+            return elig_q, expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig_q[:, None], inv
+        return elig_q, _curve(xp, elig, beat, tie, grid, ks), xp.minimum(xp.f64(grid)[None, :] - 1.0, elig_q[:, None]), inv
 
     # the combos are independent, and numpy/scipy release the GIL in their loops: threads use every core on
     # the CPU (the results do not depend on it: each combo's arithmetic is the same), as many as the scratch
@@ -115,17 +140,17 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
         results = pool.map(one, combos) if threads > 1 else map(one, combos)
         values = xp.empty((len(q_patient), sum(len(ks) * (1 if kind == "full" else len(grid)) for kind, _ in combos)))
         meta, stats = [], []
-        for (kind, level), (elig, vals, draws) in zip(combos, results, strict=True):
+        for (kind, level), (elig, vals, draws, inv) in zip(combos, results, strict=True):
             r = xp.f64(groups["r"]) if level == "patient" else None
             pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
             for gi, n_pts in enumerate(pts):
                 capped = xp.f64(draws[:, gi] + 1 < n_pts)
                 for ki, k in enumerate(ks):
-                    values[:, len(meta)] = vals[:, gi, ki]
+                    values[:, len(meta)] = vals[inv, gi, ki]
                     stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
                               capped.mean() * (kind != "full")]
                     meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
-            del elig, vals, draws
+            del elig, vals, draws, inv
     per_row = xp.numpy(xp.stack(stats, axis=0)).reshape(-1, 3)  # one transfer: chance, effective N, capped share
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed)
     low, high = percentile_ci(bootstrap_means(values, q_patient, weights))

@@ -213,9 +213,12 @@ def expected_recall(eligible: Any, beaters: Any, ties: Any, draws: Any, ks: Sequ
         rows, xs = tied[keep], xs[keep]
         if xp.size(rows) == 0:
             continue
-        j = ks_arr[None, :] - xs[:, None]
+        # only the Ks that some row can still reach (K > x): the others' factor is 0 for every row (they would add
+        # exact zeros), and leaving them out changes no window width (widths follow the largest K - x)
+        cols = xp.flatnonzero(ks_arr > xs.min())
+        j = ks_arr[cols][None, :] - xs[:, None]
         g = tie_factor(eligible[rows] - beaters[rows], ties[rows], draws[rows] - xs, j)
-        out[rows] += pmf_tied[keep, step][:, None] * g
+        out[rows[:, None], cols[None, :]] += pmf_tied[keep, step][:, None] * g
     return xp.clip_high(out, 1.0)
 
 
