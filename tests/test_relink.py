@@ -345,19 +345,34 @@ def test_query_only_images_and_in_place_normalisation_give_the_same_bits() -> No
         relink_curves(**{**data, "image_emb": img[:-1]}, query_mask=mask)
 
 
-def test_the_curve_threads_fit_the_scratch_budget_and_do_not_change_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_curve_pieces_and_threads_do_not_change_the_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU curve's threads take pieces of distinct rows; each row's arithmetic is its own, so pieces of one
+    row on four threads give the bits of one piece per kind on one thread."""
     import os
 
     from backend.relink import rows as rows_mod
 
-    assert rows_mod.curve_threads(43_793, 17, 10, 6) == 1  # the 400k check: 0.3 GB a thread, one thread
-    assert rows_mod.curve_threads(2_000, 12, 10, 6) == min(6, os.cpu_count() or 1)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     data = _data(seed=23)
-    several = relink_curves(**data, n_bootstrap=20)
-    monkeypatch.setattr(rows_mod, "CURVE_SCRATCH_BYTES", 1)
-    assert rows_mod.curve_threads(100, 5, 10, 6) == 1
-    pd.testing.assert_frame_equal(relink_curves(**data, n_bootstrap=20).rows, several.rows, check_exact=True)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(rows_mod, "PIECE_ENTRIES", 10**9)
+    whole = relink_curves(**data, n_bootstrap=20)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(rows_mod, "PIECE_ENTRIES", 1)
+    pd.testing.assert_frame_equal(relink_curves(**data, n_bootstrap=20).rows, whole.rows, check_exact=True)
+
+
+def test_tie_windows_of_any_row_subset_give_the_same_bits() -> None:
+    """expected_recall's tie windows have a width fixed by the step, not by the other rows of the call: every
+    row of a mixed batch (pools that fill up with beaters, ties, capped pools) equals the row computed alone
+    (what lets the curve compute distinct rows in pieces)."""
+    rng = np.random.default_rng(19)
+    m = rng.integers(1, 300, size=400).astype(np.float64)
+    b = np.floor(rng.random(400) * m)
+    t = np.floor(rng.random(400) * (m - b))
+    n = np.where(rng.random(400) < 0.3, m, np.floor(rng.random(400) * m))
+    whole = expected_recall(m, b, t, n, (1, 5, 10))
+    for i in range(400):
+        assert np.array_equal(expected_recall(m[i:i + 1], b[i:i + 1], t[i:i + 1], n[i:i + 1], (1, 5, 10)), whole[i:i + 1])
 
 
 def test_expected_recall_in_chunks_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:

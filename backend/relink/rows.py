@@ -30,19 +30,14 @@ COMBOS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("random", "patient"): ("pm", "pb", "pt"), ("hard", "patient"): ("pmh", "pbh", "pth"),
 }
 PER_QUERY_N: tuple[int, ...] = (10, 100, 1000)
-CURVE_SCRATCH_BYTES = 512 << 20  # the CPU curve's threads share about this much scratch memory (curve_threads)
+LEVELS: tuple[str, ...] = ("study", "patient")
+PIECE_ENTRIES = 1 << 14  # (distinct rows x pool sizes) per piece of the CPU curve (fastest of 2^12-2^18 at 43,793
+# queries, on one thread too: the scratch stays in cache); the threads take pieces, each
+# with its own small scratch (about 100 bytes an entry), so no thread holds a whole pool kind's scratch
 TORCH_ON_CPU = False  # True runs the GPU's torch code path on the CPU (tests compare it with numpy's)
 CURVE_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_low", "ci_high", "chance", "lift",
                                   "effective_n")  # what the store keeps and a headline shows
 ROW_COLUMNS: tuple[str, ...] = (*CURVE_COLUMNS, "capped_frac")  # what the engine returns
-
-
-def curve_threads(n_queries: int, n_grid: int, kmax: int, n_combos: int) -> int:
-    """Threads for the CPU curve: one per combo and core, but no more than CURVE_SCRATCH_BYTES of scratch
-    (a combo's expected_recall over n_q x n_grid entries holds about five (entries, kmax) float64 arrays at
-    once: at 43,793 queries and 17 pool sizes that is 0.3 GB a thread). At least one."""
-    per_thread = n_queries * n_grid * kmax * 8 * 5
-    return max(1, min(n_combos, os.cpu_count() or 1, CURVE_SCRATCH_BYTES // max(per_thread, 1)))
 
 
 def default_grid(n_max: int) -> list[int]:
@@ -57,15 +52,18 @@ def default_grid(n_max: int) -> list[int]:
         base *= 10
 
 
-def _chance(draws: Any, r: Any | None, k: int) -> Any:
-    """Per-query chance of a hit: K / (draws + 1) for one true report, group_chance for r patient reports."""
+def _chances(draws: Any, r: Any | None, ks: Sequence[int]) -> list[Any]:
+    """Per-query chance of a hit for each K: K / (draws + 1) for one true report, group_chance for r patient
+    reports."""
     if r is None:
-        return xp_of(draws).clip_high(k / (draws + 1.0), 1.0)
+        xp = xp_of(draws)
+        return [xp.clip_high(k / (draws + 1.0), 1.0) for k in ks]
     if isinstance(draws, np.ndarray):  # few distinct (draws, r) pairs (N - 1 unless capped; 1-10 studies): each once
         key = draws * (float(r.max()) + 1.0) + r  # integer-valued float64: exact, distinct per pair
         _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        return group_chance(draws[first], r[first], k)[inverse.ravel()]  # elementwise: the same bits per query
-    return group_chance(draws, r, k)
+        inverse = inverse.ravel()
+        return [group_chance(draws[first], r[first], k)[inverse] for k in ks]  # elementwise: the same bits per query
+    return [group_chance(draws, r, k) for k in ks]
 
 
 def distinct_rows(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,10 +82,9 @@ def distinct_rows(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse.ravel()
 
 
-def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Sequence[int]) -> Any:
-    """Expected recall per row (rows, G, nk) for pools of N - 1 distractors, N in grid.
-
-    Capped entries (N - 1 >= eligible) are the full-pool value, computed once per row."""
+def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Sequence[int]) -> tuple[Any, Any]:
+    """Expected recall per row for pools of N - 1 distractors, N in grid (rows, G, nk), and in the whole
+    eligible database (rows, nk). Capped entries (N - 1 >= eligible) are the whole-database value."""
     n_q = elig.shape[0]
     draws = xp.minimum(xp.f64(grid)[None, :] - 1.0, elig[:, None])
     full = expected_recall(elig, beat, tie, elig, ks)
@@ -95,7 +92,37 @@ def _curve(xp: Any, elig: Any, beat: Any, tie: Any, grid: Sequence[int], ks: Seq
     open_q, open_g = xp.nonzero2(draws < elig[:, None])
     if xp.size(open_q):
         values[open_q, open_g] = expected_recall(elig[open_q], beat[open_q], tie[open_q], draws[open_q, open_g], ks)
-    return values.reshape(n_q, len(grid), len(ks))
+    return values.reshape(n_q, len(grid), len(ks)), full
+
+
+def _kind_values(xp: Any, pool: ThreadPoolExecutor, triplets: list[tuple[np.ndarray, ...]], grid: Sequence[int],
+                 ks: Sequence[int], *, with_grid: bool, one_piece: bool) -> tuple[Any, Any, list[Any]]:
+    """Expected recall of one pool kind at both levels: (values (U, G, nk) or None, whole database (U, nk),
+    [inverse (n_q,) per level]) over the U distinct (eligible, beaters, ties) rows of the levels together.
+
+    Queries (of either level: most patients' best report is the true one) with the same triplet have the same
+    expected recall, so each distinct triplet is computed once (the benchmark's 2 x 20,000 rows of a kind hold
+    about 6,000 distinct ones). Each row's arithmetic is its own (stats.expected_recall), so the pieces that the
+    threads compute give every query the bits it would get alone."""
+    n_q = triplets[0][0].shape[0]
+    cols = [np.concatenate([t[i] for t in triplets]) for i in range(3)]
+    first, inverse = distinct_rows(*cols)
+    elig, beat, tie = (xp.f64(c[first]) for c in cols)
+    u = int(first.shape[0])
+    full = xp.empty((u, len(ks)))
+    values = xp.empty((u, len(grid), len(ks))) if with_grid else None
+    step = u if one_piece else max(1, PIECE_ENTRIES // (len(grid) if with_grid else 1))
+
+    def piece(a: int) -> None:
+        b = min(a + step, u)
+        if values is not None:
+            values[a:b], full[a:b] = _curve(xp, elig[a:b], beat[a:b], tie[a:b], grid, ks)
+        else:
+            full[a:b] = expected_recall(elig[a:b], beat[a:b], tie[a:b], elig[a:b], ks)
+
+    list(pool.map(piece, range(0, u, step)))
+    inv = inverse if xp.device is None else xp.t.as_tensor(inverse, device=xp.device)
+    return values, full, [inv[i * n_q:(i + 1) * n_q] for i in range(len(triplets))]
 
 
 def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_patient: np.ndarray, *,
@@ -109,48 +136,41 @@ def curve_rows(counts: dict[str, np.ndarray], groups: dict[str, np.ndarray], q_p
     on_gpu = device is not None and (str(device) != "cpu" or TORCH_ON_CPU)
     xp = Xp(device if on_gpu else None)
     grid = sorted({int(v) for v in n_grid}) if n_grid is not None else default_grid(int(groups["m"].max()) + 1)
-    combos = [(kind, level) for kind in [*kinds, "full"] for level in ("study", "patient")]
-
-    def one(combo: tuple[str, str]) -> tuple[Any, Any, Any, Any]:
-        """(eligible (n_q,), values of the distinct rows (U, G or 1, nk), draws (n_q, G or 1), inverse (n_q,)).
-
-        Queries with the same (eligible, beaters, ties) have the same expected recall: each distinct triplet
-        is computed once (3-4x fewer rows on the synthetic benchmark; a well-trained model's beaters cluster
-        near 0, fewer still). The arithmetic is row by row (and its window widths depend on the largest value
-        of a set, not on how often a value occurs), so every query gets the same bits as without it."""
-        kind, level = combo
-        e_key, b_key, t_key = COMBOS[("random" if kind == "full" else kind, level)]
-        first, inverse = distinct_rows(groups[e_key], counts[b_key], counts[t_key])
-        elig, beat, tie = (xp.f64(np.asarray(a)[first]) for a in (groups[e_key], counts[b_key], counts[t_key]))
-        elig_q = xp.f64(groups[e_key])
-        inv = inverse if not on_gpu else xp.t.as_tensor(inverse, device=xp.device)
-        if kind == "full":
-            return elig_q, expected_recall(elig, beat, tie, elig, ks)[:, None, :], elig_q[:, None], inv
-        return elig_q, _curve(xp, elig, beat, tie, grid, ks), xp.minimum(xp.f64(grid)[None, :] - 1.0, elig_q[:, None]), inv
-
-    # the combos are independent, and numpy/scipy release the GIL in their loops: threads use every core on
-    # the CPU (the results do not depend on it: each combo's arithmetic is the same), as many as the scratch
-    # memory budget allows
-    threads = 1 if on_gpu else curve_threads(n_queries=len(q_patient), n_grid=len(grid), kmax=max(ks),
-                                             n_combos=len(combos))
+    kind_list = [*kinds, "full"]
+    n_cols = sum(len(ks) * (1 if kind == "full" else len(grid)) * len(LEVELS) for kind in kind_list)
+    values = xp.empty((len(q_patient), n_cols))  # one column per (kind, level, N, K), filled kind by kind
+    meta, stats = [], []
+    random_full: tuple[Any, list[Any]] | None = None  # the whole-database values: the "full" rows reuse them
+    threads = 1 if on_gpu else max(1, os.cpu_count() or 1)
+    # numpy/scipy release the GIL in their loops: the threads use every core on the pieces of each kind
     with ThreadPoolExecutor(threads) as pool:
-        # each combo's (n_q, N, K) values go into one (n_q, columns) array as soon as they come: never all at once.
-        # One thread: computed here, lazily, one combo at a time (a worker would compute the next combo, with its
-        # scratch, while this one is copied: about 25 MB more at the peak of the 400k check)
-        results = pool.map(one, combos) if threads > 1 else map(one, combos)
-        values = xp.empty((len(q_patient), sum(len(ks) * (1 if kind == "full" else len(grid)) for kind, _ in combos)))
-        meta, stats = [], []
-        for (kind, level), (elig, vals, draws, inv) in zip(combos, results, strict=True):
-            r = xp.f64(groups["r"]) if level == "patient" else None
-            pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
-            for gi, n_pts in enumerate(pts):
-                capped = xp.f64(draws[:, gi] + 1 < n_pts)
-                for ki, k in enumerate(ks):
-                    values[:, len(meta)] = vals[inv, gi, ki]
-                    stats += [_chance(draws[:, gi], r, k).mean(), (draws[:, gi] + 1.0).mean(),
-                              capped.mean() * (kind != "full")]
-                    meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
-            del elig, vals, draws, inv
+        for kind in kind_list:
+            base = "random" if kind == "full" else kind
+            keys = [COMBOS[(base, level)] for level in LEVELS]
+            triplets = [(groups[e_key], counts[b_key], counts[t_key]) for e_key, b_key, t_key in keys]
+            if kind == "full":
+                if random_full is None:
+                    _, full, invs = _kind_values(xp, pool, triplets, grid, ks, with_grid=False, one_piece=on_gpu)
+                    random_full = (full, invs)
+                vals, full, invs = random_full[0][:, None, :], None, random_full[1]
+            else:
+                vals, full, invs = _kind_values(xp, pool, triplets, grid, ks, with_grid=True, one_piece=on_gpu)
+                if kind == "random":
+                    random_full = (full, invs)
+            for level, (elig_np, _, _), inv in zip(LEVELS, triplets, invs, strict=True):
+                elig = xp.f64(elig_np)
+                draws = elig[:, None] if kind == "full" else xp.minimum(xp.f64(grid)[None, :] - 1.0, elig[:, None])
+                r = xp.f64(groups["r"]) if level == "patient" else None
+                pts = [int(round(float((elig + 1).mean())))] if kind == "full" else grid
+                block = vals[inv].reshape(len(q_patient), -1)  # (n_q, N x K): the columns in meta's order below
+                values[:, len(meta):len(meta) + block.shape[1]] = block
+                del block
+                for gi, n_pts in enumerate(pts):
+                    capped = xp.f64(draws[:, gi] + 1 < n_pts)
+                    for k, chance in zip(ks, _chances(draws[:, gi], r, ks), strict=True):
+                        stats += [chance.mean(), (draws[:, gi] + 1.0).mean(), capped.mean() * (kind != "full")]
+                        meta.append({"pool_kind": kind, "level": level, "k": int(k), "n": n_pts})
+            del vals, full, invs  # a kind's values are let go before the next kind's are computed
     per_row = xp.numpy(xp.stack(stats, axis=0)).reshape(-1, 3)  # one transfer: chance, effective N, capped share
     weights = bootstrap_weights(int(q_patient.max()) + 1, n_bootstrap, seed)
     low, high = percentile_ci(bootstrap_means(values, q_patient, weights))

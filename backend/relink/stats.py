@@ -127,19 +127,22 @@ def hypergeom_window(pop: Any, succ: Any, draws: Any, width: int) -> tuple[Any, 
     return lo, out
 
 
-def tie_factor(pop: Any, ties: Any, draws: Any, j: Any) -> Any:
+def tie_factor(pop: Any, ties: Any, draws: Any, j: Any, width: int | None = None) -> Any:
     """E[min(j, Y + 1) / (Y + 1)] for Y ~ Hypergeom(pop, ties, draws): the chance that the true report,
     tied with the Y drawn ties and broken uniformly at random, lands in the first j of its tie block.
 
-    Args: pop, ties, draws: (E,); j: (E, c) integer thresholds (j <= 0 gives 0).
+    Args: pop, ties, draws: (E,); j: (E, c) integer thresholds (j <= 0 gives 0); width: the support points
+    summed per row, at least max(j) + TAIL (default exactly that). A row's value depends on its own inputs
+    and the width only: a caller that fixes the width may split or merge rows freely (same bits).
     Returns (E, c). Uses E[1{Y >= j} / (Y + 1)] = (pop+1)/((ties+1)(draws+1)) P(Y' >= j + 1) with
     Y' ~ Hypergeom(pop+1, ties+1, draws+1): summed directly where the tail decays fast (no cancellation),
     as a complement of the head where it does not (then the tail is not small, so no precision is lost).
     """
     xp = xp_of(pop)
     pop, ties, draws, j = (xp.f64(a) for a in (pop, ties, draws, j))
-    jmax = max(int(j.max()) if xp.size(j) else 1, 1)
-    width = jmax + TAIL  # one width for every row, so that a row's terms do not depend on the chunking below
+    if width is None:
+        width = max(int(j.max()) if xp.size(j) else 1, 1) + TAIL
+    # one width for every row, so that a row's terms do not depend on the chunking below
     rows = max(1, CHUNK_ELEMENTS // width)
     if pop.shape[0] <= rows:
         return _tie_factor(xp, pop, ties, draws, j, width)
@@ -214,10 +217,11 @@ def expected_recall(eligible: Any, beaters: Any, ties: Any, draws: Any, ks: Sequ
         if xp.size(rows) == 0:
             continue
         # only the Ks that some row can still reach (K > x): the others' factor is 0 for every row (they would add
-        # exact zeros), and leaving them out changes no window width (widths follow the largest K - x)
+        # exact zeros). The window width depends on the step alone (no row has K - x above kmax - step), so each
+        # row's value is its own: the curve may compute any subset of rows, in any pieces, with the same bits
         cols = xp.flatnonzero(ks_arr > xs.min())
         j = ks_arr[cols][None, :] - xs[:, None]
-        g = tie_factor(eligible[rows] - beaters[rows], ties[rows], draws[rows] - xs, j)
+        g = tie_factor(eligible[rows] - beaters[rows], ties[rows], draws[rows] - xs, j, width=kmax - step + TAIL)
         out[rows[:, None], cols[None, :]] += pmf_tied[keep, step][:, None] * g
     return xp.clip_high(out, 1.0)
 
