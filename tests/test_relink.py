@@ -442,20 +442,22 @@ def test_cuda_curve_equals_cpu() -> None:
                                   check_exact=False, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("chunk_rows", [1000, 7, 5])
-def test_row_counts_in_chunks_equal_brute_force(chunk_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CPU comparisons run in cache-sized row chunks: every count equals a row-by-row brute force, whatever
-    the chunking (label-group runs cut between chunks, exact score ties included)."""
+@pytest.mark.parametrize(("chunk_rows", "m", "n_groups"), [(1000, 300, 6), (7, 300, 6), (5, 300, 6), (3, 1001, 300)])
+def test_row_counts_in_chunks_equal_brute_force(chunk_rows: int, m: int, n_groups: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU comparisons run in cache-sized row chunks and count packed bits: every count equals a row-by-row
+    brute force, whatever the chunking (label-group runs cut between chunks, exact score ties included) and the
+    label groups' widths (narrower than a byte, across byte and word ends; m not a multiple of 64)."""
     import torch
 
     from backend.relink import counts as C
 
     rng = np.random.default_rng(7)
-    m, b = 300, 257
-    label = np.sort(rng.integers(0, 6, size=m))
+    b = 257
+    label = np.sort(rng.integers(0, n_groups, size=m))
     cands = C.build_candidates(rng.normal(size=(m, 4)).astype(np.float32), np.arange(m), np.arange(m), label)
     sim = np.round(rng.normal(size=(b, m)), 1).astype(np.float32)  # rounded: many exact ties
-    row_label = np.sort(rng.integers(0, 6, size=b))
+    row_label = np.sort(rng.choice(label, size=b))
     thr = sim[np.arange(b), rng.integers(0, m, size=b)]
     monkeypatch.setattr(C, "COUNT_CHUNK_ELEMENTS", chunk_rows * m)  # chunks of a few rows: runs cut between them
     got = C._row_counts(torch.from_numpy(sim), torch.from_numpy(thr), row_label, cands)

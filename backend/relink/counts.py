@@ -118,7 +118,8 @@ def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, can
     """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group.
 
     On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions), in
-    cache-sized row chunks (one thread: a second one gained nothing once the chunks read from the cache)."""
+    cache-sized row chunks, counted from packed bits (one thread: a second one gained nothing while torch's OpenMP
+    workers spin after each matmul)."""
     if sim.device.type == "cpu" and NUMPY_ON_CPU:
         out = np.zeros((4, sim.shape[0]), dtype=np.int64)
         _numpy_counts(sim.numpy(), thr.numpy(), row_label, cands, out)
@@ -136,15 +137,34 @@ def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, can
 def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray) -> None:
     """_row_counts' CPU work for rows s (R, m) with thresholds t (R,), written into out (4, R): in row chunks of
     about COUNT_CHUNK_ELEMENTS similarities, so that both comparisons and the counts read the chunk from the
-    cache instead of streaming the whole block from memory once per pass."""
-    rows = max(1, COUNT_CHUNK_ELEMENTS // max(s.shape[1], 1))
+    cache instead of streaming the whole block from memory once per pass. Each mask is packed to bits once
+    (np.packbits), and rows and label-group ranges are counted by popcount over whole bytes (8 columns each);
+    only the few columns at a range's ends are counted from the mask itself."""
+    m = s.shape[1]
+    rows = max(1, COUNT_CHUNK_ELEMENTS // max(m, 1))
+    padded = -(-m // 64) * 64  # whole uint64 words of bits per row; the padding columns stay False
+    masks = np.zeros((2, min(rows, s.shape[0]), padded), dtype=np.bool_)
     for c in range(0, s.shape[0], rows):
         d = min(c + rows, s.shape[0])
-        gt, eq = np.greater(s[c:d], t[c:d, None]), np.equal(s[c:d], t[c:d, None])
-        out[0, c:d], out[1, c:d] = _count(gt), _count(eq)
-        for a, b, g in _runs(row_label[c:d]):
-            lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
-            out[2, c + a:c + b], out[3, c + a:c + b] = _count(gt[a:b, lo:hi]), _count(eq[a:b, lo:hi])
+        gt, eq = masks[0, :d - c], masks[1, :d - c]
+        np.greater(s[c:d], t[c:d, None], out=gt[:, :m])
+        np.equal(s[c:d], t[c:d, None], out=eq[:, :m])
+        runs = _runs(row_label[c:d])
+        for i, mask in enumerate((gt, eq)):
+            bits = np.packbits(mask, axis=1)  # (R, padded / 8): column j is bit 7 - j % 8 of byte j // 8
+            out[i, c:d] = np.bitwise_count(bits.view(np.uint64)).sum(1, dtype=np.int64)
+            for a, b, g in runs:
+                out[2 + i, c + a:c + b] = _range_count(mask[a:b], bits[a:b], int(cands.lab_start[g]),
+                                                       int(cands.lab_end[g]))
+
+
+def _range_count(mask: np.ndarray, bits: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """True entries per row of mask[:, lo:hi], from the whole bytes of its packed bits and the mask's ends."""
+    first, last = -(-lo // 8), hi // 8  # the bytes wholly inside [lo, hi)
+    if first >= last:
+        return _count(mask[:, lo:hi])
+    inside = np.bitwise_count(bits[:, first:last]).sum(1, dtype=np.int64)
+    return inside + _count(mask[:, lo:first * 8]) + _count(mask[:, last * 8:hi])
 
 
 def _count(mask: np.ndarray) -> np.ndarray:
