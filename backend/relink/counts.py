@@ -115,15 +115,29 @@ def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates) -> np.ndarray:
-    """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group.
+    """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group."""
+    return _row_counts_and_moved(sim, thr, row_label, cands)[0]
+
+
+def _row_counts_and_moved(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates,
+                          moved: np.ndarray | None = None,
+                          moved_thr: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """_row_counts for every row, and (4, M) the same counts for rows `moved` (M,) (increasing) against thresholds
+    moved_thr (M,) (the patient level's best reports); on the CPU in the same pass, while each chunk is in cache.
 
     On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions), in
     cache-sized row chunks, counted from packed bits (one thread: a second one gained nothing while torch's OpenMP
     workers spin after each matmul)."""
+    n_moved = 0 if moved is None else int(moved.shape[0])
     if sim.device.type == "cpu" and NUMPY_ON_CPU:
-        out = np.zeros((4, sim.shape[0]), dtype=np.int64)
-        _numpy_counts(sim.numpy(), thr.numpy(), row_label, cands, out)
-        return out
+        out, out_moved = np.zeros((4, sim.shape[0]), dtype=np.int64), np.zeros((4, n_moved), dtype=np.int64)
+        extra = None if moved is None or moved_thr is None else (moved, moved_thr.numpy(), out_moved)
+        _numpy_counts(sim.numpy(), thr.numpy(), row_label, cands, out, extra)
+        return out, out_moved if moved is not None else None
+    if moved is not None and moved_thr is not None:
+        sub = torch.as_tensor(moved, device=sim.device)
+        again = _row_counts(sim[sub], moved_thr, row_label[moved], cands) if n_moved else np.zeros((4, 0), np.int64)
+        return _row_counts(sim, thr, row_label, cands), again
     # on the GPU every count stays there until one transfer at the end (no sync per label group)
     gt, eq = sim > thr[:, None], sim == thr[:, None]
     dev_out = torch.zeros((4, sim.shape[0]), dtype=torch.int64, device=sim.device)
@@ -131,31 +145,44 @@ def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, can
     for a, b, g in _runs(row_label):
         lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
         dev_out[2, a:b], dev_out[3, a:b] = gt[a:b, lo:hi].sum(1), eq[a:b, lo:hi].sum(1)
-    return dev_out.cpu().numpy()
+    return dev_out.cpu().numpy(), None
 
 
-def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray) -> None:
+def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray,
+                  extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
     """_row_counts' CPU work for rows s (R, m) with thresholds t (R,), written into out (4, R): in row chunks of
     about COUNT_CHUNK_ELEMENTS similarities, so that both comparisons and the counts read the chunk from the
-    cache instead of streaming the whole block from memory once per pass. Each mask is packed to bits once
-    (np.packbits), and rows and label-group ranges are counted by popcount over whole bytes (8 columns each);
-    only the few columns at a range's ends are counted from the mask itself."""
+    cache instead of streaming the whole block from memory once per pass. extra = (rows (M,) increasing,
+    thresholds (M,), out (4, M)): those rows counted again against their own thresholds, from the same chunk."""
     m = s.shape[1]
     rows = max(1, COUNT_CHUNK_ELEMENTS // max(m, 1))
     padded = -(-m // 64) * 64  # whole uint64 words of bits per row; the padding columns stay False
     masks = np.zeros((2, min(rows, s.shape[0]), padded), dtype=np.bool_)
     for c in range(0, s.shape[0], rows):
         d = min(c + rows, s.shape[0])
-        gt, eq = masks[0, :d - c], masks[1, :d - c]
-        np.greater(s[c:d], t[c:d, None], out=gt[:, :m])
-        np.equal(s[c:d], t[c:d, None], out=eq[:, :m])
-        runs = _runs(row_label[c:d])
-        for i, mask in enumerate((gt, eq)):
-            bits = np.packbits(mask, axis=1)  # (R, padded / 8): column j is bit 7 - j % 8 of byte j // 8
-            out[i, c:d] = np.bitwise_count(bits.view(np.uint64)).sum(1, dtype=np.int64)
-            for a, b, g in runs:
-                out[2 + i, c + a:c + b] = _range_count(mask[a:b], bits[a:b], int(cands.lab_start[g]),
-                                                       int(cands.lab_end[g]))
+        _chunk_counts(s[c:d], t[c:d], row_label[c:d], cands, out[:, c:d], masks)
+        if extra is not None:
+            moved, moved_thr, moved_out = extra
+            i, j = np.searchsorted(moved, [c, d])
+            if j > i:
+                _chunk_counts(s[moved[i:j]], moved_thr[i:j], row_label[moved[i:j]], cands, moved_out[:, i:j], masks)
+
+
+def _chunk_counts(x: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray,
+                  masks: np.ndarray) -> None:
+    """Counts of x (r, m) against t (r,) into out (4, r), with masks (2, >= r, m rounded up to 64) as scratch.
+    Each mask is packed to bits once (np.packbits), and rows and label-group ranges are counted by popcount over
+    whole bytes (8 columns each); only the few columns at a range's ends are counted from the mask itself."""
+    r, m = x.shape
+    gt, eq = masks[0, :r], masks[1, :r]
+    np.greater(x, t[:, None], out=gt[:, :m])
+    np.equal(x, t[:, None], out=eq[:, :m])
+    runs = _runs(row_label)
+    for i, mask in enumerate((gt, eq)):
+        bits = np.packbits(mask, axis=1)  # (r, padded / 8): column j is bit 7 - j % 8 of byte j // 8
+        out[i] = np.bitwise_count(bits.view(np.uint64)).sum(1, dtype=np.int64)
+        for a, b, g in runs:
+            out[2 + i, a:b] = _range_count(mask[a:b], bits[a:b], int(cands.lab_start[g]), int(cands.lab_end[g]))
 
 
 def _range_count(mask: np.ndarray, bits: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -194,16 +221,18 @@ def _corrections(vals: torch.Tensor, thr: torch.Tensor, g: _Gather, in_x: np.nda
 def _anchor_counts(sim: torch.Tensor, thr: torch.Tensor, cands: Candidates, patient: np.ndarray,
                    anchor_text: np.ndarray, row_label: np.ndarray, in_x_of: Callable[[_Gather], np.ndarray],
                    base: np.ndarray | None = None,
-                   g: _Gather | None = None) -> np.ndarray:
+                   g: _Gather | None = None, row_of: np.ndarray | None = None) -> np.ndarray:
     """(4, B) beaters, ties, beaters in label group, ties in label group for threshold thr (B,).
 
-    in_x_of(gather) -> (E,) bool marks the gathered candidates excluded from the distractors."""
+    in_x_of(gather) -> (E,) bool marks the gathered candidates excluded from the distractors. row_of (B,): the
+    rows of sim that the B rows are (default: all rows of sim, in order); base must then be given."""
     g = g if g is not None else _gather(cands, patient, anchor_text)
     base = base if base is not None else _row_counts(sim, thr, row_label, cands)
-    vals = sim[torch.as_tensor(g.rows, device=sim.device), torch.as_tensor(g.cols, device=sim.device)]
+    sim_rows = g.rows if row_of is None else row_of[g.rows]
+    vals = sim[torch.as_tensor(sim_rows, device=sim.device), torch.as_tensor(g.cols, device=sim.device)]
     in_t = cands.text[g.cols] == anchor_text[g.rows]
     in_l = cands.label[g.cols] == row_label[g.rows]
-    corr = _corrections(vals, thr, g, in_x_of(g), in_t, in_l, sim.shape[0])
+    corr = _corrections(vals, thr, g, in_x_of(g), in_t, in_l, thr.shape[0])
     return np.stack([base[0] - corr[0], base[1] + corr[1], base[2] - corr[2], base[3] + corr[3]])
 
 
@@ -234,17 +263,19 @@ def count_block(q_emb: torch.Tensor, c_emb: torch.Tensor, true: np.ndarray, cand
     thr = sim[torch.arange(sim.shape[0], device=sim.device), torch.as_tensor(true, device=sim.device)]
     patient, text, label = cands.patient[true], cands.text[true], cands.label[true]
     g = _gather(cands, patient, text)
-    base = _row_counts(sim, thr, label, cands)
+    thr_np = thr.cpu().numpy()
+    # rows whose patient has a report scoring above the true one: the patient level counts against that report,
+    # in the same pass over the similarities as every row's own counts
+    moved, best, anchor = _best_anchor(sim, thr_np, g)
+    best_t = torch.as_tensor(best, device=sim.device)
+    base, moved_base = _row_counts_and_moved(sim, thr, label, cands, moved, best_t)
     in_p = lambda gg: gg.in_p  # noqa: E731 - the patient's studies are excluded
     own = (lambda gg: gg.cols == true[gg.rows]) if include_same_patient else in_p
     study = _anchor_counts(sim, thr, cands, patient, text, label, own, base, g)
     pat = _anchor_counts(sim, thr, cands, patient, text, label, in_p, base, g) if include_same_patient else study.copy()
-    thr_np = thr.cpu().numpy()
-    moved, best, anchor = _best_anchor(sim, thr_np, g)
-    if moved.size:  # patient level re-counted against the patient's best report
-        sub = torch.as_tensor(moved, device=sim.device)
-        pat[:, moved] = _anchor_counts(sim[sub], torch.as_tensor(best, device=sim.device), cands, patient[moved],
-                                       cands.text[anchor], label[moved], in_p)
+    if moved.size:
+        pat[:, moved] = _anchor_counts(sim, best_t, cands, patient[moved], cands.text[anchor], label[moved], in_p,
+                                       base=moved_base, row_of=moved)
     return {"score": thr_np, "b": study[0], "t": study[1], "bh": study[2], "th": study[3],
             "pb": pat[0], "pt": pat[1], "pbh": pat[2], "pth": pat[3]}
 
