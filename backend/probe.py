@@ -223,7 +223,7 @@ def auroc_table(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, reasons:
         pos, neg = _counts(y[:, j])
         rows.append((name, point[j], lo, hi, pos, neg, bool(reasons[j]), reasons[j]))
     macro = float(np.mean(point[used])) if used else float("nan")
-    macro_ci = _ci(np.nanmean(boots[:, used], axis=1)) if used and n_bootstrap else (np.nan, np.nan)
+    macro_ci = _ci(_row_nanmean(boots[:, used])) if used and n_bootstrap else (np.nan, np.nan)
     rows.append(("macro", macro, macro_ci[0], macro_ci[1], len(used), len(labels) - len(used), False,
                  f"mean over {len(used)} of {len(labels)} labels"))
     excluded = [labels[j] for j, r in enumerate(reasons) if r]
@@ -270,6 +270,15 @@ def weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = (p * (below + 0.5 * q)).sum(axis=1) / (total_p * total_q)
     return np.where((total_p > 0) & (total_q > 0), auc, np.nan)
+
+
+def _row_nanmean(values: np.ndarray) -> np.ndarray:
+    """np.nanmean along rows (the same sum / count), NaN without a warning for a row with no finite value (a
+    resample in which no label had both classes: _ci leaves it out)."""
+    finite = ~np.isnan(values)
+    count = finite.sum(axis=1)
+    total = np.where(finite, values, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -80,10 +80,13 @@ def test_invalid_accounting_inputs(kwargs: dict, match: str) -> None:
         calibrate_noise(sample_rate=0.1, steps=10, **kwargs)
 
 
-def test_delta_is_lowered_when_one_over_n_demands() -> None:
+def test_delta_is_lowered_when_one_over_n_demands(caplog: pytest.LogCaptureFixture) -> None:
     assert resolve_delta(6e-6, 7_000) == (6e-6, "")
-    delta, note = resolve_delta(6e-6, 377_000)
-    assert delta == pytest.approx(2e-7) and "1/n" in note
+    with caplog.at_level("WARNING", logger="backend.dp.accounting"):
+        delta, note = resolve_delta(6e-6, 377_011)
+        again = resolve_delta(6e-6, 377_011)  # the next point of a sweep: the same note, not logged again
+    assert delta == pytest.approx(2e-7) and "1/n" in note and again == (delta, note)
+    assert sum(note in r.getMessage() for r in caplog.records) == 1
 
 
 def test_refusal_advises_prv_only_when_the_accountant_is_not_prv() -> None:

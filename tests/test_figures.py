@@ -191,3 +191,17 @@ def test_series_names_are_text_not_plotly_markup() -> None:
                           "lift": 0.5, "effective_n": n} for n in (10, 100)])
     names = [t.name for t in figures.recall_curves(rows).data if t.mode == "lines+markers"]
     assert names == ["&lt;a href=&#x27;http://example.invalid&#x27;&gt;x&lt;/a&gt; · random pool · study"]
+
+
+def test_pool_size_axes_label_the_1_2_5_steps_in_full() -> None:
+    """Pool-size axes tick at 1, 2, 5, 10, 20, ... up to the largest N, labelled as numbers (not plotly's bare
+    '2', '5' between decades)."""
+    assert figures.pool_size_ticks(2_829) == {
+        "tickvals": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
+        "ticktext": ["1", "2", "5", "10", "20", "50", "100", "200", "500", "1,000", "2,000"]}
+    curves = _curves()
+    for fig, axis in ((figures.recall_curves(curves, series="series"), "xaxis"),
+                      (figures.mitigation_view(curves, _points(), 1.0, title="t"), "xaxis")):
+        ax = fig.layout[axis]
+        assert ax.type == "log" and list(ax.tickvals) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+        assert list(ax.ticktext)[-1] == "1,000"

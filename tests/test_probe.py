@@ -191,3 +191,30 @@ def test_auto_probe_solver_is_scikit_learn_without_a_gpu() -> None:
     assert probe_device("sklearn") is None
     assert probe_device("auto") == ("cuda" if torch.cuda.is_available() else None)
     assert probe_device("torch") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_macro_ci_skips_resamples_without_any_scored_label_silently() -> None:
+    """A resample in which no label has both classes has no macro AUROC: it is left out of the CI, with no
+    'Mean of empty slice' warning; the CI equals np.nanmean's over the resamples that have one."""
+    import warnings
+
+    from backend.probe import auroc_table, bootstrap_aurocs
+
+    rng = np.random.default_rng(2)
+    n = 40
+    patient = np.arange(n) // 2
+    y = np.zeros((n, 2))
+    y[:2, 0] = 1.0  # one patient holds every positive: resamples without that patient score no label
+    y[:, 1] = np.nan
+    y[:4, 1] = [1.0, 0.0, 1.0, 0.0]
+    scores = rng.normal(size=(n, 2))
+    boots = bootstrap_aurocs(scores, y, patient, [0, 1], 300, seed=0)
+    assert np.isnan(boots).all(axis=1).any()  # the case in question occurs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = auroc_table(scores, y, patient, ["", ""], labels=("a", "b"), n_bootstrap=300, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        macro = np.nanmean(boots, axis=1)
+    macro = macro[~np.isnan(macro)]
+    assert res.macro_ci == pytest.approx((np.quantile(macro, 0.025), np.quantile(macro, 0.975)), abs=0)

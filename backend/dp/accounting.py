@@ -127,6 +127,9 @@ def budget_refusal(eps: float, delta: float, q: float, steps: int, accountant: s
     )
 
 
+_DELTA_NOTES_LOGGED: set[str] = set()
+
+
 def resolve_delta(delta: float, n_units: int) -> tuple[float, str]:
     """The delta actually used: the requested one, lowered to 1/(10 n) when it is not well below 1/n.
 
@@ -142,5 +145,7 @@ def resolve_delta(delta: float, n_units: int) -> tuple[float, str]:
     lowered = math.floor(ceiling / 10**exponent) * 10**exponent  # one significant digit, rounded down
     note = (f"delta lowered from {delta:g} to {lowered:g}: with {n_units} privacy units delta must be well "
             f"below 1/n = {1 / n_units:.3g}")
-    log.warning(note)
+    if note not in _DELTA_NOTES_LOGGED:  # a sweep resolves the same delta at every point: one log line, not eight
+        _DELTA_NOTES_LOGGED.add(note)
+        log.warning("%s (logged once per process; every run records it in its privacy details)", note)
     return lowered, note

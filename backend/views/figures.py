@@ -67,6 +67,16 @@ def sweep_colors(epsilons: list[float] | pd.Series) -> dict[str, str]:
     return {**colors, **REFERENCE_COLORS}
 
 
+def pool_size_ticks(n_max: float) -> dict[str, list]:
+    """Log-axis ticks at 1-2-5 steps up to n_max, labelled in full ("20", "2,000"; plotly's own minor labels
+    read "2", "5" between decades), for an x axis of pool sizes."""
+    values, base = [], 1
+    while base <= max(float(n_max), 1.0):
+        values += [v for v in (base, 2 * base, 5 * base) if v <= n_max]
+        base *= 10
+    return {"tickvals": values, "ticktext": [f"{v:,}" for v in values]}
+
+
 def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", title: str = "",
                   show_chance: bool = True, y: str = "recall", colors: dict[str, str] | None = None,
                   emphasis: str | None = None) -> go.Figure:
@@ -109,6 +119,7 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
     what = f"lift of Recall@{k} over chance" if y == "lift" else f"Recall@{k}"
     fig.update_layout(title=title or f"{what[0].upper()}{what[1:]} against pool size", xaxis_title="pool size N (log scale)",
                       yaxis_title=what, xaxis_type="log", height=560,
+                      xaxis=pool_size_ticks(float(sel["n"].max()) if len(sel) else 1.0),
                       yaxis_range=None if y == "lift" else [0, 1.02],
                       legend={"font": {"size": 11}, "orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
@@ -193,7 +204,8 @@ def mitigation_view(curves: pd.DataFrame, points: pd.DataFrame, selected: float,
         fig.add_trace(trace.update(showlegend=False), row=1, col=2)
     for note in right.layout.annotations:  # the selected epsilon's label, on the frontier's axes
         fig.add_annotation(note.update(xref="x2", yref="y2"))
-    fig.update_xaxes(type="log", title_text="pool size N (log scale)", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="pool size N (log scale)", row=1, col=1,
+                     **pool_size_ticks(float(curves["n"].max()) if len(curves) else 1.0))
     fig.update_yaxes(range=[0, 1.02], title_text="Recall@1", row=1, col=1)
     fig.update_xaxes(title_text="linear-probe macro AUROC change vs no DP", row=1, col=2)
     fig.update_yaxes(title_text="Recall@1 reduction at largest N", tickformat=".0%", range=right.layout.yaxis.range,
