@@ -504,3 +504,28 @@ def test_each_distinct_count_triplet_is_computed_once_with_the_same_bits(monkeyp
     every = relink_curves(**data, n_bootstrap=20)
     assert rows_seen < sum(sizes)  # the duplicated triplets were left out
     pd.testing.assert_frame_equal(deduped.rows, every.rows, check_exact=True)
+
+
+def test_cpu_lanes_give_the_same_bits_restore_torch_threads_and_report_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU two blocks are counted at once (each on one core); the results are the bits of one lane,
+    progress comes in order up to the total, and torch's thread count is the caller's again afterwards."""
+    import os
+
+    import torch
+
+    from backend.relink import counts as C
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert C.cpu_lanes(10_000, None) == 2 and C.cpu_lanes(400_000, None) == 1  # 20 rows a lane: one lane
+    data = _data(seed=27, n_patients=80)
+    monkeypatch.setattr(C, "CPU_LANES", 1)
+    one = relink_curves(**data, n_bootstrap=20, block_size=7)
+    monkeypatch.setattr(C, "CPU_LANES", 2)
+    seen: list[tuple[int, int]] = []
+    threads = torch.get_num_threads()
+    two = relink_curves(**data, n_bootstrap=20, block_size=7, progress=lambda d, t, _msg: seen.append((d, t)))
+    assert torch.get_num_threads() == threads
+    pd.testing.assert_frame_equal(two.rows, one.rows, check_exact=True)
+    pd.testing.assert_frame_equal(two.per_query, one.per_query, check_exact=True)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == seen[-1][1] == len(data["study_id"]) and len(done) > 2

@@ -11,7 +11,10 @@ row's pathology-matched distractors are one contiguous column range.
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK_ELEMENTS = 1 << 24  # similarities per block on the CPU (64 MB of float32)
 CUDA_BLOCK_ELEMENTS = 1 << 28  # on a GPU (1 GB of float32 + 0.5 GB of masks): few, large launches
 COUNT_CHUNK_ELEMENTS = 1 << 18  # similarities per chunk of the CPU comparisons (1 MB of float32: stays in cache)
+CPU_LANES = 2  # blocks counted at once on the CPU (cpu_lanes)
+MIN_LANE_ROWS = 256  # query rows a lane's block needs for its matmul to be worth the candidates it streams
 NUMPY_ON_CPU = True  # count CPU blocks with numpy (faster); False runs the torch code path that GPUs use
 
 
@@ -287,30 +292,72 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_lanes(n_candidates: int, block_size: int | None) -> int:
+    """Blocks counted at once on the CPU: CPU_LANES (each on one core: its matmul on one torch thread, then its
+    comparisons, so one lane's comparisons overlap the other's matmul instead of leaving a core to spin), when
+    each lane's share of a block still has MIN_LANE_ROWS query rows (a matmul of fewer rows streams all the
+    candidates for little work: at 400,000 candidates one lane keeps the whole block). At most one per core."""
+    lanes = max(1, min(CPU_LANES, os.cpu_count() or 1))
+    rows = int(block_size) if block_size else DEFAULT_BLOCK_ELEMENTS // lanes // max(n_candidates, 1)
+    return lanes if rows >= MIN_LANE_ROWS or block_size else 1
+
+
 def count_all(q_emb: np.ndarray, true: np.ndarray, cands: Candidates, *, include_same_patient: bool,
               block_size: int | None, device: str | torch.device | None,
               progress: ProgressLike | None) -> dict[str, np.ndarray]:
     """Run count_block over all queries q_emb (n_q, d) with true candidates `true` (n_q,), in label order.
 
-    Returns the arrays of count_block, each (n_q,), in the original query order."""
+    On the CPU, cpu_lanes() blocks at once, each on a thread with one torch thread (the same bits: a row's
+    similarities do not depend on the block or the thread count, tests/test_relink.py); the lanes share the
+    memory of one block (each block is 1/lanes of DEFAULT_BLOCK_ELEMENTS). Progress is reported from the
+    calling thread. Returns the arrays of count_block, each (n_q,), in the original query order."""
     dev = resolve_device(device)
     n_q = q_emb.shape[0]
-    per_block = CUDA_BLOCK_ELEMENTS if dev.type == "cuda" else DEFAULT_BLOCK_ELEMENTS
+    lanes = cpu_lanes(cands.m, block_size) if dev.type == "cpu" else 1
+    per_block = CUDA_BLOCK_ELEMENTS if dev.type == "cuda" else DEFAULT_BLOCK_ELEMENTS // lanes
     block = int(block_size) if block_size else max(1, min(n_q, per_block // max(cands.m, 1)))
     order = np.argsort(cands.label[true], kind="stable")
     c_emb = torch.from_numpy(cands.emb).to(dev)
     out: dict[str, np.ndarray] = {}
-    with torch.inference_mode():
-        sim_buf = torch.empty((min(block, n_q), cands.m), dtype=torch.float32, device=dev)  # reused by every block
-        for start in range(0, n_q, block):
+    # one similarity buffer per lane, reused by every block of that lane
+    bufs = [torch.empty((min(block, n_q), cands.m), dtype=torch.float32, device=dev) for _ in range(lanes)]
+    threads = torch.get_num_threads()
+
+    def work(start: int, buf: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if lanes > 1:
+            torch.set_num_threads(1)  # this thread's matmul on one core (OpenMP settings are per thread)
+        with torch.inference_mode():
             idx = order[start:start + block]
             q = torch.from_numpy(np.ascontiguousarray(q_emb[idx], dtype=np.float32)).to(dev)
-            res = count_block(q, c_emb, true[idx], cands, include_same_patient, out=sim_buf)
-            for key, val in res.items():
-                if key not in out:
-                    out[key] = np.empty(n_q, dtype=val.dtype)
-                out[key][idx] = val
-            if progress is not None:
-                progress(min(start + block, n_q), n_q, "relink: scoring candidates")
-    log.debug("relink counts: %d queries x %d candidates, block %d, device %s", n_q, cands.m, block, dev)
+            return idx, count_block(q, c_emb, true[idx], cands, include_same_patient, out=buf)
+
+    def stored(result: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+        nonlocal done
+        idx, res = result
+        for key, val in res.items():
+            if key not in out:
+                out[key] = np.empty(n_q, dtype=val.dtype)
+            out[key][idx] = val
+        done += int(idx.shape[0])
+        if progress is not None:
+            progress(done, n_q, "relink: scoring candidates")
+
+    log.debug("relink counts: %d queries x %d candidates, block %d, %d lane(s), device %s", n_q, cands.m, block,
+              lanes, dev)
+    done = 0
+    if lanes == 1:  # in this thread, as the GPU and the 400k check always run
+        for start in range(0, n_q, block):
+            stored(work(start, bufs[0]))
+        return out
+    try:
+        with ThreadPoolExecutor(lanes) as pool:
+            pending: deque = deque()
+            for i, start in enumerate(range(0, n_q, block)):
+                if len(pending) == lanes:  # the oldest block's lane (and buffer) is free once it is stored
+                    stored(pending.popleft().result())
+                pending.append(pool.submit(work, start, bufs[i % lanes]))
+            while pending:
+                stored(pending.popleft().result())
+    finally:
+        torch.set_num_threads(threads)  # the lanes' setting is process-wide for MKL: restored for the caller
     return out
