@@ -529,3 +529,16 @@ def test_cpu_lanes_give_the_same_bits_restore_torch_threads_and_report_progress(
     pd.testing.assert_frame_equal(two.per_query, one.per_query, check_exact=True)
     done = [d for d, _ in seen]
     assert done == sorted(done) and done[-1] == seen[-1][1] == len(data["study_id"]) and len(done) > 2
+    calls = []
+    real = C.count_block
+
+    def failing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("lane failed")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(C, "count_block", failing)
+    with pytest.raises(RuntimeError, match="lane failed"):  # a lane's error reaches the caller ...
+        relink_curves(**data, n_bootstrap=20, block_size=7)
+    assert torch.get_num_threads() == threads  # ... with the caller's thread count restored

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ CUDA_BLOCK_ELEMENTS = 1 << 28  # on a GPU (1 GB of float32 + 0.5 GB of masks): f
 COUNT_CHUNK_ELEMENTS = 1 << 18  # similarities per chunk of the CPU comparisons (1 MB of float32: stays in cache)
 CPU_LANES = 2  # blocks counted at once on the CPU (cpu_lanes)
 MIN_LANE_ROWS = 256  # query rows a lane's block needs for its matmul to be worth the candidates it streams
+_LANES_LOCK = threading.Lock()
 NUMPY_ON_CPU = True  # count CPU blocks with numpy (faster); False runs the torch code path that GPUs use
 
 
@@ -321,7 +323,6 @@ def count_all(q_emb: np.ndarray, true: np.ndarray, cands: Candidates, *, include
     out: dict[str, np.ndarray] = {}
     # one similarity buffer per lane, reused by every block of that lane
     bufs = [torch.empty((min(block, n_q), cands.m), dtype=torch.float32, device=dev) for _ in range(lanes)]
-    threads = torch.get_num_threads()
 
     def work(start: int, buf: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if lanes > 1:
@@ -349,15 +350,19 @@ def count_all(q_emb: np.ndarray, true: np.ndarray, cands: Candidates, *, include
         for start in range(0, n_q, block):
             stored(work(start, bufs[0]))
         return out
-    try:
-        with ThreadPoolExecutor(lanes) as pool:
-            pending: deque = deque()
+    with _LANES_LOCK, ThreadPoolExecutor(lanes) as pool:  # one lane-mode count at a time per process: the thread
+        threads = torch.get_num_threads()  # count read here is the caller's, never another count's lanes' 1
+        pending: deque = deque()
+        try:
             for i, start in enumerate(range(0, n_q, block)):
                 if len(pending) == lanes:  # the oldest block's lane (and buffer) is free once it is stored
                     stored(pending.popleft().result())
                 pending.append(pool.submit(work, start, bufs[i % lanes]))
             while pending:
                 stored(pending.popleft().result())
-    finally:
-        torch.set_num_threads(threads)  # the lanes' setting is process-wide for MKL: restored for the caller
+        finally:
+            for fut in pending:
+                fut.cancel()
+            wait(pending)  # no lane still running when the thread count is restored
+            torch.set_num_threads(threads)  # the lanes' setting is process-wide for MKL: restored for the caller
     return out
