@@ -2,14 +2,11 @@
 # The GPU checks, prepared to run in few short calls on a lent GPU machine (see README, Benchmarks).
 #
 #   bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale]   (default: these seven, < 9 min
-#   on an H200) and the other parts on request: [recompute-threads] [embed] [dp] [demo]
+#   on an H200) and the older parts on request: [embed] [dp] [demo]
 #     info: GPU, cores, package versions; tests: the CUDA tests (engine on the GPU = CPU; nvJPEG path = reference);
 #     loading: real-size JPEG loading CPU vs PIL, nvJPEG, ViT-B/16 end to end (bench/bench_loading.py);
 #     relink: the whole curve on CUDA vs one CUDA matmul of its shape, 43,793 x 21,896 (bench/bench_relink.py);
 #     recompute: the dashboard's Recompute (demo audit + sweep, model cached) three times (bench/demo_recompute.py);
-#     recompute-threads: one Recompute with idle threads that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE for
-#       torch's OpenMP, OPENBLAS_NUM_THREADS=4 for numpy): tests whether the H200's 55 s per evaluation (10 s on 2
-#       CPU cores) is two spinning thread pools of 16 fighting over the cores between torch, numpy and scipy calls;
 #     scale: the curve at 43,793 x 400,000 on CUDA;
 #     probe: the sweep's 14 linear probes, scikit-learn on the CPU vs the torch Newton solver on CUDA (bench/bench_probe.py);
 #     embed: ViT-B-16 images/s in fp32/fp16/bf16 (bench/gpu_embed.py);
@@ -60,10 +57,6 @@ for part in "${parts[@]}"; do
     recompute)
       step recompute 330 bash -c "$PY -m backend prepare-demo --device cuda && \
         $PY -m bench.demo_recompute --repeats 3 --timeline --json $OUT/recompute.jsonl" ;;
-    recompute-threads)
-      step recompute_threads 200 bash -c "$PY -m backend prepare-demo --device cuda && \
-        OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=4 $PY -m bench.demo_recompute --repeats 1 --timeline \
-        --json $OUT/recompute_threads.jsonl" ;;
     probe) step probe 90 $PY -m bench.bench_probe --device cuda --json ;;
     scale) step scale 200 $PY -m bench.bench_relink --device cuda --n --scale --skip-sampling ;;
     embed) step gpu_embed 90 $PY -m bench.gpu_embed --batch-size 256 --batches 20 ;;
@@ -79,7 +72,6 @@ for part in "${parts[@]}"; do
       step demo_e2e 180 bash -c "$PY -m backend prepare-demo --device cuda && \
         $PY -m backend audit --source synthetic --model demo --device cuda --json $OUT/audit_cuda.json"
       ;;
-    *) echo "usage: bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale]" \
-         "[recompute-threads] [embed] [dp] [demo]"; exit 2 ;;
+    *) echo "usage: bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale] [embed] [dp] [demo]"; exit 2 ;;
   esac
 done
