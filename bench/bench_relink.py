@@ -8,7 +8,9 @@ For each n (default 20,000 and 43,793; d = 512) one subprocess (so that its peak
      peak RSS (getrusage) and on CUDA the peak GPU memory; once more without the bootstrap;
   3. baseline: one float32 matrix product of the exact shape of the curve's work, query images x candidate
      reports x d (n_q x m x d; m is about n_q / 2 here, two images per study), in torch on the same device,
-     in the curve's row blocks into one preallocated buffer; the ratio curve / matmul (goals: CPU <= 1.2,
+     in row blocks of the engine's one-lane size (DEFAULT_BLOCK_ELEMENTS; the CPU curve counts in two lanes of
+     half-height blocks on one torch thread each, which run this matmul alone at the same speed) into one
+     preallocated buffer, on all torch threads; the ratio curve / matmul (goals: CPU <= 1.2,
      CUDA <= 5 at 400k candidates), the faster of two runs each, interleaved;
   4. the same curve by sampling 1,000 pools per N the way a study would (similarity row once per query,
      then per pool rng.choice without replacement and a count): timed on a subset of queries and N,
@@ -108,7 +110,7 @@ def _sync(device: str) -> None:
 
 def matmul_seconds(q: np.ndarray, c: np.ndarray, device: str = "cpu") -> float:
     """Wall time of one float32 q @ c.T (n_q x m x d, the exact shape of the curve's work) in torch on
-    `device`, in row blocks of the curve's own size into one preallocated buffer (the result is discarded)."""
+    `device`, in row blocks of the engine's one-lane size into one preallocated buffer (the result is discarded)."""
     import torch
 
     from backend.relink.counts import CUDA_BLOCK_ELEMENTS, DEFAULT_BLOCK_ELEMENTS
