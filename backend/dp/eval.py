@@ -55,7 +55,8 @@ class EvalInputs:
         found = [dict((getattr(es, "info", None) or {}).get("inputs") or {}) for es in sets]
         if not all(f.get("data_hash") for f in found):
             return {}
-        return {"data_hash": combined_digest([str(f["data_hash"]) for f in found]), "n_pairs": sum(int(f.get("n_pairs") or 0) for f in found)}
+        return {"data_hash": combined_digest([str(f["data_hash"]) for f in found]),
+                "n_pairs": sum(int(f.get("n_pairs") or 0) for f in found)}
 
 
 def source_label(src: SourceSpec) -> str:

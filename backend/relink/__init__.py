@@ -57,7 +57,15 @@ import pandas as pd
 from backend.errors import SpecError
 from backend.progress import ProgressLike
 from backend.relink.index import ReportIndex, build_index, top_k
-from backend.relink.rows import CURVE_COLUMNS, ROW_COLUMNS, curve_rows, default_grid, per_query_frame, summary_dict
+from backend.relink.rows import (
+    CURVE_COLUMNS,
+    ROW_COLUMNS,
+    curve_rows,
+    default_grid,
+    distinct_rows,
+    per_query_frame,
+    summary_dict,
+)
 from backend.specs import POOL_KINDS, POOL_NAMES
 
 log = logging.getLogger(__name__)
@@ -146,8 +154,8 @@ def _codes(values: Any, name: str, n: int) -> np.ndarray:
 def _label_groups(labels: Any, n: int) -> np.ndarray:
     """(n,) id of each pair's label vector (NaN counted as 0); all pairs one group when labels is None.
 
-    Ids number the distinct vectors in lexicographic order (as np.unique(axis=0) would), computed column by
-    column in mixed radix (fast at 400,000 rows) when the number of combinations fits in int64."""
+    Ids number the distinct vectors in lexicographic order (as np.unique(axis=0) would): each column's values
+    as order-preserving codes, then rows.distinct_rows (one mixed-radix key, fast at 400,000 rows)."""
     if labels is None:
         return np.zeros(n, dtype=np.int64)
     arr = np.asarray(labels, dtype=np.float64)
@@ -155,14 +163,8 @@ def _label_groups(labels: Any, n: int) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[0] != n:
         raise SpecError(f"labels must be (n, n_labels) with n = {n} pairs, got shape {arr.shape}.")
     arr = np.nan_to_num(arr, nan=0.0)
-    code, radix = np.zeros(n, dtype=np.int64), 1
-    for col in arr.T:
-        values, inv = np.unique(col, return_inverse=True)
-        radix *= values.size
-        if radix >= 2**62:  # too many combinations for one int64: the row-wise unique
-            return np.unique(arr, axis=0, return_inverse=True)[1].ravel().astype(np.int64)
-        code = code * values.size + inv.ravel()
-    return np.unique(code, return_inverse=True)[1].ravel().astype(np.int64)
+    codes = [np.unique(col, return_inverse=True)[1].ravel() for col in arr.T]  # order-preserving per column
+    return distinct_rows(*codes)[1].astype(np.int64)
 
 
 def _check_options(pools: Sequence[str], ks: Sequence[int], n_grid: Sequence[int] | None, n_bootstrap: int,

@@ -122,29 +122,15 @@ def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def _row_counts(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates) -> np.ndarray:
-    """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group."""
-    return _row_counts_and_moved(sim, thr, row_label, cands)[0]
-
-
-def _row_counts_and_moved(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates,
-                          moved: np.ndarray | None = None,
-                          moved_thr: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """_row_counts for every row, and (4, M) the same counts for rows `moved` (M,) (increasing) against thresholds
-    moved_thr (M,) (the patient level's best reports); on the CPU in the same pass, while each chunk is in cache.
+    """(4, B) int64: per row, candidates scoring > thr and == thr, over all columns and over the row's label group.
 
     On CPU the comparisons run in numpy on a zero-copy view (several times faster than torch's bool reductions), in
     cache-sized row chunks, counted from packed bits (one thread: a second one gained nothing while torch's OpenMP
-    workers spin after each matmul)."""
-    n_moved = 0 if moved is None else int(moved.shape[0])
+    workers spin after each matmul; count_all's lanes overlap them with the matmul instead)."""
     if sim.device.type == "cpu" and NUMPY_ON_CPU:
-        out, out_moved = np.zeros((4, sim.shape[0]), dtype=np.int64), np.zeros((4, n_moved), dtype=np.int64)
-        extra = None if moved is None or moved_thr is None else (moved, moved_thr.numpy(), out_moved)
-        _numpy_counts(sim.numpy(), thr.numpy(), row_label, cands, out, extra)
-        return out, out_moved if moved is not None else None
-    if moved is not None and moved_thr is not None:
-        sub = torch.as_tensor(moved, device=sim.device)
-        again = _row_counts(sim[sub], moved_thr, row_label[moved], cands) if n_moved else np.zeros((4, 0), np.int64)
-        return _row_counts(sim, thr, row_label, cands), again
+        out = np.zeros((4, sim.shape[0]), dtype=np.int64)
+        _numpy_counts(sim.numpy(), thr.numpy(), row_label, cands, out)
+        return out
     # on the GPU every count stays there until one transfer at the end (no sync per label group)
     gt, eq = sim > thr[:, None], sim == thr[:, None]
     dev_out = torch.zeros((4, sim.shape[0]), dtype=torch.int64, device=sim.device)
@@ -152,7 +138,21 @@ def _row_counts_and_moved(sim: torch.Tensor, thr: torch.Tensor, row_label: np.nd
     for a, b, g in _runs(row_label):
         lo, hi = int(cands.lab_start[g]), int(cands.lab_end[g])
         dev_out[2, a:b], dev_out[3, a:b] = gt[a:b, lo:hi].sum(1), eq[a:b, lo:hi].sum(1)
-    return dev_out.cpu().numpy(), None
+    return dev_out.cpu().numpy()
+
+
+def _row_counts_and_moved(sim: torch.Tensor, thr: torch.Tensor, row_label: np.ndarray, cands: Candidates,
+                          moved: np.ndarray, moved_thr: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """_row_counts for every row, and (4, M) the same counts for rows `moved` (M,) (increasing) against thresholds
+    moved_thr (M,) (the patient level's best reports); on the CPU in the same pass, while each chunk is in cache."""
+    if sim.device.type == "cpu" and NUMPY_ON_CPU:
+        out, out_moved = np.zeros((4, sim.shape[0]), dtype=np.int64), np.zeros((4, moved.shape[0]), dtype=np.int64)
+        _numpy_counts(sim.numpy(), thr.numpy(), row_label, cands, out, (moved, moved_thr.numpy(), out_moved))
+        return out, out_moved
+    if moved.size == 0:
+        return _row_counts(sim, thr, row_label, cands), np.zeros((4, 0), dtype=np.int64)
+    sub = torch.as_tensor(moved, device=sim.device)
+    return _row_counts(sim, thr, row_label, cands), _row_counts(sim[sub], moved_thr, row_label[moved], cands)
 
 
 def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray,

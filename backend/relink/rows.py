@@ -59,9 +59,7 @@ def _chances(draws: Any, r: Any | None, ks: Sequence[int]) -> list[Any]:
         xp = xp_of(draws)
         return [xp.clip_high(k / (draws + 1.0), 1.0) for k in ks]
     if isinstance(draws, np.ndarray):  # few distinct (draws, r) pairs (N - 1 unless capped; 1-10 studies): each once
-        key = draws * (float(r.max()) + 1.0) + r  # integer-valued float64: exact, distinct per pair
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        inverse = inverse.ravel()
+        first, inverse = distinct_rows(draws, r)  # integer-valued float64 counts
         return [group_chance(draws[first], r[first], k)[inverse] for k in ks]  # elementwise: the same bits per query
     return [group_chance(draws, r, k) for k in ks]
 
