@@ -442,12 +442,13 @@ def test_cuda_curve_equals_cpu() -> None:
                                   check_exact=False, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize(("chunk_rows", "m", "n_groups"), [(1000, 300, 6), (7, 300, 6), (5, 300, 6), (3, 1001, 300)])
+@pytest.mark.parametrize(("chunk_rows", "m", "n_groups"), [(1000, 300, 6), (7, 300, 6), (5, 300, 6), (3, 1001, 300), (4, 320, 7)])
 def test_row_counts_in_chunks_equal_brute_force(chunk_rows: int, m: int, n_groups: int,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU comparisons run in cache-sized row chunks and count packed bits: every count equals a row-by-row
     brute force, whatever the chunking (label-group runs cut between chunks, exact score ties included) and the
-    label groups' widths (narrower than a byte, across byte and word ends; m not a multiple of 64)."""
+    label groups' widths (narrower than a byte, across byte and word ends; m a multiple of 64 or not), and the rows
+    counted again against other thresholds in the same pass."""
     import torch
 
     from backend.relink import counts as C
@@ -461,11 +462,21 @@ def test_row_counts_in_chunks_equal_brute_force(chunk_rows: int, m: int, n_group
     thr = sim[np.arange(b), rng.integers(0, m, size=b)]
     monkeypatch.setattr(C, "COUNT_CHUNK_ELEMENTS", chunk_rows * m)  # chunks of a few rows: runs cut between them
     got = C._row_counts(torch.from_numpy(sim), torch.from_numpy(thr), row_label, cands)
+    # rows counted a second time against other thresholds (the patient level's best reports), in the same pass
+    moved = np.sort(rng.choice(b, size=b // 3, replace=False))
+    moved_thr = sim[moved, rng.integers(0, m, size=moved.size)]
+    again, got_moved = C._row_counts_and_moved(torch.from_numpy(sim), torch.from_numpy(thr), row_label, cands, moved,
+                                               torch.from_numpy(moved_thr))
+    np.testing.assert_array_equal(again, got)
+
+    def brute(row: np.ndarray, t: float, lab: int) -> list[int]:
+        group = label == lab
+        return [int((row > t).sum()), int((row == t).sum()), int((row[group] > t).sum()), int((row[group] == t).sum())]
+
     for i in range(b):
-        group = label == row_label[i]
-        want = [(sim[i] > thr[i]).sum(), (sim[i] == thr[i]).sum(), (sim[i][group] > thr[i]).sum(),
-                (sim[i][group] == thr[i]).sum()]
-        assert got[:, i].tolist() == [int(w) for w in want], i
+        assert got[:, i].tolist() == brute(sim[i], thr[i], row_label[i]), i
+    for j, i in enumerate(moved):
+        assert got_moved[:, j].tolist() == brute(sim[i], moved_thr[j], row_label[i]), i
 
 
 def test_distinct_rows_equal_a_dictionary_of_tuples() -> None:

@@ -33,6 +33,7 @@ CPU_LANES = 2  # blocks counted at once on the CPU (cpu_lanes)
 MIN_LANE_ROWS = 256  # query rows a lane's block needs for its matmul to be worth the candidates it streams
 _LANES_LOCK = threading.Lock()
 NUMPY_ON_CPU = True  # count CPU blocks with numpy (faster); False runs the torch code path that GPUs use
+_LOW_BITS = np.array([(1 << q) - 1 for q in range(64)], dtype=np.uint64)  # the q lowest bits of a word
 
 
 @dataclass
@@ -158,52 +159,58 @@ def _row_counts_and_moved(sim: torch.Tensor, thr: torch.Tensor, row_label: np.nd
 def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray,
                   extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
     """_row_counts' CPU work for rows s (R, m) with thresholds t (R,), written into out (4, R): in row chunks of
-    about COUNT_CHUNK_ELEMENTS similarities, so that both comparisons and the counts read the chunk from the
-    cache instead of streaming the whole block from memory once per pass. extra = (rows (M,) increasing,
-    thresholds (M,), out (4, M)): those rows counted again against their own thresholds, from the same chunk."""
-    m = s.shape[1]
+    about COUNT_CHUNK_ELEMENTS similarities, so that both comparisons read the chunk from the cache instead of
+    streaming the whole block from memory once per pass. extra = (rows (M,) increasing, thresholds (M,),
+    out (4, M)): those rows counted again against their own thresholds, from the same chunk and in the same
+    packed counting call as the chunk's own rows."""
+    n, m = s.shape
     rows = max(1, COUNT_CHUNK_ELEMENTS // max(m, 1))
-    padded = -(-m // 64) * 64  # whole uint64 words of bits per row; the padding columns stay False
-    masks = np.zeros((2, min(rows, s.shape[0]), padded), dtype=np.bool_)
-    for c in range(0, s.shape[0], rows):
-        d = min(c + rows, s.shape[0])
-        _chunk_counts(s[c:d], t[c:d], row_label[c:d], cands, out[:, c:d], masks)
+    width = (m // 64 + 1) * 64  # whole uint64 words of bits per row, one bit past column m; padding stays False
+    lo_all, hi_all = cands.lab_start[row_label], cands.lab_end[row_label]
+    cap = min(rows, n)
+    # a chunk's rows, then its moved rows (at most one per chunk row: they are rows of the chunk)
+    masks = np.zeros((2, 2 * cap if extra is not None else cap, width), dtype=np.bool_)
+    picked = np.empty((cap, m), dtype=s.dtype) if extra is not None else None
+    for c in range(0, n, rows):
+        d = min(c + rows, n)
+        r, k = d - c, 0
+        _compare(s[c:d], t[c:d], masks[:, :r, :m])
+        lo, hi = lo_all[c:d], hi_all[c:d]
         if extra is not None:
             moved, moved_thr, moved_out = extra
             i, j = np.searchsorted(moved, [c, d])
-            if j > i:
-                _chunk_counts(s[moved[i:j]], moved_thr[i:j], row_label[moved[i:j]], cands, moved_out[:, i:j], masks)
+            k = int(j - i)
+            if k:
+                sel = moved[i:j]
+                _compare(np.take(s, sel, axis=0, out=picked[:k]), moved_thr[i:j], masks[:, r:r + k, :m])
+                lo, hi = np.concatenate([lo, lo_all[sel]]), np.concatenate([hi, hi_all[sel]])
+        counts = _mask_counts(masks[:, :r + k], lo, hi)
+        out[:, c:d] = counts[:, :r]
+        if k:
+            moved_out[:, i:j] = counts[:, r:]
 
 
-def _chunk_counts(x: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Candidates, out: np.ndarray,
-                  masks: np.ndarray) -> None:
-    """Counts of x (r, m) against t (r,) into out (4, r), with masks (2, >= r, m rounded up to 64) as scratch.
-    Each mask is packed to bits once (np.packbits), and rows and label-group ranges are counted by popcount over
-    whole bytes (8 columns each); only the few columns at a range's ends are counted from the mask itself."""
-    r, m = x.shape
-    gt, eq = masks[0, :r], masks[1, :r]
-    np.greater(x, t[:, None], out=gt[:, :m])
-    np.equal(x, t[:, None], out=eq[:, :m])
-    runs = _runs(row_label)
-    for i, mask in enumerate((gt, eq)):
-        bits = np.packbits(mask, axis=1)  # (r, padded / 8): column j is bit 7 - j % 8 of byte j // 8
-        out[i] = np.bitwise_count(bits.view(np.uint64)).sum(1, dtype=np.int64)
-        for a, b, g in runs:
-            out[2 + i, a:b] = _range_count(mask[a:b], bits[a:b], int(cands.lab_start[g]), int(cands.lab_end[g]))
+def _compare(x: np.ndarray, t: np.ndarray, masks: np.ndarray) -> None:
+    """masks (2, r, m) <- (x > t, x == t) row by row, for x (r, m) and thresholds t (r,)."""
+    np.greater(x, t[:, None], out=masks[0])
+    np.equal(x, t[:, None], out=masks[1])
 
 
-def _range_count(mask: np.ndarray, bits: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """True entries per row of mask[:, lo:hi], from the whole bytes of its packed bits and the mask's ends."""
-    first, last = -(-lo // 8), hi // 8  # the bytes wholly inside [lo, hi)
-    if first >= last:
-        return _count(mask[:, lo:hi])
-    inside = np.bitwise_count(bits[:, first:last]).sum(1, dtype=np.int64)
-    return inside + _count(mask[:, lo:first * 8]) + _count(mask[:, last * 8:hi])
+def _mask_counts(masks: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(4, r) True entries per row of masks (2, r, w) (w a multiple of 64, above every hi): over the whole row
+    (rows 0-1) and over columns [lo, hi) (rows 2-3; lo, hi (r,)). Both masks are packed to bits in one call and
+    counted per uint64 word; a range is the difference of two prefix counts (the words before the prefix's end,
+    from a cumulative sum, plus the low bits of its end word), so no loop runs over label groups."""
+    words = np.packbits(masks, axis=2, bitorder="little").view("<u8")  # column j: bit j % 64 of word j // 64
+    cum = np.zeros((*words.shape[:2], words.shape[2] + 1), dtype=np.int64)
+    np.cumsum(np.bitwise_count(words), axis=2, dtype=np.int64, out=cum[:, :, 1:])
+    rows = np.arange(words.shape[1])
 
+    def prefix(p: np.ndarray) -> np.ndarray:  # (2, r): True entries in columns [0, p) of each row
+        w = p // 64
+        return cum[:, rows, w] + np.bitwise_count(words[:, rows, w] & _LOW_BITS[p % 64])
 
-def _count(mask: np.ndarray) -> np.ndarray:
-    """True entries per row of a bool array, summed as bytes (faster than np.count_nonzero along an axis)."""
-    return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
+    return np.concatenate([cum[:, :, -1], prefix(hi) - prefix(lo)])
 
 
 def _corrections(vals: torch.Tensor, thr: torch.Tensor, g: _Gather, in_x: np.ndarray, in_t: np.ndarray,
