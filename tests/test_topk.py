@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from backend.__main__ import main
 from backend.audit import TOPK_COLUMNS, top_k_table
 from backend.embed.compute import embed_split
 from backend.models import load_model
@@ -58,15 +59,16 @@ def test_top_k_table_ranks_each_query(tmp_path: Path, monkeypatch: pytest.Monkey
     assert table.groupby("pair_id")["rank"].apply(lambda s: list(s) == [1, 2, 3, 4, 5]).all()
 
 
-def test_cli_writes_parquet(tmp_path: Path) -> None:
+def test_cli_writes_parquet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "top.parquet"
     env = {"CXR_CACHE_DIR": str(tmp_path / "c"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "backend", "topk", "--source-option", "n_patients=30", "--source-option",
-           "image_size=64", "--model", "local:nowhere", "--k", "3", "--out", str(out)]
-    bad = subprocess.run(cmd[:-1] + [str(tmp_path)], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "is a folder" in bad.stderr
-    missing = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert missing.returncode == 2 and "nowhere" in missing.stderr and not out.exists()
+    args = ["topk", "--source-option", "n_patients=30", "--source-option", "image_size=64", "--model",
+            "local:nowhere", "--k", "3", "--out", str(out)]
+    monkeypatch.setenv("CXR_CACHE_DIR", env["CXR_CACHE_DIR"])  # the refusals in this process, the run in a child
+    assert main(args[:-1] + [str(tmp_path)]) == 2 and "is a folder" in capsys.readouterr().err
+    assert main(args) == 2 and "nowhere" in capsys.readouterr().err and not out.exists()
+    cmd = [sys.executable, "-m", "backend", *args]
     ckpt = tmp_path / "tiny.pt"  # a real model the child process can load: tiny-random's weights, saved
     torch.save(load_model("tiny-random", device="cpu").model.state_dict(), ckpt)
     cmd[cmd.index("local:nowhere")] = f"local:{ckpt}#cxr-demo-tiny"
