@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("_normalised", "_group_sizes", "curve_rows", "per_query_frame", "summary_dict")  # in backend.relink
+STEPS = ("normalised_rows", "_group_sizes", "curve_rows", "per_query_frame", "summary_dict")  # in backend.relink
 
 
 def _status_mb(field: str) -> float:

@@ -402,6 +402,32 @@ def test_rows_taken_in_place_equal_a_fancy_index() -> None:
         assert np.shares_memory(out, arr) and np.array_equal(out, base[rows])
 
 
+def test_normalised_rows_on_threads_equal_one_linalg_norm_call() -> None:
+    """The chunks are normalised on every core: the float32 bits equal one np.linalg.norm call over all rows (copy
+    and in place), and of several bad chunks the first in row order names the error, whatever thread ends first."""
+    from backend.relink import normalised_rows
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(1000, 24)).astype(np.float32) * rng.uniform(0.1, 10, size=(1000, 1)).astype(np.float32)
+    rows = rng.permutation(1000)[:700]
+    want = base[rows] / np.linalg.norm(base[rows], axis=1, keepdims=True)
+    assert np.array_equal(normalised_rows(base, rows, "x", chunk=37), want)
+    own = base.copy()
+    got = normalised_rows(own, rows, "x", in_place=True, chunk=37)
+    assert np.shares_memory(got, own) and np.array_equal(got, want)
+    bad = base.copy()
+    bad[rows[600]] = 0.0  # a zero row late, a NaN row early: the NaN's chunk comes first
+    bad[rows[50], 3] = np.nan
+    with pytest.raises(SpecError, match="NaN"):
+        normalised_rows(bad, rows, "x", chunk=37)
+    bad[rows[50], 3] = np.inf
+    with pytest.raises(SpecError, match="NaN or infinite"):
+        normalised_rows(bad, rows, "x", chunk=37)
+    bad[rows[50], 3] = 1.0
+    with pytest.raises(SpecError, match=f"row {rows[600]}"):
+        normalised_rows(bad, rows, "x", chunk=37)
+
+
 def test_patient_level_matches_any_report_in_top_k() -> None:
     """Patient level simulated literally: the patient's reports + sampled distractors, sorted by score
     (random tie-breaking), hit = any of the patient's reports in the top K (no text twins in this data)."""
