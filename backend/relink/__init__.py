@@ -76,6 +76,7 @@ __all__ = ["RelinkResult", "relink_curves", "default_grid", "top_k", "build_inde
            "ROW_COLUMNS", "CURVE_COLUMNS"]
 
 POOLS: tuple[str, ...] = tuple(POOL_NAMES)
+NORMALISE_THREADS = 8  # at most: the step is bound by memory bandwidth, and each thread holds a chunk's temporary
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ def normalised_rows(arr: np.ndarray, rows: np.ndarray, name: str, *, in_place: b
     in_place: gather and normalise inside arr itself (arr must be a writable C-contiguous float32 array;
     the result is the view arr[:len(rows)], the rest of arr is left unspecified) instead of a copy.
     Done in row chunks with np.linalg.norm's own arithmetic (the same float32 bits as one call over all rows,
-    without its n x d temporaries), the chunks on every core (numpy releases the GIL in its loops: 400,000
-    reports take 2.5 s on one core). An error names the first bad chunk in row order, whatever the threads."""
+    without its n x d temporaries), the chunks on up to NORMALISE_THREADS cores (numpy releases the GIL in its
+    loops: 400,000 reports take 2.5 s on one core; each thread holds one chunk's 16 MB temporary). An error names the first bad chunk in row order, whatever the threads."""
     out = take_rows_in_place(arr, rows) if in_place else np.empty((rows.shape[0], arr.shape[1]), dtype=arr.dtype)
 
     def one(a: int) -> None:
@@ -120,7 +121,7 @@ def normalised_rows(arr: np.ndarray, rows: np.ndarray, name: str, *, in_place: b
         sub /= norm
 
     starts = range(0, out.shape[0], chunk)
-    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(starts)))) as pool:
+    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, NORMALISE_THREADS, len(starts)))) as pool:
         list(pool.map(one, starts))  # in order: the first failing chunk's error is the one raised
     return out
 
