@@ -11,14 +11,15 @@ For each n (default 20,000 and 43,793; d = 512) one subprocess (so that its peak
      in row blocks of the engine's one-lane size (DEFAULT_BLOCK_ELEMENTS; the CPU curve counts in two lanes of
      half-height blocks on one torch thread each, which run this matmul alone at the same speed) into one
      preallocated buffer, on all torch threads; the ratio curve / matmul (goals: CPU <= 1.2,
-     CUDA <= 5 at 400k candidates), the faster of two runs each, interleaved;
+     CUDA <= 5 at 400k candidates), the fastest of --repeats runs each (default 2), interleaved; also the
+     ratio of the medians (warm curve runs over matmuls), steadier on a machine whose speed swings;
   4. the same curve by sampling 1,000 pools per N the way a study would (similarity row once per query,
      then per pool rng.choice without replacement and a count): timed on a subset of queries and N,
      extrapolated linearly to all queries, every N of the grid and both pool kinds (study level only,
      so the ratio is conservative).
 --scale: 43,793 query images against 400,000 candidate reports (time and peak memory).
 
-Usage: python -m bench.bench_relink [--n 20000 43793] [--scale] [--skip-sampling] [--device cuda]
+Usage: python -m bench.bench_relink [--n 20000 43793] [--scale] [--skip-sampling] [--device cuda] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def sampling_seconds(data: dict, res, n_sub: int = 20, n_pools: int = 1000, seed
     return {"per_query_s": dict(zip(pts, costs, strict=True)), "fit_a_s": float(icpt), "fit_b_s_per_n": float(slope)}
 
 
-def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, device: str = "cpu") -> dict:
+def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, device: str = "cpu",
+             repeats: int = 2) -> dict:
     """One benchmark case in this process; returns its figures."""
     import torch
 
@@ -196,14 +198,19 @@ def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, devic
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     # interleaved (matmul, curve, matmul) so that load from other processes hits both alike; the baseline is
     # the exact shape of the work: queries x candidate reports x d
-    mm = [matmul_seconds(q, c, device)]
-    curve_s2, _ = curve()
+    # repeats - 1 more (matmul, curve) pairs then a last matmul: on a machine whose speed swings, the medians
+    # are the steadier figures; the headline ratio stays min over min (the first curve run is a cold one)
+    runs, mm = [curve_s], []
+    for _ in range(max(1, repeats - 1)):
+        mm.append(matmul_seconds(q, c, device))
+        runs.append(curve()[0])
     mm.append(matmul_seconds(q, c, device))
-    out["curve_runs_s"] = [curve_s, curve_s2]
+    out["curve_runs_s"] = runs
     out["matmul_runs_s"] = mm
-    out["curve_s"] = min(curve_s, curve_s2)
+    out["curve_s"] = min(runs)
     out["matmul_qxcxd_s"] = min(mm)
     out["ratio_curve_over_matmul"] = out["curve_s"] / out["matmul_qxcxd_s"]
+    out["ratio_median"] = float(np.median(runs[1:]) / np.median(mm))  # warm runs only
     out["curve_no_bootstrap_s"] = curve(0)[0]
     if n_candidates is None and not skip_sampling and not device.startswith("cuda"):
         samp = sampling_seconds(data, res)
@@ -224,17 +231,21 @@ def main() -> None:
     parser.add_argument("--scale-candidates", type=int, default=400_000)
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="curve runs per case, interleaved with matmuls (default 2; 5+ on a noisy machine)")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--case-candidates", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.case is not None:
-        print(json.dumps(run_case(args.case, args.skip_sampling, args.case_candidates, args.device)))
+        print(json.dumps(run_case(args.case, args.skip_sampling, args.case_candidates, args.device,
+                                  args.repeats)))
         return
     cases = [(n, None) for n in args.n] + ([(43_793, args.scale_candidates)] if args.scale else [])
     print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
     for n, m in cases:
-        cmd = [sys.executable, "-m", "bench.bench_relink", "--case", str(n), "--device", args.device]
+        cmd = [sys.executable, "-m", "bench.bench_relink", "--case", str(n), "--device", args.device,
+               "--repeats", str(args.repeats)]
         cmd += ["--case-candidates", str(m)] if m else []
         cmd += ["--skip-sampling"] if args.skip_sampling else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
@@ -246,7 +257,7 @@ def main() -> None:
         line = (f"n={fig['n_queries']} candidates={fig['n_candidates']}: curve {fig['curve_s']:.2f} s, "
                 f"peak RSS {fig['maxrss_after_curve_mb']:.0f} MB (+{fig['curve_peak_delta_mb']:.0f} MB over the inputs)")
         line += (f"; {fig['device']}: q x c x d matmul {fig['matmul_qxcxd_s']:.3f} s; ratio "
-                 f"{fig['ratio_curve_over_matmul']:.2f}x; without bootstrap {fig['curve_no_bootstrap_s']:.2f} s")
+                 f"{fig['ratio_curve_over_matmul']:.2f}x (medians {fig['ratio_median']:.2f}x); without bootstrap {fig['curve_no_bootstrap_s']:.2f} s")
         if "sampling_est_s" in fig:
             line += f"; sampling (extrapolated) {fig['sampling_est_s']:.0f} s = {fig['ratio_sampling_over_curve']:.0f}x"
         print(line, flush=True)
