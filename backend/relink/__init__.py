@@ -97,14 +97,15 @@ def _shape(x: Any, name: str) -> np.ndarray:
 
 
 def normalised_rows(arr: np.ndarray, rows: np.ndarray, name: str, *, in_place: bool = False,
-                chunk: int = 1 << 13) -> np.ndarray:
+                    chunk: int = 1 << 13) -> np.ndarray:
     """L2-normalised arr[rows] (only the rows in use are copied); raises SpecError on NaN/inf/zero rows.
 
     in_place: gather and normalise inside arr itself (arr must be a writable C-contiguous float32 array;
     the result is the view arr[:len(rows)], the rest of arr is left unspecified) instead of a copy.
     Done in row chunks with np.linalg.norm's own arithmetic (the same float32 bits as one call over all rows,
     without its n x d temporaries), the chunks on up to NORMALISE_THREADS cores (numpy releases the GIL in its
-    loops: 400,000 reports take 2.5 s on one core; each thread holds one chunk's 16 MB temporary). An error names the first bad chunk in row order, whatever the threads."""
+    loops: 400,000 reports take 2.5 s on one core; each thread holds one chunk's 16 MB temporary). Of several
+    bad chunks, the first in row order names the error, whichever thread finishes first."""
     out = take_rows_in_place(arr, rows) if in_place else np.empty((rows.shape[0], arr.shape[1]), dtype=arr.dtype)
 
     def one(a: int) -> None:
