@@ -375,6 +375,38 @@ def test_tie_windows_of_any_row_subset_give_the_same_bits() -> None:
         assert np.array_equal(expected_recall(m[i:i + 1], b[i:i + 1], t[i:i + 1], n[i:i + 1], (1, 5, 10)), whole[i:i + 1])
 
 
+def test_short_tie_windows_give_the_bits_of_the_steps_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows whose tie count has few support points sum a short window (stats.SHORT_WINDOW): the same bits as the
+    step's long window (its extra terms are exact zeros), for tie counts on both sides of the cut and several
+    Ks; and the value still equals an exact rational computation of one case."""
+    from fractions import Fraction
+    from math import comb
+
+    from backend.relink import stats
+
+    rng = np.random.default_rng(17)
+    n = 4000
+    m = rng.integers(1, 2000, size=n).astype(np.float64)
+    b = np.floor(rng.random(n) * m * rng.choice([0.001, 0.05, 1.0], size=n))
+    t = np.minimum(rng.choice([1, 2, 3, 6, 7, 8, 9, 30], size=n).astype(np.float64), m - b)
+    d = np.floor(rng.random(n) * (m + 1)).clip(max=m)
+    for ks in ((1, 5, 10), (2, 40)):
+        short = stats.expected_recall(m, b, t, d, ks)
+        monkeypatch.setattr(stats, "SHORT_WINDOW", 0)  # every row through the step's window
+        long = stats.expected_recall(m, b, t, d, ks)
+        monkeypatch.undo()
+        assert np.array_equal(short, long)
+    # one case by exact fractions: 30 eligible, 4 beaters, 2 ties, 9 drawn, K = 3
+    e, bb, tt, dd, k = 30, 4, 2, 9, 3
+    exact = Fraction(0)
+    for x in range(min(bb, dd) + 1):
+        for y in range(min(tt, dd - x) + 1):
+            p = Fraction(comb(bb, x) * comb(tt, y) * comb(e - bb - tt, dd - x - y), comb(e, dd))
+            exact += p * Fraction(max(0, min(k - x, y + 1)), y + 1)
+    got = stats.expected_recall(np.array([e]), np.array([bb]), np.array([tt]), np.array([dd]), (k,))[0, 0]
+    assert abs(got - float(exact)) < 1e-14
+
+
 def test_expected_recall_in_chunks_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
     """expected_recall and tie_factor bound their scratch by chunks of rows (issue 14); every row's arithmetic,
     tie windows included, is the one of the unchunked call."""
