@@ -171,6 +171,14 @@ def test_full_pool_rank_and_rows_agree_with_brute_force() -> None:
     full = _row(res, "full", "study", 1, int(round(res.per_query.eligible.mean() + 1)))
     assert full.recall == pytest.approx(np.mean(beaters == 0))
     assert res.summary["median_rank"] == pytest.approx(np.median(beaters + 1.0))
+    # per query, R@1 in a random pool of N: no beater among the N - 1 drawn distractors (no ties in this data)
+    from scipy.stats import hypergeom
+
+    pq = res.per_query
+    assert (pq.ties == 0).all()
+    for n_pool in (10, 100, 1000):
+        draws = np.minimum(n_pool - 1, pq.eligible)
+        np.testing.assert_allclose(pq[f"r1_at_{n_pool}"], hypergeom.pmf(0, pq.eligible, pq.beaters, draws), rtol=1e-12)
 
 
 def test_identical_embeddings_give_recall_one() -> None:

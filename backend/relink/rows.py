@@ -196,9 +196,10 @@ def per_query_frame(pair_index: np.ndarray, pair_id: np.ndarray | None, study_id
     frame["beaters_hard"], frame["ties_hard"], frame["eligible_hard"] = counts["bh"], counts["th"], groups["mh"]
     frame["patient_beaters"], frame["patient_ties"], frame["patient_eligible"] = counts["pb"], counts["pt"], groups["pm"]
     frame["patient_studies"] = groups["r"]
+    first, inverse = distinct_rows(groups["m"], counts["b"], counts["t"])  # each distinct triplet once: same bits
+    elig, beat, tie = groups["m"][first], counts["b"][first], counts["t"][first]
     for n_pool in PER_QUERY_N:
-        draws = np.minimum(n_pool - 1, groups["m"])
-        frame[f"r1_at_{n_pool}"] = expected_recall(groups["m"], counts["b"], counts["t"], draws, (1,))[:, 0]
+        frame[f"r1_at_{n_pool}"] = expected_recall(elig, beat, tie, np.minimum(n_pool - 1, elig), (1,))[inverse, 0]
     return frame
 
 
