@@ -128,6 +128,21 @@ def test_frontier_joins_points_in_epsilon_order_and_its_ring_leaves_the_label_re
     view = figures.mitigation_view(_curves(), pts, 1.0, title="t")  # the same label on the combined figure's frontier
     note = next(a for a in view.layout.annotations if "ε=1" in a.text)
     assert (note.xref, note.yref, note.x, note.y) == ("x2", "y2", -0.01, 0.3)
+    assert list(line.textposition) == ["top center"] * 4  # no point near the selected one
+
+
+def test_a_label_next_to_the_selected_point_goes_below_its_marker() -> None:
+    """Two epsilons whose points nearly coincide (as 0.01 and 0.05 often do): the neighbour's label is printed
+    below its marker, clear of the selected label's box above the ring; far points keep theirs above."""
+    pts = pd.DataFrame({"epsilon": [math.inf, 8.0, 0.05, 0.01], "auroc_change": [0.0, -0.006, -0.0043, -0.0042],
+                        "reduction": [0.0, 0.0, 0.45, 0.44]})
+    for sel, near in ((0.01, "ε=0.05"), (0.05, "ε=0.01")):
+        line = next(t for t in figures.frontier(pts, selected=sel).data if t.name == "sweep")
+        pos = dict(zip(line.customdata, line.textposition, strict=True))
+        assert pos[near] == "bottom center" and pos["ε=8"] == pos["ε=∞"] == "top center"
+        assert f"<br>{near}" in line.text and "ε=8" in line.text  # one line lower, clear of the ring
+    line = next(t for t in figures.frontier(pts, selected=None).data if t.name == "sweep")
+    assert list(line.textposition) == ["top center"] * 4
 
 
 def test_relinkage_models_keep_their_colour_whichever_are_overlaid() -> None:

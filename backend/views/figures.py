@@ -6,6 +6,7 @@ import hashlib
 import html
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
@@ -136,9 +137,12 @@ def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
     colors = sweep_colors(points["epsilon"])
     labels = [f"ε={epsilon_label(e)}".replace("inf (no DP)", "∞") for e in points["epsilon"]]
     chosen = _same(points["epsilon"], selected) if selected is not None else pd.Series(False, index=points.index)
+    positions = _label_positions(points, chosen)
+    # a label below a point beside the ring starts one line lower, clear of the ring's lower edge
+    text = ["" if hit else (f"<br>{t}" if pos == "bottom center" else t)
+            for t, hit, pos in zip(labels, chosen, positions, strict=True)]
     fig.add_trace(go.Scatter(x=points["auroc_change"], y=points["reduction"], mode="lines+markers+text",
-                             text=["" if hit else t for t, hit in zip(labels, chosen, strict=True)],
-                             customdata=labels, textposition="top center", name="sweep",
+                             text=text, customdata=labels, textposition=positions, name="sweep",
                              line={"color": "#BBBBBB", "width": 1},
                              marker={"size": 9, "color": [colors.get(series_label(e), "#444444")
                                                           for e in points["epsilon"]]},
@@ -162,6 +166,22 @@ def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
                       yaxis_title="Recall@1 reduction at largest N", yaxis_tickformat=".0%", height=380,
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return fig
+
+
+def _label_positions(points: pd.DataFrame, chosen: pd.Series, near: tuple[float, float] = (0.08, 0.2)) -> list[str]:
+    """Each point's label above it, except next to the selected point, whose label box sits above its ring: a
+    point within `near` (fractions of the x and y spans) of it has its label below (ε=0.01 and 0.05 often
+    nearly coincide)."""
+    x, y = points["auroc_change"].to_numpy(float), points["reduction"].to_numpy(float)
+    hit = chosen.to_numpy(bool)
+    if not hit.any():
+        return ["top center"] * len(points)
+    finite = np.isfinite(x) & np.isfinite(y)
+    span_x = max(float(np.ptp(x[finite])) if finite.any() else 0.0, 1e-9)
+    span_y = max(float(np.ptp(y[finite])) if finite.any() else 0.0, 1e-9)
+    sx, sy = x[hit][0], y[hit][0]
+    close = (np.abs(x - sx) <= near[0] * span_x) & (np.abs(y - sy) <= near[1] * span_y) & ~hit
+    return ["bottom center" if c else "top center" for c in close]
 
 
 def _same(series: pd.Series, value: float) -> pd.Series:
