@@ -23,6 +23,9 @@ OUT = REPO / "docs" / "screenshots"
 PAGES = (("", "overview", "Verdict"), ("data", "data", "Dataset"), ("models_jobs", "models_jobs", "Train the ladder"),
          ("relinkage", "relinkage", "Lift table"), ("explorer", "explorer", "Rank of the true report"),
          ("mitigation", "mitigation", "Privacy budget"), ("utility", "utility", "Transfer"), ("report", "report", "Download the HTML audit report"))
+PLOT, TABLE = ".js-plotly-plot .main-svg", "[data-testid='stDataFrame']"
+DRAWN = {"relinkage": (PLOT,), "explorer": ("[data-testid='stImage'] img",), "mitigation": (PLOT,),
+         "utility": (PLOT, TABLE)}  # what each page must have drawn before its screenshot
 
 
 def run_demo(n_patients: int | None) -> None:
@@ -59,10 +62,11 @@ def main() -> int:
         context = browser.new_context(viewport={"width": 1400, "height": 1300})
         for path, name, wait_text in PAGES:
             page = open_page(context, f"{url}/{path}", wait_text)
-            if page.locator(".js-plotly-plot").count():
-                page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-            if name == "explorer":
-                page.locator("[data-testid='stImage'] img").first.wait_for(timeout=60_000)
+            # a page's figures and tables come a second or two after its header (shown as grey skeletons until
+            # then): wait for what the page must show, then until no skeleton is left
+            for selector in DRAWN.get(name, ()):
+                page.locator(selector).first.wait_for(timeout=60_000)
+            page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=60_000)
             settle(page)
             no_errors(page)
             page.screenshot(path=str(OUT / f"demo_{name}.png"), full_page=True)
