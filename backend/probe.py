@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,12 +274,11 @@ def weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -
 
 
 def _row_nanmean(values: np.ndarray) -> np.ndarray:
-    """np.nanmean along rows (the same sum / count), NaN without a warning for a row with no finite value (a
-    resample in which no label had both classes: _ci leaves it out)."""
-    finite = ~np.isnan(values)
-    count = finite.sum(axis=1)
-    total = np.where(finite, values, 0.0).sum(axis=1)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    """np.nanmean along rows, without its "Mean of empty slice" warning for a row with no finite value (a resample
+    in which no label had both classes: NaN, which _ci leaves out)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=1)
 
 
 def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:

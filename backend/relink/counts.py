@@ -171,13 +171,13 @@ def _numpy_counts(s: np.ndarray, t: np.ndarray, row_label: np.ndarray, cands: Ca
     # a chunk's rows, then its moved rows (at most one per chunk row: they are rows of the chunk)
     masks = np.zeros((2, 2 * cap if extra is not None else cap, width), dtype=np.bool_)
     picked = np.empty((cap, m), dtype=s.dtype) if extra is not None else None
+    moved, moved_thr, moved_out = extra if extra is not None else (None, None, None)
     for c in range(0, n, rows):
         d = min(c + rows, n)
         r, k = d - c, 0
         _compare(s[c:d], t[c:d], masks[:, :r, :m])
         lo, hi = lo_all[c:d], hi_all[c:d]
-        if extra is not None:
-            moved, moved_thr, moved_out = extra
+        if moved is not None:
             i, j = np.searchsorted(moved, [c, d])
             k = int(j - i)
             if k:

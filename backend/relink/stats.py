@@ -224,15 +224,17 @@ def expected_recall(eligible: Any, beaters: Any, ties: Any, draws: Any, ks: Sequ
         j = ks_arr[cols][None, :] - xs[:, None]
         pop, tie_r, dr = eligible[rows] - beaters[rows], ties[rows], draws[rows] - xs
         g = xp.empty(tuple(j.shape))
-        # rows whose tie count Y has at most SHORT_WINDOW support points (all in the benchmark: 1-2 ties) sum a
-        # window of that many terms instead of the step's: the terms past the support are exact zeros, and numpy
-        # sums 8 terms or more in eight running sums (more terms add exact zeros to them) and fewer one by one,
-        # which agree while at most SHORT_WINDOW terms are nonzero: the same bits (tests/test_relink.py)
-        support = xp.minimum(tie_r, dr) - xp.clip_low(dr - (pop - tie_r), 0.0) + 1.0
-        short = support <= SHORT_WINDOW if xp.device is None else xp.t.zeros_like(support, dtype=xp.t.bool)
-        for part, width in ((xp.flatnonzero(short), SHORT_WINDOW), (xp.flatnonzero(~short), kmax - step + TAIL)):
-            if xp.size(part):
-                g[part] = tie_factor(pop[part], tie_r[part], dr[part], j[part], width=width)
+        parts = [(slice(None), kmax - step + TAIL)]  # on a GPU every row sums the step's window
+        if xp.device is None:
+            # rows whose tie count Y has at most SHORT_WINDOW support points (all in the benchmark: 1-2 ties) sum a
+            # window of that many terms: the terms past the support are exact zeros, and numpy sums 8 terms or more
+            # in eight running sums (more terms add exact zeros to them) and fewer one by one, which agree while at
+            # most SHORT_WINDOW terms are nonzero: the same bits (tests/test_relink.py)
+            short = xp.minimum(tie_r, dr) - xp.clip_low(dr - (pop - tie_r), 0.0) + 1.0 <= SHORT_WINDOW
+            parts = [(idx, width) for idx, width in ((np.flatnonzero(short), SHORT_WINDOW),
+                                                    (np.flatnonzero(~short), kmax - step + TAIL)) if idx.size]
+        for part, width in parts:
+            g[part] = tie_factor(pop[part], tie_r[part], dr[part], j[part], width=width)
         out[rows[:, None], cols[None, :]] += pmf_tied[keep, step][:, None] * g
     return xp.clip_high(out, 1.0)
 
