@@ -6,6 +6,7 @@ CXR_MIMIC_ROOT, CXR_CHEXPERT_PLUS_ROOT  folders of the credentialed datasets (no
 CXR_DEMO_SNAPSHOT  1 (default): the app imports the shipped demo results on start; 0: it does not (tests)
 CXR_IMAGE_CHECK_WORKERS  threads that check a source's images (default: CPU count + 4, at most 32)
 CXR_IMAGE_LOADER  auto | reference | fast | gpu: how file images are decoded (backend/embed/images.py)
+CXR_GPU_CPU_SHARE  0 (default) to below 1: the share of JPEGs the gpu loader decodes on CPU threads beside nvJPEG
 CXR_EMBED_DEVICES  e.g. cuda:0,cuda:1 or all: embed on several devices at once (backend/embed/shards.py)
 """
 

@@ -9,10 +9,12 @@ each file once, after one warm-up pass that brings the files into the page cache
 and, when CUDA is present:
   gpu     file bytes read by a thread pool, batches decoded by nvJPEG, resize/crop/normalise on the GPU;
   e2e     (--e2e M) ViT-B/16 (random weights, fp16 autocast) embedding M images through the GPU loader,
-          file bytes read by a thread pool one batch ahead, as backend.embed.compute does (images/s end to end);
+          file bytes read by a thread pool one batch ahead, features collected as backend.embed.compute does
+          (encode_batches: one device-to-host transfer at the end), against the same loop waiting for every
+          batch's features on the host (e2e_ratio_vs_per_batch_wait; images/s end to end);
   cosine  mean cosine between ViT-B/16 embeddings of the same files through the reference and each path.
 
-Usage: python -m bench.bench_loading [--n 24] [--json] [--e2e 4096] [--batch 256]
+Usage: python -m bench.bench_loading [--n 24] [--json] [--e2e 4096] [--batch 256] [--cpu-share 0.25 0.4]
 Prints one JSON object with --json: naive_images_per_s, images_per_s (fast), ratio, and the CUDA figures.
 """
 
@@ -96,10 +98,10 @@ def _rate(fn, files: list[str], workers: int) -> float:
         return len(files) / (time.perf_counter() - start)
 
 
-def _cuda_figures(files: list[str], e2e: int, batch: int) -> dict:
+def _cuda_figures(files: list[str], e2e: int, batch: int, shares: list[float]) -> dict:
     import torch
 
-    from backend.embed.images import prefetch_bytes, read_bytes
+    from backend.embed.images import read_bytes
 
     dev = torch.device("cuda")
     fast = _fast()
@@ -133,18 +135,51 @@ def _cuda_figures(files: list[str], e2e: int, batch: int) -> dict:
         out["cosine_gpu_vs_reference"] = float((e_ref * e_gpu).sum(-1).mean())
         out["cosine_between_images"] = float((e_ref * e_ref.roll(1, 0)).sum(-1).mean())
         if e2e:
-            cyc = [paths[i % len(paths)] for i in range(e2e)]
-            threads = 16
-            emb(fast.gpu_batch(blobs[:batch], paths[:batch], dev))  # warm-up at the full batch
-            torch.cuda.synchronize()
+            out.update(_e2e(model, fast, blobs, paths, dev, e2e, batch, shares))
+    return out
+
+
+def _e2e(model, fast, blobs, paths, dev, n: int, batch: int, shares: list[float]) -> dict:
+    """ViT-B/16 features of n images (the files cycled) end to end, several times in this process: the baseline
+    waits for each batch's features on the host (the project's loop before session 9); the project's loop
+    (backend.embed.compute.encode_batches) brings them over once at the end, so nvJPEG decodes batch i+1 on its
+    own stream while the model runs on batch i; then the same with each CPU share (CXR_GPU_CPU_SHARE: that share
+    of the JPEGs decoded by the CPU path on the read threads, beside nvJPEG)."""
+    import torch
+
+    from backend.embed.compute import encode_batches
+    from backend.embed.images import prefetch_files
+
+    cyc, threads = [paths[i % len(paths)] for i in range(n)], max(4, (os.cpu_count() or 1) - 1)
+
+    def batches(share: float):
+        for i, chunk in enumerate(prefetch_files(cyc, batch, threads, fast, share)):
+            yield fast.gpu_batch(chunk, cyc[i * batch:(i + 1) * batch], dev)
+
+    def per_batch_wait() -> np.ndarray:
+        return np.concatenate([model.encode_image(b).float().cpu().numpy() for b in batches(0.0)])
+
+    runs = [("per_batch_wait", per_batch_wait), ("", lambda: encode_batches(batches(0.0), model.encode_image))]
+    runs += [(f"cpu_share_{s:g}", lambda s=s: encode_batches(batches(s), model.encode_image)) for s in shares if s]
+    out: dict = {"e2e_images": n, "e2e_read_threads": threads, "e2e_batch": batch}
+    feats = {}
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+        model.encode_image(fast.gpu_batch(blobs[:batch], paths[:batch], dev))  # warm-up at the full batch
+        torch.cuda.synchronize()
+        for name, run in runs:
             start = time.perf_counter()
-            done = 0
-            for i, chunk in enumerate(prefetch_bytes(cyc, batch, threads)):
-                emb(fast.gpu_batch(chunk, cyc[i * batch:(i + 1) * batch], dev)).cpu()
-                done += len(chunk)
+            feats[name] = run()
             torch.cuda.synchronize()
-            out["e2e_vit_b16_images_per_s"] = done / (time.perf_counter() - start)
-            out["e2e_images"], out["e2e_read_threads"], out["e2e_batch"] = done, threads, batch
+            out["e2e_vit_b16_images_per_s" + (f"_{name}" if name else "")] = n / (time.perf_counter() - start)
+    base = out["e2e_vit_b16_images_per_s_per_batch_wait"]
+    for key in [k for k in out if k.startswith("e2e_vit_b16_images_per_s") and not k.endswith("per_batch_wait")]:
+        out[key.replace("e2e_vit_b16_images_per_s", "e2e_ratio") + "_vs_per_batch_wait"] = out[key] / base
+    out["e2e_max_abs_diff"] = float(np.abs(feats[""] - feats["per_batch_wait"]).max())  # same kernels: expect 0
+    for name in feats:
+        if name.startswith("cpu_share"):  # the CPU path's share: within the loaders' tolerance, not equal
+            a, b = feats[name], feats[""]
+            cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            out[f"e2e_min_cosine_{name}_vs_gpu"] = float(cos.min())
     return out
 
 
@@ -164,6 +199,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: every core)")
     parser.add_argument("--e2e", type=int, default=0, help="CUDA only: images to embed end to end with ViT-B/16")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--cpu-share", type=float, nargs="*", default=[0.25, 0.4],
+                        help="CUDA e2e only: CXR_GPU_CPU_SHARE values to time beside 0 (default 0.25 0.4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cxr-bench-loading-") as tmp:
@@ -178,7 +215,7 @@ def main() -> None:
         import torch
 
         if torch.cuda.is_available():
-            out.update(_cuda_figures(files, args.e2e, args.batch))
+            out.update(_cuda_figures(files, args.e2e, args.batch, args.cpu_share))
             out["gpu_ratio_vs_naive"] = out["gpu_images_per_s"] / naive
     if args.json:
         print(json.dumps(out))

@@ -4,7 +4,8 @@
 #   bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale]   (default: these seven, < 9 min
 #   on an H200) and the older parts on request: [embed] [dp] [demo]
 #     info: GPU, cores, package versions; tests: the CUDA tests (engine on the GPU = CPU; nvJPEG path = reference);
-#     loading: real-size JPEG loading CPU vs PIL, nvJPEG, ViT-B/16 end to end (bench/bench_loading.py);
+#     loading: real-size JPEG loading CPU vs PIL, nvJPEG, ViT-B/16 end to end: the old per-batch loop, then
+#       the project's, then CPU shares 0.25 and 0.4 (bench/bench_loading.py);
 #     relink: the whole curve on CUDA vs one CUDA matmul of its shape, 43,793 x 21,896 (bench/bench_relink.py);
 #     recompute: the dashboard's Recompute (demo audit + sweep, model cached) three times (bench/demo_recompute.py);
 #     scale: the curve at 43,793 x 400,000 on CUDA;
@@ -52,7 +53,7 @@ for part in "${parts[@]}"; do
     info) info ;;
     tests) step pytest_cuda 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_relink.py \
              tests/test_images.py tests/test_probe.py -k "cuda or nvjpeg or torch" ;;
-    loading) step loading 150 $PY -m bench.bench_loading --n 64 --e2e 8192 --batch 256 --json ;;
+    loading) step loading 150 $PY -m bench.bench_loading --n 64 --e2e 4096 --batch 256 --json ;;
     relink) step relink 150 $PY -m bench.bench_relink --device cuda --n 43793 --skip-sampling ;;
     recompute)
       step recompute 330 bash -c "$PY -m backend prepare-demo --device cuda && \

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backend.embed.compute as embed_mod
 from backend.embed import load_embedding_set, load_npz, save_npz
 from backend.embed.compute import embed_split, embedding_key
 from backend.errors import JobError
 from backend.models import load_model
 from backend.sources import load_source
 from backend.specs import EmbedSpec, SourceSpec
+from tests.helpers.embed_calls import count_image_chunks
 from tests.helpers.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
 
 register_tiny_models()
@@ -26,18 +26,6 @@ SPEC = EmbedSpec(source=SourceSpec(options=TINY_SOURCE_OPTIONS), model="tiny-ran
 def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     return tmp_path
-
-
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = embed_mod._image_chunk
-
-    def wrapped(lm, source, paths, batch_size, num_workers):
-        calls.append(len(paths))
-        return real(lm, source, paths, batch_size, num_workers)
-
-    monkeypatch.setattr(embed_mod, "_image_chunk", wrapped)
-    return calls
 
 
 def test_embeddings_unit_norm_dedup_and_heads(fresh_cache: Path) -> None:
@@ -60,7 +48,7 @@ def test_embeddings_unit_norm_dedup_and_heads(fresh_cache: Path) -> None:
 
 def test_deterministic_and_cached(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
     first = embed_split(SPEC, chunk_size=16, num_workers=0)
-    calls = _counting(monkeypatch)
+    calls = count_image_chunks(monkeypatch)
     again = embed_split(SPEC, chunk_size=16, num_workers=0)
     assert calls == [] and again.path == first.path  # served from the cache
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.mktemp("other-cache")))
@@ -73,7 +61,7 @@ def test_deterministic_and_cached(fresh_cache: Path, monkeypatch: pytest.MonkeyP
 def test_killed_job_resumes_from_its_last_finished_chunk(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path_factory) -> None:
     chunk = 8
-    calls = _counting(monkeypatch)
+    calls = count_image_chunks(monkeypatch)
 
     def cancel_after_three_chunks(done: int, total: int, message: str = "") -> None:
         if len(calls) == 3:
@@ -130,3 +118,38 @@ def test_cache_key_covers_split_policy_and_preprocessing(fresh_cache: Path) -> N
     for col in ("view", "site", "split"):
         assert embedding_key(SPEC, lm, pairs.assign(**{col: "other"})) != base
     assert embedding_key(SPEC, lm, pairs.copy()) == base
+
+
+def test_each_item_gets_its_own_features_across_batches_and_chunks(fresh_cache: Path) -> None:
+    """Chunks of several batches, their features brought to the host once per chunk (encode_batches): every image
+    and report keeps its own features, in input order, against the model run on one item at a time."""
+    import torch
+
+    es = embed_split(SPEC, chunk_size=20, num_workers=0)  # batches of 8, 8, 4 per chunk
+    lm = load_model(SPEC.model)
+    src = load_source(SPEC.source.name, **SPEC.source.options)
+    pairs = src.pairs  # split "all", in the source's order
+    assert len(pairs) > 40
+    picks = [0, 7, 8, 19, 20, 27, len(pairs) - 1]  # first/last of batches and chunks, and the last pair
+    with torch.inference_mode():
+        for i in picks:
+            img = lm.preprocess(src.read_image(pairs["image_path"].iloc[i]))[None]
+            np.testing.assert_allclose(es.image_feat[i], lm.encode_image_features(img)[0].numpy(), atol=1e-5)
+            tokens = lm.tokenizer([str(pairs["report"].iloc[i])])
+            np.testing.assert_allclose(es.text_feat[i], lm.encode_text_features(tokens)[0].numpy(), atol=1e-5)
+
+
+def test_encode_batches_keeps_order_and_values() -> None:
+    """Batches of different sizes through a linear map: the same rows as numpy's product of the stacked inputs."""
+    import torch
+
+    from backend.embed.compute import encode_batches
+
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, 6)).astype(np.float32) for n in (5, 5, 2)]
+    lin = torch.nn.Linear(6, 3).double()
+    w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+    with torch.inference_mode():
+        got = encode_batches((torch.from_numpy(x).double() for x in xs), lin)
+    assert got.dtype == np.float32 and got.shape == (12, 3)
+    np.testing.assert_allclose(got, np.concatenate(xs).astype(np.float64) @ w.T + b, rtol=1e-6, atol=1e-6)

@@ -21,6 +21,7 @@ from backend.models import load_model
 from backend.sources.files import open_image
 from backend.specs import EmbedSpec, SourceSpec
 from bench.bench_loading import radiograph
+from tests.helpers.embed_calls import count_image_chunks
 from tests.helpers.tiny_models import register_tiny_models
 
 register_tiny_models()
@@ -155,3 +156,117 @@ def test_nvjpeg_path_matches_the_reference_transform(model, files: list[Path]) -
     ref = torch.stack([model.preprocess(open_image(p)) for p in files])
     got = _fast(model).gpu_batch([read_bytes(p) for p in files], files, torch.device("cuda")).cpu()
     _check_close(model, ref, got)
+
+
+def test_prefetch_decodes_what_nvjpeg_cannot_and_the_cpu_share(model, files: list[Path]) -> None:
+    """The read threads hand gpu_batch file bytes for the JPEGs nvJPEG decodes, and the CPU path's image for the
+    other files (the 16-bit PNG) and for the JPEGs on_cpu picks; the batch is then the same tensor, bit for bit,
+    as decoding each file on its own path."""
+    from backend.embed.images import on_cpu, prefetch_files, read_bytes
+
+    fast, cpu = _fast(model), torch.device("cpu")
+    raw = fast.gpu_batch([read_bytes(p) for p in files], files, cpu)  # every JPEG through the tensor path
+    for share in (0.0, 0.5):
+        batches = list(prefetch_files(files, 4, 3, fast, share))
+        assert [len(b) for b in batches] == [4, 2]
+        items = [item for b in batches for item in b]
+        for i, (p, item) in enumerate(zip(files, items, strict=True)):
+            if p.suffix == ".png" or on_cpu(i, share):
+                np.testing.assert_array_equal(item.numpy(), fast.load(p).numpy())
+            else:
+                assert item.dim() == 1 and bytes(item.numpy()) == p.read_bytes()
+        got = torch.cat([fast.gpu_batch(b, files[4 * k:4 * k + len(b)], cpu) for k, b in enumerate(batches)])
+        for i, p in enumerate(files):
+            want = fast.load(p) if p.suffix == ".png" or on_cpu(i, share) else raw[i]
+            np.testing.assert_array_equal(got[i].numpy(), want.numpy())
+    missing = files[0].with_name("gone.jpg")
+    for share in (0.0, 0.5):  # unread bytes, or decoded on a thread: either way the batch names the file
+        with pytest.raises(ImageReadError, match="gone.jpg"):
+            for b in prefetch_files([files[0], missing], 2, 2, fast, share):
+                fast.gpu_batch(b, [files[0], missing], cpu)
+
+
+def test_cpu_share_is_spread_evenly_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.embed.images import cpu_share, describe, on_cpu
+
+    for share in (0.0, 0.1, 0.25, 1 / 3, 0.5, 0.9):
+        picks = np.array([on_cpu(i, share) for i in range(1000)])
+        counts = np.cumsum(picks)
+        assert all(counts[n - 1] == int(np.floor(n * share + 1e-9)) for n in (1, 7, 10, 99, 512, 1000))
+    assert [i for i in range(8) if on_cpu(i, 0.25)] == [3, 7]
+    fast = FastPreprocess(size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    monkeypatch.delenv("CXR_GPU_CPU_SHARE", raising=False)
+    assert cpu_share() == 0.0 and "cpu_share" not in describe("gpu", fast)  # keys made before the share: unchanged
+    monkeypatch.setenv("CXR_GPU_CPU_SHARE", "0.3")
+    assert describe("gpu", fast)["cpu_share"] == 0.3 and "cpu_share" not in describe("fast", fast)
+    for bad in ("1", "-0.1", "half"):
+        monkeypatch.setenv("CXR_GPU_CPU_SHARE", bad)
+        with pytest.raises(SpecError, match="CXR_GPU_CPU_SHARE"):
+            cpu_share()
+
+
+def _ten_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EmbedSpec:
+    """A csv source of ten radiographs, the fifth a PNG; the cache in tmp_path; the loader left to choose."""
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for k in range(10):
+        name = f"img/{k}.png" if k == 4 else f"img/{k}.jpg"
+        radiograph(700 + 10 * k, 600, k).save(root / name, **({} if k == 4 else {"quality": 95}))
+        rows.append({"image_path": name, "report": f"Report {k}: clear lungs.", "patient_id": f"P{k // 2}"})
+    pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
+    monkeypatch.delenv("CXR_IMAGE_LOADER", raising=False)
+    return EmbedSpec(source=SourceSpec(name="csv", root=str(root)), model="tiny-random", split="all", batch_size=4)
+
+
+def test_embed_split_gpu_loader_with_a_cpu_share(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gpu loader's code path end to end (its tensor decode run on the CPU here): PNGs decoded on the read
+    threads, a CPU share of the JPEGs too; the picked rows are the fast path's embeddings, the others the
+    share-0 run's, and the share is in the cache key."""
+    import backend.embed.compute as embed_mod
+    from backend.embed.images import on_cpu
+
+    spec = _ten_files(tmp_path, monkeypatch)
+    fast = embed_split(spec, device="cpu", num_workers=0)
+    monkeypatch.setattr(embed_mod, "image_loader", lambda device, file_based: "gpu")
+    runs = {}
+    for share in ("0", "0.5"):
+        monkeypatch.setenv("CXR_GPU_CPU_SHARE", share)
+        runs[share] = embed_split(spec, device="cpu", num_workers=0)
+    assert runs["0"].info["image_loader"]["loader"] == "gpu" and runs["0.5"].info["image_loader"]["cpu_share"] == 0.5
+    assert len({fast.info["key"], runs["0"].info["key"], runs["0.5"].info["key"]}) == 3
+    for i in range(10):
+        picked = i == 4 or on_cpu(i, 0.5)
+        np.testing.assert_allclose(runs["0.5"].image_feat[i], (fast if picked else runs["0"]).image_feat[i],
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs["0"].image_feat[4], fast.image_feat[4], rtol=1e-5, atol=1e-6)  # the PNG
+    assert not np.allclose(runs["0"].image_feat[0], fast.image_feat[0], rtol=1e-5, atol=1e-6)  # JPEGs: two paths
+    assert float((runs["0.5"].image_emb * fast.image_emb).sum(1).mean()) >= 0.999
+
+
+def test_gpu_loader_feeds_batches_across_chunks_and_resumes(model, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gpu loader's one feed over the chunks cuts each chunk into the batches it has alone: chunks of 4 give
+    the bits of one chunk of 512 (batches of 4 either way); a run cancelled after two chunks resumes with a feed
+    of the missing chunk only and equals the unbroken run."""
+    import backend.embed.compute as embed_mod
+    from backend.errors import JobError
+
+    spec = _ten_files(tmp_path, monkeypatch)
+    monkeypatch.setattr(embed_mod, "image_loader", lambda device, file_based: "gpu")
+    monkeypatch.setenv("CXR_GPU_CPU_SHARE", "0.5")
+    whole = embed_split(spec, device="cpu", num_workers=0)
+    calls = count_image_chunks(monkeypatch)
+
+    def cancel_after_two_chunks(done: int, total: int, message: str = "") -> None:
+        if len(calls) == 2:
+            raise JobError("cancelled")
+
+    with pytest.raises(JobError):
+        embed_split(spec, cancel_after_two_chunks, device="cpu", chunk_size=4, num_workers=0)
+    calls.clear()
+    resumed = embed_split(spec, device="cpu", chunk_size=4, num_workers=0)
+    assert calls == [2]  # only the last chunk (items 8-9) was computed again
+    assert resumed.info["key"] != whole.info["key"]
+    np.testing.assert_array_equal(resumed.image_feat, whole.image_feat)

@@ -11,11 +11,12 @@ boundaries and batches are fixed by the key, so a resumed run yields the same ar
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from backend.embed.files import (
     load_embedding_set,
     write_set,
 )
-from backend.embed.images import FastPreprocess, describe, image_loader, prefetch_bytes
+from backend.embed.images import FastPreprocess, cpu_share, describe, image_loader, prefetch_batches
 from backend.embed.shards import embed_devices, owner, run_shards
 from backend.errors import SourceError
 from backend.models import MODELS, get_model, load_model, register_model
@@ -43,7 +44,7 @@ from backend.sources import SourceData, load_source
 from backend.sources.schema import SIDE_COLUMNS, table_digest
 from backend.specs import EmbedSpec, spec_from_json
 
-__all__ = ["embed_split", "embedding_key", "select_split", "split_meta"]  # the set and its files: backend.embed
+__all__ = ["embed_split", "embedding_key", "encode_batches", "select_split", "split_meta"]  # the set and its files: backend.embed
 
 log = logging.getLogger(__name__)
 EMBED_VERSION = "embed-v2"  # v2: the key covers every column and the image files
@@ -124,17 +125,36 @@ def _autocast(device: torch.device) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
+def _image_feed(lm: LoadedModel, source: SourceData, paths: list[str], chunks: list[int], chunk_size: int,
+                batch_size: int, num_workers: int) -> Iterator[list[Any]] | None:
+    """The gpu loader's batches of the given image chunks (numbers, increasing), in order, from one thread pool
+    that reads (and for the CPU share decodes) one batch ahead across the ends of chunks, so the GPU never
+    waits for a chunk's first batch; None for the other loaders (their DataLoader works chunk by chunk).
+    Each chunk is cut into batches exactly as on its own, so the features do not depend on which chunks run."""
+    loader, fast = _loader_of(lm, source)
+    if loader != "gpu" or fast is None or source.image_file is None or not chunks:
+        return None
+    files = [source.image_file(p) for p in paths]
+    spans = []
+    for c in chunks:
+        a, b = c * chunk_size, min(len(paths), (c + 1) * chunk_size)
+        spans += [(s, min(s + batch_size, b)) for s in range(a, b, batch_size)]
+    return prefetch_batches(files, spans, max(4, num_workers), fast, cpu_share())
+
+
 def _image_chunk(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int,
-                 num_workers: int) -> np.ndarray:
-    """(len(paths), d_img_pre) float32 features of one chunk of images, through the loader _loader_of picks."""
+                 num_workers: int, feed: Iterator[list[Any]] | None = None) -> np.ndarray:
+    """(len(paths), d_img_pre) float32 features of one chunk of images, through the loader _loader_of picks;
+    with the gpu loader its batches come from `feed` (_image_feed, which covers this chunk next)."""
     loader, fast = _loader_of(lm, source)
     pin = lm.device.type == "cuda"
     if loader == "gpu" and fast is not None and source.image_file is not None:
+        if feed is None:
+            raise RuntimeError("internal: the gpu loader's chunks take their batches from _image_feed")
         files = [source.image_file(p) for p in paths]
-        batches = prefetch_bytes(files, batch_size, max(4, num_workers))
         starts = range(0, len(files), batch_size)
         images: Any = (fast.gpu_batch(blobs, files[a:a + batch_size], lm.device)
-                       for a, blobs in zip(starts, batches, strict=True))
+                       for a, blobs in zip(starts, itertools.islice(feed, len(starts)), strict=True))
     else:
         if loader == "fast" and fast is not None and source.image_file is not None:
             data: Dataset = _Files([source.image_file(p) for p in paths], fast.load)
@@ -142,21 +162,46 @@ def _image_chunk(lm: LoadedModel, source: SourceData, paths: list[str], batch_si
             data = _Images(source.read_image, paths, lm.preprocess)
         images = (b.to(lm.device, non_blocking=True) for b in DataLoader(data, batch_size=batch_size,
                                                                           num_workers=num_workers, pin_memory=pin))
-    out = []
     with torch.inference_mode(), _autocast(lm.device):
-        for batch in images:
-            out.append(lm.encode_image_features(batch).float().cpu().numpy())
-    return np.concatenate(out)
+        return encode_batches(images, lm.encode_image_features)
+
+
+def _image_chunks(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int, num_workers: int,
+                  folder: Path, chunk_size: int, mine: Callable[[int], bool], progress: ProgressLike, total: int,
+                  ) -> np.ndarray | None:
+    """Compute the image chunks that `mine` picks and that are not on disk yet (the gpu loader's batches fed
+    across chunks); returns every chunk stacked when all are mine (else None: another process has the rest)."""
+    n_chunks = -(-len(paths) // chunk_size)
+    todo = [c for c in range(n_chunks) if mine(c) and not _chunk_path(folder, "image", c).is_file()]
+    feed = _image_feed(lm, source, paths, todo, chunk_size, batch_size, num_workers)
+    try:
+        if all(mine(c) for c in range(n_chunks)):
+            return _run_chunks("image", len(paths), lambda a, b: _image_chunk(
+                lm, source, paths[a:b], batch_size, num_workers, feed), folder, chunk_size, progress, 0, total)
+        for c in todo:
+            a = c * chunk_size
+            _chunk("image", c, folder, lambda a=a: _image_chunk(lm, source, paths[a:a + chunk_size], batch_size,
+                                                                   num_workers, feed))
+        return None
+    finally:
+        if feed is not None:
+            feed.close()  # a failed chunk leaves no reads running
 
 
 def _text_chunk(lm: LoadedModel, texts: list[str], batch_size: int) -> np.ndarray:
     """(len(texts), d_txt_pre) float32 features of one chunk of report texts."""
-    out = []
+    batches = (lm.tokenizer(texts[i:i + batch_size]).to(lm.device) for i in range(0, len(texts), batch_size))
     with torch.inference_mode(), _autocast(lm.device):
-        for i in range(0, len(texts), batch_size):
-            tokens = lm.tokenizer(texts[i:i + batch_size]).to(lm.device)
-            out.append(lm.encode_text_features(tokens).float().cpu().numpy())
-    return np.concatenate(out)
+        return encode_batches(batches, lm.encode_text_features)
+
+
+def encode_batches(batches: Iterable[torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """(n, d) float32 features of every batch, brought to the host in one transfer after the last batch.
+
+    A transfer per batch would make the host wait for the model on each batch before it prepares the next one;
+    with one at the end, on a GPU the host decodes (nvJPEG runs on its own stream and waits only for its own
+    work) or tokenises batch i+1 while the model runs on batch i. The same values either way."""
+    return torch.cat([encode(batch).float() for batch in batches]).cpu().numpy()
 
 
 def _apply_head(feat: np.ndarray, head: torch.nn.Linear) -> np.ndarray:
@@ -166,9 +211,13 @@ def _apply_head(feat: np.ndarray, head: torch.nn.Linear) -> np.ndarray:
         return F.normalize(emb, dim=-1).numpy().astype(np.float32)
 
 
+def _chunk_path(folder: Path, kind: str, c: int) -> Path:
+    return folder / f"{kind}-{c:05d}.npy"
+
+
 def _chunk(kind: str, c: int, folder: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
     """Chunk number c of `kind` from <folder>/<kind>-<c>.npy, computing and writing it (atomically) when missing."""
-    path = folder / f"{kind}-{c:05d}.npy"
+    path = _chunk_path(folder, kind, c)
     if path.is_file():
         return np.load(path)
     arr = compute()
@@ -198,10 +247,8 @@ def _shard(rank: int, world: int, device: str, spec_json: str, entry: Any, paths
     lm = load_model(spec.model, device=device)
     out = Path(folder)
     n_img = -(-len(paths) // chunk_size)
-    for c, a in enumerate(range(0, len(paths), chunk_size)):
-        if owner(c, world) == rank:
-            _chunk("image", c, out, lambda a=a: _image_chunk(lm, src, paths[a:a + chunk_size], spec.batch_size,
-                                                                num_workers))
+    _image_chunks(lm, src, paths, spec.batch_size, num_workers, out, chunk_size, lambda c: owner(c, world) == rank,
+                  null_progress, len(paths))
     for c, a in enumerate(range(0, len(texts), chunk_size)):
         if owner(n_img + c, world) == rank:
             _chunk("text", c, out, lambda a=a: _text_chunk(lm, texts[a:a + chunk_size], spec.batch_size))
@@ -250,8 +297,9 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
         run_shards(_shard, devices, (spec.to_json(), entry, paths, texts, str(chunks), chunk_size,
                                      max(0, workers // len(devices))), chunks,
                    lambda: min(total, chunk_size * len(list(chunks.glob("*.npy")))), total, progress)
-    image_feat = _run_chunks("image", len(paths), lambda a, b: _image_chunk(
-        lm, src, paths[a:b], spec.batch_size, workers), chunks, chunk_size, progress, 0, total)
+    image_feat = _image_chunks(lm, src, paths, spec.batch_size, workers, chunks, chunk_size, lambda c: True,
+                               progress, total)
+    assert image_feat is not None  # every chunk is this process's
     text_feat_u = _run_chunks("text", len(texts), lambda a, b: _text_chunk(
         lm, texts[a:b], spec.batch_size), chunks, chunk_size, progress, len(paths), total)
     es = EmbeddingSet(

@@ -14,8 +14,12 @@ model embeddings of the same files through the reference and the fast path):
   the reference transform's arithmetic (torchvision's Resize/CenterCrop/Normalize on PIL images).
 - CUDA ("gpu"): file bytes read by a thread pool one batch ahead, a batch decoded by nvJPEG on the GPU
   (`torchvision.io.decode_jpeg(list, device="cuda")`), then resize (antialiased), crop and normalisation as
-  tensor operations on the GPU. Files nvJPEG refuses (PNG, 16-bit, CMYK, a corrupt file) go through the CPU
-  path, so a batch never fails for one odd file; an unreadable file raises ImageReadError naming it.
+  tensor operations on the GPU. Files that are not JPEGs (PNG: CheXpert Plus, OpenI) go through the CPU path
+  on the same threads, one batch ahead, beside the GPU's work; a JPEG nvJPEG refuses (16-bit, CMYK, corrupt)
+  goes through the CPU path when its batch is decoded, so a batch never fails for one odd file; an unreadable
+  file raises ImageReadError naming it. $CXR_GPU_CPU_SHARE (default 0) sends that share of the JPEGs, evenly
+  spread over each chunk (the same files every run), through the CPU path on those threads too, so the CPU
+  cores decode while nvJPEG does (nvJPEG alone is the limit at MIMIC-CXR's size); the share is in the cache key.
 
 `image_loader()` picks one from $CXR_IMAGE_LOADER (auto | reference | fast | gpu; auto = gpu on CUDA for
 file-based sources, else fast). The loader's id is part of the embedding cache key (backend.embed.compute),
@@ -60,6 +64,25 @@ def image_loader(device: torch.device, file_based: bool) -> str:
     if want == "gpu" and device.type != "cuda":
         raise SpecError("CXR_IMAGE_LOADER=gpu needs a CUDA device; use --device cuda, or CXR_IMAGE_LOADER=fast.")
     return want
+
+
+def cpu_share() -> float:
+    """$CXR_GPU_CPU_SHARE: the share of JPEGs the gpu loader decodes on CPU threads beside nvJPEG (0 <= share < 1)."""
+    raw = os.environ.get("CXR_GPU_CPU_SHARE", "").strip() or "0"
+    try:
+        share = float(raw)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share < 1.0:
+        raise SpecError(f"CXR_GPU_CPU_SHARE={raw!r} is not a share; use a number from 0 (nvJPEG decodes every JPEG) "
+                        "to below 1, e.g. 0.3.")
+    return share
+
+
+def on_cpu(i: int, share: float) -> bool:
+    """Whether item i of a chunk goes through the CPU path under `share`: evenly spread (share 0.25: every 4th
+    item), fixed by the item's place, so every run decodes the same files the same way."""
+    return math.floor((i + 1) * share) > math.floor(i * share)
 
 
 @dataclass(frozen=True)
@@ -152,13 +175,17 @@ class FastPreprocess:
     # ------------------------------------------------------------------ GPU path
     def gpu_batch(self, blobs: Sequence[torch.Tensor | None], paths: Sequence[str | Path],
                   device: torch.device) -> torch.Tensor:
-        """(B, 3, size, size) on `device` from raw file bytes (uint8 CPU tensors; None = read failed).
+        """(B, 3, size, size) on `device` from raw file bytes (uint8 CPU tensors, 1-D; None = read failed) or
+        images the CPU path has already made (3-D float tensors: prefetch_files' work).
 
         JPEGs are decoded together by nvJPEG; the rest (and any file nvJPEG refuses) by the CPU path."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         out: list[torch.Tensor | None] = [None] * len(paths)
-        jpeg = [i for i, b in enumerate(blobs) if b is not None and b.numel() > 3 and _is_jpeg(b)]
+        for i, b in enumerate(blobs):
+            if b is not None and b.dim() == 3:
+                out[i] = b.to(device, non_blocking=True)
+        jpeg = [i for i, b in enumerate(blobs) if b is not None and b.dim() == 1 and b.numel() > 3 and _is_jpeg(b)]
         if jpeg:
             try:
                 decoded = decode_jpeg([blobs[i] for i in jpeg], mode=ImageReadMode.UNCHANGED, device=device)
@@ -217,13 +244,25 @@ def read_bytes(path: str | Path) -> torch.Tensor | None:
         return None
 
 
-def prefetch_bytes(files: Sequence[str | Path], batch_size: int, threads: int) -> Iterator[list[torch.Tensor | None]]:
-    """Batches of file bytes (read_bytes), read by a thread pool one batch ahead of the consumer (file reads
-    release the GIL; threads avoid moving gigabytes of bytes between processes through shared memory)."""
+def prefetch_batches(files: Sequence[str | Path], spans: Sequence[tuple[int, int]], threads: int,
+                     fast: FastPreprocess | None = None, share: float = 0.0) -> Iterator[list[torch.Tensor | None]]:
+    """For each span (a, b), the batch files[a:b] as gpu_batch takes it, made by a thread pool one batch ahead of
+    the consumer (across the ends of chunks, when the spans cover several): file bytes (read_bytes), or with
+    `fast` given the CPU path's (3, size, size) image for files that are not JPEGs and for the JPEGs that
+    on_cpu(i, share) picks (i: the file's place in `files`, the split). File reads, PIL's decoding and resizing
+    release the GIL; threads avoid moving gigabytes of bytes between processes through shared memory."""
+    def prepare(i: int) -> torch.Tensor | None:
+        if fast is not None and on_cpu(i, share):
+            return fast.load(files[i])
+        blob = read_bytes(files[i])
+        if fast is not None and blob is not None and not (blob.numel() > 3 and _is_jpeg(blob)):
+            return fast.load(files[i])  # PNG and other formats: nvJPEG cannot decode them
+        return blob
+
     with ThreadPoolExecutor(max(1, threads)) as pool:
         pending = None
-        for a in range(0, len(files), batch_size):
-            nxt = pool.map(read_bytes, files[a:a + batch_size])  # submitted now, collected next round
+        for a, b in spans:
+            nxt = pool.map(prepare, range(a, b))  # submitted now, collected next round
             if pending is not None:
                 yield list(pending)
             pending = nxt
@@ -231,6 +270,15 @@ def prefetch_bytes(files: Sequence[str | Path], batch_size: int, threads: int) -
             yield list(pending)
 
 
+def prefetch_files(files: Sequence[str | Path], batch_size: int, threads: int, fast: FastPreprocess | None = None,
+                   share: float = 0.0) -> Iterator[list[torch.Tensor | None]]:
+    """prefetch_batches over consecutive batches of batch_size files."""
+    spans = [(a, min(a + batch_size, len(files))) for a in range(0, len(files), batch_size)]
+    return prefetch_batches(files, spans, threads, fast, share)
+
+
 def describe(loader: str, fast: FastPreprocess | None) -> dict[str, Any]:
     """What the cache key and the run's provenance record about the loader."""
-    return {"loader": loader, "fast": None if fast is None or loader == "reference" else fast.ident}
+    out = {"loader": loader, "fast": None if fast is None or loader == "reference" else fast.ident}
+    share = cpu_share()  # checked on every machine: a mistyped value is named, not ignored
+    return {**out, "cpu_share": share} if share and loader == "gpu" else out  # keys without a share unchanged
