@@ -12,9 +12,10 @@ and, when CUDA is present:
           file bytes read by a thread pool one batch ahead, features collected as backend.embed.compute does
           (encode_batches: one device-to-host transfer at the end), against the same loop waiting for every
           batch's features on the host (e2e_ratio_vs_per_batch_wait; images/s end to end);
-  cosine  mean cosine between ViT-B/16 embeddings of the same files through the reference and each path.
+  cosine  mean cosine between ViT-B/16 embeddings of the same files through the reference and each path;
+  png     (--png N, CPU) N real-size PNGs through the gpu loader's CPU part: one thread against its read threads.
 
-Usage: python -m bench.bench_loading [--n 24] [--json] [--e2e 4096] [--batch 256] [--cpu-share 0.25 0.4]
+Usage: python -m bench.bench_loading [--n 24] [--json] [--png 16] [--e2e 4096] [--batch 256] [--cpu-share 0.25 0.4]
 Prints one JSON object with --json: naive_images_per_s, images_per_s (fast), ratio, and the CUDA figures.
 """
 
@@ -50,6 +51,39 @@ def _write(args: tuple[str, int]) -> int:
     path, seed = args
     radiograph(H, W, seed).save(path, quality=QUALITY)
     return os.path.getsize(path)
+
+
+def _write_png(args: tuple[str, int]) -> int:
+    path, seed = args
+    radiograph(H, W, seed).save(path)
+    return os.path.getsize(path)
+
+
+def _png_figures(folder: str, n: int, threads: int) -> dict:
+    """Real-size PNGs (CheXpert Plus and OpenI ship PNGs) through the gpu loader's CPU part: decoded one by one in
+    the calling thread (the loader before session 9) against the read threads of prefetch_files (now), in this
+    process, alternated twice (the best of each); both make the same tensors (checked here)."""
+    import torch
+
+    from backend.embed.images import prefetch_files
+
+    files = [str(Path(folder) / f"{i}.png") for i in range(n)]
+    with ProcessPoolExecutor(threads) as pool:
+        sizes = list(pool.map(_write_png, [(f, 1000 + i) for i, f in enumerate(files)]))
+    fast = _fast()
+    torch.set_num_threads(1)
+    fast.load(files[0])  # warm-up: page cache, imports
+    serial = rate = 0.0
+    for _ in range(2):  # alternated, the best of two each (the machine's speed drifts)
+        start = time.perf_counter()
+        one = [fast.load(f) for f in files]
+        serial = max(serial, n / (time.perf_counter() - start))
+        start = time.perf_counter()
+        many = [t for batch in prefetch_files(files, 8, threads, fast) for t in batch]
+        rate = max(rate, n / (time.perf_counter() - start))
+    assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
+    return {"png_n": n, "png_mean_file_mb": float(np.mean(sizes)) / 2**20, "png_threads": threads,
+            "png_one_thread_images_per_s": serial, "png_read_threads_images_per_s": rate, "png_ratio": rate / serial}
 
 
 def _preprocess_id() -> str:
@@ -201,6 +235,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--cpu-share", type=float, nargs="*", default=[0.25, 0.4],
                         help="CUDA e2e only: CXR_GPU_CPU_SHARE values to time beside 0 (default 0.25 0.4)")
+    parser.add_argument("--png", type=int, default=0, help="also time N real-size PNGs: the gpu loader's read "
+                        "threads against one thread (CPU; default 0: skipped)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cxr-bench-loading-") as tmp:
@@ -212,6 +248,8 @@ def main() -> None:
         out = {"n": args.n, "width": W, "height": H, "quality": QUALITY, "mean_file_mb": float(np.mean(sizes)) / 2**20,
                "workers": args.workers, "cpus": os.cpu_count(), "naive_images_per_s": naive, "images_per_s": fast,
                "ratio": fast / naive}
+        if args.png:
+            out.update(_png_figures(tmp, args.png, args.workers))
         import torch
 
         if torch.cuda.is_available():

@@ -53,7 +53,7 @@ for part in "${parts[@]}"; do
     info) info ;;
     tests) step pytest_cuda 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_relink.py \
              tests/test_images.py tests/test_probe.py -k "cuda or nvjpeg or torch" ;;
-    loading) step loading 150 $PY -m bench.bench_loading --n 64 --e2e 4096 --batch 256 --json ;;
+    loading) step loading 150 $PY -m bench.bench_loading --n 64 --png 32 --e2e 4096 --batch 256 --json ;;
     relink) step relink 150 $PY -m bench.bench_relink --device cuda --n 43793 --skip-sampling ;;
     recompute)
       step recompute 330 bash -c "$PY -m backend prepare-demo --device cuda && \

@@ -226,6 +226,16 @@ def _is_jpeg(blob: torch.Tensor) -> bool:
     return bool(blob[0] == 0xFF and blob[1] == 0xD8)
 
 
+def _starts_as_jpeg(path: str | Path) -> bool:
+    """Whether the file begins with JPEG's start-of-image marker (two bytes read; False when it cannot be read,
+    so the CPU path raises the error naming it)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\xff\xd8"
+    except OSError:
+        return False
+
+
 def _decode_one(blob: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -239,7 +249,7 @@ def read_bytes(path: str | Path) -> torch.Tensor | None:
     """The file's bytes as a uint8 tensor (for the GPU decoder), None when it cannot be read (the CPU path
     then raises the named error)."""
     try:
-        return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        return torch.from_numpy(np.fromfile(path, dtype=np.uint8))  # read straight into the array: no copy
     except OSError:
         return None
 
@@ -252,12 +262,9 @@ def prefetch_batches(files: Sequence[str | Path], spans: Sequence[tuple[int, int
     on_cpu(i, share) picks (i: the file's place in `files`, the split). File reads, PIL's decoding and resizing
     release the GIL; threads avoid moving gigabytes of bytes between processes through shared memory."""
     def prepare(i: int) -> torch.Tensor | None:
-        if fast is not None and on_cpu(i, share):
-            return fast.load(files[i])
-        blob = read_bytes(files[i])
-        if fast is not None and blob is not None and not (blob.numel() > 3 and _is_jpeg(blob)):
-            return fast.load(files[i])  # PNG and other formats: nvJPEG cannot decode them
-        return blob
+        if fast is not None and (on_cpu(i, share) or not _starts_as_jpeg(files[i])):
+            return fast.load(files[i])  # PNG and other formats (nvJPEG cannot decode them), and the CPU share
+        return read_bytes(files[i])
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         pending = None
