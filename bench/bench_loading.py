@@ -151,7 +151,8 @@ def _cuda_figures(files: list[str], e2e: int, batch: int, shares: list[float]) -
     x = fast.gpu_batch(blobs, paths, dev)
     torch.cuda.synchronize()
     out["gpu_images_per_s"] = len(files) / (time.perf_counter() - start)
-    out["gpu_decode_only_images_per_s"] = _decode_rate(fast, blobs, paths, dev)
+    out["gpu_decode_only_images_per_s"] = _decode_rate(fast, blobs, paths, dev)  # nvJPEG + resize (no model)
+    out["gpu_nvjpeg_alone_images_per_s"] = _decode_rate(fast, blobs, paths, dev, resize=False)  # the resize's share
 
     import open_clip
 
@@ -217,12 +218,17 @@ def _e2e(model, fast, blobs, paths, dev, n: int, batch: int, shares: list[float]
     return out
 
 
-def _decode_rate(fast, blobs, paths, dev) -> float:
+def _decode_rate(fast, blobs, paths, dev, resize: bool = True) -> float:
+    """Images/s of gpu_batch (nvJPEG + resize, crop, normalise) on batches of 64, or of nvJPEG alone."""
     import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     start = time.perf_counter()
     for a in range(0, len(blobs), 64):
-        fast.gpu_batch(blobs[a:a + 64], paths[a:a + 64], dev)
+        if resize:
+            fast.gpu_batch(blobs[a:a + 64], paths[a:a + 64], dev)
+        else:
+            decode_jpeg(blobs[a:a + 64], mode=ImageReadMode.UNCHANGED, device=dev)
     torch.cuda.synchronize()
     return len(blobs) / (time.perf_counter() - start)
 
