@@ -18,8 +18,10 @@ For each n (default 20,000 and 43,793; d = 512) one subprocess (so that its peak
      extrapolated linearly to all queries, every N of the grid and both pool kinds (study level only,
      so the ratio is conservative).
 --scale: 43,793 query images against 400,000 candidate reports (time and peak memory).
+--profile: one more curve run under cProfile; its top functions by cumulative time (where the time goes).
 
 Usage: python -m bench.bench_relink [--n 20000 43793] [--scale] [--skip-sampling] [--device cuda] [--repeats 5]
+       [--profile]
 """
 
 from __future__ import annotations
@@ -161,8 +163,27 @@ def sampling_seconds(data: dict, res, n_sub: int = 20, n_pools: int = 1000, seed
     return {"per_query_s": dict(zip(pts, costs, strict=True)), "fit_a_s": float(icpt), "fit_b_s_per_n": float(slope)}
 
 
+def _profile(curve, top: int = 25) -> list[str]:
+    """One more curve run under cProfile: the project's functions (and torch/numpy calls) by cumulative time.
+    On CUDA a function that waits for the device carries the wait, so the list shows where the time goes."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    curve()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, name), (_, calls, _, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = file.split("/backend/")[-1] if "/backend/" in file else None
+        if where is not None or "built-in method" in name or "method '" in name:
+            rows.append((cum, f"{cum:8.3f} s {calls:7d} calls  {where or ''}:{line} {name}"))
+    return [text for _, text in sorted(rows, reverse=True)[:top]]
+
+
 def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, device: str = "cpu",
-             repeats: int = 2) -> dict:
+             repeats: int = 2, profile: bool = False) -> dict:
     """One benchmark case in this process; returns its figures."""
     import torch
 
@@ -212,6 +233,8 @@ def run_case(n: int, skip_sampling: bool, n_candidates: int | None = None, devic
     out["ratio_curve_over_matmul"] = out["curve_s"] / out["matmul_qxcxd_s"]
     out["ratio_median"] = float(np.median(runs[1:]) / np.median(mm))  # warm runs only
     out["curve_no_bootstrap_s"] = curve(0)[0]
+    if profile:
+        out["profile_top"] = _profile(curve)
     if n_candidates is None and not skip_sampling and not device.startswith("cuda"):
         samp = sampling_seconds(data, res)
         rows = res.rows[(res.rows.level == "study") & (res.rows.k == 1) & res.rows.pool_kind.isin(["random", "hard"])]
@@ -233,13 +256,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="curve runs per case, interleaved with matmuls (default 2; 5+ on a noisy machine)")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more curve run under cProfile: the top functions by cumulative time")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--case-candidates", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.case is not None:
         print(json.dumps(run_case(args.case, args.skip_sampling, args.case_candidates, args.device,
-                                  args.repeats)))
+                                  args.repeats, args.profile)))
         return
     cases = [(n, None) for n in args.n] + ([(43_793, args.scale_candidates)] if args.scale else [])
     print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
@@ -248,6 +273,7 @@ def main() -> None:
                "--repeats", str(args.repeats)]
         cmd += ["--case-candidates", str(m)] if m else []
         cmd += ["--skip-sampling"] if args.skip_sampling else []
+        cmd += ["--profile"] if args.profile else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
         if proc.returncode != 0:
             print(f"case n={n} m={m} failed:\n{proc.stderr[-3000:]}")

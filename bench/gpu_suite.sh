@@ -8,7 +8,7 @@
 #       the project's, then CPU shares 0.25 and 0.4 (bench/bench_loading.py);
 #     relink: the whole curve on CUDA vs one CUDA matmul of its shape, 43,793 x 21,896 (bench/bench_relink.py);
 #     recompute: the dashboard's Recompute (demo audit + sweep, model cached) three times (bench/demo_recompute.py);
-#     scale: the curve at 43,793 x 400,000 on CUDA;
+#     scale: the curve at 43,793 x 400,000 on CUDA (relink and scale: --profile, the top functions by time);
 #     probe: the sweep's 14 linear probes, scikit-learn on the CPU vs the torch Newton solver on CUDA (bench/bench_probe.py);
 #     embed: ViT-B-16 images/s in fp32/fp16/bf16 (bench/gpu_embed.py);
 #     dp: the DP tests on CUDA, then DP epoch vs non-private epoch (bench/bench_dp.py, 128-d and 768-d heads);
@@ -54,12 +54,12 @@ for part in "${parts[@]}"; do
     tests) step pytest_cuda 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_relink.py \
              tests/test_images.py tests/test_probe.py -k "cuda or nvjpeg or torch" ;;
     loading) step loading 150 $PY -m bench.bench_loading --n 64 --png 32 --e2e 4096 --batch 256 --json ;;
-    relink) step relink 150 $PY -m bench.bench_relink --device cuda --n 43793 --skip-sampling ;;
+    relink) step relink 150 $PY -m bench.bench_relink --device cuda --n 43793 --skip-sampling --profile ;;
     recompute)
       step recompute 330 bash -c "$PY -m backend prepare-demo --device cuda && \
         $PY -m bench.demo_recompute --repeats 3 --timeline --json $OUT/recompute.jsonl" ;;
     probe) step probe 90 $PY -m bench.bench_probe --device cuda --json ;;
-    scale) step scale 200 $PY -m bench.bench_relink --device cuda --n --scale --skip-sampling ;;
+    scale) step scale 200 $PY -m bench.bench_relink --device cuda --n --scale --skip-sampling --profile ;;
     embed) step gpu_embed 90 $PY -m bench.gpu_embed --batch-size 256 --batches 20 ;;
     dp)
       step pytest_cuda 120 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_dp.py \
