@@ -18,8 +18,9 @@ model embeddings of the same files through the reference and the fast path):
   on the same threads, one batch ahead, beside the GPU's work; a JPEG nvJPEG refuses (16-bit, CMYK, corrupt)
   goes through the CPU path when its batch is decoded, so a batch never fails for one odd file; an unreadable
   file raises ImageReadError naming it. $CXR_GPU_CPU_SHARE (default 0) sends that share of the JPEGs, evenly
-  spread over each chunk (the same files every run), through the CPU path on those threads too, so the CPU
-  cores decode while nvJPEG does (nvJPEG alone is the limit at MIMIC-CXR's size); the share is in the cache key.
+  spread by their place in the split (the same files every run), through the CPU path on those threads too, so
+  the CPU cores decode while nvJPEG does (nvJPEG alone is the limit at MIMIC-CXR's size); the share is in the
+  cache key.
 
 `image_loader()` picks one from $CXR_IMAGE_LOADER (auto | reference | fast | gpu; auto = gpu on CUDA for
 file-based sources, else fast). The loader's id is part of the embedding cache key (backend.embed.compute),
@@ -80,8 +81,9 @@ def cpu_share() -> float:
 
 
 def on_cpu(i: int, share: float) -> bool:
-    """Whether item i of a chunk goes through the CPU path under `share`: evenly spread (share 0.25: every 4th
-    item), fixed by the item's place, so every run decodes the same files the same way."""
+    """Whether item i of the split goes through the CPU path under `share`: evenly spread (share 0.25: every 4th
+    item), fixed by the item's place, so every run and every chunk or shard layout decodes the same files the
+    same way."""
     return math.floor((i + 1) * share) > math.floor(i * share)
 
 
@@ -176,7 +178,7 @@ class FastPreprocess:
     def gpu_batch(self, blobs: Sequence[torch.Tensor | None], paths: Sequence[str | Path],
                   device: torch.device) -> torch.Tensor:
         """(B, 3, size, size) on `device` from raw file bytes (uint8 CPU tensors, 1-D; None = read failed) or
-        images the CPU path has already made (3-D float tensors: prefetch_files' work).
+        images the CPU path has already made (3-D float tensors: prefetch_batches' work).
 
         JPEGs are decoded together by nvJPEG; the rest (and any file nvJPEG refuses) by the CPU path."""
         from torchvision.io import ImageReadMode, decode_jpeg
