@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, prepared to run in few short calls on a lent GPU machine (see README, Benchmarks).
 #
-#   bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale]   (default: these seven, < 9 min
-#   on an H200) and the older parts on request: [embed] [dp] [demo]
+#   bash bench/gpu_suite.sh [info] [tests] [loading] [relink] [scale] [probe] [recompute]   (default: these seven in this
+#   order, the open issue's figures first; info..scale take about 4 min on an H200, recompute up to 5.5 min more: with
+#   little device time left, run `info tests loading relink scale`) and the older parts on request: [embed] [dp] [demo]
 #     info: GPU, cores, package versions; tests: the CUDA tests (engine on the GPU = CPU; nvJPEG path = reference);
 #     loading: real-size JPEG loading CPU vs PIL, nvJPEG, ViT-B/16 end to end: the old per-batch loop, then
 #       the project's, then CPU shares 0.25 and 0.4 (bench/bench_loading.py);
@@ -47,7 +48,7 @@ pandas.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee "$OUT/device.txt"
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(info tests probe loading relink recompute scale)
+[ ${#parts[@]} -eq 0 ] && parts=(info tests loading relink scale probe recompute)  # the open issue's figures first
 for part in "${parts[@]}"; do
   case "$part" in
     info) info ;;
