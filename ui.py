@@ -308,6 +308,12 @@ def metric(label: str, value: float | None, definition: str, fmt: str = "{:.1f}x
     st.metric(label, shown, delta=delta, help=definition, delta_color=delta_color)
 
 
+def slider_points(labels: list[str], note: str) -> None:
+    """Name every point of an epsilon slider under it (the slider shows only the chosen one; labels are numbers
+    made by dashboard.epsilon_label, never dataset text)."""
+    st.caption(f"Drag along the stored points, left to right: ε = {' · '.join(labels)}. {note}")
+
+
 def guarantee_badge(guarantee: str, privacy_unit: str, objective: str) -> None:
     color = {"certified": "green", "nominal": "orange"}.get(guarantee, "gray")
     st.markdown(f":{color}-badge[{plain(guarantee or 'no DP')}] :blue-badge[privacy unit: {plain(privacy_unit or '?')}] "

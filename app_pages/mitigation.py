@@ -28,6 +28,7 @@ if sweep_id:
     def _explore() -> None:
         choice = st.select_slider("Privacy budget ε", labels, value=labels[0], key="epsilon",
                                   help=dashboard.DEFINITIONS["epsilon"])
+        ui.slider_points(labels, "Smaller ε is stronger privacy; inf is the same heads trained without DP.")
         p = pts.iloc[labels.index(choice)]
         base = pts[~pts["epsilon"].apply(math.isfinite)]
         ref = base.iloc[0] if len(base) else None

@@ -24,6 +24,7 @@ elif not finite:
 else:
     eps = st.select_slider("Compare no DP with ε", finite, value=finite[0], format_func=dashboard.epsilon_label,
                            help=dashboard.DEFINITIONS["epsilon"])
+    ui.slider_points([dashboard.epsilon_label(e) for e in finite], "Smaller ε is stronger privacy.")
     before_after, transfer = dashboard.utility_frames(view, eps)
     st.caption("Linear probe: logistic regression per label on projected image embeddings. Zero-shot: text prompts "
                "scored against the projected image embeddings (sensitive to image-text alignment).")

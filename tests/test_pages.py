@@ -98,6 +98,8 @@ def test_mitigation_slider_changes_the_numbers(seeded: Path, monkeypatch: pytest
     at = _open("mitigation", seeded, monkeypatch)
     first = [m.value for m in at.metric]
     assert "nominal" in _text(at) and "privacy unit: pair" in _text(at)
+    options = list(at.select_slider(key="epsilon").options)  # every stored point named, in the slider's order
+    assert len(options) >= 3 and f"ε = {' · '.join(options)}." in _text(at)
     at.select_slider(key="epsilon").set_value("8").run()
     assert not at.exception
     assert [m.value for m in at.metric] != first
@@ -122,6 +124,8 @@ def test_explorer_shows_ranks_and_shared_words(seeded: Path, monkeypatch: pytest
 def test_utility_report_and_jobs_pages_on_seeded_store(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open("utility", seeded, monkeypatch)
     assert len(at.dataframe) >= 2
+    options = list(at.select_slider[0].options)  # the DP points, as the slider names them
+    assert len(options) >= 2 and f"ε = {' · '.join(options)}." in _text(at)
     at = _open("report", seeded, monkeypatch)
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download the HTML audit report", "Download all results of the audit (zip)",
