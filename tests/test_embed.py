@@ -52,7 +52,7 @@ def test_deterministic_and_cached(fresh_cache: Path, monkeypatch: pytest.MonkeyP
     again = embed_split(SPEC, chunk_size=16, num_workers=0)
     assert calls == [] and again.path == first.path  # served from the cache
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.mktemp("other-cache")))
-    fresh = embed_split(SPEC, chunk_size=16, num_workers=1)  # recomputed, with a DataLoader worker
+    fresh = embed_split(SPEC, chunk_size=16, num_workers=2)  # recomputed, 2 DataLoader workers on each batch's pieces
     assert calls and fresh.path != first.path
     np.testing.assert_array_equal(fresh.image_emb, first.image_emb)
     np.testing.assert_array_equal(fresh.report_emb, first.report_emb)
@@ -153,3 +153,23 @@ def test_encode_batches_keeps_order_and_values() -> None:
         got = encode_batches((torch.from_numpy(x).double() for x in xs), lin)
     assert got.dtype == np.float32 and got.shape == (12, 3)
     np.testing.assert_allclose(got, np.concatenate(xs).astype(np.float64) @ w.T + b, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_pieces_cut_every_batch_across_the_workers() -> None:
+    """Each model batch [a, b) is cut into at most `workers` non-empty pieces that put its items back together in
+    order; one worker (or none): whole batches."""
+    from backend.embed.compute import batch_pieces
+
+    for n, batch, workers in [(512, 64, 15), (100, 8, 3), (7, 8, 4), (20, 5, 0), (1, 4, 2), (33, 32, 32)]:
+        spans = [(a, min(a + batch, n)) for a in range(0, n, batch)]
+        pieces, per_batch = batch_pieces(spans, workers)
+        assert sum(per_batch) == len(pieces) and all(pieces) and len(per_batch) == len(spans)
+        k = 0
+        for (a, b), count in zip(spans, per_batch, strict=True):
+            assert 1 <= count <= max(1, workers)
+            assert [i for piece in pieces[k:k + count] for i in piece] == list(range(a, b))
+            k += count
+        if workers <= 1:
+            assert per_batch == [1] * len(per_batch)
+    pieces, per_batch = batch_pieces([(a, a + 64) for a in range(0, 512, 64)], 15)
+    assert per_batch == [13] * 8 and max(map(len, pieces)) == 5  # 15 workers on every batch, not 8 of them

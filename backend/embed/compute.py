@@ -44,7 +44,8 @@ from backend.sources import SourceData, load_source
 from backend.sources.schema import SIDE_COLUMNS, table_digest
 from backend.specs import EmbedSpec, spec_from_json
 
-__all__ = ["embed_split", "embedding_key", "encode_batches", "select_split", "split_meta"]  # the set and its files: backend.embed
+__all__ = ["batch_pieces", "embed_split", "embedding_key", "encode_batches", "loader_batches", "select_split",
+           "split_meta"]  # the set and its files: backend.embed
 
 log = logging.getLogger(__name__)
 EMBED_VERSION = "embed-v2"  # v2: the key covers every column and the image files
@@ -126,66 +127,93 @@ def _autocast(device: torch.device) -> Any:
 
 
 def _image_feed(lm: LoadedModel, source: SourceData, paths: list[str], chunks: list[int], chunk_size: int,
-                batch_size: int, num_workers: int) -> Iterator[list[Any]] | None:
-    """The gpu loader's batches of the given image chunks (numbers, increasing), in order, from one thread pool
-    that reads (and for the CPU share decodes) one batch ahead across the ends of chunks, so the GPU never
-    waits for a chunk's first batch; None for the other loaders (their DataLoader works chunk by chunk).
-    Each chunk is cut into batches exactly as on its own, so the features do not depend on which chunks run."""
+                batch_size: int, num_workers: int) -> Iterator[Any]:
+    """Every model batch of the given image chunks (numbers, increasing), in order, made ahead by one pool for
+    all of them, so it works on across the ends of chunks (no restart per chunk, no idle first batch): for the gpu
+    loader the read threads' lists (prefetch_batches: file bytes for nvJPEG, the CPU path's images for PNGs and
+    the CPU share), for the others (B, 3, H, W) tensors from one DataLoader whose workers each decode a piece of
+    every batch (batch_pieces). Each chunk is cut into the batches it has alone, so the features do not depend
+    on which chunks run."""
     loader, fast = _loader_of(lm, source)
-    if loader != "gpu" or fast is None or source.image_file is None or not chunks:
-        return None
-    files = [source.image_file(p) for p in paths]
     spans = []
     for c in chunks:
         a, b = c * chunk_size, min(len(paths), (c + 1) * chunk_size)
         spans += [(s, min(s + batch_size, b)) for s in range(a, b, batch_size)]
-    return prefetch_batches(files, spans, max(4, num_workers), fast, cpu_share())
+    if fast is not None and source.image_file is not None and loader in ("gpu", "fast"):
+        files = [source.image_file(p) for p in paths]
+        if loader == "gpu":
+            return prefetch_batches(files, spans, max(4, num_workers), fast, cpu_share())
+        data: Dataset = _Files(files, fast.load)
+    else:
+        data = _Images(source.read_image, paths, lm.preprocess)
+    return loader_batches(data, spans, num_workers, lm.device.type == "cuda")
+
+
+def loader_batches(data: Dataset, spans: list[tuple[int, int]], workers: int, pin: bool) -> Iterator[torch.Tensor]:
+    """The model batches data[a:b] for (a, b) in spans, from one DataLoader over all of them (its workers stay up
+    for the whole job), each batch assembled from its pieces."""
+    pieces, per_batch = batch_pieces(spans, workers)
+    parts = iter(DataLoader(data, batch_sampler=pieces, num_workers=workers, pin_memory=pin))
+    try:
+        for k in per_batch:
+            got = [next(parts) for _ in range(k)]
+            yield got[0] if k == 1 else torch.cat(got)  # one piece: the DataLoader's (pinned) batch as it is
+    finally:
+        del parts  # the workers stop with their iterator (a failed or finished job leaves none running)
 
 
 def _image_chunk(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int,
-                 num_workers: int, feed: Iterator[list[Any]] | None = None) -> np.ndarray:
-    """(len(paths), d_img_pre) float32 features of one chunk of images, through the loader _loader_of picks;
-    with the gpu loader its batches come from `feed` (_image_feed, which covers this chunk next)."""
+                 feed: Iterator[Any]) -> np.ndarray:
+    """(len(paths), d_img_pre) float32 features of one chunk of images, its batches taken from `feed` (_image_feed,
+    which covers this chunk next), through the loader _loader_of picks."""
     loader, fast = _loader_of(lm, source)
-    pin = lm.device.type == "cuda"
+    starts = range(0, len(paths), batch_size)
+    batches = itertools.islice(feed, len(starts))
     if loader == "gpu" and fast is not None and source.image_file is not None:
-        if feed is None:
-            raise RuntimeError("internal: the gpu loader's chunks take their batches from _image_feed")
         files = [source.image_file(p) for p in paths]
-        starts = range(0, len(files), batch_size)
         images: Any = (fast.gpu_batch(blobs, files[a:a + batch_size], lm.device)
-                       for a, blobs in zip(starts, itertools.islice(feed, len(starts)), strict=True))
+                       for a, blobs in zip(starts, batches, strict=True))
     else:
-        if loader == "fast" and fast is not None and source.image_file is not None:
-            data: Dataset = _Files([source.image_file(p) for p in paths], fast.load)
-        else:
-            data = _Images(source.read_image, paths, lm.preprocess)
-        images = (b.to(lm.device, non_blocking=True) for b in DataLoader(data, batch_size=batch_size,
-                                                                          num_workers=num_workers, pin_memory=pin))
+        images = (b.to(lm.device, non_blocking=True) for b in batches)
     with torch.inference_mode(), _autocast(lm.device):
         return encode_batches(images, lm.encode_image_features)
+
+
+def batch_pieces(spans: list[tuple[int, int]], workers: int) -> tuple[list[list[int]], list[int]]:
+    """The DataLoader's index lists: each model batch [a, b) of spans cut into up to `workers` pieces, and how many
+    pieces each batch has. A worker takes one piece at a time, so every worker decodes part of every batch; with
+    whole batches as a worker's unit, a 512-item chunk of 64-item batches kept at most 8 workers busy and left
+    most of them idle through the chunk's last round. The model sees the same batches either way."""
+    pieces, per_batch = [], []
+    for a, b in spans:
+        size = -(-(b - a) // max(1, workers))
+        cuts = [list(range(c, min(c + size, b))) for c in range(a, b, size)]
+        pieces += cuts
+        per_batch.append(len(cuts))
+    return pieces, per_batch
 
 
 def _image_chunks(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int, num_workers: int,
                   folder: Path, chunk_size: int, mine: Callable[[int], bool], progress: ProgressLike, total: int,
                   ) -> np.ndarray | None:
-    """Compute the image chunks that `mine` picks and that are not on disk yet (the gpu loader's batches fed
-    across chunks); returns every chunk stacked when all are mine (else None: another process has the rest)."""
+    """Compute the image chunks that `mine` picks and that are not on disk yet (their batches fed across chunks by
+    _image_feed); returns every chunk stacked when all are mine (else None: another process has the rest)."""
     n_chunks = -(-len(paths) // chunk_size)
     todo = [c for c in range(n_chunks) if mine(c) and not _chunk_path(folder, "image", c).is_file()]
-    feed = _image_feed(lm, source, paths, todo, chunk_size, batch_size, num_workers)
+    feed = _image_feed(lm, source, paths, todo, chunk_size, batch_size, num_workers) if todo else iter(())
     try:
         if all(mine(c) for c in range(n_chunks)):
             return _run_chunks("image", len(paths), lambda a, b: _image_chunk(
-                lm, source, paths[a:b], batch_size, num_workers, feed), folder, chunk_size, progress, 0, total)
+                lm, source, paths[a:b], batch_size, feed), folder, chunk_size, progress, 0, total)
         for c in todo:
             a = c * chunk_size
             _chunk("image", c, folder, lambda a=a: _image_chunk(lm, source, paths[a:a + chunk_size], batch_size,
-                                                                   num_workers, feed))
+                                                                   feed))
         return None
     finally:
-        if feed is not None:
-            feed.close()  # a failed chunk leaves no reads running
+        close = getattr(feed, "close", None)
+        if close is not None:
+            close()  # a failed chunk leaves no reads or DataLoader workers running
 
 
 def _text_chunk(lm: LoadedModel, texts: list[str], batch_size: int) -> np.ndarray:
