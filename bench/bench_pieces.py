@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from backend.embed.compute import CHUNK_SIZE, loader_batches
+from backend.embed.images import batch_spans
 
 
 class _Slow(Dataset):
@@ -48,8 +49,7 @@ def _before(data: Dataset, n_chunks: int, batch: int, workers: int) -> list[torc
 
 
 def _now(data: Dataset, n_chunks: int, batch: int, workers: int) -> list[torch.Tensor]:
-    spans = [(a, a + batch) for a in range(0, n_chunks * CHUNK_SIZE, batch)]
-    return list(loader_batches(data, spans, workers, pin=False))
+    return list(loader_batches(data, batch_spans(0, n_chunks * CHUNK_SIZE, batch), workers, pin=False))
 
 
 def main() -> None:

@@ -34,7 +34,14 @@ from backend.embed.files import (
     load_embedding_set,
     write_set,
 )
-from backend.embed.images import FastPreprocess, cpu_share, describe, image_loader, prefetch_batches
+from backend.embed.images import (
+    FastPreprocess,
+    batch_spans,
+    cpu_share,
+    describe,
+    image_loader,
+    prefetch_batches,
+)
 from backend.embed.shards import embed_devices, owner, run_shards
 from backend.errors import SourceError
 from backend.models import MODELS, get_model, load_model, register_model
@@ -127,26 +134,31 @@ def _autocast(device: torch.device) -> Any:
 
 
 def _image_feed(lm: LoadedModel, source: SourceData, paths: list[str], chunks: list[int], chunk_size: int,
-                batch_size: int, num_workers: int) -> Iterator[Any]:
-    """Every model batch of the given image chunks (numbers, increasing), in order, made ahead by one pool for
-    all of them, so it works on across the ends of chunks (no restart per chunk, no idle first batch): for the gpu
-    loader the read threads' lists (prefetch_batches: file bytes for nvJPEG, the CPU path's images for PNGs and
-    the CPU share), for the others (B, 3, H, W) tensors from one DataLoader whose workers each decode a piece of
-    every batch (batch_pieces). Each chunk is cut into the batches it has alone, so the features do not depend
-    on which chunks run."""
+                batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
+    """Every model batch (B, 3, H, W) of the given image chunks (numbers, increasing), in order, made ahead by one
+    pool for all of them, so it works on across the ends of chunks (no restart per chunk, no idle first batch):
+    for the gpu loader the read threads' items (prefetch_batches: file bytes for nvJPEG, the CPU path's images for
+    PNGs and the CPU share) made into batches on the device by gpu_batch, for the others one DataLoader whose
+    workers each decode a piece of every batch (loader_batches). Each chunk is cut into the batches it has alone,
+    so the features do not depend on which chunks run. A generator: nothing (not even a file's path) is looked
+    up before its first batch is asked for."""
     loader, fast = _loader_of(lm, source)
-    spans = []
-    for c in chunks:
-        a, b = c * chunk_size, min(len(paths), (c + 1) * chunk_size)
-        spans += [(s, min(s + batch_size, b)) for s in range(a, b, batch_size)]
-    if fast is not None and source.image_file is not None and loader in ("gpu", "fast"):
-        files = [source.image_file(p) for p in paths]
-        if loader == "gpu":
-            return prefetch_batches(files, spans, max(4, num_workers), fast, cpu_share())
-        data: Dataset = _Files(files, fast.load)
-    else:
-        data = _Images(source.read_image, paths, lm.preprocess)
-    return loader_batches(data, spans, num_workers, lm.device.type == "cuda")
+    spans = [span for c in chunks
+             for span in batch_spans(c * chunk_size, min(len(paths), (c + 1) * chunk_size), batch_size)]
+    if loader == "reference" or fast is None or source.image_file is None:
+        yield from loader_batches(_Images(source.read_image, paths, lm.preprocess), spans, num_workers,
+                                  lm.device.type == "cuda")
+        return
+    files = [source.image_file(p) for p in paths]  # once per job (a source may look several places per file)
+    if loader == "fast":
+        yield from loader_batches(_Files(files, fast.load), spans, num_workers, lm.device.type == "cuda")
+        return
+    items = prefetch_batches(files, spans, max(4, num_workers), fast, cpu_share())
+    try:
+        for (a, b), batch in zip(spans, items, strict=True):
+            yield fast.gpu_batch(batch, files[a:b], lm.device)
+    finally:
+        items.close()  # no reads left running after a failed chunk
 
 
 def loader_batches(data: Dataset, spans: list[tuple[int, int]], workers: int, pin: bool) -> Iterator[torch.Tensor]:
@@ -162,21 +174,12 @@ def loader_batches(data: Dataset, spans: list[tuple[int, int]], workers: int, pi
         del parts  # the workers stop with their iterator (a failed or finished job leaves none running)
 
 
-def _image_chunk(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int,
-                 feed: Iterator[Any]) -> np.ndarray:
+def _image_chunk(lm: LoadedModel, paths: list[str], batch_size: int, feed: Iterator[torch.Tensor]) -> np.ndarray:
     """(len(paths), d_img_pre) float32 features of one chunk of images, its batches taken from `feed` (_image_feed,
-    which covers this chunk next), through the loader _loader_of picks."""
-    loader, fast = _loader_of(lm, source)
-    starts = range(0, len(paths), batch_size)
-    batches = itertools.islice(feed, len(starts))
-    if loader == "gpu" and fast is not None and source.image_file is not None:
-        files = [source.image_file(p) for p in paths]
-        images: Any = (fast.gpu_batch(blobs, files[a:a + batch_size], lm.device)
-                       for a, blobs in zip(starts, batches, strict=True))
-    else:
-        images = (b.to(lm.device, non_blocking=True) for b in batches)
+    which covers this chunk next)."""
+    batches = itertools.islice(feed, -(-len(paths) // batch_size))
     with torch.inference_mode(), _autocast(lm.device):
-        return encode_batches(images, lm.encode_image_features)
+        return encode_batches((b.to(lm.device, non_blocking=True) for b in batches), lm.encode_image_features)
 
 
 def batch_pieces(spans: list[tuple[int, int]], workers: int) -> tuple[list[list[int]], list[int]]:
@@ -200,20 +203,17 @@ def _image_chunks(lm: LoadedModel, source: SourceData, paths: list[str], batch_s
     _image_feed); returns every chunk stacked when all are mine (else None: another process has the rest)."""
     n_chunks = -(-len(paths) // chunk_size)
     todo = [c for c in range(n_chunks) if mine(c) and not _chunk_path(folder, "image", c).is_file()]
-    feed = _image_feed(lm, source, paths, todo, chunk_size, batch_size, num_workers) if todo else iter(())
+    feed = _image_feed(lm, source, paths, todo, chunk_size, batch_size, num_workers)
     try:
         if all(mine(c) for c in range(n_chunks)):
-            return _run_chunks("image", len(paths), lambda a, b: _image_chunk(
-                lm, source, paths[a:b], batch_size, feed), folder, chunk_size, progress, 0, total)
+            return _run_chunks("image", len(paths), lambda a, b: _image_chunk(lm, paths[a:b], batch_size, feed),
+                               folder, chunk_size, progress, 0, total)
         for c in todo:
             a = c * chunk_size
-            _chunk("image", c, folder, lambda a=a: _image_chunk(lm, source, paths[a:a + chunk_size], batch_size,
-                                                                   feed))
+            _chunk("image", c, folder, lambda a=a: _image_chunk(lm, paths[a:a + chunk_size], batch_size, feed))
         return None
     finally:
-        close = getattr(feed, "close", None)
-        if close is not None:
-            close()  # a failed chunk leaves no reads or DataLoader workers running
+        feed.close()  # a failed chunk leaves no reads or DataLoader workers running
 
 
 def _text_chunk(lm: LoadedModel, texts: list[str], batch_size: int) -> np.ndarray:

@@ -279,11 +279,15 @@ def prefetch_batches(files: Sequence[str | Path], spans: Sequence[tuple[int, int
             yield list(pending)
 
 
+def batch_spans(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
+    """Consecutive batches [a, b) of batch_size items covering [start, stop) (the last one shorter)."""
+    return [(a, min(a + batch_size, stop)) for a in range(start, stop, batch_size)]
+
+
 def prefetch_files(files: Sequence[str | Path], batch_size: int, threads: int, fast: FastPreprocess | None = None,
                    share: float = 0.0) -> Iterator[list[torch.Tensor | None]]:
     """prefetch_batches over consecutive batches of batch_size files."""
-    spans = [(a, min(a + batch_size, len(files))) for a in range(0, len(files), batch_size)]
-    return prefetch_batches(files, spans, threads, fast, share)
+    return prefetch_batches(files, batch_spans(0, len(files), batch_size), threads, fast, share)
 
 
 def describe(loader: str, fast: FastPreprocess | None) -> dict[str, Any]:

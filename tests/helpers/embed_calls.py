@@ -12,9 +12,9 @@ def count_image_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = embed_mod._image_chunk
 
-    def wrapped(lm, source, paths, batch_size, feed):
+    def wrapped(lm, paths, batch_size, feed):
         calls.append(len(paths))
-        return real(lm, source, paths, batch_size, feed)
+        return real(lm, paths, batch_size, feed)
 
     monkeypatch.setattr(embed_mod, "_image_chunk", wrapped)
     return calls
