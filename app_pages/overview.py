@@ -8,7 +8,7 @@ from backend.views import dashboard, figures, report
 
 
 def demo_button(label: str, what: str, *, primary: bool) -> None:
-    """The demo job's button, and the running demo's progress (this session's, or any demo running)."""
+    """The demo job's button, and the running demo's progress (this browser tab's, or any demo running)."""
     if st.button(label, type="primary" if primary else "secondary",
                  help=what + " About 30 minutes on a 2-core CPU the first time (12-14 of them train the demo "
                              "model, which later runs reuse)."):

@@ -1,7 +1,7 @@
 """Command line: `python -m backend COMMAND ...`. Every job the dashboard can launch is a command here.
 
 Commands are contributed by the modules in backend/cli/ (each defines `register(subparsers)` and sets
-`func` on its parsers); a module that is not there yet is skipped.
+`func` on its parsers); every module listed in CLI_MODULES must import.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 from backend.errors import RelinkError
 
-CLI_MODULES = ("data", "audit", "dp", "jobs", "snapshot", "ladder", "export")
+CLI_MODULES = ("data", "audit", "dp", "demo", "jobs", "snapshot", "ladder", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in CLI_MODULES:
-        try:
-            module = importlib.import_module(f"backend.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"backend.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"backend.cli.{name}").register(sub)
     return parser
 
 

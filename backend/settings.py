@@ -1,7 +1,7 @@
 """Paths and switches, from environment variables with sensible defaults.
 
 CXR_CACHE_DIR   where the DuckDB file, embeddings, logs and model weights live (default: <repo>/cache)
-CXR_OPENI_ROOT  folder with the OpenI archives (default: <repo>/../shared/data/openi when present)
+CXR_OPENI_ROOT  folder with the OpenI archives (no default: `python -m backend download openi --dest DIR` makes one)
 CXR_MIMIC_ROOT, CXR_CHEXPERT_PLUS_ROOT  folders of the credentialed datasets (no default)
 CXR_DEMO_SNAPSHOT  1 (default): the app imports the shipped demo results on start; 0: it does not (tests)
 CXR_IMAGE_CHECK_WORKERS  threads that check a source's images (default: CPU count + 4, at most 32)
@@ -59,15 +59,9 @@ def db_path() -> Path:
     return cache_dir() / "relink.duckdb"
 
 
-def shared_openi_dir() -> Path | None:
-    """The real OpenI reports shipped beside the repository for tests, or None when absent."""
-    env = os.environ.get("CXR_OPENI_ROOT")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "openi"
-    return path if path.is_dir() else None
-
-
 def data_root(source: str) -> Path | None:
-    """The default root folder of a source from its environment variable, or None."""
+    """The default root folder of a source from its environment variable, or None (no source has a default
+    folder: a dataset lives wherever its user put it)."""
     var = {
         "openi": "CXR_OPENI_ROOT",
         "mimic-cxr": "CXR_MIMIC_ROOT",
@@ -75,8 +69,6 @@ def data_root(source: str) -> Path | None:
     }.get(source)
     if var and os.environ.get(var):
         return Path(os.environ[var]).expanduser()
-    if source == "openi":
-        return shared_openi_dir()
     return None
 
 

@@ -61,7 +61,7 @@ def _write_png(args: tuple[str, int]) -> int:
 
 def _png_figures(folder: str, n: int, threads: int) -> dict:
     """Real-size PNGs (CheXpert Plus and OpenI ship PNGs) through the gpu loader's CPU part: decoded one by one in
-    the calling thread (the loader before session 9) against the read threads of prefetch_files (now), in this
+    the calling thread (the earlier loader) against the read threads of prefetch_files (now), in this
     process, alternated twice (the best of each); both make the same tensors (checked here)."""
     import torch
 
@@ -176,7 +176,7 @@ def _cuda_figures(files: list[str], e2e: int, batch: int, shares: list[float]) -
 
 def _e2e(model, fast, blobs, paths, dev, n: int, batch: int, shares: list[float]) -> dict:
     """ViT-B/16 features of n images (the files cycled) end to end, several times in this process: the baseline
-    waits for each batch's features on the host (the project's loop before session 9); the project's loop
+    waits for each batch's features on the host (the project's earlier loop); the project's loop
     (backend.embed.compute.encode_batches) brings them over once at the end, so nvJPEG decodes batch i+1 on its
     own stream while the model runs on batch i; then the same with each CPU share (CXR_GPU_CPU_SHARE: that share
     of the JPEGs decoded by the CPU path on the read threads, beside nvJPEG)."""

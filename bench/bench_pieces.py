@@ -1,5 +1,5 @@
 """How the CPU loaders' DataLoader workers serve a job of several chunks: a fresh DataLoader per chunk with whole
-model batches as a worker's unit (before session 9) against one DataLoader for all the chunks whose workers each
+model batches as a worker's unit (the earlier scheduling) against one DataLoader for all the chunks whose workers each
 take a piece of every batch (backend.embed.compute.loader_batches and batch_pieces, now).
 
 Embedding runs in chunks of CHUNK_SIZE items (512) in model batches (64): with whole batches as the unit a chunk
@@ -40,7 +40,7 @@ class _Slow(Dataset):
 
 
 def _before(data: Dataset, n_chunks: int, batch: int, workers: int) -> list[torch.Tensor]:
-    """A fresh DataLoader per chunk, whole batches per worker (the code before session 9)."""
+    """A fresh DataLoader per chunk, whole batches per worker (the earlier scheduling)."""
     out: list[torch.Tensor] = []
     for c in range(n_chunks):
         chunk = torch.utils.data.Subset(data, range(c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE))

@@ -1,4 +1,4 @@
-"""Peak memory of the CPU re-linkage check of issue 14 (43,793 query images against M candidate reports),
+"""Peak memory of the CPU re-linkage check at full scale (43,793 query images against M candidate reports),
 against the baseline of just holding its inputs, both measured in the same child process.
 
 One child process per case: it imports the engine (numpy, pandas, scipy, torch), builds the inputs

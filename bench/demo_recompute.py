@@ -9,7 +9,7 @@ first when missing) and are copied into a scratch cache per repeat. The device i
 (CUDA when present). Prints one JSON line per repeat: total, the audit part and the sweep part in seconds
 (split where the job's progress crosses from the audit's share of the bar to the sweep's, from
 backend.runs.demo.demo_plan), and the device.
-Goals (issue #12): <= 8 minutes on a quiet 2-core CPU, <= 2 minutes on one GPU.
+Goals: <= 8 minutes on a quiet 2-core CPU, <= 2 minutes on one GPU.
 --timeline: also print to stderr, whenever the job's message changes phase, the seconds since the start, the bar's
 share and the time-left estimate the dashboard shows (elapsed x (1 - f) / f), so a run shows where its time goes and
 how well the estimate held (the last row of each repeat: the true time left is 0).

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks, prepared to run in few short calls on a lent GPU machine (see README, Benchmarks).
+# The GPU checks: a few short runs on one GPU machine (docs/BENCHMARKS.md).
 #
 #   bash bench/gpu_suite.sh [info] [tests] [loading] [relink] [scale] [probe] [recompute]   (default: these seven in this
-#   order, the open issue's figures first; info..scale take about 4 min on an H200, recompute up to 5.5 min more: with
-#   little device time left, run `info tests loading relink scale`) and the older parts on request: [embed] [dp] [demo]
+#   order; info..scale take about 4 min on an H200, recompute up to 5.5 min more: with
+#   little time, run `info tests loading relink scale`) and the older parts on request: [embed] [dp] [demo]
 #     info: GPU, cores, package versions; tests: the CUDA tests (engine on the GPU = CPU; nvJPEG path = reference);
 #     loading: real-size JPEG loading CPU vs PIL, nvJPEG, ViT-B/16 end to end: the old per-batch loop, then
 #       the project's, then CPU shares 0.25 and 0.4 (bench/bench_loading.py);
@@ -15,7 +15,7 @@
 #     dp: the DP tests on CUDA, then DP epoch vs non-private epoch (bench/bench_dp.py, 128-d and 768-d heads);
 #     demo: demo-training scan on the GPU (bench/demo_scan.py), then the end-to-end demo audit with --device cuda
 #
-# Python packages the GPU image lacks travel as wheels in .whl/ (git-ignored; see the device README).
+# Python packages the GPU machine lacks can be put in .whl/ as wheels (git-ignored): they are installed first.
 # Every step has its own time limit and writes its full output to $OUT/<step>.txt; a failed step does not
 # stop the next one. On a machine without CUDA the GPU steps say so and measure nothing.
 set -u

@@ -16,6 +16,8 @@ os.environ["CXR_DEMO_SNAPSHOT"] = "0"  # pages show what a test seeds; tests/tes
 REPO = Path(__file__).resolve().parent.parent
 
 SHARED_OPENI = REPO.parent / "shared" / "data" / "openi"
+if (SHARED_OPENI / "NLMCXR_reports.tgz").is_file():  # the real OpenI reports, where a checkout has them beside it
+    os.environ.setdefault("CXR_OPENI_ROOT", str(SHARED_OPENI))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,5 +38,5 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def openi_dir() -> Path:
     """The real OpenI reports beside the repository; the test is skipped when they are absent."""
     if not (SHARED_OPENI / "NLMCXR_reports.tgz").is_file():
-        pytest.skip("../shared/data/openi is absent (it is only on the developers' machines)")
+        pytest.skip("the real OpenI reports are absent (../shared/data/openi beside the checkout)")
     return SHARED_OPENI

@@ -118,6 +118,15 @@ CASES: list[tuple[str, list[str], Setup, str]] = [
     ("device cuda:99", ["audit", "--model", NO_MODEL, *TINY, "--device", "cuda:99", "--json", "{tmp}/r.json"], _none,
      r"Device 'cuda:99' is not present"),
     ("prepare-demo device gpu", ["prepare-demo", "--device", "gpu"], _none, r"Unknown device 'gpu'"),
+    ("dp device gpu", ["dp", "--model", NO_MODEL, *TINY, "--device", "gpu"], _none, r"Unknown device 'gpu'"),
+    ("sweep device cuda:99", ["sweep", "--model", NO_MODEL, *TINY, "--device", "cuda:99"], _none,
+     r"Device 'cuda:99' is not present"),
+    ("members device gpu", ["members", "--model", NO_MODEL, *TINY, "--device", "gpu"], _none, r"Unknown device 'gpu'"),
+    ("probe device gpu", ["probe", "--model", NO_MODEL, *TINY, "--device", "gpu"], _none, r"Unknown device 'gpu'"),
+    ("sources option without a source", ["sources", "--source-option", "n_patients=20"], _none,
+     r"--source-option belongs to one source: add --name"),
+    ("sources option not key=value", ["sources", "--name", "synthetic", "--source-option", "n_patients"], _none,
+     r"Option 'n_patients' is not KEY=VALUE"),
     # item 14
     ("max-grad-norm inf", ["dp", "--model", NO_MODEL, *TINY, "--max-grad-norm", "inf"], _none,
      r"max_grad_norm \(clipping\) must be a finite number > 0, got inf"),
@@ -215,3 +224,26 @@ def test_dp_and_sweep_results_are_also_kept_in_the_cache(tmp_path: Path, monkeyp
     write_result(tmp_path / "out.json", {"x": 2}, "dp-0123456789ab")
     assert json.loads((tmp_path / "out.json").read_text()) == {"x": 2}
     assert (tmp_path / "cache" / "results" / "dp-0123456789ab.json").is_file()
+
+
+def test_sources_passes_its_options_to_the_source(capsys: pytest.CaptureFixture) -> None:
+    """`sources --source-option` loads the source with that option (MIMIC's reports_root, a synthetic size)."""
+    import json
+
+    assert main(["sources", "--name", "synthetic", "--source-option", "n_patients=20"]) == 0
+    stats = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert stats["patients"] == 20 and sum(stats["splits"].values()) == stats["pairs"]
+
+
+def test_probe_takes_only_the_arguments_it_uses() -> None:
+    """probe trains nothing: the DP recipe's flags are refused by its parser; every command that computes takes
+    --device."""
+    from backend.__main__ import build_parser
+
+    parser = build_parser()
+    for flag, value in (("--epsilon", "1"), ("--objective", "in-batch"), ("--max-grad-norm", "1"), ("--lr", "0.1")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["probe", flag, value])
+    for command in ("embed", "audit", "topk", "dp", "sweep", "members", "probe", "prepare-demo"):
+        extra = {"audit": ["--json", "x.json"], "topk": ["--out", "x.parquet"]}.get(command, [])
+        assert parser.parse_args([command, "--device", "cpu", *extra]).device == "cpu"

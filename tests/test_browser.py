@@ -70,7 +70,7 @@ def test_main_flow(server: tuple[str, Path], browser: object) -> None:
     settle(page)
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 3
     no_errors(page)
-    assert not cut_off(page)  # the pool names in full (issue 12: "pathology-matched" was cut off)
+    assert not cut_off(page)  # the pool names in full ("pathology-matched" was cut off)
     _shot(page, "relinkage.png")
 
     timings = slide_epsilon(page, url)
@@ -163,7 +163,7 @@ _MARKUP_JS = """() => ({
 
 def test_dataset_text_is_never_markup_and_nothing_leaves_the_app(tmp_path_factory: pytest.TempPathFactory,
                                                                   browser: object) -> None:
-    """Issue 11: reports and ids holding Markdown, HTML, LaTeX, backticks, links and image beacons are shown
+    """Reports and ids holding Markdown, HTML, LaTeX, backticks, links and image beacons are shown
     as text on every page, and the browser asks no host but the app's own for anything."""
     from tests.helpers.seed import CRAFTED_ID, CRAFTED_REPORT
 

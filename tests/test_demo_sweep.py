@@ -168,7 +168,7 @@ def test_the_pages_show_a_running_sweeps_stored_points(fake_inputs: list[float],
 
 
 def test_the_demo_bar_gives_each_part_its_measured_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 12: the bar's shares are the parts' measured times for what is left to do (no training share when the
+    """The bar's shares are the parts' measured times for what is left to do (no training share when the
     weights are cached, none for stored parts), so that elapsed x (1 - f) / f estimates the time left from the start."""
     from backend.models.demo_config import DEFAULT_DEMO, demo_dir
     from backend.runs.demo import DEMO_TIMES_S, default_demo_spec, demo_plan
@@ -199,3 +199,21 @@ def test_the_sweep_bar_gives_its_preparation_the_share_asked_for(fake_inputs: li
     assert first == 700
     points = [done for done, message in seen if message.startswith("epsilon")]
     assert points == sorted(points) and points[0] > 700 and seen[-1][0] == 1000
+
+
+def test_recompute_demo_is_a_command_whose_estimate_computes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """The Overview's Recompute is `python -m backend recompute-demo`; --estimate prints the plan (the demo's run
+    ids and each part's estimated seconds) and stores nothing."""
+    import json
+
+    from backend.__main__ import main
+    from backend.runs.demo import default_demo_spec
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    assert main(["recompute-demo", "--n-patients", "30", "--estimate"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    spec = default_demo_spec(30)
+    assert plan["audit_run"] == spec.audit.run_id() and plan["sweep_run"] == spec.sweep.run_id()
+    assert plan["estimated_seconds"]["audit"] > 0 and plan["estimated_seconds"]["points"] > 0
+    assert store.get_run(spec.audit.run_id()) is None

@@ -1,4 +1,4 @@
-"""Export of one run as a zip (issue 13 part 4) and run provenance: the archive's rows read back equal the store's
+"""Export of one run as a zip and run provenance: the archive's rows read back equal the store's
 rows (read independently, through DuckDB); a missing run id is a named error that says how to find run ids; an
 older store without the provenance table stays readable."""
 

@@ -307,6 +307,23 @@ def test_a_throttled_progress_message_reaches_the_store_with_the_next_heartbeat(
         beat.join(5)
 
 
+def test_the_first_progress_message_is_written_on_a_machine_booted_moments_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monotonic clock of a new container or VM starts near 0: the first progress call must still reach the
+    store at once (a throttle that measured from 0 held it back for the whole first interval after boot)."""
+    import itertools
+
+    ticks = itertools.count()
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: 1.0 + next(ticks) * 1e-3)  # booted one second ago
+    store.upsert_run("selftest-boot", "selftest", "{}", "running")
+    store.insert_job("j-boot", {"run_id": "selftest-boot", "kind": "selftest", "status": "running", "message": ""})
+    progress = jobs._progress_writer("j-boot", jobs._Unwritten())
+    progress(1, 10, "embedding the test split")
+    row = store.get_job("j-boot")
+    assert row["message"] == "embedding the test split" and row["done"] == 1
+    progress(2, 10, "still embedding")  # inside the interval: throttled
+    assert store.get_job("j-boot")["done"] == 1
+
+
 # ---------------------------------------------------------------- one job per GPU (fake GPU indices on CPUs)
 
 

@@ -1,4 +1,4 @@
-"""The model ladder (issue 15): rungs registered torch-free with their own cache keys (the demo's unchanged), each
+"""The model ladder: rungs registered torch-free with their own cache keys (the demo's unchanged), each
 rung trains reproducibly on a tiny setting, the comparison table equals the stored rows, the ladder CLI prints
 its JSON on a tiny setting."""
 

@@ -1,4 +1,4 @@
-"""Members against non-members (backend/dp/members.py, issue 13): disjoint equal-sized groups, the gap equal to the
+"""Members against non-members (backend/dp/members.py): disjoint equal-sized groups, the gap equal to the
 difference of two independent audits, a planted memorisation found (CI above 0) and none found where there is none
 (CI around 0), and the `members` command's JSON on a tiny setting."""
 

@@ -233,7 +233,7 @@ def test_every_button_on_a_seeded_store(page: str, tmp_path: Path, monkeypatch: 
         assert not [e for e in at.error if "seeded" not in e.value], (page, label, [e.value for e in at.error])
 
 
-# ---------------------------------------------------------------- dataset text is never markup (issue 11)
+# ---------------------------------------------------------------- dataset text is never markup
 
 _MARKUP = ("**bold**", "**id**", "![](", "](http", "<img", "<script", "$x$", "`tick`", ":red[", ":material/")
 
@@ -358,7 +358,7 @@ def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, mon
 
 def test_the_launch_form_audits_a_pool_matched_on_side_information(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 13: the launch form adds one side-information pool (the CLI's --match sex+age_band); a dataset that
+    """The launch form adds one side-information pool (the CLI's --match sex+age_band); a dataset that
     does not give a chosen attribute gets a named error and nothing is submitted."""
     import pandas as pd
 
@@ -389,7 +389,7 @@ def test_the_launch_form_audits_a_pool_matched_on_side_information(tmp_path: Pat
     assert len(at.error) == 1 and "does not give sex" in at.error[0].value
 
 
-# ---------------------------------------------------------------- progress never goes stale (issue 12)
+# ---------------------------------------------------------------- progress never goes stale
 
 
 def _running_job(spec: object, *, status: str = "running", done: int = 3, total: int = 10,
@@ -499,7 +499,7 @@ def test_utility_launches_a_sweep_with_a_transfer_target(seeded: Path, monkeypat
         jobs.cancel(spawned[0], grace_s=0.1, wait=True)
 
 
-# ---------------------------------------------------------------- text not cut off (issue 12)
+# ---------------------------------------------------------------- text not cut off
 
 
 def _cut_off_columns(at: AppTest) -> list[tuple[str, int]]:

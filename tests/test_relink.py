@@ -323,7 +323,7 @@ def test_query_mask_keeps_every_study_as_candidate_and_progress_reaches_total() 
 
 
 def test_query_only_images_and_in_place_normalisation_give_the_same_bits() -> None:
-    """The 400k memory diet (issue 14): image_emb with only the queries' rows, and overwrite_emb=True (the
+    """The 400k memory diet: image_emb with only the queries' rows, and overwrite_emb=True (the
     caller's arrays normalised and reordered in place), change nothing in the result, not a bit."""
     data = _data(seed=21, n_patients=40)
     n = len(data["study_id"])
@@ -416,7 +416,7 @@ def test_short_tie_windows_give_the_bits_of_the_steps_windows(monkeypatch: pytes
 
 
 def test_expected_recall_in_chunks_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """expected_recall and tie_factor bound their scratch by chunks of rows (issue 14); every row's arithmetic,
+    """expected_recall and tie_factor bound their scratch by chunks of rows; every row's arithmetic,
     tie windows included, is the one of the unchunked call."""
     from backend.relink import stats
 
@@ -619,3 +619,29 @@ def test_cpu_lanes_give_the_same_bits_restore_torch_threads_and_report_progress(
     with pytest.raises(RuntimeError, match="lane failed"):  # a lane's error reaches the caller ...
         relink_curves(**data, n_bootstrap=20, block_size=7)
     assert torch.get_num_threads() == threads  # ... with the caller's thread count restored
+
+
+def test_curve_differences_allow_a_few_ulps_in_derived_columns_and_nothing_in_exact_ones() -> None:
+    """What "the same numbers on another CPU" allows: derived columns (CI bounds, chance, lift) within
+    CROSS_CPU_RTOL, keys, counts and recall identical, NaN equal to NaN, rows matched in any order."""
+    from backend.relink.rows import CROSS_CPU_RTOL, CURVE_COLUMNS, curve_differences
+
+    rng = np.random.default_rng(3)
+    base = pd.DataFrame({"pool_kind": ["random"] * 4 + ["hard"] * 4, "level": "study", "k": 1,
+                         "n": [2, 5, 10, 20] * 2, "recall": rng.random(8), "ci_low": rng.random(8),
+                         "ci_high": rng.random(8), "chance": rng.random(8), "lift": rng.random(8) * 10,
+                         "effective_n": [2.0, 5.0, 10.0, 20.0] * 2})
+    base.loc[7, "ci_low"] = np.nan
+    assert list(base.columns) == list(CURVE_COLUMNS)
+    assert curve_differences(base.iloc[::-1], base) == []
+    ulps = base.copy()
+    for col in ("ci_low", "ci_high", "chance", "lift"):
+        ulps[col] = np.nextafter(np.nextafter(ulps[col], np.inf), np.inf)  # two units in the last place
+    assert curve_differences(ulps, base) == []
+    far = base.copy()
+    far.loc[3, "lift"] *= 1 + 100 * CROSS_CPU_RTOL
+    assert [p.split(":")[0] for p in curve_differences(far, base)] == ["lift"]
+    one_ulp = base.copy()
+    one_ulp.loc[0, "recall"] = np.nextafter(one_ulp.loc[0, "recall"], 1.0)
+    assert [p.split(":")[0] for p in curve_differences(one_ulp, base)] == ["recall"]
+    assert curve_differences(base.iloc[:7], base) == ["7 rows against 8"]

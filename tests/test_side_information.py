@@ -1,4 +1,4 @@
-"""Side information in the data sources (issue 13): sex, age / age band and year from the synthetic generator,
+"""Side information in the data sources: sex, age / age band and year from the synthetic generator,
 CheXpert Plus, MIMIC-CXR (+ MIMIC-IV patients) and a user's CSV; the shared validation helper and its named
 errors; the embedding cache key that leaves them out; matched pools on them against explicit pool sampling."""
 

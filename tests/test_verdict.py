@@ -76,7 +76,7 @@ def test_run_inputs_names_the_data_hash(ids: dict[str, str]) -> None:
 
 
 def test_report_opens_with_the_verdict_caveats_and_readable_names(ids: dict[str, str]) -> None:
-    """Issue 13 part 3: the HTML report leads with the verdict (the same sentences as the Overview, with CIs),
+    """The HTML report leads with the verdict (the same sentences as the Overview, with CIs),
     the privacy caveats, a SYNTHETIC warning on synthetic data, a utility section, no raw column names."""
     from backend.views import report
 

@@ -168,8 +168,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--n-patients", type=int, default=None, help="synthetic patients generated for training")
     p.add_argument("--device", default=None,
-                   help="train on this device (default cpu: the same weights on every machine; cuda is faster "
-                        "but gives statistically equivalent, not identical, weights)")
+                   help="train on this device (default cpu: the same weights on the same CPU family; another "
+                        "CPU family or cuda gives statistically equivalent, not identical, weights)")
     p.set_defaults(func=cmd_prepare_demo)
 
     p = subparsers.add_parser("embed", help="embed one split (cached, resumable)")

@@ -4,6 +4,7 @@
 
     python -m backend sources
     python -m backend sources --name openi --root DIR --counts
+    python -m backend sources --name mimic-cxr --root DIR --source-option reports_root=DIR2 --counts
     python -m backend download openi --dest DIR [--reports-only] [--no-verify]
     python -m backend openi-agreement [--root DIR] [--reference FILE]
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from backend.errors import SourceError
+from backend.cli.audit import parse_option
+from backend.errors import SourceError, SpecError
 from backend.progress import tqdm_progress
 from backend.settings import data_root
 from backend.sources import get_source, list_sources, load_source
@@ -26,18 +28,22 @@ from backend.sources.openi import label_agreement
 
 
 def _sources(args: argparse.Namespace) -> int:
+    options = dict(parse_option(o) for o in args.source_option)
+    if options and not args.name:
+        raise SpecError("--source-option belongs to one source: add --name (e.g. --name mimic-cxr "
+                        "--source-option reports_root=DIR).")
     infos = [get_source(args.name)] if args.name else list_sources()
     for info in infos:
         tags = ", ".join(t for t, on in (("needs --root", info.needs_root), ("credentialed", info.credentialed)) if on)
         print(f"{info.name:15s} {info.description}" + (f"  [{tags}]" if tags else ""))
-        if not (args.counts or args.root):
+        if not (args.counts or args.root or options):
             continue
         root = args.root or (str(data_root(info.name)) if data_root(info.name) else None)
         if info.needs_root and root is None:
             print("    (no folder: pass --root DIR)")
             continue
         try:
-            data = load_source(info.name, root=root, section_policy=args.section_policy)
+            data = load_source(info.name, root=root, section_policy=args.section_policy, **options)
         except SourceError as exc:
             if args.name:
                 raise
@@ -87,6 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--counts", action="store_true", help="load each source and show its counts")
     p.add_argument("--section-policy", default="findings+impression",
                    help="findings+impression (default), findings, impression or longest")
+    p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the --name source, repeatable (implies --counts), e.g. reports_root=DIR")
     p.set_defaults(func=_sources)
 
     d = subparsers.add_parser("download", help="download a public dataset (OpenI) with progress, resume, checksum")
@@ -100,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     a = subparsers.add_parser("openi-agreement", help="per-label agreement of our OpenI labels with a "
                                                       "CheXpert-labeller file (accuracy, Cohen's kappa)")
-    a.add_argument("--root", help="OpenI folder (default: CXR_OPENI_ROOT or ../shared/data/openi)")
+    a.add_argument("--root", help="OpenI folder (default: CXR_OPENI_ROOT)")
     a.add_argument("--reference", help="labels JSON (default: <root>/chexpert14_labels.json)")
     a.add_argument("--no-mesh", action="store_true", help="text rules only, without MeSH positives")
     a.add_argument("--markdown", action="store_true", help="print a markdown table")

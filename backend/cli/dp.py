@@ -43,27 +43,30 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec(name=name, root=root, options=options)
 
 
-def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, evaluation: bool = True) -> None:
+def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, training: bool = True, evaluation: bool = True) -> None:
+    """The arguments a command uses: training (the DP recipe; not for probe), epsilon (dp's single target) and
+    evaluation (transfer targets, pools, K; not for members, which measures K = 1 on random pools)."""
     p.add_argument("--source", default="synthetic", help="registered source to train and test on")
     p.add_argument("--root", default=None, help="the source's data folder")
     p.add_argument("--source-option", action="append", default=[], metavar="KEY=VALUE", help="source option, repeatable")
     p.add_argument("--model", default="demo", help="registered model or local:<path>")
     if epsilon:
         p.add_argument("--epsilon", type=float, default=DPSpec.epsilon, help="target epsilon; inf = non-private retraining")
-    p.add_argument("--objective", default="in-batch", choices=OBJECTIVES,
-                   help="in-batch (CLIP InfoNCE; nominal epsilon) or public-negatives (certified epsilon)")
-    p.add_argument("--privacy-unit", default="pair", choices=PRIVACY_UNITS, help="protect one pair, or one patient")
-    p.add_argument("--delta", type=float, default=DPSpec.delta, help="lowered automatically when not well below 1/n")
-    p.add_argument("--max-grad-norm", type=float, default=DPSpec.max_grad_norm, help="clipping norm C")
-    p.add_argument("--accountant", default="rdp", choices=ACCOUNTANTS)
-    p.add_argument("--epochs", type=int, default=DPSpec.epochs)
-    p.add_argument("--batch-size", type=int, default=DPSpec.batch_size, help="expected pairs per step")
-    p.add_argument("--lr", type=float, default=DPSpec.lr)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
-    p.add_argument("--init", default="model", choices=("model", "random"), help="start from the model's heads or random")
-    p.add_argument("--n-negatives", type=int, default=DPSpec.n_negatives, help="public-negatives: bank reports per step")
-    p.add_argument("--public-bank", type=parse_source, default=None, metavar="SOURCE[:k=v,...]",
-                   help="public report bank for public-negatives (default: OpenI)")
+    if training:
+        p.add_argument("--objective", default="in-batch", choices=OBJECTIVES,
+                       help="in-batch (CLIP InfoNCE; nominal epsilon) or public-negatives (certified epsilon)")
+        p.add_argument("--privacy-unit", default="pair", choices=PRIVACY_UNITS, help="protect one pair, or one patient")
+        p.add_argument("--delta", type=float, default=DPSpec.delta, help="lowered automatically when not well below 1/n")
+        p.add_argument("--max-grad-norm", type=float, default=DPSpec.max_grad_norm, help="clipping norm C")
+        p.add_argument("--accountant", default="rdp", choices=ACCOUNTANTS)
+        p.add_argument("--epochs", type=int, default=DPSpec.epochs)
+        p.add_argument("--batch-size", type=int, default=DPSpec.batch_size, help="expected pairs per step")
+        p.add_argument("--lr", type=float, default=DPSpec.lr)
+        p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+        p.add_argument("--init", default="model", choices=("model", "random"), help="start from the model's heads or random")
+        p.add_argument("--n-negatives", type=int, default=DPSpec.n_negatives, help="public-negatives: bank reports per step")
+        p.add_argument("--public-bank", type=parse_source, default=None, metavar="SOURCE[:k=v,...]",
+                       help="public report bank for public-negatives (default: OpenI)")
     if evaluation:  # members: random pool, K = 1, in-domain only
         p.add_argument("--transfer", type=parse_source, action="append", default=[], metavar="SOURCE[:k=v,...]",
                        help="also evaluate on this source's test split without retraining, e.g. synthetic:sites=B")
@@ -71,6 +74,7 @@ def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, evaluation: bool = T
         p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
     p.add_argument("--n-bootstrap", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--json", type=Path, default=None, help="write the result(s) here")
 
 
@@ -78,11 +82,13 @@ def dp_spec_from(args: argparse.Namespace) -> DPSpec:
     source = SourceSpec(name=args.source, root=args.root, options=dict(parse_option(o) for o in args.source_option))
     audit = AuditSpec(pools=tuple(getattr(args, "pools", POOL_KINDS)), ks=tuple(getattr(args, "ks", (1, 5, 10))),
                       n_bootstrap=args.n_bootstrap, seed=args.seed)
-    return DPSpec(source=source, model=args.model, epsilon=getattr(args, "epsilon", math.inf), delta=args.delta,
-                  objective=args.objective, privacy_unit=args.privacy_unit, max_grad_norm=args.max_grad_norm,
-                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, init=args.init,
-                  accountant=args.accountant, public_bank=args.public_bank, transfer=tuple(getattr(args, "transfer", ())), audit=audit,
-                  seed=args.seed, n_negatives=args.n_negatives)
+    recipe = {name: getattr(args, name) for name in _RECIPE if hasattr(args, name)}  # probe: DPSpec's defaults
+    return DPSpec(source=source, model=args.model, epsilon=getattr(args, "epsilon", math.inf),
+                  transfer=tuple(getattr(args, "transfer", ())), audit=audit, seed=args.seed, **recipe)
+
+
+_RECIPE = ("delta", "objective", "privacy_unit", "max_grad_norm", "epochs", "batch_size", "lr", "optimizer", "init",
+           "accountant", "public_bank", "n_negatives")
 
 
 def _show(table) -> None:
@@ -109,7 +115,8 @@ def cmd_dp(args: argparse.Namespace) -> int:
 
     spec = dp_spec_from(args)
     check_output(args.json, "--json")  # before any work: training must not be lost to a bad path
-    res = run_dp(spec, phased_progress("dp"))
+    settings.check_device(args.device)
+    res = run_dp(spec, phased_progress("dp"), device=args.device)
     _show(res.headline())
     write_result(args.json, res.to_dict(), spec.run_id())
     return 0
@@ -121,7 +128,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = SweepSpec(base=dp_spec_from(args), epsilons=tuple(args.epsilons))  # every point validated here
     check_output(args.json, "--json")
-    results = run_sweep(spec, phased_progress("sweep"))
+    settings.check_device(args.device)
+    results = run_sweep(spec, phased_progress("sweep"), device=args.device)
     table = headline_rows(results)
     _show(table)
     write_result(args.json, {"kind": "sweep", "run_id": spec.run_id(), "spec": spec.to_dict(), "frontier": records(table),
@@ -135,7 +143,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     spec = dp_spec_from(args)
     check_output(args.json, "--json")
-    res = original_result(spec, prepare(spec, phased_progress("probe"), need_bank=False))
+    settings.check_device(args.device)
+    res = original_result(spec, prepare(spec, phased_progress("probe"), need_bank=False, device=args.device))
     _show(res.headline())
     write_result(args.json, res.to_dict())
     return 0
@@ -151,7 +160,8 @@ def cmd_members(args: argparse.Namespace) -> int:
     check_output(args.json, "--json")
     from backend.dp import run_members  # late: torch
 
-    payload = run_members(spec, phased_progress("members"), max_patients=args.max_patients)
+    settings.check_device(args.device)
+    payload = run_members(spec, phased_progress("members"), max_patients=args.max_patients, device=args.device)
     print(json.dumps(payload, indent=1, allow_nan=False))
     write_result(args.json, payload)
     return 0
@@ -174,5 +184,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="patients per group (default: as many as the test split has)")
     p.set_defaults(func=cmd_members)
     p = sub.add_parser("probe", help="linear-probe and zero-shot AUROC of the model's own embeddings (no training)")
-    _add_args(p, epsilon=False)
+    _add_args(p, epsilon=False, training=False)
     p.set_defaults(func=cmd_probe)

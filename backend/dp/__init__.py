@@ -177,7 +177,8 @@ def headline_rows(results: list[DPResult]) -> pd.DataFrame:
 
 
 def _point(spec: DPSpec, inputs: EvalInputs, progress: ProgressLike) -> DPResult:
-    trained = train_heads(spec, inputs.train, inputs.bank, progress, logit_scale=inputs.logit_scale)
+    trained = train_heads(spec, inputs.train, inputs.bank, progress, logit_scale=inputs.logit_scale,
+                          device=inputs.device)
     heads = trained.as_dict()
     rows, summary, probes = evaluate(heads, inputs, spec.audit)
     return DPResult(spec, "dp" if spec.private else "retrained", trained.privacy, rows, summary, probes, heads,
@@ -210,24 +211,25 @@ def original_result(spec: DPSpec, inputs: EvalInputs) -> DPResult:
                     inputs=inputs.data_inputs(), **_members_fields(inputs.train.heads, inputs, spec))
 
 
-def model_probe(spec: DPSpec, progress: ProgressLike | None = None) -> pd.DataFrame:
+def model_probe(spec: DPSpec, progress: ProgressLike | None = None, *, device: str | None = None) -> pd.DataFrame:
     """The probe rows of the model's own heads (what `python -m backend probe` reports, without re-linkage):
     linear probe and zero-shot on the projected embeddings, and the linear probe on the frozen features; columns
     target, method ('linear-probe' | 'zero-shot'), features ('projected' | 'frozen') and probe.ROW_COLUMNS."""
-    inputs = prepare(spec, progress or null_progress, need_bank=False)
+    inputs = prepare(spec, progress or null_progress, need_bank=False, device=device)
     return evaluate(inputs.train.heads, inputs, spec.audit, relink=False)[2]
 
 
-def run_dp(spec: DPSpec, progress: ProgressLike | None = None) -> DPResult:
-    """Embed (cached), train the heads under spec, project the test split(s), audit and probe."""
+def run_dp(spec: DPSpec, progress: ProgressLike | None = None, *, device: str | None = None) -> DPResult:
+    """Embed (cached), train the heads under spec, project the test split(s), audit and probe. device: where the
+    model runs and the heads train (None: cuda when present, else cpu)."""
     progress = progress or null_progress
-    inputs = prepare(spec, progress)
+    inputs = prepare(spec, progress, device=device)
     return _point(spec, inputs, progress)
 
 
 def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_original: bool = True,
               on_result: Callable[[DPResult], None] | None = None, skip: Collection[str] = (),
-              prep_share: float = 0.4) -> list[DPResult]:
+              prep_share: float = 0.4, device: str | None = None) -> list[DPResult]:
     """The epsilon grid (one DPResult per epsilon, same inputs), preceded by the 'original model' reference.
 
     on_result(result) is called as soon as each result is computed, so that a caller can store it at once: the
@@ -242,7 +244,7 @@ def run_sweep(spec: SweepSpec, progress: ProgressLike | None = None, *, include_
     if not points and not include_original:
         progress(total, total, "sweep done (every point was stored already)")
         return []
-    inputs = prepare(spec.base, scaled(progress, 0, prep, total))
+    inputs = prepare(spec.base, scaled(progress, 0, prep, total), device=device)
     inputs.members = sweep_members(spec.base, inputs)  # members against non-members at every point
     step = (total - prep) / (len(points) + 1)
     results = []
@@ -270,13 +272,14 @@ def _members_point(label: str, privacy: dict[str, Any], rows: pd.DataFrame) -> d
             "gap_contains_zero": gap_contains_zero(head), "headline": records(head), "curves": records(rows)}
 
 
-def run_members(spec: SweepSpec, progress: ProgressLike | None = None, *, max_patients: int | None = None) -> dict[str, Any]:
+def run_members(spec: SweepSpec, progress: ProgressLike | None = None, *, max_patients: int | None = None,
+                device: str | None = None) -> dict[str, Any]:
     """Members against non-members (backend.dp.members) for the original model's heads, the heads retrained
     without DP (always) and each finite epsilon of spec: a JSON-ready dict (groups, and per point its headline
     rows at N = 100 and the largest common N, its curves over the common grid, and whether the gap's CI holds 0)."""
     progress = progress or null_progress
     base = spec.base
-    inputs = prepare(base, scaled(progress, 0, 400, 1000))
+    inputs = prepare(base, scaled(progress, 0, 400, 1000), device=device)
     groups = member_groups(inputs.train, inputs.test, max_patients=max_patients, seed=base.seed,
                            include_same_patient=base.audit.include_same_patient)
     epsilons = [math.inf, *dict.fromkeys(e for e in spec.epsilons if math.isfinite(e))]
@@ -288,7 +291,7 @@ def run_members(spec: SweepSpec, progress: ProgressLike | None = None, *, max_pa
     for i, eps in enumerate(epsilons):
         progress(400 + int(step * (i + 1)), 1000, f"members: epsilon {eps:g} ({i + 1} of {len(epsilons)})")
         trained = train_heads(dataclasses.replace(base, epsilon=eps), inputs.train, inputs.bank,
-                              logit_scale=inputs.logit_scale)
+                              logit_scale=inputs.logit_scale, device=inputs.device)
         points.append(_members_point("dp" if math.isfinite(eps) else "retrained", trained.privacy,
                                      members_gap(trained.as_dict(), groups, base.audit)))
     progress(1000, 1000, "members done")

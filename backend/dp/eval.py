@@ -46,6 +46,7 @@ class EvalInputs:
     transfer: dict[str, Any] = field(default_factory=dict)  # target label -> EmbeddingSet (test split)
     frozen_rows: pd.DataFrame | None = None  # the reference probe on frozen encoder features
     members: Any = None  # backend.dp.members.MemberGroups: members against non-members per point (the sweep's)
+    device: str | None = None  # where the model ran and the heads train (None: cuda when present, else cpu)
 
     def data_inputs(self) -> dict[str, Any]:
         """{"data_hash", "n_pairs"} of the data the heads were trained and evaluated on, as an audit records them:
@@ -100,11 +101,13 @@ def public_bank(spec: DPSpec, lm: Any, progress: ProgressLike = null_progress) -
     return feats
 
 
-def prepare(spec: DPSpec, progress: ProgressLike = null_progress, *, need_bank: bool | None = None) -> EvalInputs:
+def prepare(spec: DPSpec, progress: ProgressLike = null_progress, *, need_bank: bool | None = None,
+            device: str | None = None) -> EvalInputs:
     """Embed (cached) the source's train and test splits and the transfer targets' test splits; load the
-    bank (when the objective needs it) and the prompt features; fit the frozen-feature reference probe."""
+    bank (when the objective needs it) and the prompt features; fit the frozen-feature reference probe.
+    device: where the model runs and, later, the heads train (None: cuda when present, else cpu)."""
 
-    lm = load_model(spec.model)
+    lm = load_model(spec.model, device=device)
     src = load_source(spec.source.name, root=spec.source.root, section_policy=spec.source.section_policy,
                       **spec.source.options)
     sets = {split: embed_split(EmbedSpec(source=spec.source, model=spec.model, split=split), progress, model=lm, source=src)
@@ -116,7 +119,8 @@ def prepare(spec: DPSpec, progress: ProgressLike = null_progress, *, need_bank: 
     pos, neg = zip(*ZERO_SHOT_PROMPTS.values(), strict=True)
     scale = getattr(lm.model, "logit_scale", None)
     inputs = EvalInputs(sets["train"], sets["test"], bank, text_features(lm, list(pos)), text_features(lm, list(neg)),
-                        float(scale.detach().exp().clamp(max=100)) if scale is not None else None, transfer)
+                        float(scale.detach().exp().clamp(max=100)) if scale is not None else None, transfer,
+                        device=device)
     inputs.frozen_rows = frozen_reference(inputs, spec.audit)
     return inputs
 

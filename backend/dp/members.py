@@ -1,4 +1,4 @@
-"""Members against non-members (issue 13): do the heads re-link the patients they were trained on better than
+"""Members against non-members: do the heads re-link the patients they were trained on better than
 patients they never saw? DP-SGD on the heads bounds what one training patient can add to them, so the
 re-linkage it can remove is the part that comes from memorising the training set.
 

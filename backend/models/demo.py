@@ -112,8 +112,9 @@ def train_demo(config: DemoConfig = DEFAULT_DEMO, progress: ProgressLike | None 
                device: str | torch.device = "cpu") -> Path:
     """Train the demo model from scratch and save it; returns the folder (weights.pt, config.json).
 
-    device: where the training steps run. The default is the CPU, so that every machine trains the
-    same weights from the same seed; a GPU trains statistically equivalent, not bit-identical, weights."""
+    device: where the training steps run. The default is the CPU: the same seed gives the same weights on the
+    same CPU family, while another CPU family (other SIMD kernels in torch's float32 arithmetic) or a GPU trains
+    statistically equivalent, not bit-identical, weights."""
     progress = progress or null_progress
     dev = torch.device(device)
     torch.manual_seed(config.seed)

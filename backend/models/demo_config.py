@@ -3,7 +3,7 @@ the `demo` model's config, and the synthetic ladder of demo models (same archite
 in-domain specialisation). Listing models, estimating training time and the dashboard read this module
 without importing torch; backend.models.demo trains and loads the weights.
 
-The ladder (issue 15), from weakly to strongly aligned to the default synthetic data's test split (mixed
+The ladder, from weakly to strongly aligned to the default synthetic data's test split (mixed
 site A/B styles):
 - `demo-weak`: site A style only (the other half of the test split is in site B's templates, vocabulary,
   contrast and noise), 3,000 pairs, 4 epochs (92 steps): little data, short, partly out of style.

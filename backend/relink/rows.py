@@ -39,6 +39,37 @@ CURVE_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_
                                   "effective_n")  # what the store keeps and a headline shows
 ROW_COLUMNS: tuple[str, ...] = (*CURVE_COLUMNS, "capped_frac")  # what the engine returns
 
+# "The same numbers" on any x86-64 CPU (docs/METRICS.md, "Reproducibility"). The keys, the counts and Recall@k are
+# identical bit for bit: a hit is 0 or 1 and the tie and pool-size expectations are summed in one fixed order.
+# The derived columns go through numpy's SIMD kernels (exp, lgamma, reductions) and the bootstrap's matrix product
+# through OpenBLAS, which pick CPU-specific code at run time: they agree to a few units in the last place (seen:
+# up to 7, 8e-16) and are compared with CROSS_CPU_RTOL. On one machine every column is reproduced bit for bit.
+EXACT_ACROSS_CPUS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "effective_n")
+CROSS_CPU_RTOL = 1e-12
+
+
+def curve_differences(got: pd.DataFrame, expected: pd.DataFrame) -> list[str]:
+    """Where two curve tables (the CURVE_COLUMNS of the same audit) differ beyond what another CPU explains:
+    an EXACT_ACROSS_CPUS column not identical, or another column beyond CROSS_CPU_RTOL (NaN equals NaN). Rows are
+    matched by (pool_kind, level, k, n). Empty when they agree."""
+    keys = ["pool_kind", "level", "k", "n"]
+    a = got[list(CURVE_COLUMNS)].sort_values(keys).reset_index(drop=True)
+    b = expected[list(CURVE_COLUMNS)].sort_values(keys).reset_index(drop=True)
+    if len(a) != len(b):
+        return [f"{len(a)} rows against {len(b)}"]
+    out = []
+    for col in CURVE_COLUMNS:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        if col in EXACT_ACROSS_CPUS:
+            same = np.array([u == v or (u != u and v != v) for u, v in zip(x, y, strict=True)])
+        else:
+            x, y = x.astype(np.float64), y.astype(np.float64)
+            same = np.isclose(x, y, rtol=CROSS_CPU_RTOL, atol=0.0, equal_nan=True)
+        if not same.all():
+            i = int(np.flatnonzero(~same)[0])
+            out.append(f"{col}: {int((~same).sum())} rows differ, e.g. {dict(a.loc[i, keys])}: {x[i]!r} vs {y[i]!r}")
+    return out
+
 
 def default_grid(n_max: int) -> list[int]:
     """2, 5, 10, 20, 50, 100, ... (1-2-5 steps) below n_max, then n_max itself (n_max >= 2)."""

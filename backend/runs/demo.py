@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # about matching images to reports comes through the noise, with clipping bound C = 10 (at C = 1 clipping
 # alone kept even epsilon 1000 9% below the retrained heads), over a grid measured to span the transition:
 # epsilon 0.01 cuts Recall@1 by 57% at N=100 (44% at the largest N) against the heads retrained without DP,
-# epsilon 8 and 1000 by under 5% (bench/sweep_grid.py; README "Results on the synthetic demo").
+# epsilon 8 and 1000 by under 5% (bench/sweep_grid.py; docs/RESULTS.md).
 DEMO_INIT = "random"
 DEMO_MAX_GRAD_NORM = 10.0
 DEMO_EPSILONS: tuple[float, ...] = (0.01, 0.05, 0.3, 1.0, 8.0, 1000.0, math.inf)
@@ -47,8 +47,8 @@ def default_demo_spec(n_patients: int | None = None) -> DemoSpec:
     return DemoSpec(audit=audit, sweep=SweepSpec(base=base, epsilons=DEMO_EPSILONS))
 
 
-# Seconds of each part of the demo job on the quiet 2-core development machine (session 6 timeline of the
-# Recompute job: audit 72 s, embedding the train split 140 s, about 10 s for each evaluation; training 1.1 s a step
+# Seconds of each part of the demo job on a quiet 2-core x86 CPU (a timeline of the Recompute job, 2026-11-30:
+# audit 72 s, embedding the train split 140 s, about 10 s for each evaluation; training 1.1 s a step
 # alone): the bar gives each part its share of the time, so the time-left estimate holds from the first part on.
 DEMO_TIMES_S = {"step": 1.1, "render_per_pair": 0.004, "audit": 72.0, "sweep_prep": 140.0, "point": 10.0}
 

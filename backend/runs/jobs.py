@@ -471,8 +471,10 @@ class _Unwritten:
 
 def _progress_writer(job_id: str, unwritten: _Unwritten | None = None) -> ProgressLike:
     """The callback the job's code calls: throttled into the store; raises JobError once cancel is requested.
-    A call the throttle skips is kept in `unwritten` for the heartbeat to write."""
-    last = [0.0]
+    A call the throttle skips is kept in `unwritten` for the heartbeat to write. The first call is always
+    written: the monotonic clock starts near 0 on a machine booted moments ago, so no start value can stand
+    for "never written"."""
+    last: list[float | None] = [None]
     unwritten = unwritten or _Unwritten()
 
     def progress(done: int, total: int, message: str = "") -> None:
@@ -481,7 +483,7 @@ def _progress_writer(job_id: str, unwritten: _Unwritten | None = None) -> Progre
         with unwritten.lock:
             if unwritten.closed:
                 return
-            if now - last[0] < PROGRESS_INTERVAL_S and done < total:
+            if last[0] is not None and now - last[0] < PROGRESS_INTERVAL_S and done < total:
                 unwritten.fields = fields
                 return
             last[0] = now

@@ -1,4 +1,4 @@
-"""The model ladder job (issue 15): train each rung (cached), audit it on the same test split and probe it;
+"""The model ladder job: train each rung (cached), audit it on the same test split and probe it;
 each rung's audit and probe are stored as their own runs as soon as they are done, so the pages show them
 while the later rungs still train. Also the probe job (ProbeSpec) and an honest time estimate of the ladder.
 
@@ -23,7 +23,7 @@ from backend.specs import AuditSpec, DPSpec, LadderSpec, ProbeSpec
 
 log = logging.getLogger(__name__)
 
-# Measured on the 2-core development machine (README "Results on the synthetic demo" and "Recompute the demo"),
+# Measured on a 2-core x86 CPU, 24 GiB (docs/RESULTS.md and docs/BENCHMARKS.md),
 # for data the size of the default synthetic source (25,660 pairs): the demo architecture trains at about 1.1 s a
 # step alone (batch 128; 23 min for 744 steps beside other jobs, i.e. up to 1.9 s a step); the demo audit took
 # 1 min 48 s (embedding the test split, 200 bootstrap resamples); the sweep embedded the train split in 3 min 15 s,
@@ -76,7 +76,7 @@ def ladder_estimate(spec: LadderSpec) -> dict[str, Any]:
             what.append(f"probe {p['probe_s'] / 60:.0f} min")
         parts.append(f"{p['model']}: " + (", ".join(what) if what else "all stored"))
     text = (f"About {seconds / 60:.0f} min on a 2-core CPU (up to {busy / 60:.0f} min beside other jobs): "
-            + "; ".join(parts) + ". Per-step time measured for the demo architecture on the development machine "
+            + "; ".join(parts) + ". Per-step time measured for the demo architecture on a 2-core x86 CPU "
             "(1.1 s a step alone, 1.9 s beside other jobs); a GPU trains in seconds.")
     return {"seconds": seconds, "seconds_busy": busy, "text": text, "plan": plan}
 

@@ -1,4 +1,4 @@
-"""Where a stored run comes from (issue 13 part 4): the code version that computed it, a hash of the data it read,
+"""Where a stored run comes from: the code version that computed it, a hash of the data it read,
 and when it started and ended.
 
 The code version is read once per process (`code_version` is cached): `git rev-parse HEAD` of this checkout

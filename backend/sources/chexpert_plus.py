@@ -13,7 +13,7 @@ Layout under `root` (official names):
                                    path_to_image with CheXpert label columns). Absent -> labels NaN (logged).
 
 One pair per image; study = patient/study folder of path_to_image; patient = deid_patient_id.
-Side information (issue 13): `sex` (Female/Male) and `age` of the CSV give the columns sex and age / age_band
+Side information: `sex` (Female/Male) and `age` of the CSV give the columns sex and age / age_band
 (schema.AGE_BANDS); the release has no study dates, so `year` only from a `year` column a derived CSV adds.
 Missing columns: not provided.
 Split (option split=): "auto" (default) uses the CSV's split column when it holds train, val (valid) and

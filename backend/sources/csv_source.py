@@ -9,7 +9,7 @@ Optional: study_id (default: one study per distinct (patient_id, report)), view,
 'valid'/'validate' accepted; default: patient-hash split), site (default 'csv'), and any of the 14
 CheXpert label columns with their CheXpert names (1 / 0 / -1 uncertain / blank = not mentioned).
 
-Optional side information (issue 13; what pools can be matched on besides labels, view and site):
+Optional side information (what pools can be matched on besides labels, view and site):
 `sex` (F/female/woman/w or M/male/man/m, any case; blank or unknown/u/unk = unknown), `age` (years at the study,
 a number from 0 to 120; its band is derived) or `age_band` (one of 0-17, 18-39, 40-59, 60-79, 80+; used only
 without an age column), `year` (of the study, a whole number from 1900 to 2300). A bad value is refused with a

@@ -10,7 +10,7 @@ and the reports, from the MIMIC-CXR (not -JPG) project, under `reports_root` (de
 'mimic-cxr-reports' folder inside root is found too):
     files/pXX/pXXXXXXXX/sXXXXXXXX.txt   free text with FINDINGS: / IMPRESSION: headings
 
-Side information (issue 13): `year` from the metadata's StudyDate (YYYYMMDD). MIMIC dates are shifted into
+Side information: `year` from the metadata's StudyDate (YYYYMMDD). MIMIC dates are shifted into
 the future (2100-2200) by a random offset per patient, so it is the shifted year: consistent across one
 patient's studies (their order and spacing are real), not comparable between patients, and not the calendar
 year. With option patients_csv=<MIMIC-IV hosp/patients.csv(.gz)> (another credentialed PhysioNet project;

@@ -54,7 +54,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "site",
 )
 PAIR_COLUMNS: tuple[str, ...] = BASE_COLUMNS + LABELS
-# Optional side information (issue 13): what an attacker may know beside the image and use to shrink the pool
+# Optional side information: what an attacker may know beside the image and use to shrink the pool
 # (AuditSpec.match). A source provides the columns it can fill; `age` (years at the study) is kept for reading,
 # pools match on `age_band`. Images and report texts never depend on them, so the embedding cache key leaves
 # them out (backend.embed.compute.embedding_key); a job's data hash covers them only when the job matches pools

@@ -147,7 +147,7 @@ def relink_rows(run_ids: list[str], variant: str | None = None) -> pd.DataFrame:
     return rows.assign(model=rows["run_id"].map(models))
 
 
-# ---------------------------------------------------------------- runs side by side (issue 13 part 3)
+# ---------------------------------------------------------------- runs side by side
 
 OWN_VARIANT = {"audit": "model", "dp": "dp"}  # the rows a run's curves are drawn from: its own, not its transfer rows
 
@@ -783,8 +783,8 @@ def needs_root(name: str) -> bool:
         return False
 
 
-# Measured on the quiet 2-core development machine on the synthetic demo data (25,660 pairs; session 6 timeline
-# of the Recompute job, README "Recompute the demo"): embedding the train split 140 s, then about 10 s per evaluation
+# Measured on a quiet 2-core x86 CPU on the synthetic demo data (25,660 pairs; a timeline of the Recompute job,
+# 2026-11-30, docs/BENCHMARKS.md): embedding the train split 140 s, then about 10 s per evaluation
 # (8: the 7 points and the original-model reference); beside other jobs (load 3.5-8) the same took 21-67 s per
 # evaluation and 7 min 47 s to embed, so the upper end allows BUSY_FACTOR x. A transfer target added about a quarter
 # of an evaluation in the earlier measurements (17 min 19 s for 5 points with one target against 14 min without),
@@ -808,7 +808,7 @@ def sweep_estimate(n_epsilons: int, n_targets: int = 0) -> str:
     text += (f" and {'the' if n_targets == 1 else 'each'} target's test split about {t['target_embed']:.0f} s"
              if n_targets else "")
     return text + (", the first time only (the lower end: all embeddings cached); beside other jobs up to "
-                   f"{BUSY_FACTOR:.0f}x as long (the upper end). Measured on the development machine; larger datasets "
+                   f"{BUSY_FACTOR:.0f}x as long (the upper end). Measured on a 2-core x86 CPU; larger datasets "
                    "take longer, a GPU less.")
 
 
@@ -818,7 +818,7 @@ RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep", "ladder": "Model ladder
 def running_jobs(kind: str, source: str | None = None, model: str | None = None) -> list[jobs.Job]:
     """Queued or running jobs that will store a run of `kind` ("audit" or "sweep") for this dataset and model
     (None: any), newest first: jobs of that kind, and demo jobs whose audit or sweep part is not stored yet. So a
-    session opened while another session's (or the command line's) job runs shows it as running."""
+    browser tab opened while another tab's (or the command line's) job runs shows it as running."""
     out = []
     for job in jobs.list_jobs(limit=50):
         if not job.active or job.kind not in (kind, "demo", "ladder"):

@@ -1,4 +1,4 @@
-"""Export every result of one stored run as one zip archive (issue 13 part 4): the page's download button and
+"""Export every result of one stored run as one zip archive: the page's download button and
 `python -m backend export RUN_ID --out FILE.zip` write the same bytes.
 
 Files, always in this order (those a run has no rows for are left out; README.txt says which are in):

@@ -87,7 +87,7 @@ def _image(rng: np.random.Generator, labels: dict[str, float], size: int = 256) 
     return img.filter(ImageFilter.GaussianBlur(3))
 
 
-# Hostile dataset text (issue 11): a dataset's reports and ids are data, never markup. `crafted=True` puts these
+# Hostile dataset text: a dataset's reports and ids are data, never markup. `crafted=True` puts these
 # into every report and id, so that each page shows them; the browser test checks they stay inert text.
 CRAFTED_REPORT = ("**bold** _em_ :red[red] :material/home: $\\color{red}{x}$ `tick` [a link](http://example.invalid/l) "
                   "![](http://example.invalid/b.png) <img src=http://10.255.255.1/x.png> <script>alert(1)</script> "
@@ -96,7 +96,7 @@ CRAFTED_ID = "**id**`<img src=http://10.255.255.1/i.png>`![](http://example.inva
 
 
 def write_pairs(run_dir: Path, n_pairs: int = 60, seed: int = 0, crafted: bool = False) -> Path:
-    """An embedding npz (issue 4's --save-embeddings keys, plus image_path, view) with PNG images; with `crafted`,
+    """An embedding npz (the --save-embeddings keys, plus image_path, view) with PNG images; with `crafted`,
     every report and id also holds markup (CRAFTED_REPORT, CRAFTED_ID)."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ Images are rendered lazily: image_path is "synthetic://<seed>/<pair_id>" and `re
 PIL "L" image from the study's attributes, stored as JSON in the extra column `synth_attrs` (keys
 "patient" and "study", see backend.sources.synthetic.attrs; not named `attrs`, which pandas reserves).
 
-Side information (issue 13; backend.sources.synthetic.demographics): the columns `sex` (F/M, per patient),
+Side information (backend.sources.synthetic.demographics): the columns `sex` (F/M, per patient),
 `age` (years at the study; it grows with the year), `age_band` (schema.AGE_BANDS: 18-39, 40-59, 60-79, 80+)
 and `year` (2010-2022, never decreasing over a patient's studies), drawn from a random stream of their own so
 every other column, image and report is what it was before they existed. The images and reports do NOT encode

@@ -1,4 +1,4 @@
-"""Side information of the synthetic patients: sex, age and study year (issue 13), for side-information pools.
+"""Side information of the synthetic patients: sex, age and study year, for side-information pools.
 
 Drawn from a stream of their own, `default_rng([seed, index, DEMOGRAPHICS_STREAM])`, separate from the
 patient's main stream `default_rng([seed, index])` that draws everything else: adding them left every other
