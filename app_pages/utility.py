@@ -5,7 +5,7 @@ import streamlit as st
 
 import ui
 from backend.errors import RelinkError
-from backend.specs import DEFAULT_EPSILONS, SourceSpec
+from backend.specs import DEFAULT_EPSILONS, SourceSpec, parse_options
 from backend.views import dashboard, figures
 
 source, model = ui.selection()
@@ -84,7 +84,7 @@ n_targets = len(current.base.transfer) + 1 if current else 1
 st.caption(ui.plain(dashboard.sweep_estimate(len(epsilons or DEFAULT_EPSILONS), n_targets)))
 if st.button("Launch sweep with transfer", type="primary"):
     try:
-        target = SourceSpec(name=target_name, root=root, options=dashboard.parse_options(options_text))
+        target = SourceSpec(name=target_name, root=root, options=parse_options(options_text))
         spec = dashboard.transfer_sweep(current.base if current else None, source, model, target, tuple(epsilons))
         with st.spinner(f"Checking the {target_name} dataset ..."):
             dashboard.check_source(target)

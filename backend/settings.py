@@ -12,9 +12,13 @@ CXR_EMBED_DEVICES  e.g. cuda:0,cuda:1 or all: embed on several devices at once (
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
+import subprocess
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,21 @@ def data_root(source: str) -> Path | None:
     if var and os.environ.get(var):
         return Path(os.environ[var]).expanduser()
     return None
+
+
+@lru_cache(maxsize=1)
+def listed_gpus() -> tuple[str, ...] | None:
+    """The lines of `nvidia-smi -L` ("GPU 0: NVIDIA H100 ... (UUID: ...)"), read once per process without
+    importing torch or making a CUDA context; None when nvidia-smi is absent or does not answer (logged)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        logging.getLogger(__name__).warning("nvidia-smi -L failed (%s)", exc)
+        return None
+    return tuple(line.strip() for line in out.splitlines() if line.startswith("GPU "))
 
 
 def hub_offline() -> bool:

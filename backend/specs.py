@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,25 @@ class SpecMixin:
         digest = hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
         return f"{type(self).__name__.removesuffix('Spec').lower()}-{digest}"
 
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """'key=value' -> (key, value), the value read as JSON when it parses (numbers, true/false, lists), else kept
+    as text: a source option as the command line (--source-option, --transfer name:k=v) and the dashboard take it."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"Option {text.strip()!r} is not KEY=VALUE (e.g. n_patients=500, or sites=B).")
+    try:
+        return key.strip(), json.loads(raw.strip())
+    except json.JSONDecodeError:
+        return key.strip(), raw.strip()
+
+
+def parse_options(options: str | Iterable[str]) -> dict[str, Any]:
+    """'key=value, key=value' (one text, split at commas) or ['key=value', ...] (one option each, as repeated
+    --source-option flags give them: a value may hold commas) -> a dict of parse_option's pairs."""
+    parts = options.split(",") if isinstance(options, str) else options
+    return dict(parse_option(part) for part in parts if part.strip())
 
 @dataclass(frozen=True)
 class SourceSpec(SpecMixin):

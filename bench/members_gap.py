@@ -16,9 +16,8 @@ import argparse
 import math
 import sys
 
-from backend.cli.dp import parse_option
 from backend.dp import run_members
-from backend.specs import AuditSpec, DPSpec, SourceSpec, SweepSpec
+from backend.specs import AuditSpec, DPSpec, SourceSpec, SweepSpec, parse_options
 
 
 def _cell(value: float | None, low: float | None, high: float | None, sign: str = "") -> str:
@@ -38,7 +37,7 @@ def main() -> int:
     ap.add_argument("--n-bootstrap", type=int, default=50)
     args = ap.parse_args()
     audit = AuditSpec(pools=("random",), ks=(1,), n_bootstrap=args.n_bootstrap)
-    source = SourceSpec(name=args.source, options=dict(parse_option(o) for o in args.source_option))
+    source = SourceSpec(name=args.source, options=parse_options(args.source_option))
     base = DPSpec(source=source, model=args.model, init=args.init, audit=audit)
     doc = run_members(SweepSpec(base=base, epsilons=tuple(args.epsilons)))
     g = doc["groups"]

@@ -12,12 +12,12 @@ import pytest
 
 from backend.__main__ import build_parser, main
 from backend.audit import AuditResult, headline, run_audit
-from backend.cli.audit import audit_spec_from, parse_option
+from backend.cli.audit import audit_spec_from
 from backend.embed.compute import embed_split
 from backend.errors import SpecError
 from backend.relink import relink_curves
 from backend.relink.rows import ROW_COLUMNS
-from backend.specs import AuditSpec, EmbedSpec, SourceSpec
+from backend.specs import AuditSpec, EmbedSpec, SourceSpec, parse_option
 from tests.helpers.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
 
 register_tiny_models()

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from backend.embed import load_embedding_set, save_npz
 from backend.errors import SpecError
@@ -15,20 +14,9 @@ from backend.models import list_models
 from backend.models.demo_config import get_rung
 from backend.progress import phased_progress
 from backend.settings import check_device
-from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec
+from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec, parse_options
 
 log = logging.getLogger(__name__)
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """'key=value' -> (key, value), the value read as JSON when it parses (numbers, true/false, lists)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise SpecError(f"Option {text!r} is not KEY=VALUE (e.g. --source-option n_patients=500).")
-    try:
-        return key.strip(), json.loads(raw)
-    except json.JSONDecodeError:
-        return key.strip(), raw
 
 
 def check_output(path: str | Path | None, flag: str) -> Path | None:
@@ -65,7 +53,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def embed_spec_from(args: argparse.Namespace) -> EmbedSpec:
-    options = dict(parse_option(o) for o in args.source_option)
+    options = parse_options(args.source_option)
     source = SourceSpec(name=args.source, root=args.root, section_policy=args.section_policy, options=options)
     return EmbedSpec(source=source, model=args.model, split=args.split, batch_size=args.batch_size)
 

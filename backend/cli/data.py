@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from backend.cli.audit import parse_option
 from backend.errors import SourceError, SpecError
 from backend.progress import tqdm_progress
 from backend.settings import data_root
 from backend.sources import get_source, list_sources, load_source
 from backend.sources.download import OPENI_BASE_URL, download_openi
 from backend.sources.openi import label_agreement
+from backend.specs import parse_options
 
 
 def _sources(args: argparse.Namespace) -> int:
-    options = dict(parse_option(o) for o in args.source_option)
+    options = parse_options(args.source_option)
     if options and not args.name:
         raise SpecError("--source-option belongs to one source: add --name (e.g. --name mimic-cxr "
                         "--source-option reports_root=DIR).")

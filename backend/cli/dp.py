@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from backend import settings
-from backend.cli.audit import check_output, parse_option
+from backend.cli.audit import check_output
 from backend.errors import SpecError
 from backend.progress import phased_progress
 from backend.specs import (
@@ -28,6 +28,7 @@ from backend.specs import (
     DPSpec,
     SourceSpec,
     SweepSpec,
+    parse_options,
 )
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def parse_source(text: str) -> SourceSpec:
     name, _, rest = text.partition(":")
     if not name:
         raise SpecError(f"Source {text!r} has no name; use e.g. synthetic:sites=B.")
-    options = dict(parse_option(o) for o in rest.split(",") if o) if rest else {}
+    options = parse_options(rest)
     root = options.pop("root", None)
     return SourceSpec(name=name, root=root, options=options)
 
@@ -79,7 +80,7 @@ def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, training: bool = Tru
 
 
 def dp_spec_from(args: argparse.Namespace) -> DPSpec:
-    source = SourceSpec(name=args.source, root=args.root, options=dict(parse_option(o) for o in args.source_option))
+    source = SourceSpec(name=args.source, root=args.root, options=parse_options(args.source_option))
     audit = AuditSpec(pools=tuple(getattr(args, "pools", POOL_KINDS)), ks=tuple(getattr(args, "ks", (1, 5, 10))),
                       n_bootstrap=args.n_bootstrap, seed=args.seed)
     recipe = {name: getattr(args, name) for name in _RECIPE if hasattr(args, name)}  # probe: DPSpec's defaults

@@ -19,13 +19,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from backend.cli.audit import check_output, parse_option
+from backend.cli.audit import check_output
 from backend.cli.dp import write_result
 from backend.models import get_model
 from backend.models.demo_config import RUNGS
 from backend.progress import phased_progress
 from backend.runs.ladder import ladder_estimate, run_ladder
-from backend.specs import LADDER_RUNGS, LadderSpec, SourceSpec
+from backend.specs import LADDER_RUNGS, LadderSpec, SourceSpec, parse_options
 from backend.views.dashboard import model_comparison
 
 
@@ -60,7 +60,7 @@ def rung_records(table: Any) -> list[dict[str, Any]]:
 def cmd_ladder(args: argparse.Namespace) -> int:
     for name in args.rungs:  # unknown models fail before any work (the registry is torch-free)
         get_model(name)
-    source = SourceSpec(name=args.source, root=args.root, options=dict(parse_option(o) for o in args.source_option))
+    source = SourceSpec(name=args.source, root=args.root, options=parse_options(args.source_option))
     spec = LadderSpec(rungs=tuple(args.rungs), source=source, n_bootstrap=args.n_bootstrap, seed=args.seed,
                       probe=not args.no_probe)
     if args.estimate:

@@ -29,7 +29,6 @@ import fcntl
 import logging
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -261,13 +260,9 @@ def job_devices() -> list[str]:
 @lru_cache(maxsize=1)
 def _gpu_count() -> int:
     """GPUs on this machine: `nvidia-smi -L` lines (fast, no CUDA context), else torch if already imported."""
-    exe = shutil.which("nvidia-smi")
-    if exe:
-        try:
-            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-            return sum(line.startswith("GPU ") for line in out.splitlines())
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("nvidia-smi -L failed (%s); jobs are not queued per GPU (set CXR_JOB_DEVICES)", exc)
+    gpus = settings.listed_gpus()
+    if gpus is not None:
+        return len(gpus)
     torch = sys.modules.get("torch")
     return int(torch.cuda.device_count()) if torch is not None and torch.cuda.is_available() else 0
 

@@ -9,8 +9,6 @@ import dataclasses
 import json
 import math
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from backend import models, settings, specs
-from backend.errors import RelinkError, SpecError
+from backend.errors import RelinkError
 from backend.runs import jobs, ladder, provenance, snapshot, store
 from backend.sources import LABELS as LABELS  # re-exported: the pages import no source code
 from backend.sources import get_source, list_sources, load_source
@@ -542,14 +540,10 @@ def match_summary(pairs: pd.DataFrame) -> str:
 
 def device_summary() -> str:
     """The accelerator jobs will use, without importing torch: from nvidia-smi when present."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return "CPU (no NVIDIA GPU found)"
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=3).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "CPU (nvidia-smi did not answer)"
-    return f"CUDA: {out.splitlines()[0]}" if out else "CPU (no GPU listed)"
+    gpus = settings.listed_gpus()
+    if gpus is None:
+        return "CPU (no NVIDIA GPU found, or nvidia-smi did not answer)"
+    return f"CUDA: {gpus[0]}" if gpus else "CPU (no GPU listed)"
 
 
 def hub_warning(model: str) -> str | None:
@@ -736,23 +730,6 @@ def sweep_spec(sweep_id: str | None) -> SweepSpec | None:
         return None
     spec = spec_from_json(run["spec"])
     return spec if isinstance(spec, SweepSpec) else None
-
-
-def parse_options(text: str) -> dict[str, Any]:
-    """'key=value, key=value' (the command line's --transfer synthetic:sites=B options) -> a dict, each value read
-    as JSON when it parses (numbers, true/false, lists), else kept as text."""
-    out: dict[str, Any] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        key, sep, raw = part.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"Option {part!r} is not key=value (e.g. sites=B, or n_patients=500).")
-        try:
-            out[key.strip()] = json.loads(raw.strip())
-        except json.JSONDecodeError:
-            out[key.strip()] = raw.strip()
-    return out
 
 
 def transfer_sweep(base: DPSpec | None, source: str, model: str, target: SourceSpec,
