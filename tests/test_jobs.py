@@ -313,7 +313,8 @@ def test_the_first_progress_message_is_written_on_a_machine_booted_moments_ago(m
     import itertools
 
     ticks = itertools.count()
-    monkeypatch.setattr(jobs.time, "monotonic", lambda: 1.0 + next(ticks) * 1e-3)  # booted one second ago
+    monkeypatch.setattr(jobs, "PROGRESS_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: 60.0 + next(ticks) * 1e-3)  # booted a minute ago
     store.upsert_run("selftest-boot", "selftest", "{}", "running")
     store.insert_job("j-boot", {"run_id": "selftest-boot", "kind": "selftest", "status": "running", "message": ""})
     progress = jobs._progress_writer("j-boot", jobs._Unwritten())
