@@ -12,12 +12,15 @@ CXR_EMBED_DEVICES  e.g. cuda:0,cuda:1 or all: embed on several devices at once (
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,25 @@ def cache_dir() -> Path:
 
     Raises CacheError (naming the folder and CXR_CACHE_DIR) when it cannot be created or written."""
     return _ensure_folder(Path(os.environ.get("CXR_CACHE_DIR", REPO_ROOT / "cache")).expanduser())
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created) across processes while the block runs. When another
+    process holds it, on_wait() is called once and the block waits its turn. The OS releases the lock of a
+    process that dies, so a killed holder never blocks the next one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def cache_subdir(name: str) -> Path:

@@ -4,6 +4,8 @@ killed mid-run resumes without recomputing finished chunks (identical result), t
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,48 @@ def test_killed_job_resumes_from_its_last_finished_chunk(fresh_cache: Path, monk
     np.testing.assert_array_equal(resumed.image_emb, unbroken.image_emb)
     np.testing.assert_array_equal(resumed.image_feat, unbroken.image_feat)
     np.testing.assert_array_equal(resumed.report_emb, unbroken.report_emb)
+
+
+def test_a_second_run_of_the_same_split_waits_for_the_first_and_reads_its_result(fresh_cache: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of one split at once (the command line beside a dashboard job): the second waits for the first
+    instead of computing the same chunks beside it (and failing when the first assembles and removes them), then
+    reads the finished set: every chunk computed once, both results identical."""
+    chunk = 8
+    calls = count_image_chunks(monkeypatch)
+    first_running, release = threading.Event(), threading.Event()
+    messages: list[str] = []
+    results: dict[str, object] = {}
+
+    def first_progress(done: int, total: int, message: str = "") -> None:
+        if calls and not first_running.is_set():
+            first_running.set()
+            assert release.wait(60)
+
+    def run(name: str, progress) -> None:
+        try:
+            results[name] = embed_split(SPEC, progress, chunk_size=chunk, num_workers=0)
+        except BaseException as exc:  # reported below
+            results[name] = exc
+
+    first = threading.Thread(target=run, args=("first", first_progress))
+    first.start()
+    assert first_running.wait(60)  # the first run holds the split, one chunk done
+    second = threading.Thread(target=run, args=("second", lambda d, t, m="": messages.append(m)))
+    second.start()
+    deadline = time.monotonic() + 30
+    while not messages and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert messages and "waiting for another process" in messages[0]
+    release.set()
+    first.join(120)
+    second.join(120)
+    a, b = results["first"], results["second"]
+    assert not isinstance(a, BaseException) and not isinstance(b, BaseException), (a, b)
+    n_chunks = -(-len(load_source("synthetic", **TINY_SOURCE_OPTIONS).pairs) // chunk)
+    assert len(calls) == n_chunks and a.path == b.path
+    np.testing.assert_array_equal(a.image_emb, b.image_emb)
+    np.testing.assert_array_equal(a.report_emb, b.report_emb)
 
 
 def test_npz_round_trip(fresh_cache: Path, tmp_path: Path) -> None:

@@ -306,12 +306,30 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
     meta = split_meta(pairs)
     inputs = {"data_hash": src.digest(), "n_pairs": len(pairs)}  # every pair of the source: what a job depends on
     folder = settings.cache_subdir("embeddings") / key
-    if (folder / "done.json").is_file():
+    es = None
+    if not (folder / "done.json").is_file():
+        # one process embeds a key at a time: a second run of the same split (the command line beside a dashboard
+        # job) waits, then reads the finished set instead of racing on the chunks the first one assembles and removes
+        def waiting() -> None:
+            log.info("another process is embedding %s; waiting for it", folder)
+            progress(0, 1, "waiting for another process embedding the same split")
+
+        with settings.exclusive(folder / ".lock", waiting):
+            if not (folder / "done.json").is_file():
+                es = _embed_into(folder, spec, src, pairs, lm, loader, key, meta, inputs, device, chunk_size,
+                                 num_workers, progress)
+    if es is None:
         log.info("embeddings cached: %s", folder)
         es = load_embedding_set(folder)
-        es.meta = meta  # ids, patients and labels always come from the current table
-        es.info = {**es.info, "inputs": inputs}
-        return es
+    es.meta = meta  # ids, patients and labels always come from the current table
+    es.info = {**es.info, "inputs": inputs}
+    return es
+
+
+def _embed_into(folder: Path, spec: EmbedSpec, src: SourceData, pairs: pd.DataFrame, lm: LoadedModel, loader: str,
+                key: str, meta: pd.DataFrame, inputs: dict[str, Any], device: str | torch.device | None,
+                chunk_size: int, num_workers: int | None, progress: ProgressLike) -> EmbeddingSet:
+    """Compute the split's chunks (resuming from those on disk), write the finished set into `folder`, return it."""
     chunks = folder / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     codes, reports = pd.factorize(pairs["report"])  # each distinct report text is embedded once
