@@ -17,6 +17,7 @@ from backend.embed.compute import embed_split
 from backend.errors import SpecError
 from backend.relink import relink_curves
 from backend.relink.rows import ROW_COLUMNS
+from backend.sources import load_source
 from backend.specs import AuditSpec, EmbedSpec, SourceSpec, parse_option
 from tests.helpers.tiny_models import TINY_SOURCE_OPTIONS, register_tiny_models
 
@@ -194,3 +195,36 @@ def test_editing_the_data_gives_fresh_results_not_the_cached_ones(tmp_path: Path
     fresh = embed_split(spec.embed, device="cpu")
     assert fresh.path != es.path and not np.allclose(fresh.image_emb[3], old_image)
     np.testing.assert_array_equal(fresh.image_emb[4], es.image_emb[4])
+
+
+def test_two_images_of_one_size_and_one_mtime_swapped_give_new_embeddings(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder unpacked from a zip gives every file one mtime; two images of one size swapped (what this audit
+    measures) must change the data hash and the embeddings, not reuse the cached ones."""
+    import os
+
+    from PIL import Image
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    _csv_dataset(data, patients=20)
+    rng = np.random.default_rng(5)
+    for i in (3, 4):  # uncompressed PNGs of one shape: one size
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(data / f"img/{i}.png", compress_level=0)
+    for f in (data / "img").iterdir():
+        os.utime(f, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    assert (data / "img/3.png").stat().st_size == (data / "img/4.png").stat().st_size
+    spec = EmbedSpec(source=SourceSpec(name="csv", root=str(data)), model="tiny-random", split="all", batch_size=8)
+    before = embed_split(spec, device="cpu")
+    digest = load_source("csv", root=str(data)).digest()
+    os.rename(data / "img/3.png", data / "img/swap.png")
+    os.rename(data / "img/4.png", data / "img/3.png")
+    os.rename(data / "img/swap.png", data / "img/4.png")
+    for f in (data / "img").iterdir():
+        os.utime(f, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    assert load_source("csv", root=str(data)).digest() != digest
+    after = embed_split(spec, device="cpu")
+    row = {p: i for i, p in enumerate(before.meta["image_path"])}
+    assert after.path != before.path
+    np.testing.assert_array_equal(after.image_emb[row["img/3.png"]], before.image_emb[row["img/4.png"]])
+    np.testing.assert_array_equal(after.image_emb[row["img/4.png"]], before.image_emb[row["img/3.png"]])

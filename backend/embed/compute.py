@@ -111,7 +111,8 @@ def select_split(pairs: pd.DataFrame, split: str) -> pd.DataFrame:
 def embedding_key(spec: EmbedSpec, lm: LoadedModel, pairs: pd.DataFrame, chunk_size: int = CHUNK_SIZE, *,
                   image_file: Callable[[str], Path] | None = None, loader: dict[str, Any] | None = None) -> str:
     """The content hash naming the cache folder of this embedding job: the table's full content (patients,
-    labels, view/site/split too) and, for file-based sources (`image_file`), each image's (size, mtime_ns);
+    labels, view/site/split too) and, for file-based sources (`image_file`), each image's size, mtime, inode and
+    ctime (schema.table_digest);
     generated (synthetic) images are covered by the source options. `loader` (backend.embed.images.describe)
     names a fast image path, so its embeddings never mix with the reference path's. The side information
     (schema.SIDE_COLUMNS: sex, age, age band, year) is left out: no embedding depends on it, and embed_split

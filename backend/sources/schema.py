@@ -114,8 +114,12 @@ def combined_digest(digests: list[str]) -> str:
 
 def table_digest(pairs: pd.DataFrame, image_file: Callable[[str], Path] | None = None) -> str:
     """16 hex of SHA-256 over everything a result computed from `pairs` depends on: every column of the
-    table (ids, patients, labels, view, site, split, report ...) and, when `image_file` is given, the
-    (size, mtime_ns) of each image file, so an image replaced in place changes the digest too."""
+    table (ids, patients, labels, view, site, split, report ...) and, when `image_file` is given, each image
+    file's identity on disk: size, mtime_ns, inode and ctime_ns. So an image replaced in place changes the digest,
+    and so do two images of one size and one mtime swapped (a folder unpacked from a zip gives every file one
+    mtime): a rename gives a path another inode, a rewrite a new ctime, which no user can set back. The price is
+    on the safe side: a dataset copied or moved to another disk gets a new digest and its results are computed
+    again (the files are not read here: a content hash would read every byte of a dataset on every new load)."""
     h = hashlib.sha256()
     cols = sorted(str(c) for c in pairs.columns)
     h.update(json.dumps(cols).encode())
@@ -125,9 +129,9 @@ def table_digest(pairs: pd.DataFrame, image_file: Callable[[str], Path] | None =
         for rel in pairs["image_path"].astype(str):
             try:
                 st = os.stat(image_file(rel))
-                stats.append((st.st_size, st.st_mtime_ns))
+                stats.append((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
             except (OSError, ValueError):
-                stats.append((-1, -1))  # missing: it counts as content too
+                stats.append((-1, -1, -1, -1))  # missing: it counts as content too
         h.update(np.asarray(stats, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
 
