@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -57,6 +58,26 @@ class SpecMixin:
         return f"{type(self).__name__.removesuffix('Spec').lower()}-{digest}"
 
 
+
+MIN_BOOTSTRAP = 50  # fewer resamples: the 2.5th and 97.5th percentiles rest on one or two of them
+
+
+def check_resampling(n_bootstrap: int, seed: int) -> None:
+    """A spec's bootstrap: 0 (no CIs) or more resamples, and a seed numpy's generator takes (an integer >= 0).
+    SpecError otherwise. The floor of MIN_BOOTSTRAP is the command line's and the dashboard's (check_ci_floor):
+    tests and benchmarks may use fewer."""
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral) or n_bootstrap < 0:
+        raise SpecError(f"n_bootstrap must be an integer >= 0 (0: no confidence intervals), got {n_bootstrap!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise SpecError(f"seed must be an integer >= 0, got {seed!r}.")
+
+
+def check_ci_floor(n_bootstrap: int) -> None:
+    """What a user asks for: 0 (no CIs) or at least MIN_BOOTSTRAP resamples, else SpecError saying why."""
+    if 0 < n_bootstrap < MIN_BOOTSTRAP:
+        raise SpecError(f"{n_bootstrap} bootstrap resamples are too few for a 95% CI: its 2.5th and 97.5th "
+                        f"percentiles would rest on one or two resamples (the interval can even miss its own "
+                        f"estimate). Use at least {MIN_BOOTSTRAP} (default 200), or 0 for no CIs.")
 
 def parse_option(text: str) -> tuple[str, Any]:
     """'key=value' -> (key, value), the value read as JSON when it parses (numbers, true/false, lists), else kept
@@ -140,8 +161,7 @@ class AuditSpec(SpecMixin):
             raise SpecError(f"Unknown pool kind(s) {bad}; use {', '.join(POOL_KINDS)}.")
         if not self.ks or min(self.ks) < 1:
             raise SpecError(f"Every K must be a positive integer, got {self.ks}.")
-        if self.n_bootstrap < 0:
-            raise SpecError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}.")
+        check_resampling(self.n_bootstrap, self.seed)
 
 
 OBJECTIVES: tuple[str, ...] = ("in-batch", "public-negatives")
@@ -253,8 +273,7 @@ class ProbeSpec(SpecMixin):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_bootstrap < 0:
-            raise SpecError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}.")
+        check_resampling(self.n_bootstrap, self.seed)
 
 
 # The side-information pool the demo (and the model ladder) audits beside the random and pathology-matched ones: an
@@ -279,8 +298,7 @@ class LadderSpec(SpecMixin):
             raise SpecError("A ladder needs at least one rung (e.g. --rungs demo-weak demo demo-strong).")
         if len(set(self.rungs)) != len(self.rungs):
             raise SpecError(f"A rung is listed twice in {list(self.rungs)}.")
-        if self.n_bootstrap < 0:
-            raise SpecError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}.")
+        check_resampling(self.n_bootstrap, self.seed)
 
     def audit(self, rung: str) -> AuditSpec:
         """The audit of one rung (with the defaults, the demo rung's audit is the demo job's audit: one run)."""

@@ -35,7 +35,7 @@ def _strict(text: str) -> dict:
 def test_cli_audit_end_to_end_with_tiny_demo_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, npz = tmp_path / "out.json", tmp_path / "emb.npz"
     rc = main(["audit", "--source", "synthetic", *SOURCE_ARGS, "--model", "demo-tiny", "--split", "all",
-               "--n-bootstrap", "20", "--ks", "1", "5", "--json", str(out), "--save-embeddings", str(npz)])
+               "--n-bootstrap", "50", "--ks", "1", "5", "--json", str(out), "--save-embeddings", str(npz)])
     assert rc == 0
     doc = _strict(out.read_text())
     assert doc["spec"]["embed"]["model"] == "demo-tiny" and doc["spec"]["pools"] == ["random", "hard"]

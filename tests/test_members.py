@@ -129,7 +129,7 @@ def test_cli_members_prints_json_with_both_groups_and_the_gap(tmp_path: Path, mo
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "members.json"
     rc = main(["members", "--model", "tiny-random", "--source-option", "n_patients=40", "--source-option", "image_size=64",
-               "--epsilons", "inf", "4", "--epochs", "1", "--batch-size", "16", "--n-bootstrap", "20",
+               "--epsilons", "inf", "4", "--epochs", "1", "--batch-size", "16", "--n-bootstrap", "50",
                "--json", str(out)])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)

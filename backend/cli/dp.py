@@ -28,6 +28,7 @@ from backend.specs import (
     DPSpec,
     SourceSpec,
     SweepSpec,
+    check_ci_floor,
     parse_options,
 )
 
@@ -66,10 +67,10 @@ def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, training: bool = Tru
         p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
         p.add_argument("--init", default="model", choices=("model", "random"), help="start from the model's heads or random")
         p.add_argument("--n-negatives", type=int, default=DPSpec.n_negatives, help="public-negatives: bank reports per step")
-        p.add_argument("--public-bank", type=parse_source, default=None, metavar="SOURCE[:k=v,...]",
+        p.add_argument("--public-bank", default=None, metavar="SOURCE[:k=v,...]",
                        help="public report bank for public-negatives (default: OpenI)")
     if evaluation:  # members: random pool, K = 1, in-domain only
-        p.add_argument("--transfer", type=parse_source, action="append", default=[], metavar="SOURCE[:k=v,...]",
+        p.add_argument("--transfer", action="append", default=[], metavar="SOURCE[:k=v,...]",
                        help="also evaluate on this source's test split without retraining, e.g. synthetic:sites=B")
         p.add_argument("--pools", nargs="+", default=list(POOL_KINDS), choices=POOL_KINDS)
         p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10])
@@ -80,12 +81,16 @@ def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, training: bool = Tru
 
 
 def dp_spec_from(args: argparse.Namespace) -> DPSpec:
+    check_ci_floor(args.n_bootstrap)
     source = SourceSpec(name=args.source, root=args.root, options=parse_options(args.source_option))
     audit = AuditSpec(pools=tuple(getattr(args, "pools", POOL_KINDS)), ks=tuple(getattr(args, "ks", (1, 5, 10))),
                       n_bootstrap=args.n_bootstrap, seed=args.seed)
     recipe = {name: getattr(args, name) for name in _RECIPE if hasattr(args, name)}  # probe: DPSpec's defaults
+    if recipe.get("public_bank") is not None:
+        recipe["public_bank"] = parse_source(recipe["public_bank"])
     return DPSpec(source=source, model=args.model, epsilon=getattr(args, "epsilon", math.inf),
-                  transfer=tuple(getattr(args, "transfer", ())), audit=audit, seed=args.seed, **recipe)
+                  transfer=tuple(parse_source(t) for t in getattr(args, "transfer", ())), audit=audit, seed=args.seed,
+                  **recipe)
 
 
 _RECIPE = ("delta", "objective", "privacy_unit", "max_grad_norm", "epochs", "batch_size", "lr", "optimizer", "init",

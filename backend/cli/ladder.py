@@ -25,7 +25,7 @@ from backend.models import get_model
 from backend.models.demo_config import RUNGS
 from backend.progress import phased_progress
 from backend.runs.ladder import ladder_estimate, run_ladder
-from backend.specs import LADDER_RUNGS, LadderSpec, SourceSpec, parse_options
+from backend.specs import LADDER_RUNGS, LadderSpec, SourceSpec, check_ci_floor, parse_options
 from backend.views.dashboard import model_comparison
 
 
@@ -61,6 +61,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     for name in args.rungs:  # unknown models fail before any work (the registry is torch-free)
         get_model(name)
     source = SourceSpec(name=args.source, root=args.root, options=parse_options(args.source_option))
+    check_ci_floor(args.n_bootstrap)
     spec = LadderSpec(rungs=tuple(args.rungs), source=source, n_bootstrap=args.n_bootstrap, seed=args.seed,
                       probe=not args.no_probe)
     if args.estimate:
