@@ -39,6 +39,10 @@ class CacheError(RelinkError):
     """The cache folder (CXR_CACHE_DIR) cannot be created or written."""
 
 
+class OutputError(RelinkError):
+    """An output file (a result JSON, an export, embeddings) could not be written; what was there is kept."""
+
+
 class JobError(RelinkError):
     """A background job failed, was cancelled, or is unknown."""
 

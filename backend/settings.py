@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from backend.errors import CacheError, DeviceError, SourceError
+from backend.errors import CacheError, DeviceError, OutputError, SourceError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +73,25 @@ def exclusive(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Write `path` whole or not at all: `write(tmp)` fills a temporary sibling, which then replaces `path` in one
+    rename, so a crash, a kill or a full disk never leaves a half file and never destroys the file that was
+    there. OutputError (naming the file, the reason and what to do) when the disk refuses; other errors of
+    `write` are raised as they are. The temporary file is removed in every case."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the file that was there is unchanged" if path.exists() else "nothing was written"
+        raise OutputError(f"Could not write {str(path)!r} ({exc.strerror or exc}); {kept}. Free some space or "
+                          "choose a writable folder, then run it again.") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def cache_subdir(name: str) -> Path:

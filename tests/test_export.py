@@ -213,3 +213,52 @@ def test_a_sweeps_points_start_where_the_previous_point_ended(monkeypatch: pytes
     persist.finish_sweep(sweep.run_id(), sweep, "cpu")
     whole = store.get_provenance(sweep.run_id())
     assert whole["started"] == begun and whole["finished"] >= ends[1]["finished"]
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path: Path):
+    """A 16 KiB tmpfs (a full disk after 16 KiB), where this machine lets the test mount one; else skipped."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_export_onto_a_full_disk_keeps_the_old_archive(ids: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                       tiny_disk: Path, capsys: pytest.CaptureFixture) -> None:
+    """--force onto an existing zip on a full disk: one named error, the old zip as it was, no temporary file."""
+    monkeypatch.setenv("CXR_CACHE_DIR", ids["cache"])
+    old = tiny_disk / "results.zip"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("old.txt", "x" * 9000)  # stored: 9 KB of the 16
+    old.write_bytes(buffer.getvalue())
+    before = old.read_bytes()
+    assert len(export.archive_bytes(ids["sweep"])) > 16 * 1024 - len(before)  # it cannot fit beside the old one
+    assert main(["export", ids["sweep"], "--out", str(old), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Could not write") and "No space left" in err and "unchanged" in err, err
+    assert "Traceback" not in err
+    assert old.read_bytes() == before and _zip(old.read_bytes()).namelist() == ["old.txt"]
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["results.zip"]
+
+
+def test_export_replaces_a_file_only_when_told(ids: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("CXR_CACHE_DIR", ids["cache"])
+    out = tmp_path / "new" / "folder" / "r.zip"  # a missing folder is made
+    assert main(["export", ids["sweep"], "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}")
+    out.write_bytes(b"mine")
+    assert main(["export", ids["sweep"], "--out", str(out)]) == 2
+    assert "exists; pass --force to replace it" in capsys.readouterr().err and out.read_bytes() == b"mine"
+    assert main(["export", ids["sweep"], "--out", str(out), "--force"]) == 0
+    assert capsys.readouterr().out.startswith(f"replaced {out}")
+    assert out.read_bytes() == export.archive_bytes(ids["sweep"])
+    assert main(["export", ids["sweep"], "--out", str(tmp_path)]) == 2  # a folder: named, not a traceback
+    assert "is a folder; give a file name" in capsys.readouterr().err

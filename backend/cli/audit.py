@@ -13,7 +13,7 @@ from backend.errors import SpecError
 from backend.models import list_models
 from backend.models.demo_config import get_rung
 from backend.progress import phased_progress
-from backend.settings import check_device
+from backend.settings import atomic_write, check_device
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec, check_ci_floor, parse_options
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def cmd_topk(args: argparse.Namespace) -> int:
     es = embed_split(embed_spec_from(args), phased_progress("embed"), device=args.device)
     device = args.device or ("cuda" if _cuda() else "cpu")
     table = top_k_table(es, args.k, device)
-    table.to_parquet(out, index=False)
+    atomic_write(out, lambda p: table.to_parquet(p, index=False))
     hits = table.groupby("pair_id")["is_true_report"].any().mean()
     print(f"{len(table)} rows ({table['pair_id'].nunique()} queries x top {table['rank'].max()}) -> {out}; "
           f"true report within the top {table['rank'].max()} for {hits:.1%} of queries (device {device})")
@@ -135,7 +135,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     check_output(args.save_embeddings, "--save-embeddings")
     check_device(args.device)
     result = run_audit(spec, phased_progress("audit"), device=args.device)
-    out.write_text(result.to_json())
+    atomic_write(out, lambda p: p.write_text(result.to_json()))
     if args.save_embeddings:
         save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)
         print(f"embeddings: {args.save_embeddings}")

@@ -109,10 +109,10 @@ def write_result(path: Path | None, payload: dict, run_id: str | None = None) ->
     text = json.dumps(payload, indent=1, allow_nan=False)
     if run_id is not None:
         kept = settings.cache_subdir("results") / f"{run_id}.json"
-        kept.write_text(text)
+        settings.atomic_write(kept, lambda p: p.write_text(text))
         log.info("kept %s", kept)
     if path is not None:
-        path.write_text(text)
+        settings.atomic_write(path, lambda p: p.write_text(text))
         log.info("wrote %s", path)
 
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from backend.cli.audit import check_output
 from backend.errors import SpecError
 
 
@@ -23,8 +23,10 @@ def _export(args: argparse.Namespace) -> int:
     if not args.run_id:
         raise SpecError("Name a run id (`python -m backend export RUN_ID --out FILE.zip`); "
                         "`python -m backend export --list` lists them.")
-    out = export.write_archive(args.run_id, Path(args.out) if args.out else Path(export.file_name(args.run_id)))
-    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    out = check_output(args.out or export.file_name(args.run_id), "--out")
+    replaced = out.exists()
+    export.write_archive(args.run_id, out, replace=args.force)
+    print(f"{'replaced' if replaced else 'wrote'} {out} ({out.stat().st_size:,} bytes)")
     return 0
 
 
@@ -32,5 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write all results of a run (spec, provenance, rows, README) as one zip")
     p.add_argument("run_id", nargs="?", help="the run to export (see --list)")
     p.add_argument("--out", help="the zip file to write (default: relink-results-RUN_ID.zip here)")
+    p.add_argument("--force", action="store_true", help="replace the --out file when it exists")
     p.add_argument("--list", action="store_true", help="list the finished runs' ids and kinds, newest first")
     p.set_defaults(func=_export)

@@ -30,7 +30,6 @@ from backend import settings
 from backend.embed.files import (
     META_COLUMNS,
     EmbeddingSet,
-    atomic_write,
     load_embedding_set,
     write_set,
 )
@@ -250,7 +249,7 @@ def _chunk(kind: str, c: int, folder: Path, compute: Callable[[], np.ndarray]) -
     if path.is_file():
         return np.load(path)
     arr = compute()
-    atomic_write(path, lambda p, a=arr: np.save(open(p, "wb"), a))
+    settings.atomic_write(path, lambda p, a=arr: np.save(open(p, "wb"), a))
     return arr
 
 

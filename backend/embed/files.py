@@ -4,7 +4,6 @@ files (a finished cache folder, and the portable npz anyone can recompute the me
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import SourceError
+from backend.settings import atomic_write
 from backend.sources.schema import LABELS, SIDE_COLUMNS
 
 # the side information (sex, age, age_band, year) only where the source gives it: what side-information pools match on
@@ -54,13 +54,6 @@ class EmbeddingSet:
     def labels(self) -> np.ndarray:
         """(n, 14) float32 labels, 1/0/NaN, in CheXpert order."""
         return self.meta[list(LABELS)].to_numpy(dtype=np.float32)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary sibling and rename, so a killed job never leaves a half file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def write_set(es: EmbeddingSet, folder: Path) -> None:

@@ -125,7 +125,7 @@ def make_snapshot(out: Path = SNAPSHOT_DIR, demo: DemoSpec | None = None) -> dic
                 "made": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": made_by,
                 "versions": versions(), "command": "cxr-relink snapshot make", "demo_spec": demo.to_dict(),
                 "runs": runs, "files": {EMBEDDINGS: {"sha256": _sha256(npz), "bytes": npz.stat().st_size}}}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    settings.atomic_write(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
     return manifest
 
 

@@ -398,7 +398,7 @@ def save_per_query(run_id: str, per_query: pd.DataFrame) -> str:
     path = runs_dir(run_id)
     path.mkdir(parents=True, exist_ok=True)
     out = path / "per_query.parquet"
-    per_query.to_parquet(out, index=False)
+    settings.atomic_write(out, lambda p: per_query.to_parquet(p, index=False))
     return str(out)
 
 

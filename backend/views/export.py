@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from backend import settings
-from backend.errors import UnknownRunError
+from backend.errors import OutputError, UnknownRunError
 from backend.runs import store
 from backend.runs.provenance import FIELD_NAMES, FIELDS
 from backend.views.dashboard import DEFINITIONS
@@ -150,13 +150,15 @@ def archive_bytes(run_id: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_archive(run_id: str, out: Path) -> Path:
-    """Write the run's archive to `out` (folders made); returns the path."""
-    data = archive_bytes(run_id)
+def write_archive(run_id: str, out: Path, *, replace: bool = False) -> Path:
+    """Write the run's archive to `out` (its folder must exist) whole or not at all; returns the path. An existing
+    file is replaced only with `replace` (OutputError otherwise, before any work); a failed write (a full disk)
+    leaves what was there untouched (settings.atomic_write)."""
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    return out
+    if out.exists() and not replace:
+        raise OutputError(f"{str(out)!r} exists; pass --force to replace it, or choose another --out.")
+    data = archive_bytes(run_id)
+    return settings.atomic_write(out, lambda p: p.write_bytes(data))
 
 
 def file_name(run_id: str) -> str:
