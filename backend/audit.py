@@ -127,12 +127,23 @@ def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike |
         matched = matched[matched["pool_kind"] == "hard"].assign(pool_kind=MATCH_PREFIX + match)
         rows = pd.concat([rows, matched], ignore_index=True)
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
-              "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique())}
+              "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique()),
+              "dropped": source_drops(es.info.get("source_stats") or {})}
     inputs = {"data_hash": "", "n_pairs": len(meta), **(es.info.get("inputs") or {})}
     if es.info.get("key"):
         inputs["embedding_key"] = es.info["key"]
     return AuditResult(spec=spec, rows=rows, summary=dict(result.summary), per_query=result.per_query,
                        embedding_path=str(es.path) if es.path else None, counts=counts, inputs=inputs)
+
+
+def source_drops(stats: dict[str, Any]) -> dict[str, int]:
+    """What the source left out before splitting, by reason, from its stats: every `dropped_<reason>` count
+    (empty report, missing report ...) and unreadable images (`skipped_images`) when there were any (a source
+    that did not check its images reports none, which does not mean there were none)."""
+    out = {key.removeprefix("dropped_"): int(n) for key, n in stats.items() if key.startswith("dropped_")}
+    if int(stats.get("skipped_images") or 0) > 0:
+        out["unreadable_image"] = int(stats["skipped_images"])
+    return out
 
 
 def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: str | None = None,

@@ -228,3 +228,23 @@ def test_two_images_of_one_size_and_one_mtime_swapped_give_new_embeddings(tmp_pa
     assert after.path != before.path
     np.testing.assert_array_equal(after.image_emb[row["img/3.png"]], before.image_emb[row["img/4.png"]])
     np.testing.assert_array_equal(after.image_emb[row["img/4.png"]], before.image_emb[row["img/3.png"]])
+
+
+def test_pairs_the_source_drops_are_counted_with_their_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A csv whose every other report is empty: the audit keeps 10 of 20 pairs and its JSON (and the command's
+    output) says that 10 were dropped for an empty report, not just `pairs: 10`."""
+    import pandas as pd
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    _csv_dataset(data, patients=20)
+    table = pd.read_csv(data / "pairs.csv")
+    table.loc[::2, "report"] = ""
+    table.to_csv(data / "pairs.csv", index=False)
+    out = tmp_path / "a.json"
+    assert main(["audit", "--source", "csv", "--root", str(data), "--model", "tiny-random", "--split", "all",
+                 "--n-bootstrap", "0", "--ks", "1", "--json", str(out)]) == 0
+    counts = json.loads(out.read_text())["counts"]
+    assert counts["pairs"] == 10 and counts["dropped"] == {"empty_report": 10}
+    assert "10 pair(s): empty report" in capsys.readouterr().out

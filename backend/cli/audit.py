@@ -140,6 +140,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)
         print(f"embeddings: {args.save_embeddings}")
     print(f"{len(result.rows)} curve points -> {out}")
+    dropped = result.counts.get("dropped") or {}
+    if any(dropped.values()):
+        print("left out by the source before the split: " + ", ".join(
+            f"{n} pair(s): {reason.replace('_', ' ')}" for reason, n in dropped.items() if n))
     table = result.headline()
     if not table.empty:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

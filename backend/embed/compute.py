@@ -322,7 +322,7 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
         log.info("embeddings cached: %s", folder)
         es = load_embedding_set(folder)
     es.meta = meta  # ids, patients and labels always come from the current table
-    es.info = {**es.info, "inputs": inputs}
+    es.info = {**es.info, "inputs": inputs, "source_stats": dict(src.stats)}  # the drops happened before the split
     return es
 
 
