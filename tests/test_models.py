@@ -3,6 +3,7 @@ supported tower family (tiny random configs, offline)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import open_clip
@@ -131,6 +132,14 @@ def test_local_checkpoint_with_config(tmp_path) -> None:
         load_model(f"local:{tmp_path / 'nope.pt'}#cxr-demo-tiny", device="cpu")
     with pytest.raises(ModelUnavailableError, match="Unknown open_clip config"):
         load_model(f"local:{path}#no-such-config", device="cpu")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint" * 100)
+    wrong = tmp_path / "wrong-arch.pt"  # a real checkpoint of another architecture
+    torch.save(open_clip.create_model("cxr-demo", pretrained_text=False).state_dict(), wrong)
+    for bad in (garbage, wrong):  # about the file, never the network or the Hugging Face cache
+        with pytest.raises(ModelUnavailableError, match=f"the checkpoint {re.escape(str(bad))} could not be loaded") as err:
+            load_model(f"local:{bad}#cxr-demo-tiny", device="cpu")
+        assert "network" not in str(err.value) and "Hugging Face" not in str(err.value)
 
 
 def test_hf_text_encoder_head(tmp_path) -> None:

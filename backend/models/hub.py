@@ -80,14 +80,21 @@ def require_module(model: str, module: str, why: str) -> None:
 
 
 @contextlib.contextmanager
-def translate_errors(model: str) -> Iterator[None]:
+def translate_errors(model: str, checkpoint: str | None = None) -> Iterator[None]:
     """Turn any failure to build or fetch a model (network, missing file, bad checkpoint) into one clear
-    ModelUnavailableError; open_clip and huggingface_hub raise many unrelated exception types."""
+    ModelUnavailableError; open_clip and huggingface_hub raise many unrelated exception types. `checkpoint`: the
+    file or folder of a local model (nothing is downloaded: the message is about that file, not the network)."""
     try:
         yield
     except ModelUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 -- third-party download/build errors of every kind
+        if checkpoint is not None:
+            raise ModelUnavailableError(
+                f"Model {model!r}: the checkpoint {checkpoint} could not be loaded ({type(exc).__name__}: "
+                f"{(str(exc).strip().splitlines() or [''])[0][:300]}). "
+                "Check that it is a complete open_clip (or CLIP) checkpoint of the architecture named after '#' "
+                "(a folder needs its open_clip_config.json beside the weights).") from exc
         raise ModelUnavailableError(
             f"Model {model!r} could not be loaded: {type(exc).__name__}: {exc}. Check the network or the "
             f"checkpoint path; pre-download into the Hugging Face cache, or use local:<path>#<config>.") from exc

@@ -216,7 +216,7 @@ def load_local(device: torch.device | None, progress: Any = None, name: str = ""
     if p.is_dir():
         if not (p / "open_clip_config.json").is_file():
             raise ModelUnavailableError(f"{p} has no open_clip_config.json; use local:<checkpoint file>#<config>.")
-        with hub.translate_errors(name), quiet_open_clip():
+        with hub.translate_errors(name, str(p)), quiet_open_clip():
             model = open_clip.create_model(f"local-dir:{p}", device="cpu")
             tokenizer = open_clip.get_tokenizer(f"local-dir:{p}")
         weights = sorted(f for f in p.iterdir() if f.suffix in {".safetensors", ".bin", ".pt", ".pth"})
@@ -230,7 +230,7 @@ def load_local(device: torch.device | None, progress: Any = None, name: str = ""
             f"Known configs include: {', '.join(open_clip.list_models()[:8])} ...")
     if open_clip.get_model_config(config) is None:
         raise ModelUnavailableError(f"Unknown open_clip config {config!r}; see open_clip.list_models().")
-    with hub.translate_errors(name), quiet_open_clip():
+    with hub.translate_errors(name, str(p)), quiet_open_clip():
         model = open_clip.create_model(config, pretrained=str(p), device="cpu", pretrained_text=False)
         tokenizer = open_clip.get_tokenizer(config)
     return wrap_model(name, model, tokenizer, device, weights_id=file_id(p))
