@@ -40,3 +40,25 @@ def openi_dir() -> Path:
     if not (SHARED_OPENI / "NLMCXR_reports.tgz").is_file():
         pytest.skip("the real OpenI reports are absent (../shared/data/openi beside the checkout)")
     return SHARED_OPENI
+
+
+@pytest.fixture()
+def tmpfs(tmp_path: Path):
+    """mount(size) -> a folder on a fresh tmpfs of that size ("16k", "2m"): a disk that fills up, for the tests
+    of writes on a full disk. Skipped where this machine does not let the test mount one (not root)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)

@@ -215,24 +215,11 @@ def test_a_sweeps_points_start_where_the_previous_point_ended(monkeypatch: pytes
     assert whole["started"] == begun and whole["finished"] >= ends[1]["finished"]
 
 
-@pytest.fixture()
-def tiny_disk(tmp_path: Path):
-    """A 16 KiB tmpfs (a full disk after 16 KiB), where this machine lets the test mount one; else skipped."""
-    import subprocess
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
-
-
 def test_export_onto_a_full_disk_keeps_the_old_archive(ids: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-                                                       tiny_disk: Path, capsys: pytest.CaptureFixture) -> None:
+                                                       tmpfs, capsys: pytest.CaptureFixture) -> None:
     """--force onto an existing zip on a full disk: one named error, the old zip as it was, no temporary file."""
     monkeypatch.setenv("CXR_CACHE_DIR", ids["cache"])
+    tiny_disk = tmpfs("16k")
     old = tiny_disk / "results.zip"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:

@@ -147,3 +147,26 @@ def test_a_damaged_database_is_reported_as_damaged_not_held(fresh_cache: Path, d
     assert time.monotonic() - t0 < 5, "a damaged file is not a lock: no waiting"
     assert "damaged or unreadable" in message and "held by another process" not in message
     assert str(path) in message and "embeddings" in message and "Move it aside" in message
+
+
+def test_a_database_truncated_mid_file_is_named_damaged_when_a_query_reaches_the_gap(fresh_cache: Path) -> None:
+    """A file cut short (a copy broken off, a full disk during a checkpoint) opens fine and fails only when a query
+    reads past its end: that read is reported as a damaged database with what to do, not DuckDB's IOException."""
+    for i in range(300):
+        store.upsert_run(f"r{i}", "selftest", "{}" + "x" * 5000, "done")
+    path = settings.db_path()
+    assert path.stat().st_size > 1_200_000
+    with open(path, "r+b") as fh:
+        fh.truncate(1024 * 1024)
+    with pytest.raises(StoreError, match=r"is damaged or unreadable .*Move it aside"):
+        store.list_runs(status=None)
+
+
+def test_a_full_disk_keeps_what_was_stored_and_says_so(tmpfs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmpfs("2m")))
+    stored = 0
+    with pytest.raises(StoreError, match=r"is full .*nothing of this write was stored .*Free some space"):
+        for i in range(1000):
+            store.upsert_run(f"r{i}", "selftest", "{}" + os.urandom(20_000).hex(), "done")
+            stored += 1
+    assert stored > 0 and len(store.list_runs(status=None)) == stored

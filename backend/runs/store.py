@@ -131,14 +131,34 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
         con.execute("BEGIN TRANSACTION")
         yield con
         con.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         try:
             con.execute("ROLLBACK")
         except duckdb.Error:
             pass
+        named = _named(path, exc)
+        if named is not None:
+            raise named from exc
         raise
     finally:
         con.close()
+
+
+def _named(path: Path, exc: BaseException) -> StoreError | None:
+    """A DuckDB failure inside a transaction as the user's error: a full disk (nothing of this write is stored),
+    or a file that cannot be read (damaged: a truncated file fails only when a query reaches its missing part).
+    None for anything else (the caller's own errors, lock conflicts), which is raised as it is."""
+    if not isinstance(exc, duckdb.Error):
+        return None
+    text = str(exc)
+    if "No space left" in text or "ENOSPC" in text or "disk is full" in text.lower():
+        return StoreError(f"The disk holding the results database {path} is full ({text.splitlines()[0]}); nothing "
+                          "of this write was stored and what was stored before is kept. Free some space (or set "
+                          "CXR_CACHE_DIR to a folder on another disk) and try again.")
+    if isinstance(exc, duckdb.IOException | duckdb.InternalException | duckdb.SerializationException) \
+            and not _is_lock_error(exc):
+        return _damaged(path, exc)
+    return None
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
