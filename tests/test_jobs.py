@@ -15,6 +15,7 @@ import pytest
 from backend.errors import JobError
 from backend.runs import jobs, store
 from backend.runs.demo import default_demo_spec
+from backend.sources.inputs import data_inputs, file_sources
 from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SelfTestSpec, SourceSpec, SweepSpec, spec_from_json
 
 
@@ -209,7 +210,7 @@ def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
     assert rerun["summary"]["inputs"]["data_hash"] != inputs["data_hash"] and rerun["finished"] > run["finished"]
     assert rerun["artifacts"]["embeddings"] != run["artifacts"]["embeddings"]
     selftest = SelfTestSpec(steps=1, delay_s=0.0, tag="no-files")  # no file-based source: no worker on resubmit
-    assert jobs.data_inputs(selftest) is None and jobs.file_sources(spec) == [spec.source]
+    assert data_inputs(selftest) is None and file_sources(spec) == [spec.source]
 
 
 def _hold_db(seconds: float) -> subprocess.Popen:
