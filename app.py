@@ -1,7 +1,7 @@
 """CXR Re-Link Audit dashboard: page config, the shared sidebar (dataset, model), and the pages.
 
 Run with `streamlit run app.py` (or ./run.sh app). Pages read the store and submit specs; the work
-happens in detached worker processes (backend/runs/jobs.py).
+happens in detached worker processes (backend/runs/worker.py).
 """
 
 from pathlib import Path

@@ -29,7 +29,7 @@ from pathlib import Path
 
 def one_run(models: Path, scratch: Path, timeline: bool = False) -> dict:
     from backend.runs.demo import bar_marks, default_demo_spec, demo_plan, run_demo
-    from backend.runs.jobs import device_label
+    from backend.runs.worker import device_label
 
     shutil.copytree(models, scratch / "models")
     os.environ["CXR_CACHE_DIR"] = str(scratch)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from backend.errors import JobError
-from backend.runs import jobs, store
+from backend.runs import gpu_queue, jobs, store, worker
 from backend.runs.demo import default_demo_spec
+from backend.sources.inputs import data_inputs, file_sources
 from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SelfTestSpec, SourceSpec, SweepSpec, spec_from_json
 
 
@@ -183,7 +184,7 @@ def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
     from tests.helpers.tiny_models import register_tiny_models
 
     register_tiny_models()
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)  # the worker runs here, in-process
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)  # the worker runs here, in-process
     data = tmp_path / "data"
     _write_csv(data, "Small effusion")
     spec = EmbedSpec(source=SourceSpec(name="csv", root=str(data)), model="tiny-random", split="all", batch_size=8)
@@ -191,7 +192,7 @@ def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
     def submit_and_work() -> jobs.Job:
         job = jobs.submit(spec)
         if job.status == "queued":
-            assert jobs.run_worker(job.job_id) == 0, jobs.read_log(job)
+            assert worker.run_worker(job.job_id) == 0, jobs.read_log(job)
         return jobs.get_job(job.job_id)
 
     first = submit_and_work()
@@ -209,7 +210,7 @@ def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
     assert rerun["summary"]["inputs"]["data_hash"] != inputs["data_hash"] and rerun["finished"] > run["finished"]
     assert rerun["artifacts"]["embeddings"] != run["artifacts"]["embeddings"]
     selftest = SelfTestSpec(steps=1, delay_s=0.0, tag="no-files")  # no file-based source: no worker on resubmit
-    assert jobs.data_inputs(selftest) is None and jobs.file_sources(spec) == [spec.source]
+    assert data_inputs(selftest) is None and file_sources(spec) == [spec.source]
 
 
 def _hold_db(seconds: float) -> subprocess.Popen:
@@ -241,14 +242,14 @@ def test_a_job_keeps_computing_while_another_process_holds_the_database() -> Non
 
 def test_a_result_that_cannot_be_written_is_kept_and_imported_later(fresh_cache: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)
     spec = SelfTestSpec(steps=2, delay_s=0.0, tag="pending")
     job = jobs.submit(spec)
     monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(jobs, "RESULT_WRITE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(worker, "RESULT_WRITE_TIMEOUT_S", 1.0)
     holder = _hold_db(30)
     try:
-        jobs._save_result({"job_id": job.job_id, "run_id": job.run_id, "kind": "selftest", "spec": spec.to_json(),
+        worker._save_result({"job_id": job.job_id, "run_id": job.run_id, "kind": "selftest", "spec": spec.to_json(),
                            "result": {"steps": 2, "tag": "pending"}, "device": "cpu", "inputs": None}, spec)
         kept = fresh_cache / "jobs" / f"{job.job_id}.pending.pkl"
         assert kept.is_file()
@@ -280,16 +281,16 @@ def test_a_throttled_progress_message_reaches_the_store_with_the_next_heartbeat(
     has ended, nothing overwrites the job's final message."""
     import threading
 
-    monkeypatch.setattr(jobs, "PROGRESS_INTERVAL_S", 3600.0)
-    monkeypatch.setattr(jobs, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(worker, "PROGRESS_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.05)
     store.upsert_run("selftest-msg", "selftest", "{}", "running")
     store.insert_job("j-msg", {"run_id": "selftest-msg", "kind": "selftest", "status": "running", "message": "running"})
-    unwritten, stop = jobs._Unwritten(), threading.Event()
-    progress = jobs._progress_writer("j-msg", unwritten)
+    unwritten, stop = worker._Unwritten(), threading.Event()
+    progress = worker._progress_writer("j-msg", unwritten)
     progress(1, 10, "embedding the train split")
     progress(2, 10, "training the heads at epsilon 1")  # throttled: kept for the heartbeat
     assert store.get_job("j-msg")["message"] == "embedding the train split"
-    beat = threading.Thread(target=jobs._heartbeat, args=("j-msg", stop, unwritten), daemon=True)
+    beat = threading.Thread(target=worker._heartbeat, args=("j-msg", stop, unwritten), daemon=True)
     beat.start()
     try:
         deadline = time.monotonic() + 20
@@ -313,11 +314,11 @@ def test_the_first_progress_message_is_written_on_a_machine_booted_moments_ago(m
     import itertools
 
     ticks = itertools.count()
-    monkeypatch.setattr(jobs, "PROGRESS_INTERVAL_S", 3600.0)
-    monkeypatch.setattr(jobs.time, "monotonic", lambda: 60.0 + next(ticks) * 1e-3)  # booted a minute ago
+    monkeypatch.setattr(worker, "PROGRESS_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(worker.time, "monotonic", lambda: 60.0 + next(ticks) * 1e-3)  # booted a minute ago
     store.upsert_run("selftest-boot", "selftest", "{}", "running")
     store.insert_job("j-boot", {"run_id": "selftest-boot", "kind": "selftest", "status": "running", "message": ""})
-    progress = jobs._progress_writer("j-boot", jobs._Unwritten())
+    progress = worker._progress_writer("j-boot", worker._Unwritten())
     progress(1, 10, "embedding the test split")
     row = store.get_job("j-boot")
     assert row["message"] == "embedding the test split" and row["done"] == 1
@@ -338,17 +339,17 @@ def _gpu_jobs(monkeypatch: pytest.MonkeyPatch, devices: str, gate: Path, *specs:
 
 def test_job_devices_come_from_the_env_or_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_JOB_DEVICES", " 2, 3,2 ")
-    assert jobs.job_devices() == ["2", "3"]
+    assert gpu_queue.job_devices() == ["2", "3"]
     monkeypatch.setenv("CXR_JOB_DEVICES", "none")
-    assert jobs.job_devices() == []
+    assert gpu_queue.job_devices() == []
     monkeypatch.delenv("CXR_JOB_DEVICES")
-    monkeypatch.setattr(jobs, "_gpu_count", lambda: 4)
+    monkeypatch.setattr(gpu_queue, "_gpu_count", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert jobs.job_devices() == ["0", "1", "2", "3"]
+    assert gpu_queue.job_devices() == ["0", "1", "2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1,-1,0")  # CUDA stops at an invalid entry
-    assert jobs.job_devices() == ["3", "1"]
-    monkeypatch.setattr(jobs, "_gpu_count", lambda: 0)  # a CPU machine: no queue, whatever the env says
-    assert jobs.job_devices() == []
+    assert gpu_queue.job_devices() == ["3", "1"]
+    monkeypatch.setattr(gpu_queue, "_gpu_count", lambda: 0)  # a CPU machine: no queue, whatever the env says
+    assert gpu_queue.job_devices() == []
 
 
 def test_one_job_per_gpu_the_third_waits_in_line_and_starts_when_a_gpu_frees(

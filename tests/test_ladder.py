@@ -208,10 +208,10 @@ def test_the_rungs_probe_equals_the_probe_command(tmp_path: Path, monkeypatch: p
 
 
 def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend.runs import jobs
+    from backend.runs import gpu_queue, jobs
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)  # stays queued: no worker
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)  # stays queued: no worker
     spec = LadderSpec(rungs=("demo-weak", "demo"), n_bootstrap=3)
     job = jobs.submit(spec)
     assert job.kind == "ladder" and job.active
@@ -230,17 +230,17 @@ def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, monkey
 
 def test_the_ladder_job_runs_in_a_worker_and_stores_each_rung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The job path (kind, worker, persist) on two tiny rungs; the bar only moves forward; resubmitting reuses it."""
-    from backend.runs import jobs
+    from backend.runs import gpu_queue, jobs, worker
     from backend.runs.ladder import run_ladder
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     register_tiny_models()
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)
-    monkeypatch.setattr(jobs.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)
+    monkeypatch.setattr(worker.signal, "signal", lambda *a: None)
     spec = LadderSpec(rungs=("demo-weak-tiny", "demo-tiny"), n_bootstrap=3,
                       source=SourceSpec(options={**TINY_SOURCE_OPTIONS, "n_patients": 40}), probe=False)
     job = jobs.submit(spec)
-    assert jobs.run_worker(job.job_id) == 0, jobs.read_log(jobs.get_job(job.job_id))
+    assert worker.run_worker(job.job_id) == 0, jobs.read_log(jobs.get_job(job.job_id))
     done = jobs.get_job(job.job_id)
     assert done.status == "done" and done.done == done.total
     summary = store.get_run(spec.run_id())["summary"]

@@ -204,7 +204,7 @@ def test_every_button_on_a_seeded_store(page: str, tmp_path: Path, monkeypatch: 
     import pandas as pd
 
     from backend.embed.files import EmbeddingSet
-    from backend.runs import jobs
+    from backend.runs import gpu_queue, jobs, worker
 
     def cached_split(spec: object, progress: object = None, **_: object) -> EmbeddingSet:
         meta = pd.DataFrame({"pair_id": ["a", "b"], "study_id": ["s1", "s2"]})
@@ -213,11 +213,11 @@ def test_every_button_on_a_seeded_store(page: str, tmp_path: Path, monkeypatch: 
 
     def spawn_in_process(job_id: str, log_path: Path) -> None:
         if jobs.get_job(job_id).kind == "embed":
-            jobs.run_worker(job_id)
+            worker.run_worker(job_id)
 
     monkeypatch.setattr("backend.embed.compute.embed_split", cached_split)
-    monkeypatch.setattr(jobs, "_spawn", spawn_in_process)
-    monkeypatch.setattr(jobs.signal, "signal", lambda *a: None)  # the worker's SIGTERM handler: main thread only
+    monkeypatch.setattr(gpu_queue, "spawn_worker", spawn_in_process)
+    monkeypatch.setattr(worker.signal, "signal", lambda *a: None)  # the worker's SIGTERM handler: main thread only
     old = os.environ.get("CXR_CACHE_DIR")
     seed_store(tmp_path)
     if old:
@@ -327,14 +327,14 @@ def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, mon
 
     import ui
     from backend.errors import SourceError
-    from backend.runs import jobs
+    from backend.runs import gpu_queue, jobs
     from backend.sources import load_source
     from tests.helpers.fixtures_data import write_image
 
     for var in ("CXR_OPENI_ROOT", "CXR_MIMIC_ROOT", "CXR_CHEXPERT_PLUS_ROOT"):
         monkeypatch.delenv(var, raising=False)
     spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: spawned.append(job_id))
     missing = str(tmp_path / "no-such-folder")
     with pytest.raises(SourceError) as cli_error:
         load_source(source, root=missing)
@@ -362,12 +362,12 @@ def test_the_launch_form_audits_a_pool_matched_on_side_information(tmp_path: Pat
     does not give a chosen attribute gets a named error and nothing is submitted."""
     import pandas as pd
 
-    from backend.runs import jobs
+    from backend.runs import gpu_queue, jobs
     from backend.specs import AuditSpec, spec_from_json
     from tests.helpers.fixtures_data import write_image
 
     spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: spawned.append(job_id))
     at = _open("models_jobs", tmp_path, monkeypatch, source="synthetic")
     side = next(m for m in at.multiselect if m.label.startswith("Also a pool matched"))
     side.set_value(["age_band", "sex"])  # inside the form: sent with its submit button
@@ -453,9 +453,10 @@ def test_a_second_session_shows_a_running_sweep_as_running(tmp_path: Path, monke
 
 
 def test_a_launched_sweep_shows_its_latest_status_not_queued(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend.runs import jobs, store
+    from backend.runs import gpu_queue, store
 
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: None)  # the worker "runs" in the store below
+    # the worker "runs" in the store below
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)
     at = _open("mitigation", seeded, monkeypatch)
     _button(at, "Launch sweep").click().run()
     assert not at.exception
@@ -476,12 +477,12 @@ def test_a_launched_sweep_shows_its_latest_status_not_queued(seeded: Path, monke
 def test_utility_launches_a_sweep_with_a_transfer_target(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Utility page submits the shown sweep's settings plus a transfer target through the job queue, with a time
     estimate; bad target options are refused with the source's own message before any job starts."""
-    from backend.runs import jobs
+    from backend.runs import gpu_queue, jobs
     from backend.specs import SourceSpec, spec_from_json
     from tests.helpers.seed import EPSILONS, SOURCE
 
     spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda job_id, log_path: spawned.append(job_id))
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: spawned.append(job_id))
     at = _open("utility", seeded, monkeypatch)
     assert "about 2-18 min. 8 evaluations (7 ε points" in _shown(at)  # and the original model; one target
     at.text_input(key="transfer-options-synthetic").set_value("colour=red").run()

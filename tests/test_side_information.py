@@ -211,7 +211,7 @@ def test_portable_npz_keeps_the_side_information(tmp_path: Path) -> None:
 
 
 def test_a_finished_run_over_files_depends_on_the_side_information_only_when_it_matches_on_it(tmp_path: Path) -> None:
-    from backend.runs.jobs import data_inputs, matches_side_information
+    from backend.sources.inputs import data_inputs, matches_side_information
     from backend.specs import DPSpec, SourceSpec
 
     rows = _rows(8)

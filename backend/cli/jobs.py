@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-# backend.runs.jobs (and with it DuckDB) is imported inside each command: the headless audit/dp/sweep commands,
-# which register beside these, need neither.
+# backend.runs.jobs and backend.runs.worker (and with them DuckDB) are imported inside each command: the
+# headless audit/dp/sweep commands, which register beside these, need neither.
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from backend.runs import jobs
+    from backend.runs import worker
 
-    return jobs.run_worker(args.job_id)
+    return worker.run_worker(args.job_id)
 
 
 def _when(ts: float | None) -> str:

@@ -17,8 +17,8 @@ from backend.models.demo_config import DEFAULT_DEMO, is_trained
 from backend.progress import ProgressLike, forward_only, null_progress, scaled
 from backend.registry import resolve
 from backend.runs import store
-from backend.runs.jobs import device_label
 from backend.runs.persist import finish_sweep, persist_audit, persist_sweep_part, stored_sweep_parts
+from backend.runs.worker import device_label
 from backend.specs import DEMO_MATCH, AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
 
 log = logging.getLogger(__name__)

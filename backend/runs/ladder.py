@@ -17,8 +17,8 @@ from backend.models.demo_config import RUNGS, is_trained
 from backend.progress import ProgressLike, forward_only, null_progress, scaled
 from backend.registry import resolve
 from backend.runs import store
-from backend.runs.jobs import device_label
 from backend.runs.persist import persist_audit, persist_probe
+from backend.runs.worker import device_label
 from backend.specs import AuditSpec, DPSpec, LadderSpec, ProbeSpec
 
 log = logging.getLogger(__name__)

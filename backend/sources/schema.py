@@ -58,7 +58,7 @@ PAIR_COLUMNS: tuple[str, ...] = BASE_COLUMNS + LABELS
 # (AuditSpec.match). A source provides the columns it can fill; `age` (years at the study) is kept for reading,
 # pools match on `age_band`. Images and report texts never depend on them, so the embedding cache key leaves
 # them out (backend.embed.compute.embedding_key); a job's data hash covers them only when the job matches pools
-# on them (backend.runs.jobs.data_inputs).
+# on them (backend.sources.inputs.data_inputs).
 SIDE_COLUMNS: tuple[str, ...] = ("sex", "age", "age_band", "year")
 SEX_VALUES: tuple[str, ...] = ("F", "M")
 # Accepted spellings (case-insensitive) and what they mean; blank and the unknown markers are missing values.
