@@ -232,10 +232,8 @@ def _save_result(record: dict[str, Any], spec: Any) -> None:
         return
     except StoreError as exc:
         path = settings.cache_subdir("jobs") / f"{record['job_id']}{PENDING_SUFFIX}"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            pickle.dump({**record, "message": f"done (result imported from {path.name})"}, fh)
-        os.replace(tmp, path)
+        kept = {**record, "message": f"done (result imported from {path.name})"}
+        settings.atomic_write(path, lambda p: p.write_bytes(pickle.dumps(kept)))
         log.error("job %s: the result could not be written to the database (%s); it is kept in %s and is "
                   "imported by the next refresh (opening the dashboard's job list or submitting a job).",
                   record["job_id"], exc, path)
