@@ -59,9 +59,7 @@ def train_heads(spec: DPSpec, train: Any, public_bank: np.ndarray | None, progre
                      torch.from_numpy(np.ascontiguousarray(train.text_feat, np.float32)).to(dev),
                      torch.from_numpy(codes).to(dev), n_units,
                      None if public_bank is None else torch.from_numpy(np.asarray(public_bank, np.float32)).to(dev))
-    cfg = TrainConfig(objective=spec.objective, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-                      optimizer=spec.optimizer, n_negatives=spec.n_negatives, seed=spec.seed,
-                      max_grad_norm=spec.max_grad_norm)
+    cfg = TrainConfig.from_spec(spec)
     privacy = {"target_epsilon": spec.epsilon, "objective": spec.objective, "privacy_unit": spec.privacy_unit,
                "max_grad_norm": spec.max_grad_norm, "n_pairs": data.n, "n_units": n_units, "init": spec.init}
     if not spec.private:
