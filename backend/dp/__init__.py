@@ -12,6 +12,10 @@ pair/patient and public data only), "nominal" for in-batch (the in-batch negativ
 clipping does not bound one pair's influence; arXiv 2310.03104), "none" without DP.
 How: exact manual DP-SGD for linear heads (backend.dp.train: Poisson sampling, rank-one/Gram per-unit
 norms, Opacus's clipping and noise; equal to Opacus's DPOptimizer step in tests), Opacus's accountant.
+
+Modules: heads (train_heads, privacy_units), result (DPResult, headline_rows), sweep (run_dp, run_sweep,
+original_result, run_members, model_probe), train and sgd (the training loops), objectives, accounting,
+eval (prepare, evaluate), members (members against non-members); this face re-exports the public names.
 """
 
 from __future__ import annotations

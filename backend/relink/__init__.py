@@ -42,6 +42,10 @@ Semantics, precisely:
 - The counts come from one blocked pass (backend.relink.counts): memory O(block x m), never n x m. Results do not
   depend on the block size (up to float32 round-off in the matmul, which may only matter for scores within
   one ulp of each other).
+
+Modules: curves (relink_curves), normalise (the inputs' L2 normalisation), counts (the blocked pass), stats
+(the hypergeometric arithmetic), bootstrap (the patient bootstrap), rows (curve rows, summary, per-query
+table), index (faiss top-k); this face re-exports the public names.
 """
 
 from __future__ import annotations
