@@ -263,7 +263,7 @@ class DemoSpec(SpecMixin):
 
 @dataclass(frozen=True)
 class ProbeSpec(SpecMixin):
-    """Linear-probe and zero-shot macro AUROC of a model's own embeddings (backend/probe.py): the probes are
+    """Linear-probe and zero-shot macro AUROC of a model's own embeddings (backend.probe): the probes are
     fitted on the source's train split and scored on its test split, patient-bootstrap CIs (what
     `python -m backend probe` prints)."""
 

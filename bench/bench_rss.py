@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("normalised_rows", "_group_sizes", "curve_rows", "per_query_frame", "summary_dict")  # in backend.relink
+STEPS = ("normalised_rows", "_group_sizes", "curve_rows", "per_query_frame", "summary_dict")  # in backend.relink.curves
 
 
 def _status_mb(field: str) -> float:
@@ -81,8 +81,8 @@ class _Sampler:
 
 def run_case(n_queries: int, n_candidates: int, variant: str) -> dict:
     """One case in this process; returns its figures."""
-    import backend.relink as relink
     import backend.relink.counts as counts
+    import backend.relink.curves as relink
     from bench.bench_relink import synthetic
 
     data = synthetic(n_queries, seed=n_queries, n_studies=n_candidates, query_images_only=variant == "lean")

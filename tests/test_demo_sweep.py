@@ -32,7 +32,7 @@ def _spec() -> DemoSpec:
 def fake_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """A fresh store; the demo's audit already finished; prepare() returns fake embeddings. Returns the list of
     epsilons whose heads were trained (filled as the sweep runs)."""
-    import backend.dp as dp
+    import backend.dp.sweep as dp  # where run_sweep looks up prepare and train_heads
     from backend.dp.eval import EvalInputs
     from tests.test_dp import np
 

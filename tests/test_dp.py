@@ -160,6 +160,16 @@ def test_epsilon_inf_is_plain_deterministic_training() -> None:
     torch.testing.assert_close(runs[0], ref.state_dict())
 
 
+def test_train_config_takes_its_defaults_and_schedule_from_the_dp_spec() -> None:
+    from backend.specs import DPSpec
+
+    assert TrainConfig() == TrainConfig("in-batch", 5, 256, 1e-3, "adam", 256, 0, None, 1.0)
+    assert TrainConfig.from_spec(DPSpec()) == TrainConfig()
+    spec = DPSpec(objective="public-negatives", epochs=2, batch_size=16, lr=0.05, optimizer="sgd", n_negatives=8,
+                  seed=4, max_grad_norm=0.5, epsilon=2.0)
+    assert TrainConfig.from_spec(spec) == TrainConfig("public-negatives", 2, 16, 0.05, "sgd", 8, 4, None, 0.5)
+
+
 def test_dp_training_is_seeded_and_noise_changes_it() -> None:
     data = _data()
     out = []

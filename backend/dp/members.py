@@ -32,8 +32,9 @@ import pandas as pd
 from backend.audit import AuditResult, audit_embeddings
 from backend.dp.eval import project
 from backend.errors import SpecError
+from backend.relink.bootstrap import bootstrap_means, bootstrap_weights, percentile_ci
 from backend.relink.rows import default_grid
-from backend.relink.stats import bootstrap_means, bootstrap_weights, expected_recall, percentile_ci
+from backend.relink.stats import expected_recall
 from backend.specs import AuditSpec
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,11 @@ with shuffled fixed-size batches, mean loss, no clipping and no noise.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,23 +25,32 @@ from backend.dp.objectives import LinearHeads, in_batch_loss, public_bank_coeffi
 from backend.dp.sgd import LayerGrads, augment, clip_factors, unit_sq_norms, weighted_sum
 from backend.errors import SpecError
 from backend.progress import ProgressLike, null_progress
+from backend.specs import DPSpec
 
 log = logging.getLogger(__name__)
 
 
+_SPEC_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(DPSpec)}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """The schedule of one training run (DP when noise_multiplier is not None)."""
+    """The schedule of one training run (DP when noise_multiplier is not None); the defaults are DPSpec's."""
 
-    objective: str = "in-batch"
-    epochs: int = 5
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    n_negatives: int = 256
-    seed: int = 0
+    objective: str = _SPEC_DEFAULTS["objective"]
+    epochs: int = _SPEC_DEFAULTS["epochs"]
+    batch_size: int = _SPEC_DEFAULTS["batch_size"]
+    lr: float = _SPEC_DEFAULTS["lr"]
+    optimizer: str = _SPEC_DEFAULTS["optimizer"]
+    n_negatives: int = _SPEC_DEFAULTS["n_negatives"]
+    seed: int = _SPEC_DEFAULTS["seed"]
     noise_multiplier: float | None = None  # None: non-private
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = _SPEC_DEFAULTS["max_grad_norm"]
+
+    @classmethod
+    def from_spec(cls, spec: DPSpec) -> TrainConfig:
+        """The schedule that spec asks for, non-private (a DP run sets the calibrated noise multiplier)."""
+        return cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(cls) if f.name != "noise_multiplier"})
 
 
 @dataclass

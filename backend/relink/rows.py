@@ -13,16 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.relink.stats import (
-    Xp,
-    bootstrap_means,
-    bootstrap_medians,
-    bootstrap_weights,
-    expected_recall,
-    group_chance,
-    percentile_ci,
-    xp_of,
-)
+from backend.relink.bootstrap import bootstrap_means, bootstrap_medians, bootstrap_weights, percentile_ci
+from backend.relink.stats import Xp, expected_recall, group_chance, xp_of
 
 # (pool kind, level) -> keys of (eligible, beaters, ties) in the group-size and count dicts
 COMBOS: dict[tuple[str, str], tuple[str, str, str]] = {

@@ -1,5 +1,6 @@
 """The exact arithmetic behind backend.relink: expected Recall@K of a uniformly drawn pool from per-query
-beater/tie counts (hypergeometric laws, vectorised over queries), chance levels, and the patient bootstrap.
+beater/tie counts (hypergeometric laws, vectorised over queries) and chance levels (the patient bootstrap is
+in backend.relink.bootstrap).
 
 Conventions: arrays of counts are float64 (exact for integers below 2**53); "entries" are flattened
 (query, pool size) combinations of shape (E,). One implementation serves two array libraries through a
@@ -14,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 from scipy.special import gammaln
 
 # Terms past the tie threshold summed directly where the pmf decays at least 4x per step (error < 4**-TAIL).
@@ -251,61 +251,3 @@ def group_chance(draws: Any, group: Any, k: int) -> Any:
     d = xp.where(ok, draws, float(k))
     log_none = xp.lgamma(d + 1) - xp.lgamma(d - k + 1) - xp.lgamma(d + group + 1) + xp.lgamma(d + group - k + 1)
     return xp.where(ok, -xp.expm1(log_none), 1.0)
-
-
-def bootstrap_weights(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n_groups) multinomial counts: each row resamples the groups (patients) with replacement."""
-    rng = np.random.default_rng(seed)
-    if n_boot <= 0 or n_groups <= 0:
-        return np.zeros((0, n_groups))
-    draws = rng.integers(0, n_groups, size=(n_boot, n_groups)) + (np.arange(n_boot) * n_groups)[:, None]
-    return np.bincount(draws.ravel(), minlength=n_boot * n_groups).reshape(n_boot, n_groups).astype(np.float64)
-
-
-def group_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per-group column sums: values (n, P), group (n,) in [0, n_groups) -> (n_groups, P)."""
-    n = group.shape[0]
-    member = sparse.csr_matrix((np.ones(n), (group, np.arange(n))), shape=(n_groups, n))
-    return np.asarray(member @ values)
-
-
-def bootstrap_means(values: Any, group: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Means of the columns of values (n, P) over bootstrap resamples of groups: weights (B, G) -> (B, P) numpy.
-
-    values: a numpy array (sparse group sums, on the CPU) or a tensor (index_add and one (B, G) x (G, P)
-    product on its device)."""
-    g = weights.shape[1]
-    counts = np.bincount(group, minlength=g).astype(np.float64)
-    if isinstance(values, np.ndarray):
-        return (weights @ group_sums(values, group, g)) / (weights @ counts)[:, None]
-    xp = xp_of(values)
-    t = xp.t
-    sums = t.zeros((g, values.shape[1]), dtype=t.float64, device=xp.device)
-    sums.index_add_(0, t.as_tensor(group, dtype=t.int64, device=xp.device), xp.f64(values))
-    w = xp.f64(weights)
-    return ((w @ sums) / (w @ xp.f64(counts))[:, None]).cpu().numpy()
-
-
-def percentile_ci(boot: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of bootstrap replicates boot (B, P) -> (low (P,), high (P,)); NaN when B = 0."""
-    if boot.shape[0] == 0:
-        nan = np.full(boot.shape[1:], np.nan)
-        return nan, nan.copy()
-    alpha = (1.0 - level) / 2.0
-    return np.quantile(boot, alpha, axis=0), np.quantile(boot, 1.0 - alpha, axis=0)
-
-
-def bootstrap_medians(values: np.ndarray, group: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """np.median of each resample (groups repeated as weights (B, G) say), without materialising it.
-
-    Args: values (n,), group (n,). Returns (B,)."""
-    order = np.argsort(values, kind="stable")
-    sorted_vals = values[order]
-    out = np.empty(weights.shape[0])
-    for b in range(weights.shape[0]):
-        cum = np.cumsum(weights[b, group[order]])
-        total = int(round(cum[-1]))
-        lo = sorted_vals[np.searchsorted(cum, (total - 1) // 2, side="right")]
-        hi = sorted_vals[np.searchsorted(cum, total // 2, side="right")]
-        out[b] = 0.5 * (lo + hi)
-    return out
