@@ -36,6 +36,11 @@ def test_blank_as_nan_and_uncompressed_csvs(tmp_path: Path) -> None:
     write_mimic(tmp_path, n_patients=2, gz=False)
     pairs = load_source("mimic-cxr", root=str(tmp_path), blank_as=float("nan")).pairs
     assert pairs["Edema"].isna().all() and len(pairs) == 8
+    for text in ("nan", "NaN", "unknown"):  # as --source-option blank_as=... gives it: text, not a float
+        assert load_source("mimic-cxr", root=str(tmp_path), blank_as=text).pairs["Edema"].isna().all()
+    assert (load_source("mimic-cxr", root=str(tmp_path), blank_as="1").pairs["Edema"] == 1.0).all()
+    with pytest.raises(SourceError, match=r"blank_as='negative' is not a label value .*blank_as=nan"):
+        load_source("mimic-cxr", root=str(tmp_path), blank_as="negative")
 
 
 def test_reports_root_option_and_missing_report(tmp_path: Path) -> None:

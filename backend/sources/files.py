@@ -271,6 +271,21 @@ def _check_one(name: str, known: tuple[int, int, bool] | None) -> tuple[bool, Si
 LABEL_VALUES = (1.0, 0.0, -1.0)  # positive, negative, uncertain; plus blank (not mentioned)
 
 
+def blank_value(value: object) -> float:
+    """The `blank_as` source option as a label value: 0 or 1 (numbers or their text) or NaN ("nan", "NaN",
+    "unknown", None); SourceError naming the accepted values for anything else."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"nan", "unknown", "none", ""}):
+        return float("nan")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = None
+    if number is not None and (np.isnan(number) or number in (0.0, 1.0)):
+        return number
+    raise SourceError(f"blank_as={value!r} is not a label value for blank (not mentioned) cells; use blank_as=0 "
+                      "(negative, the default), blank_as=1 or blank_as=nan (unknown).")
+
+
 def label_columns(table: pd.DataFrame, blank_as: float = 0.0, key_alias: dict[str, str] | None = None,
                   what: str = "table") -> pd.DataFrame:
     """The 14 CheXpert label columns of a table as float 1/0/NaN (uncertain -1 -> NaN).
@@ -279,7 +294,8 @@ def label_columns(table: pd.DataFrame, blank_as: float = 0.0, key_alias: dict[st
     Anything else (yes, True, positive, 2 ...) raises SourceError naming the column and the first bad values
     (`what` names the file in the message). Missing columns become NaN; blank cells (not mentioned) become
     `blank_as` (default 0.0, the usual 'not mentioned = negative' convention; pass float('nan') to keep them
-    unknown)."""
+    unknown; the source option blank_as=nan, NaN or 0 gives the same)."""
+    blank_as = blank_value(blank_as)
     out = pd.DataFrame(index=table.index)
     for label in LABELS:
         name = (key_alias or {}).get(label, label)
