@@ -270,3 +270,14 @@ def test_gpu_loader_feeds_batches_across_chunks_and_resumes(model, tmp_path: Pat
     assert calls == [2]  # only the last chunk (items 8-9) was computed again
     assert resumed.info["key"] != whole.info["key"]
     np.testing.assert_array_equal(resumed.image_feat, whole.image_feat)
+
+
+def test_a_missing_image_says_how_to_skip_missing_images(tmp_path: Path) -> None:
+    """Both image paths (the source's reader and the embedding's loader) name the file and the way on: the
+    check_images option skips and counts missing images."""
+    from backend.errors import ImageReadError
+    from backend.sources.files import open_image
+
+    for read in (FastPreprocess(size=32, mean=(0.5,) * 3, std=(0.25,) * 3).open, open_image):
+        with pytest.raises(ImageReadError, match=r"nowhere\.png' does not exist; .*--source-option check_images=true"):
+            read(tmp_path / "nowhere.png")

@@ -44,7 +44,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from backend.errors import ImageReadError, SpecError
-from backend.sources.files import eight_bit
+from backend.sources.files import eight_bit, missing_image
 
 LOADERS = ("auto", "reference", "fast", "gpu")
 MIN_SIDE_FACTOR = 1.0  # decode at >= the model's input size (1/8 scale for MIMIC-size files): ViT-B/16 cosine 0.99999
@@ -149,7 +149,7 @@ class FastPreprocess:
                 img.load()
                 return eight_bit(img)
         except FileNotFoundError as exc:
-            raise ImageReadError(f"Image {str(path)!r} does not exist; check the image folder.") from exc
+            raise missing_image(path) from exc
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             raise ImageReadError(f"Image {str(path)!r} is unreadable or corrupt ({exc}); replace or remove it.") from exc
 

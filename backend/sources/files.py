@@ -82,10 +82,17 @@ def read_table(path: Path, required: Iterable[str], what: str, **kwargs: object)
     return table
 
 
+def missing_image(path: Path | str, hint: str = "check the image folder") -> ImageReadError:
+    """The error for an image file that is not there: the file, what to check (`hint`), and how to go on
+    without it (the check_images option skips and counts missing and unreadable images at load)."""
+    return ImageReadError(f"Image {str(path)!r} does not exist; {hint}. To skip and count missing or unreadable "
+                          "images instead, load the source with --source-option check_images=true.")
+
+
 def open_image(path: Path, hint: str = "check the image folder") -> Image.Image:
     """Load one image fully as mode 'L' or 'RGB'; ImageReadError naming the file otherwise."""
     if not path.is_file():
-        raise ImageReadError(f"Image {str(path)!r} does not exist; {hint}.")
+        raise missing_image(path, hint)
     try:
         with Image.open(path) as img:
             img.load()
