@@ -25,6 +25,7 @@ from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
 from backend.relink.index import top_k_all
 from backend.relink.rows import CURVE_COLUMNS
+from backend.sources import check_match
 from backend.sources.schema import filled, match_attributes
 from backend.specs import MATCH_PREFIX, AuditSpec, to_plain
 
@@ -152,6 +153,7 @@ def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: 
 
     Raises DeviceError before any work when `device` is unknown or not present."""
     settings.check_device(device)
+    check_match(spec.embed.source.name, spec.match)  # before any embedding
     es = embeddings if embeddings is not None else embed_split(spec.embed, progress, device=device)
     return audit_embeddings(es, spec, progress)
 

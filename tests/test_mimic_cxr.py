@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backend.errors import ImageReadError, SourceError
+from backend.errors import ImageReadError, SourceError, SpecError
 from backend.sources import load_source
 from backend.sources.mimic_cxr import parse_report, study_folder
 from tests.helpers.fixtures_data import write_corrupt, write_mimic
@@ -115,3 +115,21 @@ def test_reports_in_extracted_mimic_cxr_reports_folder(tmp_path: Path) -> None:
         txt.rename(dest)
     data = load_source("mimic-cxr", root=str(tmp_path))
     assert len(data.pairs) == 4 and data.stats["dropped_missing_report"] == 0
+
+
+def test_year_pools_are_refused_on_mimic_before_any_work(capsys: pytest.CaptureFixture) -> None:
+    """MIMIC's per-patient date shift: a year-matched pool models no attacker; the command refuses it at once
+    (the engine too), other attributes pass."""
+    from backend.__main__ import main
+    from backend.audit import run_audit
+    from backend.sources import check_match
+    from backend.specs import AuditSpec, EmbedSpec, SourceSpec
+
+    assert main(["audit", "--source", "mimic-cxr", "--root", "/nonexistent", "--match", "sex+year",
+                 "--json", "/tmp/never.json"]) == 2
+    assert "Cannot match pools on 'year' for source 'mimic-cxr' (sex+year): MIMIC-CXR shifts" in capsys.readouterr().err
+    spec = AuditSpec(embed=EmbedSpec(source=SourceSpec(name="mimic-cxr", root="/nonexistent")), match=("year",))
+    with pytest.raises(SpecError, match="date|dates"):
+        run_audit(spec)
+    check_match("mimic-cxr", ("sex+age_band", "view"))
+    check_match("synthetic", ("year",))

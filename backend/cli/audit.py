@@ -14,6 +14,7 @@ from backend.models import list_models
 from backend.models.demo_config import get_rung
 from backend.progress import phased_progress
 from backend.settings import atomic_write, check_device
+from backend.sources import check_match
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec, check_ci_floor, parse_options
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def audit_spec_from(args: argparse.Namespace) -> AuditSpec:
     if args.hard_negatives and "hard" not in pools:
         pools.append("hard")
     check_ci_floor(args.n_bootstrap)
+    check_match(args.source, args.match)
     return AuditSpec(embed=embed_spec_from(args), pools=tuple(pools), ks=tuple(args.ks),
                      include_same_patient=args.include_same_patient, n_bootstrap=args.n_bootstrap, seed=args.seed,
                      match=tuple(dict.fromkeys(args.match)))

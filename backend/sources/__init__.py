@@ -11,12 +11,12 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backend.errors import SourceError
+from backend.errors import SourceError, SpecError
 from backend.registry import Registry
 from backend.sources.schema import LABELS, PAIR_COLUMNS, SourceData
 
 __all__ = ["LABELS", "PAIR_COLUMNS", "SourceData", "SourceInfo", "list_sources", "get_source", "load_source",
-           "register_source", "SOURCES"]
+           "register_source", "check_match", "SOURCES"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class SourceInfo:
     loader: Callable[..., SourceData]
     needs_root: bool  # True for datasets the user must point at (credentialed or downloaded)
     credentialed: bool = False
+    # attributes a side-information pool must not match on for this source, each with the reason (e.g. MIMIC's
+    # per-patient date shift makes `year` incomparable across patients)
+    unmatchable: tuple[tuple[str, str], ...] = ()
 
 
 _BUILTIN_MODULES = ("synthetic", "openi", "mimic_cxr", "chexpert_plus", "csv_source")
@@ -33,17 +36,23 @@ _BUILTIN_MODULES = ("synthetic", "openi", "mimic_cxr", "chexpert_plus", "csv_sou
 
 def _load_builtins() -> None:
     for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"backend.sources.{mod}")
-        except ModuleNotFoundError as exc:  # a module not written yet must not break the others
-            if exc.name != f"backend.sources.{mod}":
-                raise
+        importlib.import_module(f"backend.sources.{mod}")
 
 
 SOURCES: Registry[SourceInfo] = Registry("source", SourceError, builtins=_load_builtins)
 register_source = SOURCES.register
 list_sources = SOURCES.list
 get_source = SOURCES.get
+
+
+def check_match(name: str, match: tuple[str, ...] | list[str]) -> None:
+    """Refuse side-information pools (`--match` entries, "+"-joined attributes) that source `name` cannot support
+    honestly (SourceInfo.unmatchable): SpecError with the reason and what to match on instead."""
+    refused = dict(get_source(name).unmatchable)
+    for entry in match:
+        for attribute in entry.split("+"):
+            if attribute in refused:
+                raise SpecError(f"Cannot match pools on {attribute!r} for source {name!r} ({entry}): {refused[attribute]}")
 
 
 def load_source(name: str, root: str | None = None, section_policy: str = "findings+impression",

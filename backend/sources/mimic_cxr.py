@@ -234,4 +234,7 @@ register_source(SourceInfo(
     loader=load_mimic_cxr,
     needs_root=True,
     credentialed=True,
+    unmatchable=(("year", "MIMIC-CXR shifts each patient's dates by its own random offset (into 2100-2200), so "
+                  "years compare only within one patient and a pool matched on them models no real attacker. "
+                  "Match on sex+age_band (with patients_csv=) or view instead."),),
 ))
