@@ -213,6 +213,46 @@ def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
     assert data_inputs(selftest) is None and file_sources(spec) == [spec.source]
 
 
+def test_a_local_checkpoint_overwritten_in_place_is_recomputed_not_reused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One identity for "the same inputs": a `local:` checkpoint overwritten under the same name changes the run's
+    weights identity, so resubmitting recomputes (as the command line, whose embedding key holds the weights,
+    does); unchanged weights reuse the finished run."""
+    import torch
+
+    from backend.models.openclip import build_architecture
+
+    monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)  # the worker runs here
+    ckpt = tmp_path / "model.pt"
+
+    def save(seed: int) -> None:
+        torch.manual_seed(seed)
+        torch.save(build_architecture("cxr-demo-tiny")[0].state_dict(), ckpt)
+
+    save(0)
+    spec = EmbedSpec(source=SourceSpec(options={"n_patients": 6, "seed": 1, "image_size": 64}),
+                     model=f"local:{ckpt}#cxr-demo-tiny", split="all", batch_size=8)
+
+    def submit_and_work() -> jobs.Job:
+        job = jobs.submit(spec)
+        if job.status == "queued":
+            assert worker.run_worker(job.job_id) == 0, jobs.read_log(job)
+        return jobs.get_job(job.job_id)
+
+    first = submit_and_work()
+    run = store.get_run(spec.run_id())
+    weights = run["summary"]["inputs"]["weights"]
+    assert first.status == "done" and list(weights) == [spec.model] and weights[spec.model]
+    same = submit_and_work()
+    assert same.status == "done" and "unchanged" in same.message
+    save(1)  # overwritten in place, same name
+    changed = submit_and_work()
+    rerun = store.get_run(spec.run_id())
+    assert changed.status == "done" and "unchanged" not in changed.message
+    assert rerun["summary"]["inputs"]["weights"][spec.model] != weights[spec.model]
+    assert rerun["artifacts"]["embeddings"] != run["artifacts"]["embeddings"]
+
+
 def _hold_db(seconds: float) -> subprocess.Popen:
     """Another process (like a DuckDB shell) holding the results database for `seconds`."""
     from backend import settings

@@ -11,7 +11,9 @@ entries never hang: when offline and the weights are not cached, loading raises 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backend.errors import ModelUnavailableError
@@ -46,6 +48,39 @@ def get_model(name: str) -> ModelEntry:
         path = name[len(LOCAL_PREFIX):]
         return ModelEntry(name, f"open_clip checkpoint at {path}", "any", path, "backend.models.openclip:load_local")
     return MODELS.get(name)
+
+
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}
+
+
+def file_id(path: str | Path) -> str:
+    """The identity of a weights file: the content hash (sha256, 16 hex) of a file up to 256 MB; for a larger one
+    its name, size, mtime, inode and ctime (reading it whole would cost seconds at every load; an overwrite in
+    place still changes the ctime)."""
+    p = Path(path)
+    stat = p.stat()
+    if stat.st_size > 256 * 2**20:
+        return f"{p.name}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
+    digest = hashlib.sha256()
+    with p.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def local_weights_id(name: str) -> str | None:
+    """The weights identity of a `local:<path>[#config]` model without loading it (None for a registered
+    model, or when the path is not there: loading it then fails with its own message): the checkpoint file's
+    file_id, or for a folder its open_clip_config.json's and every weights file's, joined by '+'."""
+    if not name.startswith(LOCAL_PREFIX):
+        return None
+    path = Path(name[len(LOCAL_PREFIX):].partition("#")[0]).expanduser()
+    if path.is_file():
+        return file_id(path)
+    if path.is_dir() and (path / "open_clip_config.json").is_file():
+        weights = sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+        return "+".join(file_id(f) for f in [path / "open_clip_config.json", *weights])
+    return None
 
 
 def load_model(name: str, device: Any = None, progress: Any = None, **options: Any) -> Any:

@@ -30,8 +30,9 @@ from PIL import Image
 
 from backend import settings
 from backend.errors import SourceError
+from backend.models import file_id
 from backend.models.demo_config import DEFAULT_DEMO, TRAIN_VERSION, DemoConfig, demo_dir, get_rung
-from backend.models.openclip import LoadedModel, build_architecture, file_id, wrap_model
+from backend.models.openclip import LoadedModel, build_architecture, wrap_model
 from backend.progress import ProgressLike, null_progress
 from backend.sources import load_source
 

@@ -11,7 +11,6 @@ ModelUnavailableError at once, saying how to make the weights available.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from backend.errors import ModelUnavailableError
-from backend.models import BIOMEDCLIP_REPO, CHEXZERO_ENV, LOCAL_PREFIX, OPENAI_B16_REPO, hub
+from backend.models import BIOMEDCLIP_REPO, CHEXZERO_ENV, LOCAL_PREFIX, OPENAI_B16_REPO, file_id, hub, local_weights_id
 from backend.models.towers import HeadSlot, image_head_slot, text_head_slot
 
 log = logging.getLogger(__name__)
@@ -98,19 +97,6 @@ def as_device(device: str | torch.device | None) -> torch.device:
 
 
 # ---------------------------------------------------------------- building blocks
-
-def file_id(path: str | Path) -> str:
-    """Content hash of a weights file (sha256, first 16 hex); size+mtime for files over 256 MB."""
-    p = Path(path)
-    stat = p.stat()
-    if stat.st_size > 256 * 2**20:
-        return f"{p.name}:{stat.st_size}:{int(stat.st_mtime)}"
-    digest = hashlib.sha256()
-    with p.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
 
 def preprocess_of(model: nn.Module, **overrides: Any) -> tuple[Callable[[Any], torch.Tensor], str]:
     """(the model's inference transform, canonical JSON of its config), with optional overrides."""
@@ -219,9 +205,7 @@ def load_local(device: torch.device | None, progress: Any = None, name: str = ""
         with hub.translate_errors(name, str(p)), quiet_open_clip():
             model = open_clip.create_model(f"local-dir:{p}", device="cpu")
             tokenizer = open_clip.get_tokenizer(f"local-dir:{p}")
-        weights = sorted(f for f in p.iterdir() if f.suffix in {".safetensors", ".bin", ".pt", ".pth"})
-        ident = "+".join(file_id(f) for f in [p / "open_clip_config.json", *weights])
-        return wrap_model(name, model, tokenizer, device, weights_id=ident)
+        return wrap_model(name, model, tokenizer, device, weights_id=local_weights_id(name))
     if not p.is_file():
         raise ModelUnavailableError(f"Checkpoint {p} does not exist (from model name {name!r}).")
     if not config:

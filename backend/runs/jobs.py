@@ -2,11 +2,11 @@
 backend/runs/worker.py).
 
 submit(spec) returns the finished run's job when the same spec already finished (nothing is recomputed),
-the running job when it is in flight, and otherwise starts a worker. A spec that reads a file-based
-source (csv, openi, mimic-cxr, chexpert-plus: data the user can edit) always gets a worker: it loads the
-source table first and compares its data hash (every column and image file (size, mtime_ns)) with the
-one the finished run records; unchanged, the job ends at once and the run is reused, changed, the run is
-recomputed. The hash is computed in the worker, not at submit: loading a large source (and checking its
+the running job when it is in flight, and otherwise starts a worker. A spec whose inputs can change under
+its run id (a file-based source: csv, openi, mimic-cxr, chexpert-plus; or a `local:` checkpoint the user can
+overwrite) always gets a worker: it computes the inputs again (backend.runs.inputs: the data hash of the pair
+table and image files, the weights' identity) and compares them with those the finished run records;
+unchanged, the job ends at once and the run is reused, changed, the run is recomputed. The hash is computed in the worker, not at submit: loading a large source (and checking its
 images) would block the dashboard for seconds to minutes, and the worker does it detached. A cancel request
 is a flag in the store that the worker's progress callback checks, escalated to SIGTERM after a grace period.
 A worker that died (pid gone or heartbeat stale) is shown as "stale"; what it finished (embedding
@@ -28,10 +28,10 @@ from typing import Any
 
 from backend import settings
 from backend.runs import gpu_queue, store
+from backend.runs.inputs import changeable
 from backend.runs.job_records import ACTIVE, GPU_QUEUE, Job, get_job, record_end, submit_lock
 from backend.runs.kinds import get_job_kind, kind_for_spec
 from backend.runs.worker import import_pending
-from backend.sources.inputs import file_sources
 
 STALE_AFTER_S = 120.0  # a live pid with a silent heartbeat (hung, or starved on a busy machine)
 START_TIMEOUT_S = 60.0
@@ -50,7 +50,7 @@ def submit(spec: Any, *, kind: str | None = None) -> Job:
     with submit_lock():
         refresh()
         run = store.get_run(run_id)
-        if run and run["status"] == "done" and not file_sources(spec):
+        if run and run["status"] == "done" and not changeable(spec):
             return _finished_job(run)
         active = store.list_jobs(run_id=run_id, statuses=ACTIVE)
         if len(active):

@@ -371,14 +371,16 @@ def run_times(run_ids: list[str]) -> pd.DataFrame:
 
 
 def set_run_inputs(run_id: str, inputs: Mapping[str, Any]) -> None:
-    """Record in a run's summary["inputs"] which data it was computed from (data_hash, n_pairs); keys the run's
-    own result already recorded stay, except data_hash, which `inputs` sets."""
+    """Record in a run's summary["inputs"] which data and weights it was computed from (data_hash, n_pairs,
+    weights); keys the run's own result already recorded stay, except data_hash and weights, which `inputs` sets
+    when it has them."""
     with connect() as con:
         row = con.execute("SELECT summary FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
             return
         summary = _loads(row[0])
-        summary["inputs"] = {**inputs, **(summary.get("inputs") or {}), "data_hash": inputs.get("data_hash")}
+        own = {k: inputs[k] for k in ("data_hash", "weights") if k in inputs}
+        summary["inputs"] = {**inputs, **(summary.get("inputs") or {}), **own}
         con.execute("UPDATE runs SET summary = ? WHERE run_id = ?", [_dumps(summary), run_id])
 
 

@@ -27,9 +27,9 @@ from backend.errors import JobError, StoreError
 from backend.progress import ProgressLike
 from backend.runs import store
 from backend.runs.gpu_queue import start_next
+from backend.runs.inputs import run_inputs, same_inputs
 from backend.runs.job_records import get_job, record_end
 from backend.runs.kinds import get_job_kind
-from backend.sources.inputs import data_inputs
 from backend.specs import spec_from_json
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,17 @@ def run_worker(job_id: str) -> int:
         except StoreError as exc:
             log.warning("job %s: device not recorded (%s)", job_id, exc)
         log.info("job %s (%s) on %s", job_id, kind.name, device)
-        inputs = data_inputs(spec)
+        inputs = run_inputs(spec)
         run = (_retry(lambda: store.get_run(job.run_id), "reading the run", RESULT_WRITE_TIMEOUT_S) or {}) \
             if inputs else {}
-        if inputs and run.get("status") == "done" and \
-                (run.get("summary") or {}).get("inputs", {}).get("data_hash") == inputs["data_hash"]:
+        if inputs and run.get("status") == "done" and same_inputs((run.get("summary") or {}).get("inputs"), inputs):
             _retry(lambda: store.update_job(job_id, status="done", finished=time.time(), done=1, total=1,
                                             message="inputs unchanged: the finished run is reused"),
                    "recording the reuse", RESULT_WRITE_TIMEOUT_S)
             return 0
         if inputs and run.get("status") == "done":
-            log.info("job %s: the data changed since run %s finished; recomputing it", job_id, job.run_id)
+            log.info("job %s: the data or the weights changed since run %s finished; recomputing it", job_id,
+                     job.run_id)
         result = kind.resolve()(spec, _progress_writer(job_id, unwritten))
         unwritten.close()
         device = device_label(kind.uses_torch, gpu) if gpu else device  # with the GPU's name, once torch ran
