@@ -179,6 +179,14 @@ def _write_csv(root: Path, report: str) -> None:
                   for i in range(6)]).to_csv(root / "pairs.csv", index=False)
 
 
+def _submit_and_work(spec: object) -> jobs.Job:
+    """Submit `spec` and, when a worker is due, run it here in this process."""
+    job = jobs.submit(spec)
+    if job.status == "queued":
+        assert worker.run_worker(job.job_id) == 0, jobs.read_log(job)
+    return jobs.get_job(job.job_id)
+
+
 def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.helpers.tiny_models import register_tiny_models
@@ -189,22 +197,16 @@ def test_resubmitting_a_file_based_spec_recomputes_only_when_the_data_changed(
     _write_csv(data, "Small effusion")
     spec = EmbedSpec(source=SourceSpec(name="csv", root=str(data)), model="tiny-random", split="all", batch_size=8)
 
-    def submit_and_work() -> jobs.Job:
-        job = jobs.submit(spec)
-        if job.status == "queued":
-            assert worker.run_worker(job.job_id) == 0, jobs.read_log(job)
-        return jobs.get_job(job.job_id)
-
-    first = submit_and_work()
+    first = _submit_and_work(spec)
     run = store.get_run(spec.run_id())
     assert first.status == "done" and run["status"] == "done"
     inputs = run["summary"]["inputs"]
     assert inputs["data_hash"] and inputs["n_pairs"] == 6
-    same = submit_and_work()  # the data did not change: the finished run is reused
+    same = _submit_and_work(spec)  # the data did not change: the finished run is reused
     assert same.job_id != first.job_id and same.status == "done" and "unchanged" in same.message
     assert store.get_run(spec.run_id())["finished"] == run["finished"]
     _write_csv(data, "No effusion")  # the user edits the report text
-    changed = submit_and_work()
+    changed = _submit_and_work(spec)
     rerun = store.get_run(spec.run_id())
     assert changed.status == "done" and "unchanged" not in changed.message
     assert rerun["summary"]["inputs"]["data_hash"] != inputs["data_hash"] and rerun["finished"] > run["finished"]
@@ -233,20 +235,14 @@ def test_a_local_checkpoint_overwritten_in_place_is_recomputed_not_reused(
     spec = EmbedSpec(source=SourceSpec(options={"n_patients": 6, "seed": 1, "image_size": 64}),
                      model=f"local:{ckpt}#cxr-demo-tiny", split="all", batch_size=8)
 
-    def submit_and_work() -> jobs.Job:
-        job = jobs.submit(spec)
-        if job.status == "queued":
-            assert worker.run_worker(job.job_id) == 0, jobs.read_log(job)
-        return jobs.get_job(job.job_id)
-
-    first = submit_and_work()
+    first = _submit_and_work(spec)
     run = store.get_run(spec.run_id())
     weights = run["summary"]["inputs"]["weights"]
     assert first.status == "done" and list(weights) == [spec.model] and weights[spec.model]
-    same = submit_and_work()
+    same = _submit_and_work(spec)
     assert same.status == "done" and "unchanged" in same.message
     save(1)  # overwritten in place, same name
-    changed = submit_and_work()
+    changed = _submit_and_work(spec)
     rerun = store.get_run(spec.run_id())
     assert changed.status == "done" and "unchanged" not in changed.message
     assert rerun["summary"]["inputs"]["weights"][spec.model] != weights[spec.model]
