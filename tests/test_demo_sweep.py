@@ -123,6 +123,25 @@ def test_an_interrupted_sweep_resumes_without_recomputing_stored_points(fake_inp
     assert fake_inputs == [math.inf, 0.5, 2.0, 8.0] * 2
 
 
+def test_a_queued_sweep_job_resumes_per_stored_point_like_the_demo(fake_inputs: list[float]) -> None:
+    """The "sweep" job kind (the Mitigation page's launch, a transfer sweep): stopped after two points and
+    submitted again, it trains only the points it had not stored, then finishes the run with all four."""
+    from backend.runs.kinds import get_job_kind
+
+    kind = get_job_kind("sweep")
+    sweep = _spec().sweep
+    with pytest.raises(Stop):
+        kind.resolve()(sweep, _stop_at(2))
+    store.set_run_status(sweep.run_id(), "failed")  # what the worker records for a job that raised
+    assert fake_inputs == [math.inf, 0.5]
+    result = kind.resolve()(sweep, None)
+    kind.resolve_persist()(sweep.run_id(), sweep, result, "cpu")
+    assert fake_inputs == [math.inf, 0.5, 2.0, 8.0]  # only the points that were not stored
+    run = store.get_run(sweep.run_id())
+    assert run["status"] == "done" and run["summary"]["n_points"] == 4
+    assert store.load_sweep_points(sweep.run_id())["epsilon"].tolist() == list(EPSILONS)
+
+
 def test_the_sweep_and_each_point_record_the_data_they_were_computed_from(fake_inputs: list[float]) -> None:
     """Provenance: a sweep's points and the sweep itself name the data hash of their source (as audits do), both
     when stored part by part (the demo job) and all at once (persist_sweep)."""

@@ -17,7 +17,8 @@ from backend.models.demo_config import DEFAULT_DEMO, is_trained
 from backend.progress import ProgressLike, forward_only, null_progress, scaled
 from backend.registry import resolve
 from backend.runs import store
-from backend.runs.persist import finish_sweep, persist_audit, persist_sweep_part, stored_sweep_parts
+from backend.runs.persist import finish_sweep, persist_audit, stored_sweep_parts
+from backend.runs.sweeps import resume_sweep
 from backend.runs.worker import device_label
 from backend.specs import DEMO_MATCH, AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
 
@@ -95,22 +96,13 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
         persist_audit(audit_id, spec.audit, result, device)
     out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": None}
     if spec.sweep is not None:
-        try:
-            run_sweep = resolve("backend.dp:run_sweep", "The demo", JobError)
-        except JobError as exc:
-            log.warning("demo: skipping the sweep (%s)", exc)
-            out["sweep_skipped"] = str(exc)
-            return out
         sweep_id = spec.sweep.run_id()
         if (store.get_run(sweep_id) or {}).get("status") != "done":
             # each part is stored as soon as it is computed (the pages show it while the sweep runs); a sweep
             # that an earlier, interrupted job left unfinished resumes without recomputing what it stored
-            has_original, stored = stored_sweep_parts(sweep_id)
-            store.upsert_run(sweep_id, "sweep", spec.sweep.to_json(), "running")
             sweep_s = max(plan["sweep_prep"] + plan["points"], 1e-9)
-            run_sweep(spec.sweep, scaled(progress, audit_end, max(total - audit_end, 1), total),
-                      include_original=not has_original, skip=stored, prep_share=plan["sweep_prep"] / sweep_s,
-                      on_result=lambda result: persist_sweep_part(sweep_id, spec.sweep, result, device))
+            resume_sweep(spec.sweep, scaled(progress, audit_end, max(total - audit_end, 1), total), device=device,
+                         prep_share=plan["sweep_prep"] / sweep_s)
             finish_sweep(sweep_id, spec.sweep, device)
         out["sweep_run"] = sweep_id
     progress(total, total, "demo finished")
