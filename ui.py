@@ -1,5 +1,5 @@
 """Shared Streamlit widgets and cached loaders for the pages (the only module besides app.py and app_pages/
-that imports streamlit). Data comes from backend.views.dashboard / backend.views.explorer; no SQL, no ML here.
+that imports streamlit). Data comes from backend.views; no SQL, no ML here.
 
 Caching: a finished run never changes (DESIGN.md section 5), so loaders keyed by a finished run id use
 st.cache_data without expiry; lists of runs and jobs change and are read fresh (or with a short ttl).
@@ -21,86 +21,74 @@ import streamlit as st
 
 from backend.errors import RelinkError
 from backend.runs import jobs
-from backend.views import dashboard, explorer
-from backend.views.dashboard import DEFINITIONS
+from backend.runs.snapshot import import_snapshot
+from backend.specs import SourceSpec
+from backend.views import catalog, compare, data, explorer, launch, mitigation, status
+from backend.views import verdict as verdict_view
+from backend.views.definitions import DEFINITIONS
 
-DEFAULT_SOURCE = "synthetic"
+DEFAULT_SOURCE = catalog.DEFAULT_SOURCE
 
 
 # ---------------------------------------------------------------- cached loaders
 
 
-def _catalog_or_empty() -> pd.DataFrame:
-    """Finished runs for the selectors; none when the store cannot be read right now (the page says why)."""
-    try:
-        return dashboard.catalog()
-    except RelinkError:
-        return pd.DataFrame()
-
-
 @st.cache_data(ttl=2, show_spinner=False)
 def source_names() -> list[str]:
-    from backend.sources import list_sources
-
-    names = [s.name for s in list_sources()]
-    done = _catalog_or_empty()
-    extra = sorted(set(done["source"]) - set(names)) if len(done) else []
-    return sorted(set(names) | {DEFAULT_SOURCE}, key=lambda n: (n != DEFAULT_SOURCE, n)) + extra
+    return catalog.source_names()
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def model_names() -> list[str]:
-    done = _catalog_or_empty()
-    stored = sorted(set(done["model"]) - set(dashboard.known_models())) if len(done) else []
-    return list(dashboard.known_models()) + [m for m in stored if m]
+    return catalog.model_names()
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def headline(source: str, model: str) -> dict[str, Any]:
-    return dashboard.headline(source, model)
+    return verdict_view.headline(source, model)
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def verdict(audit_id: str, sweep_id: str | None) -> dict[str, Any]:
-    return dashboard.verdict(audit_id, sweep_id)
+    return verdict_view.verdict(audit_id, sweep_id)
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def audit_runs(source: str) -> pd.DataFrame:
-    return dashboard.audit_runs(source)
+    return catalog.audit_runs(source)
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def latest(kind: str, source: str, model: str | None) -> str | None:
-    return dashboard.latest(kind, source, model)
+    return catalog.latest(kind, source, model)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def relink_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
     """Finished runs only: cached for good."""
-    return dashboard.relink_rows(list(run_ids), variant="model")
+    return catalog.relink_rows(list(run_ids), variant="model")
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def overlay_runs() -> pd.DataFrame:
-    return dashboard.overlay_runs()
+    return compare.overlay_runs()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def run_rows(run_ids: tuple[str, ...]) -> pd.DataFrame:
     """Finished runs only: cached for good."""
-    return dashboard.run_rows(list(run_ids))
+    return compare.run_rows(list(run_ids))
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def provenance_table() -> pd.DataFrame:
-    return dashboard.provenance_table()
+    return status.provenance_table()
 
 
 @st.cache_data(ttl=2, show_spinner=False, max_entries=16)
 def model_comparison(run_ids: tuple[str, ...]) -> pd.DataFrame:
     """The side-by-side table of audited models (a probe may be stored after the audit: short ttl)."""
-    return dashboard.model_comparison(list(run_ids))
+    return compare.model_comparison(list(run_ids))
 
 
 def comparison_table(run_ids: tuple[str, ...]) -> None:
@@ -109,51 +97,51 @@ def comparison_table(run_ids: tuple[str, ...]) -> None:
     if table.empty:
         return
     ci = "95% CI from a bootstrap over patients."
-    st.dataframe(dashboard.comparison_display(table), hide_index=True, row_height=WRAP_ROW_HEIGHT, column_config={
+    st.dataframe(compare.comparison_display(table), hide_index=True, row_height=WRAP_ROW_HEIGHT, column_config={
         "Run": st.column_config.TextColumn(width="large", help="model · data · for a DP run its ε, guarantee and "
                                                                "privacy unit · run id"),
-        "Linear-probe AUROC [95% CI]": st.column_config.TextColumn(help=dashboard.DEFINITIONS["auroc"] + " " + ci),
+        "Linear-probe AUROC [95% CI]": st.column_config.TextColumn(help=DEFINITIONS["auroc"] + " " + ci),
         "Zero-shot AUROC [95% CI]": st.column_config.TextColumn(
             help="Zero-shot: per finding, cosine with a positive minus a negative prompt. " + ci),
         "Lift at N=100 [95% CI]": st.column_config.TextColumn(
-            help=dashboard.DEFINITIONS["lift"] + " Random pool, study level, Recall@1; at N=100 or the largest N "
+            help=DEFINITIONS["lift"] + " Random pool, study level, Recall@1; at N=100 or the largest N "
                  "below it. " + ci),
         "Lift at the largest N [95% CI]": st.column_config.TextColumn(
-            help=dashboard.DEFINITIONS["lift"] + " At the largest pool the split allows (the whole database). " + ci),
+            help=DEFINITIONS["lift"] + " At the largest pool the split allows (the whole database). " + ci),
         "AUROCs from": st.column_config.TextColumn(
             help="A probe run (the model ladder's, or a probe job), else the original-model reference of an epsilon "
                  "sweep on the same data; 'not measured' when neither is stored."),
     })
 
 
-def sweep_view(sweep_id: str) -> dashboard.SweepView:
+def sweep_view(sweep_id: str) -> mitigation.SweepView:
     """A sweep, read from the store once per process (again when a running sweep stored another point); the
     epsilon slider only re-renders."""
-    return _sweep_view(sweep_id, dashboard.sweep_progress(sweep_id))
+    return _sweep_view(sweep_id, mitigation.sweep_progress(sweep_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _sweep_view(sweep_id: str, version: tuple[str, int, int]) -> dashboard.SweepView:
-    return dashboard.sweep_view(sweep_id)
+def _sweep_view(sweep_id: str, version: tuple[str, int, int]) -> mitigation.SweepView:
+    return mitigation.sweep_view(sweep_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def members_table(sweep_id: str) -> tuple[pd.DataFrame, dict]:
     """Members against non-members stored with a finished sweep (empty when it did not measure them)."""
-    return dashboard.members_table(sweep_id)
+    return mitigation.members_table(sweep_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def sweep_spec(sweep_id: str | None) -> Any:
     """The SweepSpec of a finished sweep (its settings, for a new launch), or None."""
-    return dashboard.sweep_spec(sweep_id)
+    return launch.sweep_spec(sweep_id)
 
 
 def mitigation_figures(sweep_id: str, audit_id: str | None) -> dict[str, Any]:
     """Epsilon label -> the figure of recall curves beside the frontier, built once per sweep (and each time a
     running sweep stored another point) so that the slider only swaps prebuilt figures (building one costs
     ~0.1 s of plotly validation). Read-only."""
-    return _mitigation_figures(sweep_id, audit_id, dashboard.sweep_progress(sweep_id))
+    return _mitigation_figures(sweep_id, audit_id, mitigation.sweep_progress(sweep_id))
 
 
 @st.cache_resource(show_spinner="Preparing the sweep's figures ...", max_entries=8)
@@ -163,12 +151,12 @@ def _mitigation_figures(sweep_id: str, audit_id: str | None, version: tuple[str,
     view = _sweep_view(sweep_id, version)
     pts = view.points
     original = relink_rows((audit_id,)) if audit_id else None
-    base = pts[~pts["epsilon"].apply(math.isfinite)]
-    ref_run = str(base["run_id"].iloc[0]) if len(base) else None
+    ref = mitigation.reference_point(pts)
+    ref_run = str(ref["run_id"]) if ref is not None else None
     out = {}
     for p in pts.itertuples():
-        label = dashboard.epsilon_label(p.epsilon)
-        curves = dashboard.mitigation_curves(view, p.run_id, ref_run, original, dashboard.series_label(p.epsilon))
+        label = mitigation.epsilon_label(p.epsilon)
+        curves = mitigation.mitigation_curves(view, p.run_id, ref_run, original, mitigation.series_label(p.epsilon))
         out[label] = figures.mitigation_view(curves, pts, float(p.epsilon), title=f"Recall@1 at ε={label}")
     return out
 
@@ -186,45 +174,15 @@ def run_source(run_id: str) -> Any:
 @st.cache_resource(show_spinner="Loading the dataset ...", max_entries=3)
 def source_data(name: str) -> Any:
     """A loaded source (pair table + image reader) with default options; read-only, so shared."""
-    from backend.sources import load_source
-
-    return load_source(name)
-
-
-def needs_root(name: str) -> bool:
-    """Whether a source reads a dataset folder the user must name (csv, openi, mimic-cxr, chexpert-plus)."""
-    from backend.sources import get_source
-
-    try:
-        return get_source(name).needs_root
-    except RelinkError:  # a source only known from stored runs
-        return False
-
-
-def default_root(name: str) -> str:
-    """The folder a source uses when none is given (its environment variable), or ''."""
-    from backend.settings import data_root
-
-    root = data_root(name)
-    return str(root) if root else ""
+    return data.load(name)
 
 
 def source_loads(name: str, root: str | None, match: tuple[str, ...] = ()) -> bool:
-    """Load the source from `root` as a job would and check that it gives every attribute the pools of `match`
-    ("sex+age_band", ...) are matched on; on failure show the SourceError or SpecError (the message the command
-    line gives for the same --root and --match) and return False."""
-    from backend.errors import SpecError
-    from backend.sources import load_source
-    from backend.sources.schema import match_attributes
-
+    """Check the source in `root` before a launch (launch.check_source: it loads, and gives every attribute the
+    pools of `match` are matched on); on failure show the error and return False."""
     try:
         with st.spinner(f"Checking the {name} dataset ..."):
-            data = load_source(name, root=root)
-        wanted = dict.fromkeys(a for m in match for a in m.split("+"))
-        missing = [a for a in wanted if a not in match_attributes(data.pairs)]
-        if missing:
-            raise SpecError(f"The {name} dataset does not give {', '.join(missing)} for every pair, so pools cannot "
-                            f"be matched on it. Match on attributes it gives: {', '.join(match_attributes(data.pairs))}.")
+            launch.check_source(SourceSpec(name=name, root=root), match)
     except RelinkError as exc:
         show_error(exc)
         return False
@@ -232,8 +190,8 @@ def source_loads(name: str, root: str | None, match: tuple[str, ...] = ()) -> bo
 
 
 def source_tables(name: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    data = source_data(name)
-    return data.pairs, dict(data.stats)
+    loaded = source_data(name)
+    return loaded.pairs, dict(loaded.stats)
 
 
 def run_source_image(name: str, image_path: str) -> Any:
@@ -242,7 +200,7 @@ def run_source_image(name: str, image_path: str) -> Any:
 
 @st.cache_data(show_spinner=False)
 def device_summary() -> str:
-    return dashboard.device_summary()
+    return launch.device_summary()
 
 
 def pair_image(run_id: str, image_path: str) -> Any:
@@ -291,7 +249,7 @@ def sidebar() -> tuple[str, str]:
                                    "(no patient data).")
         models = model_names()
         model = st.selectbox("Model", models, key="model",
-                             help="; ".join(f"{k}: {v}" for k, v in dashboard.known_models().items()))
+                             help="; ".join(f"{k}: {v}" for k, v in catalog.known_models().items()))
         st.caption(f"Jobs run on: {device_summary()}")
     return source, model
 
@@ -310,7 +268,7 @@ def metric(label: str, value: float | None, definition: str, fmt: str = "{:.1f}x
 
 def slider_points(labels: list[str], note: str) -> None:
     """Name every point of an epsilon slider under it (the slider shows only the chosen one; labels are numbers
-    made by dashboard.epsilon_label, never dataset text)."""
+    made by mitigation.epsilon_label, never dataset text)."""
     st.caption(f"Drag along the stored points, left to right: ε = {' · '.join(labels)}. {note}")
 
 
@@ -389,8 +347,8 @@ def job_row(job: jobs.Job, *, show_cancel: bool = True) -> None:
     cols[1].progress(job.fraction, text=plain(text[:120]))
     if job.pid:
         cols[2].caption(f"pid {job.pid}")
-    cols[1].caption(dashboard.job_times(job.started or job.created, job.finished if not job.active else None,
-                                        job.fraction, time.time())["text"])
+    cols[1].caption(status.job_times(job.started or job.created, job.finished if not job.active else None,
+                                     job.fraction, time.time())["text"])
     if show_cancel and job.active and job.job_id and cols[3].button("Cancel", key=f"cancel-{job.job_id}", width="stretch"):
         jobs.cancel(job.job_id)
         st.toast(f"Cancel requested for {job.job_id}")
@@ -438,7 +396,7 @@ def pending_note(kind: str, source: str | None, model: str | None, shown_run: st
     say so with its live progress, and rerun the page once when a new run is stored or the job ends. Returns
     the id of that queued or running job, else None. `shown_run`: the run id the page shows now (None: none)."""
     try:
-        running = dashboard.running_jobs(kind, source, model)
+        running = status.running_jobs(kind, source, model)
     except RelinkError:
         return None
     if not running:
@@ -448,13 +406,13 @@ def pending_note(kind: str, source: str | None, model: str | None, shown_run: st
     @st.fragment(run_every=2.0)
     def _note() -> None:
         try:
-            job, latest_run = jobs.get_job(job_id), dashboard.latest(kind, source, model)
+            job, latest_run = jobs.get_job(job_id), catalog.latest(kind, source, model)
         except RelinkError:
             return
         if job.active:
-            st.info(plain(dashboard.pending_text(kind, job, source, model)))
+            st.info(plain(status.pending_text(kind, job, source, model)))
             st.progress(job.fraction, text=plain(f"{job.status}: {job.message}"[:150]))
-            st.caption(dashboard.job_times(job.started or job.created, None, job.fraction, time.time())["text"])
+            st.caption(status.job_times(job.started or job.created, None, job.fraction, time.time())["text"])
         flag = f"pending-{job_id}-{latest_run}-{job.active}"
         if (latest_run != shown_run or not job.active) and not st.session_state.get(flag):
             st.session_state[flag] = True
@@ -472,7 +430,7 @@ def poll_seconds() -> float:
 
 
 def _stored_runs(source: str, model: str) -> tuple[str | None, str | None]:
-    return dashboard.latest("audit", source, model), dashboard.latest("sweep", source, model)
+    return catalog.latest("audit", source, model), catalog.latest("sweep", source, model)
 
 
 def watch_job(job_id: str, stored_for: tuple[str, str] | None = None) -> None:
@@ -487,8 +445,8 @@ def watch_job(job_id: str, stored_for: tuple[str, str] | None = None) -> None:
     def _watch() -> None:
         job = jobs.get_job(job_id)  # read fresh every second: the shown status and message are the latest
         st.progress(job.fraction, text=plain(f"{job.status}: {job.message}"[:150]))
-        st.caption(dashboard.job_times(job.started or job.created, job.finished if not job.active else None,
-                                       job.fraction, time.time())["text"])
+        st.caption(status.job_times(job.started or job.created, job.finished if not job.active else None,
+                                    job.fraction, time.time())["text"])
         if job.status == "failed":
             st.error(f"The job failed: {plain(job.message)}")
             with st.expander("Traceback"):
@@ -516,10 +474,8 @@ def watch_job(job_id: str, stored_for: tuple[str, str] | None = None) -> None:
 @st.cache_resource(show_spinner="Loading the precomputed demo results ...")
 def ensure_snapshot() -> list[str]:
     """Import the shipped demo snapshot into the store once per server process (a no-op when it is there)."""
-    from backend.runs import snapshot
-
     try:
-        return snapshot.import_snapshot()
+        return import_snapshot()
     except RelinkError as exc:  # e.g. the store is held by another process: the pages say so themselves
         st.warning(f"The precomputed demo results could not be loaded: {exc}")
         return []
@@ -528,7 +484,7 @@ def ensure_snapshot() -> list[str]:
 @st.cache_data(ttl=2, show_spinner=False)
 def snapshot_note(source: str, model: str) -> dict[str, Any] | None:
     """The snapshot provenance of what the pages show for (source, model), or None for computed runs."""
-    return dashboard.snapshot_note(dashboard.latest("audit", source, model))
+    return status.snapshot_note(catalog.latest("audit", source, model))
 
 
 def snapshot_banner(source: str, model: str) -> None:

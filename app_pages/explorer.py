@@ -4,7 +4,8 @@ import streamlit as st
 
 import ui
 from backend.errors import RelinkError
-from backend.views import dashboard, explorer
+from backend.views import data, explorer
+from backend.views.definitions import DEFINITIONS
 
 source, model = ui.selection()
 st.title("Pair explorer")
@@ -22,7 +23,7 @@ except RelinkError as exc:
     st.stop()
 
 f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
-labels = f1.multiselect("Labels (all must be positive)", list(dashboard.LABELS), help="Filter images by their 14 labels.")
+labels = f1.multiselect("Labels (all must be positive)", list(data.LABELS), help="Filter images by their 14 labels.")
 search = f2.text_input("Search reports or ids", help="Case-insensitive substring of the report, pair or patient id.")
 easy_first = f3.toggle("Most re-linkable first", value=True, help="Order by the true report's rank (1 = found first).")
 k = f4.number_input("Top k", 1, 50, 5, help="How many retrieved reports to show (1 to 50).")
@@ -42,10 +43,10 @@ with left:
         st.image(image, caption=ui.plain(f"{pair_id} · {row['view']} · patient {row['patient_id']}"), width="stretch")
     except RelinkError as exc:
         st.caption(ui.plain(f"Image unavailable: {exc}"))
-    st.caption("Labels: " + (", ".join(lbl for lbl in dashboard.LABELS if row[lbl] == 1) or "none positive"))
+    st.caption("Labels: " + (", ".join(lbl for lbl in data.LABELS if row[lbl] == 1) or "none positive"))
 with right:
     st.metric("Rank of the true report", f"{hit['true_rank']:g} of {hit['n_candidates']:,}",
-              help=dashboard.DEFINITIONS["rank"])
+              help=DEFINITIONS["rank"])
     rival = explorer.top_rival(hit)
     shared = explorer.shared_words(row["report"], rival["report"], ps.doc_freq) if rival is not None else set()
     st.markdown(f"**True report** (distinctive words shared with the top-ranked other report, "
@@ -64,6 +65,6 @@ others = explorer.same_patient(ps, pair_id)
 st.subheader("The same patient's other studies")
 if len(others):
     st.dataframe(others, hide_index=True, column_config={
-        "rank_full": st.column_config.NumberColumn("rank of its true report", help=dashboard.DEFINITIONS["rank"])})
+        "rank_full": st.column_config.NumberColumn("rank of its true report", help=DEFINITIONS["rank"])})
 else:
     st.caption("None in this split.")

@@ -4,7 +4,8 @@ import streamlit as st
 
 import ui
 from backend.runs.demo import default_demo_spec
-from backend.views import dashboard, figures, report
+from backend.views import figures, report
+from backend.views.definitions import DEFINITIONS
 
 
 def demo_button(label: str, what: str, *, primary: bool) -> None:
@@ -46,11 +47,11 @@ if head.get("audit_run"):
         line = lines.get(key)
         with col:
             if line is None:
-                ui.metric(key, None, dashboard.DEFINITIONS["lift"])
+                ui.metric(key, None, DEFINITIONS["lift"])
                 continue
             short = "random pool" if line["pool"] == "random" else "pathology-matched"
             ui.metric(f"N={line['n']:,}, {short}", line["lift"],
-                      dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS[line["pool"]],
+                      DEFINITIONS["lift"] + " " + DEFINITIONS[line["pool"]],
                       delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
             st.caption(ui.plain(line["sentence"]))
     shown = {(line["pool"], line["n"]) for line in lines.values() if line["key"].startswith("lift_")}
@@ -63,7 +64,7 @@ if head.get("audit_run"):
         for col, line in zip(st.columns(4), extra[:4], strict=False):
             with col:
                 if line["key"] == "strongest":
-                    ui.metric(f"Strongest: N={line['n']:,}", line["lift"], dashboard.DEFINITIONS["lift"],
+                    ui.metric(f"Strongest: N={line['n']:,}", line["lift"], DEFINITIONS["lift"],
                               delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
                 else:
                     ui.metric(f"Side info: N={line['n']:,}", line["lift"], "Lift in pools whose distractors share "
@@ -80,17 +81,17 @@ if head.get("audit_run"):
                 continue
             with col:
                 if key.startswith("dp_"):
-                    ui.metric(f"Recall@1, N={line['n']:,}", line["after"]["recall"], dashboard.DEFINITIONS["recall"], fmt="{:.4f}",
+                    ui.metric(f"Recall@1, N={line['n']:,}", line["after"]["recall"], DEFINITIONS["recall"], fmt="{:.4f}",
                               delta=f"{line['change']:+.0%} vs retrained heads, no DP", delta_color="inverse")
                 else:
                     ui.metric("Linear-probe AUROC" if key == "auroc_linear" else "Zero-shot AUROC", line["after"],
-                              dashboard.DEFINITIONS["auroc"], fmt="{:.3f}",
+                              DEFINITIONS["auroc"], fmt="{:.3f}",
                               delta=f"{line['change']:+.3f} vs retrained heads, no DP", delta_color="normal")
                 st.caption(ui.plain(line["sentence"]))
         members = [line for line in verdict["lines"] if line["key"].startswith("members_")]
         for col, line in zip(st.columns(4), members, strict=False):
             with col:
-                ui.metric(f"Members gap, N={line['n']:,}", line["delta"], dashboard.DEFINITIONS["members"],
+                ui.metric(f"Members gap, N={line['n']:,}", line["delta"], DEFINITIONS["members"],
                           fmt="{:+.4f}", delta=f"95% CI {line['delta_low']:+.4f} to {line['delta_high']:+.4f}",
                           delta_color="off")
                 st.caption(ui.plain(line["sentence"]))

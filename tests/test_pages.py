@@ -76,15 +76,15 @@ def test_overview_headline_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_relinkage_page_overlays_runs(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.runs import store
-    from backend.views import dashboard
+    from backend.views import catalog
 
     at = _open("relinkage", seeded, monkeypatch)
-    audits = list(dashboard.audit_runs("synthetic")["run_id"])
+    audits = list(catalog.audit_runs("synthetic")["run_id"])
     picker = at.multiselect(key="overlay_runs")
     assert sorted(picker.value) == sorted(audits)  # default: the newest audit of each model on this dataset
     table = at.dataframe[0].value
     assert {r.split(" · ")[0] for r in table["run"]} == {"demo", "openai-vit-b-16"} and (table["lift"] > 1).all()
-    points = store.load_sweep_points(dashboard.latest("sweep", "synthetic", "demo"))
+    points = store.load_sweep_points(catalog.latest("sweep", "synthetic", "demo"))
     dp = points.sort_values("epsilon")["run_id"].iloc[0]
     picker.set_value([audits[0], dp]).run()
     assert not at.exception
@@ -563,13 +563,13 @@ def test_models_and_jobs_shows_each_runs_provenance_and_exports_it(seeded: Path,
 def test_overview_verdict_names_strongest_side_information_members_and_caveats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ui
-    from backend.views import dashboard, report
+    from backend.views import catalog, report, verdict
     from tests.helpers.seed import add_side_information
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     add_side_information(seed_store(tmp_path))
     at = _open("overview", tmp_path, monkeypatch)
-    v = dashboard.verdict("audit-sideinfo", dashboard.latest("sweep", "synthetic", "demo"))
+    v = verdict.verdict("audit-sideinfo", catalog.latest("sweep", "synthetic", "demo"))
     lines = {x["key"]: x for x in v["lines"]}
     metrics = {m.label: m for m in at.metric}
     strongest = lines["strongest"]

@@ -196,8 +196,8 @@ def test_only_ui_and_pages_import_streamlit() -> None:
 
 def test_dashboard_lists_the_registry_without_importing_torch() -> None:
     """The model list on every page comes from the torch-free registry, and it is the registry's list."""
-    code = ("import sys, json; from backend.views import dashboard; import ui; "
-            "print(json.dumps([dashboard.known_models(), sorted(m for m in sys.modules if m.split('.')[0] in "
+    code = ("import sys, json; from backend.views import catalog; import ui; "
+            "print(json.dumps([catalog.known_models(), sorted(m for m in sys.modules if m.split('.')[0] in "
             f"{sorted(HEAVY - {'duckdb'})!r})]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     known, heavy_loaded = json.loads(out)
