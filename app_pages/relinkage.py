@@ -3,23 +3,23 @@ a lift table and the runs side by side."""
 
 import streamlit as st
 
-import ui
 from backend.specs import MATCH_PREFIX, POOL_KINDS
 from backend.views import compare, figures, status
 from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation, widgets
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Re-linkage")
 st.markdown(DEFINITIONS["recall"] + " " + DEFINITIONS["lift"])
-runs = ui.audit_runs(source)
-pending = ui.pending_note("audit", source, None, str(runs["run_id"].iloc[0]) if len(runs) else None)
+runs = loaders.audit_runs(source)
+pending = job_widgets.pending_note("audit", source, None, str(runs["run_id"].iloc[0]) if len(runs) else None)
 if not len(runs):
     if pending:
         st.stop()
-    st.info(f"No finished audit on {ui.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
+    st.info(f"No finished audit on {markup.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
     st.stop()
 
-catalog = ui.overlay_runs()
+catalog = loaders.overlay_runs()
 labels = dict(zip(catalog["run_id"], catalog["label"], strict=True))
 default = [r for r in runs["run_id"].tolist()[:4] if r in labels]  # the newest audit of each model on this dataset
 chips = dict(zip(catalog["run_id"], catalog["chip"], strict=True))
@@ -32,7 +32,7 @@ c2, _ = st.columns([1, 4])
 if not chosen:
     st.info("Pick at least one run.")
     st.stop()
-rows_all = ui.run_rows(tuple(chosen))
+rows_all = loaders.run_rows(tuple(chosen))
 ks = sorted(rows_all["k"].unique().tolist())
 k = c2.selectbox("K", ks, help="Top-K: the attacker succeeds when the true report is among the K best-scored.")
 # Pills on a row of their own, not chips in a narrow column (which cut "pathology-matched" off): whole names.
@@ -63,7 +63,7 @@ st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: 
 
 st.subheader(f"Lift table (K={k})")
 table = compare.lift_table(rows, k=k, by="run")
-st.dataframe(table, hide_index=True, row_height=ui.WRAP_ROW_HEIGHT, column_config={
+st.dataframe(table, hide_index=True, row_height=widgets.WRAP_ROW_HEIGHT, column_config={
     "run": st.column_config.TextColumn(width="large", help="model · data · for a DP run its ε, guarantee and privacy "
                                                            "unit · run id"),
     f"Recall@{k}": st.column_config.NumberColumn(format="%.4f", help=DEFINITIONS["recall"]),
@@ -77,8 +77,8 @@ st.subheader("Runs side by side")
 st.caption("Per run picked above: clinical utility (macro AUROC over the 14 findings) beside re-linkage (lift of "
            "Recall@1 over chance, random pool, study level). The model ladder (Models and jobs) fills it for the "
            "demo-weak, demo and demo-strong rungs; any audited models compare the same way.")
-ui.comparison_table(tuple(chosen))
-st.caption(ui.plain(" · ".join(status.run_inputs(r) for r in chosen)),
+widgets.comparison_table(tuple(chosen))
+st.caption(markup.plain(" · ".join(status.run_inputs(r) for r in chosen)),
            help="The data hash covers the whole pair table (ids, patients, labels, reports) and every image file's "
                 "size and time: a run over data that changed since is recomputed when it is launched again.")
 hard = rows[(rows["pool_kind"] == "hard") & (rows["effective_n"] < rows["n"])]

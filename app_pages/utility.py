@@ -3,29 +3,29 @@ with a transfer target launched from here."""
 
 import streamlit as st
 
-import ui
 from backend.errors import RelinkError
 from backend.specs import DEFAULT_EPSILONS, SourceSpec, parse_options
 from backend.views import figures, launch, mitigation
 from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation, widgets
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Utility and transfer")
 st.markdown(DEFINITIONS["auroc"])
-sweep_id = ui.latest("sweep", source, model)
-sweep_pending = ui.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
-view = ui.sweep_view(sweep_id) if sweep_id else None
+sweep_id = loaders.latest("sweep", source, model)
+sweep_pending = job_widgets.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
+view = loaders.sweep_view(sweep_id) if sweep_id else None
 finite = [e for e in view.points["epsilon"] if e != float("inf")] if view is not None else []
 if view is None:
     if not sweep_pending:
-        st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet (Mitigation page, or "
+        st.info(f"No finished epsilon sweep for {markup.plain(model)} on {markup.plain(source)} yet (Mitigation page, or "
                 "launch one with a transfer target below).")
 elif not finite:
     st.info("This sweep has no DP point (only epsilon = inf).")
 else:
     eps = st.select_slider("Compare no DP with ε", finite, value=finite[0], format_func=mitigation.epsilon_label,
                            help=DEFINITIONS["epsilon"])
-    ui.slider_points([mitigation.epsilon_label(e) for e in finite], "Smaller ε is stronger privacy.")
+    widgets.slider_points([mitigation.epsilon_label(e) for e in finite], "Smaller ε is stronger privacy.")
     before_after, transfer = mitigation.utility_frames(view, eps)
     st.caption("Linear probe: logistic regression per label on projected image embeddings. Zero-shot: text prompts "
                "scored against the projected image embeddings (sensitive to image-text alignment).")
@@ -59,13 +59,13 @@ else:
         st.caption("No transfer results in this sweep: launch a sweep with a transfer target below.")
 
 st.subheader("Launch a sweep with a transfer target")
-current = ui.sweep_spec(sweep_id)
-st.caption(f"Trains the DP heads on {ui.plain(source)} with the settings of "
+current = loaders.sweep_spec(sweep_id)
+st.caption(f"Trains the DP heads on {markup.plain(source)} with the settings of "
            + ("the sweep shown above" if current else "a default sweep") + ", then applies each point's heads, "
            "without retraining, to the target's test split (the command line's `sweep --transfer SOURCE:key=value`). "
            "It runs as a background job like every launch.")
 c1, c2 = st.columns([1, 2])
-targets = ui.source_names()
+targets = loaders.source_names()
 target_name = c1.selectbox("Transfer target", targets, key="transfer-target",
                            help="The dataset whose test split the heads are applied to.")
 options_text = c2.text_input("Target options", value="sites=B" if target_name == "synthetic" else "",
@@ -82,18 +82,16 @@ epsilons = st.multiselect("ε grid", grid, default=list(current.epsilons if curr
                           format_func=mitigation.epsilon_label, key="transfer-epsilons",
                           help=DEFINITIONS["epsilon"])
 n_targets = len(current.base.transfer) + 1 if current else 1
-st.caption(ui.plain(launch.sweep_estimate(len(epsilons or DEFAULT_EPSILONS), n_targets)))
+st.caption(markup.plain(launch.sweep_estimate(len(epsilons or DEFAULT_EPSILONS), n_targets)))
 if st.button("Launch sweep with transfer", type="primary"):
     try:
         target = SourceSpec(name=target_name, root=root, options=parse_options(options_text))
         spec = launch.transfer_sweep(current.base if current else None, source, model, target, tuple(epsilons))
-        with st.spinner(f"Checking the {target_name} dataset ..."):
-            launch.check_source(target)
     except RelinkError as exc:
-        ui.show_error(exc)
+        markup.show_error(exc)
     else:
-        job = ui.submit(spec)
+        job = job_widgets.submit(spec) if job_widgets.source_loads(target) else None
         if job is not None and job.active:
             st.session_state["transfer_job"] = job.job_id
 if st.session_state.get("transfer_job") and st.session_state["transfer_job"] != sweep_pending:  # else shown above
-    ui.watch_job(st.session_state["transfer_job"])
+    job_widgets.watch_job(st.session_state["transfer_job"])

@@ -187,7 +187,7 @@ def test_models_page_offers_the_ladder_with_an_estimate(tmp_path: Path, monkeypa
 
     at = _open("models_jobs", tmp_path, monkeypatch)
     assert any("Train the ladder" == b.label for b in at.button)
-    text = " ".join(c.value for c in at.caption).replace("\\", "")  # markup.plain escapes markdown
+    text = " ".join(c.value for c in at.caption).replace("\\", "")  # ui.markup.plain escapes markdown
     assert "92 steps x 1.1 s" in text and "1,680 steps" in text  # nothing cached: every rung's training counted
 
 
