@@ -8,18 +8,18 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui
 from backend.errors import RelinkError
+from ui import markup, navigation, snapshot
 
 # The icon ships with the app: a ":material/...:" page icon makes every page load fetch it from a font CDN.
 ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
 st.set_page_config(page_title="CXR Re-Link Audit", page_icon=ICON, layout="wide")
 
-ui.ensure_snapshot()  # the shipped demo results, so a first start shows every page populated
-page = st.navigation(ui.pages())
-st.session_state["selection"] = ui.sidebar()
-ui.snapshot_banner(*st.session_state["selection"])
+snapshot.ensure_snapshot()  # the shipped demo results, so a first start shows every page populated
+page = st.navigation(navigation.pages())
+st.session_state["selection"] = navigation.sidebar()
+snapshot.snapshot_banner(*st.session_state["selection"])
 try:
     page.run()
 except RelinkError as exc:  # e.g. the results database held by another process for too long: say what to do
-    ui.show_error(exc)
+    markup.show_error(exc)

@@ -2,34 +2,34 @@
 
 import streamlit as st
 
-import ui
 from backend.errors import RelinkError
-from backend.views import dashboard
+from backend.views import catalog, data
+from ui import loaders, markup, navigation, widgets
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Data")
-st.dataframe(dashboard.sources_table(), hide_index=True, row_height=ui.WRAP_ROW_HEIGHT, column_config={
+st.dataframe(catalog.sources_table(), hide_index=True, row_height=widgets.WRAP_ROW_HEIGHT, column_config={
     "source": st.column_config.TextColumn(width="small"),  # tall rows wrap the descriptions instead of cutting them
     "description": st.column_config.TextColumn(width="large"),
     "needs a folder": st.column_config.CheckboxColumn(width="small", help="Reads a dataset folder you name."),
     "credentialed": st.column_config.CheckboxColumn(width="small", help="Needs a data-use agreement (PhysioNet).")})
 
-st.subheader(f"Dataset: {ui.plain(source)}")
+st.subheader(f"Dataset: {markup.plain(source)}")
 if source == "synthetic":
     st.warning("SYNTHETIC: generated images and reports; no patient data.")
 try:
-    pairs, stats = ui.source_tables(source)
+    pairs, stats = loaders.source_tables(source)
 except RelinkError as exc:
-    ui.show_error(exc)
+    markup.show_error(exc)
     st.stop()
-counts, prevalence = dashboard.data_summary(pairs, dashboard.LABELS)
+counts, prevalence = data.data_summary(pairs, data.LABELS)
 HELP = {"pairs": "Image-report pairs (a study with two views gives two pairs sharing one report).",
         "studies": "Studies: one report each.", "patients": "Distinct patients (splits never share one).",
         "dropped_empty_report": "Pairs dropped because the section policy left no report text."}
 cols = st.columns(len(HELP))
 for col, (name, definition) in zip(cols, HELP.items(), strict=True):
     col.metric(name.replace("_", " "), f"{stats.get(name, 0):,}", help=definition)
-st.caption(dashboard.match_summary(pairs) + (" The synthetic images and reports do not encode sex, age or year: "
+st.caption(data.match_summary(pairs) + (" The synthetic images and reports do not encode sex, age or year: "
            "matching on them only shrinks the pool." if source == "synthetic" else ""))
 with st.expander("All counts from the loader"):
     st.dataframe([{"count": k, "value": v} for k, v in stats.items()], hide_index=True)
@@ -44,11 +44,11 @@ sample = pairs.sample(min(4, len(pairs)), random_state=0)
 for _, row in sample.iterrows():
     img_col, text_col = st.columns([1, 2])
     try:
-        img_col.image(ui.run_source_image(source, row["image_path"]), caption=ui.plain(f"{row['pair_id']} · {row['view']}"),
+        img_col.image(loaders.run_source_image(source, row["image_path"]), caption=markup.plain(f"{row['pair_id']} · {row['view']}"),
                       width="stretch")
     except RelinkError as exc:
-        img_col.caption(ui.plain(f"image unavailable: {exc}"))
+        img_col.caption(markup.plain(f"image unavailable: {exc}"))
     text_col.markdown(f"**Report** ({'SYNTHETIC · ' if source == 'synthetic' else ''}patient "
-                      f"{ui.plain(row['patient_id'])}, study {ui.plain(row['study_id'])}, split {ui.plain(row['split'])})")
-    ui.text_block(row["report"], container=text_col)
-    text_col.caption("Labels: " + (", ".join(label for label in dashboard.LABELS if row[label] == 1) or "none positive"))
+                      f"{markup.plain(row['patient_id'])}, study {markup.plain(row['study_id'])}, split {markup.plain(row['split'])})")
+    markup.text_block(row["report"], container=text_col)
+    text_col.caption("Labels: " + (", ".join(label for label in data.LABELS if row[label] == 1) or "none positive"))

@@ -2,27 +2,28 @@
 
 import streamlit as st
 
-import ui
 from backend.errors import RelinkError
-from backend.views import dashboard, explorer
+from backend.views import data, explorer
+from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Pair explorer")
-run_id = ui.latest("audit", source, model)
-if ui.pending_note("audit", source, model, run_id) and not run_id:
+run_id = loaders.latest("audit", source, model)
+if job_widgets.pending_note("audit", source, model, run_id) and not run_id:
     st.stop()
 if not run_id:
-    st.info(f"No finished audit of {ui.plain(model)} on {ui.plain(source)} yet; run one first (Overview or Models "
+    st.info(f"No finished audit of {markup.plain(model)} on {markup.plain(source)} yet; run one first (Overview or Models "
             "and jobs).")
     st.stop()
 try:
-    ps = ui.pair_set(run_id)
+    ps = loaders.pair_set(run_id)
 except RelinkError as exc:
-    ui.show_error(exc)
+    markup.show_error(exc)
     st.stop()
 
 f1, f2, f3, f4 = st.columns([3, 3, 2, 1])
-labels = f1.multiselect("Labels (all must be positive)", list(dashboard.LABELS), help="Filter images by their 14 labels.")
+labels = f1.multiselect("Labels (all must be positive)", list(data.LABELS), help="Filter images by their 14 labels.")
 search = f2.text_input("Search reports or ids", help="Case-insensitive substring of the report, pair or patient id.")
 easy_first = f3.toggle("Most re-linkable first", value=True, help="Order by the true report's rank (1 = found first).")
 k = f4.number_input("Top k", 1, 50, 5, help="How many retrieved reports to show (1 to 50).")
@@ -38,32 +39,32 @@ row = hit["row"]
 left, right = st.columns([1, 1])
 with left:
     try:
-        image = ui.pair_image(run_id, row["image_path"])
-        st.image(image, caption=ui.plain(f"{pair_id} · {row['view']} · patient {row['patient_id']}"), width="stretch")
+        image = loaders.pair_image(run_id, row["image_path"])
+        st.image(image, caption=markup.plain(f"{pair_id} · {row['view']} · patient {row['patient_id']}"), width="stretch")
     except RelinkError as exc:
-        st.caption(ui.plain(f"Image unavailable: {exc}"))
-    st.caption("Labels: " + (", ".join(lbl for lbl in dashboard.LABELS if row[lbl] == 1) or "none positive"))
+        st.caption(markup.plain(f"Image unavailable: {exc}"))
+    st.caption("Labels: " + (", ".join(lbl for lbl in data.LABELS if row[lbl] == 1) or "none positive"))
 with right:
     st.metric("Rank of the true report", f"{hit['true_rank']:g} of {hit['n_candidates']:,}",
-              help=dashboard.DEFINITIONS["rank"])
+              help=DEFINITIONS["rank"])
     rival = explorer.top_rival(hit)
     shared = explorer.shared_words(row["report"], rival["report"], ps.doc_freq) if rival is not None else set()
     st.markdown(f"**True report** (distinctive words shared with the top-ranked other report, "
                 f"#{rival['rank'] if rival is not None else '-'}, highlighted: words in at most 5% of all reports)")
-    ui.text_block(row["report"], shared)
+    markup.text_block(row["report"], shared)
 
 st.subheader(f"Top {int(k)} retrieved reports")
 for r in hit["top"].itertuples():
     tag = " · **TRUE REPORT**" if r.is_true else ""
     with st.container(border=True):
-        st.markdown(f"#{r.rank} · score {r.score:.4f} · study {ui.plain(r.study_id)}{tag}",
+        st.markdown(f"#{r.rank} · score {r.score:.4f} · study {markup.plain(r.study_id)}{tag}",
                     help="Score: cosine similarity between the image and report embeddings.")
-        ui.text_block(r.report, explorer.shared_words(row["report"], r.report, ps.doc_freq))
+        markup.text_block(r.report, explorer.shared_words(row["report"], r.report, ps.doc_freq))
 
 others = explorer.same_patient(ps, pair_id)
 st.subheader("The same patient's other studies")
 if len(others):
     st.dataframe(others, hide_index=True, column_config={
-        "rank_full": st.column_config.NumberColumn("rank of its true report", help=dashboard.DEFINITIONS["rank"])})
+        "rank_full": st.column_config.NumberColumn("rank of its true report", help=DEFINITIONS["rank"])})
 else:
     st.caption("None in this split.")

@@ -1,25 +1,24 @@
 """Mitigation: an epsilon slider over the stored sweep (instant), the badge, curves, AUROC, frontier."""
 
-import math
-
 import streamlit as st
 
-import ui
 from backend.specs import DEFAULT_EPSILONS, OBJECTIVES, PRIVACY_UNITS, DPSpec, SourceSpec, SweepSpec
-from backend.views import dashboard
+from backend.views import launch, mitigation
+from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation, widgets
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Mitigation: differentially private projection heads")
-sweep_id = ui.latest("sweep", source, model)
-audit_id = ui.latest("audit", source, model)
-sweep_pending = ui.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
+sweep_id = loaders.latest("sweep", source, model)
+audit_id = loaders.latest("audit", source, model)
+sweep_pending = job_widgets.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
 
 if sweep_id:
-    view = ui.sweep_view(sweep_id)  # read once per finished sweep; the slider below only re-renders
+    view = loaders.sweep_view(sweep_id)  # read once per finished sweep; the slider below only re-renders
     pts = view.points
-    labels = [dashboard.epsilon_label(e) for e in pts["epsilon"]]
-    figs = ui.mitigation_figures(sweep_id, audit_id)
-    status, stored, planned = dashboard.sweep_progress(sweep_id)
+    labels = [mitigation.epsilon_label(e) for e in pts["epsilon"]]
+    figs = loaders.mitigation_figures(sweep_id, audit_id)
+    status, stored, planned = mitigation.sweep_progress(sweep_id)
     if status != "done":
         st.caption(f"This sweep is still running: {stored} of {planned} points stored so far (each appears here as "
                    "soon as it is computed; reload to see the next).")
@@ -27,13 +26,12 @@ if sweep_id:
     @st.fragment
     def _explore() -> None:
         choice = st.select_slider("Privacy budget ε", labels, value=labels[0], key="epsilon",
-                                  help=dashboard.DEFINITIONS["epsilon"])
-        ui.slider_points(labels, "Smaller ε is stronger privacy; inf is the same heads trained without DP.")
+                                  help=DEFINITIONS["epsilon"])
+        widgets.slider_points(labels, "Smaller ε is stronger privacy; inf is the same heads trained without DP.")
         p = pts.iloc[labels.index(choice)]
-        base = pts[~pts["epsilon"].apply(math.isfinite)]
-        ref = base.iloc[0] if len(base) else None
-        ui.guarantee_badge(str(p.get("guarantee") or ""), str(p.get("privacy_unit") or ""),
-                           str(p.get("objective") or ""))
+        ref = mitigation.reference_point(pts)
+        widgets.guarantee_badge(str(p.get("guarantee") or ""), str(p.get("privacy_unit") or ""),
+                                str(p.get("objective") or ""))
         cols = st.columns(4)
         for col, (key, name, help_key, fmt, good) in zip(cols, (
                 ("r1_random", "Recall@1, random pool", "recall", "{:.4f}", "inverse"),  # short: cards cut long labels
@@ -44,8 +42,8 @@ if sweep_id:
             delta = None if ref is None or is_ref else f"{p[key] - ref[key]:+.4f} vs retrained heads, no DP"
             with col:
                 where = " At the largest pool size N of the sweep." if key.startswith("r1_") else ""
-                ui.metric(name, float(p[key]), dashboard.DEFINITIONS[help_key] + where, fmt=fmt, delta=delta,
-                          delta_color=good)
+                widgets.metric(name, float(p[key]), DEFINITIONS[help_key] + where, fmt=fmt, delta=delta,
+                               delta_color=good)
         red = float(p.get("reduction", float("nan")))
         change = ("the reference: heads retrained without DP" if ref is not None and p["run_id"] == ref["run_id"] else
                   f"Recall@1 {red:.1%} lower than the retrained heads" if red >= 0 else
@@ -54,44 +52,44 @@ if sweep_id:
         st.caption(f"{change}, linear-probe AUROC change "
                    f"{p.get('auroc_change', float('nan')):+.3f} · noise multiplier {p.get('noise_multiplier', float('nan')):.3g}"
                    f" · delta {p.get('delta', float('nan')):.2g} · accountant's ε {p.get('epsilon_achieved', float('nan')):.3g}"
-                   f" · run {ui.plain(p['run_id'])}",
-                   help=dashboard.DEFINITIONS["reduction"])
+                   f" · run {markup.plain(p['run_id'])}",
+                   help=DEFINITIONS["reduction"])
         st.plotly_chart(figs[choice], key="mitigation_view", theme=None)
 
     _explore()
 
-    st.subheader("Members vs non-members", help=dashboard.DEFINITIONS["members"])
-    members, groups = ui.members_table(sweep_id)
+    st.subheader("Members vs non-members", help=DEFINITIONS["members"])
+    members, groups = loaders.members_table(sweep_id)
     if members.empty:
         st.caption("This sweep did not measure members against non-members (sweeps launched from now on do); "
                    "`python -m backend members` measures them for any model and epsilons.")
     else:
         if groups:
-            st.caption(ui.plain(f"{groups['members']['patients']} member patients (train split, "
-                                f"{groups['members']['pairs']} pairs) against {groups['non_members']['patients']} "
-                                f"non-member patients (test split, {groups['non_members']['pairs']} pairs); both "
-                                f"audited with the same pool sizes N, up to {groups['largest_common_n']}."))
-        st.dataframe(dashboard.members_display(members), hide_index=True)
-        note = dashboard.members_note(members)
+            st.caption(markup.plain(f"{groups['members']['patients']} member patients (train split, "
+                                    f"{groups['members']['pairs']} pairs) against {groups['non_members']['patients']} "
+                                    f"non-member patients (test split, {groups['non_members']['pairs']} pairs); both "
+                                    f"audited with the same pool sizes N, up to {groups['largest_common_n']}."))
+        st.dataframe(mitigation.members_display(members), hide_index=True)
+        note = mitigation.members_note(members)
         if note:
-            st.info(ui.plain(note))
+            st.info(markup.plain(note))
 elif not sweep_pending:
-    st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet. Launch one below.")
+    st.info(f"No finished epsilon sweep for {markup.plain(model)} on {markup.plain(source)} yet. Launch one below.")
 
 st.subheader("Launch a new sweep")
-st.caption(dashboard.DEFINITIONS["nominal"])
+st.caption(DEFINITIONS["nominal"])
 with st.form("sweep"):
     eps = st.multiselect("ε grid", list(DEFAULT_EPSILONS), default=list(DEFAULT_EPSILONS),  # full width: no chip cut
-                         format_func=dashboard.epsilon_label, help=dashboard.DEFINITIONS["epsilon"])
+                         format_func=mitigation.epsilon_label, help=DEFINITIONS["epsilon"])
     c2, c3 = st.columns(2)
-    objective = c2.selectbox("Objective", OBJECTIVES, help=dashboard.DEFINITIONS["certified"])
+    objective = c2.selectbox("Objective", OBJECTIVES, help=DEFINITIONS["certified"])
     unit = c3.selectbox("Privacy unit", PRIVACY_UNITS,
                         help="pair: one image-report pair is protected; patient: all of one patient's pairs.")
-    st.caption(ui.plain(dashboard.sweep_estimate(len(DEFAULT_EPSILONS))) + " (for the default grid)")
+    st.caption(markup.plain(launch.sweep_estimate(len(DEFAULT_EPSILONS))) + " (for the default grid)")
     if st.form_submit_button("Launch sweep", type="primary"):
         base = DPSpec(source=SourceSpec(name=source), model=model, objective=objective, privacy_unit=unit)
-        job = ui.submit(SweepSpec(base=base, epsilons=tuple(sorted(eps)) or DEFAULT_EPSILONS))
+        job = job_widgets.submit(SweepSpec(base=base, epsilons=tuple(sorted(eps)) or DEFAULT_EPSILONS))
         if job is not None and job.active:
             st.session_state["sweep_job"] = job.job_id
 if st.session_state.get("sweep_job") and st.session_state["sweep_job"] != sweep_pending:  # else shown above
-    ui.watch_job(st.session_state["sweep_job"])
+    job_widgets.watch_job(st.session_state["sweep_job"])

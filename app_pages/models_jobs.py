@@ -2,39 +2,40 @@
 
 import streamlit as st
 
-import ui
 from backend.specs import MATCH_ATTRIBUTES, POOL_KINDS, AuditSpec, EmbedSpec, LadderSpec, SourceSpec
-from backend.views import dashboard, export
+from backend.views import catalog, export, launch
+from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation, widgets
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Models and jobs")
-st.caption(f"Jobs run in detached worker processes on: **{ui.device_summary()}**. They survive page reloads; "
+st.caption(f"Jobs run in detached worker processes on: **{loaders.device_summary()}**. They survive page reloads; "
            "`python -m backend jobs` lists them from a terminal.")
 
-st.dataframe(dashboard.models_table(), hide_index=True, row_height=ui.WRAP_ROW_HEIGHT, column_config={
+st.dataframe(catalog.models_table(), hide_index=True, row_height=widgets.WRAP_ROW_HEIGHT, column_config={
     "model": st.column_config.TextColumn(width="small"),  # tall rows wrap long text instead of cutting it off
     "what": st.column_config.TextColumn(width="large", help="What the model is and what it was trained on."),
     "weights": st.column_config.TextColumn(width="large", help="Where its weights come from.")})
 custom = st.text_input("Or a local open_clip checkpoint", placeholder="local:/path/to/checkpoint.pt",
                        help="local:<path>[#config] loads any open_clip checkpoint from disk (no download).")
 chosen = custom.strip() or model
-warning = dashboard.hub_warning(chosen)
+warning = launch.hub_warning(chosen)
 if warning:
-    st.warning(ui.plain(warning))
+    st.warning(markup.plain(warning))
 
 root = None
-if ui.needs_root(source):
-    root = st.text_input(f"Folder of the {source} dataset", value=ui.default_root(source), key=f"root-{source}",
+if launch.needs_root(source):
+    root = st.text_input(f"Folder of the {source} dataset", value=launch.default_root(source), key=f"root-{source}",
                          help="The dataset's folder on this machine (the command line's --root); checked by loading "
                               "the dataset when you launch.").strip() or None
 
 with st.form("launch"):
-    where = f" from folder {ui.plain(root)}" if root else ""
-    st.markdown(f"**Launch on dataset {ui.plain(source)}{where} with model {ui.plain(chosen)}**")
+    where = f" from folder {markup.plain(root)}" if root else ""
+    st.markdown(f"**Launch on dataset {markup.plain(source)}{where} with model {markup.plain(chosen)}**")
     c1, c2, c3 = st.columns(3)
     split = c1.selectbox("Split", ["test", "val", "train", "all"], help="Which patient-disjoint split to embed.")
     pools = c2.multiselect("Pools", list(POOL_KINDS), default=list(POOL_KINDS),
-                           help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"])
+                           help=DEFINITIONS["random"] + " " + DEFINITIONS["hard"])
     n_boot = c3.number_input("Bootstrap resamples", 0, 2000, 200, help="Patient-level bootstrap for the 95% CIs.")
     side = st.multiselect(
         "Also a pool matched on what the attacker knows", [a for a in MATCH_ATTRIBUTES if a != "labels"],
@@ -47,11 +48,12 @@ with st.form("launch"):
     audit_clicked = b2.form_submit_button("Embed and audit", type="primary",
                                           help="Embed, then measure Recall@K against pool size.")
 match = ("+".join(a for a in MATCH_ATTRIBUTES if a in side),) if side and audit_clicked else ()
-if (embed_clicked or audit_clicked) and (not (ui.needs_root(source) or match) or ui.source_loads(source, root, match)):
-    embed = EmbedSpec(source=SourceSpec(name=source, root=root), model=chosen, split=split)
+dataset = SourceSpec(name=source, root=root)
+if (embed_clicked or audit_clicked) and (not (launch.needs_root(source) or match) or job_widgets.source_loads(dataset, match)):
+    embed = EmbedSpec(source=dataset, model=chosen, split=split)
     spec = AuditSpec(embed=embed, pools=tuple(pools) or POOL_KINDS, n_bootstrap=int(n_boot),
                      match=match) if audit_clicked else embed
-    ui.submit(spec)
+    job_widgets.submit(spec)
 
 st.subheader("The model ladder")
 st.markdown("Three demo models of the same architecture, trained by the project with increasing in-domain "
@@ -59,16 +61,16 @@ st.markdown("Three demo models of the same architecture, trained by the project 
             "demo-strong: 18,000 pairs, 12 epochs), each audited on the same synthetic test split and probed. Each "
             "rung's results appear on Re-linkage and Overview as soon as they are stored.")
 ladder_spec = LadderSpec()
-estimate = dashboard.ladder_estimate(ladder_spec)
-st.caption(ui.plain(estimate["text"]))
+estimate = launch.ladder_estimate(ladder_spec)
+st.caption(markup.plain(estimate["text"]))
 if st.button("Train the ladder", help="One background job: train each rung (cached), audit it, probe it. "
              + estimate["text"]):
-    job = ui.submit(ladder_spec)
+    job = job_widgets.submit(ladder_spec)
     if job is not None:
         st.session_state["ladder_job"] = job.job_id
-running = st.session_state.get("ladder_job") or ui.active_job_id("ladder")
+running = st.session_state.get("ladder_job") or job_widgets.active_job_id("ladder")
 if running:
-    ui.watch_job(running)
+    job_widgets.watch_job(running)
 
 st.subheader("Stored runs")
 st.caption("Where each finished run comes from: the code version that computed it (git commit; -dirty: with "
@@ -76,7 +78,7 @@ st.caption("Where each finished run comes from: the code version that computed i
            "result of one run as a zip: spec and provenance (JSON), curve rows (JSON and CSV), per-label AUROCs, sweep "
            "points, members rows and the per-query table when stored, with a README naming each file. The command "
            "line: `python -m backend export RUN_ID --out FILE.zip`.")
-stored = ui.provenance_table()
+stored = loaders.provenance_table()
 if len(stored):
     st.dataframe(stored, hide_index=True, column_config={
         "code version": st.column_config.TextColumn(help="git commit of the code that stored the run (-dirty: with "
@@ -98,9 +100,9 @@ else:
 st.subheader("Jobs")
 
 
-@st.fragment(run_every=ui.poll_seconds())
+@st.fragment(run_every=job_widgets.poll_seconds())
 def _jobs() -> None:
-    ui.job_list(limit=20)
+    job_widgets.job_list(limit=20)
 
 
 _jobs()

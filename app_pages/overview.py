@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-import ui
 from backend.runs.demo import default_demo_spec
-from backend.views import dashboard, figures, report
+from backend.views import catalog, figures, report
+from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation, snapshot, widgets
 
 
 def demo_button(label: str, what: str, *, primary: bool) -> None:
@@ -12,15 +13,15 @@ def demo_button(label: str, what: str, *, primary: bool) -> None:
     if st.button(label, type="primary" if primary else "secondary",
                  help=what + " About 30 minutes on a 2-core CPU the first time (12-14 of them train the demo "
                              "model, which later runs reuse)."):
-        job = ui.submit(default_demo_spec())
+        job = job_widgets.submit(default_demo_spec())
         if job is not None:
             st.session_state["demo_job"] = job.job_id
-    running = st.session_state.get("demo_job") or ui.active_job_id("demo")
+    running = st.session_state.get("demo_job") or job_widgets.active_job_id("demo")
     if running:  # the page reruns as each part (audit, sweep) is stored, not only when the whole job ends
-        ui.watch_job(running, stored_for=(source, model))
+        job_widgets.watch_job(running, stored_for=(source, model))
 
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("CXR Re-Link Audit")
 st.markdown(
     "**The threat.** A de-identified chest radiograph can be re-linked to its own radiology report by anyone who "
@@ -29,15 +30,15 @@ st.markdown(
     "The report carries history, dates and findings the image lacks, so re-linkage undoes de-identification. "
     "This dashboard measures how far above chance a model re-links, and what differentially private projection "
     "heads change.")
-st.caption(f"Dataset **{ui.plain(source)}** · model **{ui.plain(model)}**")
+st.caption(f"Dataset **{markup.plain(source)}** · model **{markup.plain(model)}**")
 
 if source == "synthetic":
     st.warning("SYNTHETIC data: generated images and reports, no patient. The numbers show the mechanism, "
                "not the size of the risk on real data.")
 
-head = ui.headline(source, model)
+head = loaders.headline(source, model)
 if head.get("audit_run"):
-    verdict = ui.verdict(head["audit_run"], head.get("sweep_run"))
+    verdict = loaders.verdict(head["audit_run"], head.get("sweep_run"))
     lines = {line["key"]: line for line in verdict["lines"]}
     st.subheader("Verdict: how far above chance does this model re-link?")
     st.caption("Lift of Recall@1 over chance (1x = guessing), study level, with its 95% CI.")
@@ -46,33 +47,33 @@ if head.get("audit_run"):
         line = lines.get(key)
         with col:
             if line is None:
-                ui.metric(key, None, dashboard.DEFINITIONS["lift"])
+                widgets.metric(key, None, DEFINITIONS["lift"])
                 continue
             short = "random pool" if line["pool"] == "random" else "pathology-matched"
-            ui.metric(f"N={line['n']:,}, {short}", line["lift"],
-                      dashboard.DEFINITIONS["lift"] + " " + dashboard.DEFINITIONS[line["pool"]],
-                      delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
-            st.caption(ui.plain(line["sentence"]))
+            widgets.metric(f"N={line['n']:,}, {short}", line["lift"],
+                           DEFINITIONS["lift"] + " " + DEFINITIONS[line["pool"]],
+                           delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
+            st.caption(markup.plain(line["sentence"]))
     shown = {(line["pool"], line["n"]) for line in lines.values() if line["key"].startswith("lift_")}
     strongest = lines.get("strongest")
     if strongest and (strongest["pool"], strongest["n"]) in shown:  # already a card above: one line, not a second card
-        st.caption(ui.plain(strongest["sentence"]))
+        st.caption(markup.plain(strongest["sentence"]))
     extra = [line for line in verdict["lines"] if (line["key"] == "strongest" and (line["pool"], line["n"]) not in shown)
              or line["key"].startswith("matched:")]
     if extra:  # the strongest re-linkage measured, and what side information does to it
         for col, line in zip(st.columns(4), extra[:4], strict=False):
             with col:
                 if line["key"] == "strongest":
-                    ui.metric(f"Strongest: N={line['n']:,}", line["lift"], dashboard.DEFINITIONS["lift"],
-                              delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
+                    widgets.metric(f"Strongest: N={line['n']:,}", line["lift"], DEFINITIONS["lift"],
+                                   delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
                 else:
-                    ui.metric(f"Side info: N={line['n']:,}", line["lift"], "Lift in pools whose distractors share "
-                              "the matched attributes with the query: " + figures.pool_name(line["pool"]) + ".",
-                              delta=f"{line['delta']:+.1f}x vs random pool", delta_color="inverse")
-                st.caption(ui.plain(line["sentence"]))
+                    widgets.metric(f"Side info: N={line['n']:,}", line["lift"], "Lift in pools whose distractors share "
+                                   "the matched attributes with the query: " + figures.pool_name(line["pool"]) + ".",
+                                   delta=f"{line['delta']:+.1f}x vs random pool", delta_color="inverse")
+                st.caption(markup.plain(line["sentence"]))
     if "epsilon" in verdict:
         st.subheader(f"With DP projection heads at ε={verdict['epsilon']:g}")
-        ui.guarantee_badge(verdict.get("guarantee", ""), verdict.get("privacy_unit", ""), verdict.get("objective", ""))
+        widgets.guarantee_badge(verdict.get("guarantee", ""), verdict.get("privacy_unit", ""), verdict.get("objective", ""))
         cols = st.columns(4)
         for col, key in zip(cols, ("dp_100", "dp_max", "auroc_linear", "auroc_zero_shot"), strict=True):
             line = lines.get(key)
@@ -80,48 +81,48 @@ if head.get("audit_run"):
                 continue
             with col:
                 if key.startswith("dp_"):
-                    ui.metric(f"Recall@1, N={line['n']:,}", line["after"]["recall"], dashboard.DEFINITIONS["recall"], fmt="{:.4f}",
-                              delta=f"{line['change']:+.0%} vs retrained heads, no DP", delta_color="inverse")
+                    widgets.metric(f"Recall@1, N={line['n']:,}", line["after"]["recall"], DEFINITIONS["recall"], fmt="{:.4f}",
+                                   delta=f"{line['change']:+.0%} vs retrained heads, no DP", delta_color="inverse")
                 else:
-                    ui.metric("Linear-probe AUROC" if key == "auroc_linear" else "Zero-shot AUROC", line["after"],
-                              dashboard.DEFINITIONS["auroc"], fmt="{:.3f}",
-                              delta=f"{line['change']:+.3f} vs retrained heads, no DP", delta_color="normal")
-                st.caption(ui.plain(line["sentence"]))
+                    widgets.metric("Linear-probe AUROC" if key == "auroc_linear" else "Zero-shot AUROC", line["after"],
+                                   DEFINITIONS["auroc"], fmt="{:.3f}",
+                                   delta=f"{line['change']:+.3f} vs retrained heads, no DP", delta_color="normal")
+                st.caption(markup.plain(line["sentence"]))
         members = [line for line in verdict["lines"] if line["key"].startswith("members_")]
         for col, line in zip(st.columns(4), members, strict=False):
             with col:
-                ui.metric(f"Members gap, N={line['n']:,}", line["delta"], dashboard.DEFINITIONS["members"],
-                          fmt="{:+.4f}", delta=f"95% CI {line['delta_low']:+.4f} to {line['delta_high']:+.4f}",
-                          delta_color="off")
-                st.caption(ui.plain(line["sentence"]))
+                widgets.metric(f"Members gap, N={line['n']:,}", line["delta"], DEFINITIONS["members"],
+                               fmt="{:+.4f}", delta=f"95% CI {line['delta_low']:+.4f} to {line['delta_high']:+.4f}",
+                               delta_color="off")
+                st.caption(markup.plain(line["sentence"]))
         st.caption("Baselines: *retrained heads, no DP* are trained exactly like the DP heads but without noise "
                    "(the fair comparison for what the noise does); the *original model* is the model's own heads "
                    "(on Re-linkage and Mitigation). The strongest ε of the sweep is shown; slide ε on Mitigation.")
     with st.expander("Privacy caveats: what these numbers do not show"):
-        st.markdown("\n".join(f"- {ui.plain(c)}" for c in report.CAVEATS))
+        st.markdown("\n".join(f"- {markup.plain(c)}" for c in report.CAVEATS))
     st.caption("Recall@1, study level. Lift 1x = chance. Details on Re-linkage and Mitigation.")
-    rows = ui.relink_rows((head["audit_run"],))
+    rows = loaders.relink_rows((head["audit_run"],))
     st.plotly_chart(figures.recall_curves(rows[rows["level"] == "study"], k=1, title=f"{model} on {source}: Recall@1 "
                                           "against pool size"), key="overview_curve")
-    audited = ui.audit_runs(source)
+    audited = loaders.audit_runs(source)
     if len(audited) > 1:
         st.subheader("Audited models side by side")
         st.caption("Utility (macro AUROC) beside re-linkage (lift of Recall@1, random pool) for every model audited on "
                    "this dataset; the curves of all of them are overlaid on Re-linkage. Train the model ladder on "
                    "Models and jobs.")
-        ui.comparison_table(tuple(audited["run_id"]))
-    demo_here = bool(ui.snapshot_note(source, model)) and source == ui.DEFAULT_SOURCE and model == "demo"
-    if not demo_here and not ui.pending_note("sweep", source, model, head.get("sweep_run")) and not head.get("sweep_run"):
+        widgets.comparison_table(tuple(audited["run_id"]))
+    demo_here = bool(snapshot.snapshot_note(source, model)) and source == catalog.DEFAULT_SOURCE and model == "demo"
+    if not demo_here and not job_widgets.pending_note("sweep", source, model, head.get("sweep_run")) and not head.get("sweep_run"):
         st.info("No epsilon sweep yet for this dataset and model: launch one on the Mitigation page.")
     if demo_here:  # its button shows the running demo's progress
         demo_button("Recompute the demo on this machine", "Runs the same demo (train the demo model, audit, "
                     "epsilon sweep) here in a background job; each part replaces the precomputed snapshot when it is "
                     "stored.", primary=False)
-elif not (source == ui.DEFAULT_SOURCE and model == "demo") and ui.pending_note("audit", source, model, None):
+elif not (source == catalog.DEFAULT_SOURCE and model == "demo") and job_widgets.pending_note("audit", source, model, None):
     pass  # the note says that the audit is running, with its progress (the demo's button shows the demo's)
 else:
     st.warning("No finished audit for this dataset and model yet.")
-    if source == ui.DEFAULT_SOURCE and model == "demo":
+    if source == catalog.DEFAULT_SOURCE and model == "demo":
         demo_button("Run the demo audit", "Generates the synthetic dataset, trains the small demo model, "
                     "audits it, and runs a 7-point epsilon sweep, in a background job.", primary=True)
     else:

@@ -3,22 +3,23 @@ a lift table and the runs side by side."""
 
 import streamlit as st
 
-import ui
 from backend.specs import MATCH_PREFIX, POOL_KINDS
-from backend.views import dashboard, figures
+from backend.views import compare, figures, status
+from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation, widgets
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Re-linkage")
-st.markdown(dashboard.DEFINITIONS["recall"] + " " + dashboard.DEFINITIONS["lift"])
-runs = ui.audit_runs(source)
-pending = ui.pending_note("audit", source, None, str(runs["run_id"].iloc[0]) if len(runs) else None)
+st.markdown(DEFINITIONS["recall"] + " " + DEFINITIONS["lift"])
+runs = loaders.audit_runs(source)
+pending = job_widgets.pending_note("audit", source, None, str(runs["run_id"].iloc[0]) if len(runs) else None)
 if not len(runs):
     if pending:
         st.stop()
-    st.info(f"No finished audit on {ui.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
+    st.info(f"No finished audit on {markup.plain(source)} yet. Run the demo on Overview or launch one on Models and jobs.")
     st.stop()
 
-catalog = ui.overlay_runs()
+catalog = loaders.overlay_runs()
 labels = dict(zip(catalog["run_id"], catalog["label"], strict=True))
 default = [r for r in runs["run_id"].tolist()[:4] if r in labels]  # the newest audit of each model on this dataset
 chips = dict(zip(catalog["run_id"], catalog["chip"], strict=True))
@@ -31,7 +32,7 @@ c2, _ = st.columns([1, 4])
 if not chosen:
     st.info("Pick at least one run.")
     st.stop()
-rows_all = ui.run_rows(tuple(chosen))
+rows_all = loaders.run_rows(tuple(chosen))
 ks = sorted(rows_all["k"].unique().tolist())
 k = c2.selectbox("K", ks, help="Top-K: the attacker succeeds when the true report is among the K best-scored.")
 # Pills on a row of their own, not chips in a narrow column (which cut "pathology-matched" off): whole names.
@@ -40,11 +41,11 @@ kinds = sorted(rows_all["pool_kind"].unique())
 pools = c3.pills("Pools", kinds, selection_mode="multi",  # random, pathology-matched and every side-information pool
                  default=[p for p in kinds if p in POOL_KINDS or str(p).startswith(MATCH_PREFIX)],
                  format_func=figures.pool_name,
-                 help=dashboard.DEFINITIONS["random"] + " " + dashboard.DEFINITIONS["hard"] + " Matched on sex, age "
+                 help=DEFINITIONS["random"] + " " + DEFINITIONS["hard"] + " Matched on sex, age "
                       "band ...: distractors share those attributes with the query (what an attacker who knows them "
                       "would keep); fewer reports match, so compare lifts, not raw recall.") or []
 levels = c4.pills("Level", ["study", "patient"], selection_mode="multi", default=["study"],
-                  help=dashboard.DEFINITIONS["study"] + " " + dashboard.DEFINITIONS["patient"]) or []
+                  help=DEFINITIONS["study"] + " " + DEFINITIONS["patient"]) or []
 rows = rows_all[rows_all["pool_kind"].isin(pools) & rows_all["level"].isin(levels)]
 if not len(rows):
     st.info("Pick at least one pool and level.")
@@ -61,27 +62,27 @@ st.caption("Shaded bands: 95% CIs from a bootstrap over patients. Dotted black: 
            "scale). Log x axis.")
 
 st.subheader(f"Lift table (K={k})")
-table = dashboard.lift_table(rows, k=k, by="run")
-st.dataframe(table, hide_index=True, row_height=ui.WRAP_ROW_HEIGHT, column_config={
+table = compare.lift_table(rows, k=k, by="run")
+st.dataframe(table, hide_index=True, row_height=widgets.WRAP_ROW_HEIGHT, column_config={
     "run": st.column_config.TextColumn(width="large", help="model · data · for a DP run its ε, guarantee and privacy "
                                                            "unit · run id"),
-    f"Recall@{k}": st.column_config.NumberColumn(format="%.4f", help=dashboard.DEFINITIONS["recall"]),
-    "chance": st.column_config.NumberColumn(format="%.4f", help=dashboard.DEFINITIONS["chance"]),
-    "lift": st.column_config.NumberColumn(format="%.1fx", help=dashboard.DEFINITIONS["lift"]),
+    f"Recall@{k}": st.column_config.NumberColumn(format="%.4f", help=DEFINITIONS["recall"]),
+    "chance": st.column_config.NumberColumn(format="%.4f", help=DEFINITIONS["chance"]),
+    "lift": st.column_config.NumberColumn(format="%.1fx", help=DEFINITIONS["lift"]),
     "N": st.column_config.NumberColumn(help="Pool size: candidate reports including the true one."),
     "CI": st.column_config.TextColumn(help="95% CI of the recall, bootstrap over patients."),
-    "effective N": st.column_config.NumberColumn(format="%.0f", help=dashboard.DEFINITIONS["effective_n"]),
+    "effective N": st.column_config.NumberColumn(format="%.0f", help=DEFINITIONS["effective_n"]),
 })
 st.subheader("Runs side by side")
 st.caption("Per run picked above: clinical utility (macro AUROC over the 14 findings) beside re-linkage (lift of "
            "Recall@1 over chance, random pool, study level). The model ladder (Models and jobs) fills it for the "
            "demo-weak, demo and demo-strong rungs; any audited models compare the same way.")
-ui.comparison_table(tuple(chosen))
-st.caption(ui.plain(" · ".join(dashboard.run_inputs(r) for r in chosen)),
+widgets.comparison_table(tuple(chosen))
+st.caption(markup.plain(" · ".join(status.run_inputs(r) for r in chosen)),
            help="The data hash covers the whole pair table (ids, patients, labels, reports) and every image file's "
                 "size and time: a run over data that changed since is recomputed when it is launched again.")
 hard = rows[(rows["pool_kind"] == "hard") & (rows["effective_n"] < rows["n"])]
 if len(hard):
-    st.caption(dashboard.DEFINITIONS["effective_n"] + f" Here that happens from N={int(hard['n'].min()):,} on: for "
+    st.caption(DEFINITIONS["effective_n"] + f" Here that happens from N={int(hard['n'].min()):,} on: for "
                "some images fewer studies share all 14 findings than the pool asks for, so their pool holds all of "
                "them and is smaller than N.")

@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-import ui
 from backend.views import export, report
+from ui import job_widgets, loaders, markup, navigation
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Audit report")
 st.markdown("One HTML file with the figures, headline numbers, definitions, the full specification of every run "
             "and the software versions, for a privacy review board. It opens offline.")
-head = ui.headline(source, model)
-if not ui.pending_note("audit", source, model, head.get("audit_run")) and not head.get("audit_run"):
-    st.info(f"No finished audit of {ui.plain(model)} on {ui.plain(source)} yet; the report would be empty.")
+head = loaders.headline(source, model)
+if not job_widgets.pending_note("audit", source, model, head.get("audit_run")) and not head.get("audit_run"):
+    st.info(f"No finished audit of {markup.plain(model)} on {markup.plain(source)} yet; the report would be empty.")
 st.download_button("Download the HTML audit report", data=lambda: report.build_report(source, model),
                    file_name=f"relink-audit-{source}-{model}.html", mime="text/html", type="primary", help="Built from the finished runs of this dataset and model.")
 for key, what in (("audit_run", "audit"), ("sweep_run", "epsilon sweep")):

@@ -3,29 +3,30 @@ with a transfer target launched from here."""
 
 import streamlit as st
 
-import ui
 from backend.errors import RelinkError
 from backend.specs import DEFAULT_EPSILONS, SourceSpec, parse_options
-from backend.views import dashboard, figures
+from backend.views import figures, launch, mitigation
+from backend.views.definitions import DEFINITIONS
+from ui import job_widgets, loaders, markup, navigation, widgets
 
-source, model = ui.selection()
+source, model = navigation.selection()
 st.title("Utility and transfer")
-st.markdown(dashboard.DEFINITIONS["auroc"])
-sweep_id = ui.latest("sweep", source, model)
-sweep_pending = ui.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
-view = ui.sweep_view(sweep_id) if sweep_id else None
+st.markdown(DEFINITIONS["auroc"])
+sweep_id = loaders.latest("sweep", source, model)
+sweep_pending = job_widgets.pending_note("sweep", source, model, sweep_id)  # a sweep queued or running, in any session
+view = loaders.sweep_view(sweep_id) if sweep_id else None
 finite = [e for e in view.points["epsilon"] if e != float("inf")] if view is not None else []
 if view is None:
     if not sweep_pending:
-        st.info(f"No finished epsilon sweep for {ui.plain(model)} on {ui.plain(source)} yet (Mitigation page, or "
+        st.info(f"No finished epsilon sweep for {markup.plain(model)} on {markup.plain(source)} yet (Mitigation page, or "
                 "launch one with a transfer target below).")
 elif not finite:
     st.info("This sweep has no DP point (only epsilon = inf).")
 else:
-    eps = st.select_slider("Compare no DP with ε", finite, value=finite[0], format_func=dashboard.epsilon_label,
-                           help=dashboard.DEFINITIONS["epsilon"])
-    ui.slider_points([dashboard.epsilon_label(e) for e in finite], "Smaller ε is stronger privacy.")
-    before_after, transfer = dashboard.utility_frames(view, eps)
+    eps = st.select_slider("Compare no DP with ε", finite, value=finite[0], format_func=mitigation.epsilon_label,
+                           help=DEFINITIONS["epsilon"])
+    widgets.slider_points([mitigation.epsilon_label(e) for e in finite], "Smaller ε is stronger privacy.")
+    before_after, transfer = mitigation.utility_frames(view, eps)
     st.caption("Linear probe: logistic regression per label on projected image embeddings. Zero-shot: text prompts "
                "scored against the projected image embeddings (sensitive to image-text alignment).")
     tabs = st.tabs(["Linear probe", "Zero-shot"])
@@ -43,28 +44,28 @@ else:
             table = table.reset_index()
             st.dataframe(table, height=36 * (len(table) + 1) + 4, hide_index=True, column_config={
                 "label": st.column_config.TextColumn(width=230),  # "Enlarged Cardiomediastinum" in full
-                **{c: st.column_config.TextColumn(help=dashboard.DEFINITIONS["auroc"] + " [95% CI, bootstrap over patients]")
+                **{c: st.column_config.TextColumn(help=DEFINITIONS["auroc"] + " [95% CI, bootstrap over patients]")
                    for c in table.columns if c != "label"}})
 
     st.subheader("Transfer")
     st.caption("Heads trained on this dataset, applied without retraining to another source's test split.")
     if len(transfer):
         st.dataframe(transfer, hide_index=True, column_config={
-            "recall": st.column_config.NumberColumn(format="%.4f", help=dashboard.DEFINITIONS["recall"]),
-            "lift": st.column_config.NumberColumn(format="%.1fx", help=dashboard.DEFINITIONS["lift"]),
-            "epsilon": st.column_config.NumberColumn(help=dashboard.DEFINITIONS["epsilon"]),
+            "recall": st.column_config.NumberColumn(format="%.4f", help=DEFINITIONS["recall"]),
+            "lift": st.column_config.NumberColumn(format="%.1fx", help=DEFINITIONS["lift"]),
+            "epsilon": st.column_config.NumberColumn(help=DEFINITIONS["epsilon"]),
             "n": st.column_config.NumberColumn(help="Largest pool size measured on the target source.")})
     else:
         st.caption("No transfer results in this sweep: launch a sweep with a transfer target below.")
 
 st.subheader("Launch a sweep with a transfer target")
-current = ui.sweep_spec(sweep_id)
-st.caption(f"Trains the DP heads on {ui.plain(source)} with the settings of "
+current = loaders.sweep_spec(sweep_id)
+st.caption(f"Trains the DP heads on {markup.plain(source)} with the settings of "
            + ("the sweep shown above" if current else "a default sweep") + ", then applies each point's heads, "
            "without retraining, to the target's test split (the command line's `sweep --transfer SOURCE:key=value`). "
            "It runs as a background job like every launch.")
 c1, c2 = st.columns([1, 2])
-targets = ui.source_names()
+targets = loaders.source_names()
 target_name = c1.selectbox("Transfer target", targets, key="transfer-target",
                            help="The dataset whose test split the heads are applied to.")
 options_text = c2.text_input("Target options", value="sites=B" if target_name == "synthetic" else "",
@@ -72,27 +73,25 @@ options_text = c2.text_input("Target options", value="sites=B" if target_name ==
                              help="key=value pairs, comma separated (values read as JSON), e.g. sites=B: the synthetic "
                                   "patients rendered and reported in site B's style.")
 root = None
-if ui.needs_root(target_name):
-    root = st.text_input(f"Folder of the {target_name} dataset", value=ui.default_root(target_name),
+if launch.needs_root(target_name):
+    root = st.text_input(f"Folder of the {target_name} dataset", value=launch.default_root(target_name),
                          key=f"transfer-root-{target_name}", help="Checked by loading the dataset when you launch."
                          ).strip() or None
 grid = sorted(set(DEFAULT_EPSILONS) | set(current.epsilons if current else ()))
 epsilons = st.multiselect("ε grid", grid, default=list(current.epsilons if current else DEFAULT_EPSILONS),
-                          format_func=dashboard.epsilon_label, key="transfer-epsilons",
-                          help=dashboard.DEFINITIONS["epsilon"])
+                          format_func=mitigation.epsilon_label, key="transfer-epsilons",
+                          help=DEFINITIONS["epsilon"])
 n_targets = len(current.base.transfer) + 1 if current else 1
-st.caption(ui.plain(dashboard.sweep_estimate(len(epsilons or DEFAULT_EPSILONS), n_targets)))
+st.caption(markup.plain(launch.sweep_estimate(len(epsilons or DEFAULT_EPSILONS), n_targets)))
 if st.button("Launch sweep with transfer", type="primary"):
     try:
         target = SourceSpec(name=target_name, root=root, options=parse_options(options_text))
-        spec = dashboard.transfer_sweep(current.base if current else None, source, model, target, tuple(epsilons))
-        with st.spinner(f"Checking the {target_name} dataset ..."):
-            dashboard.check_source(target)
+        spec = launch.transfer_sweep(current.base if current else None, source, model, target, tuple(epsilons))
     except RelinkError as exc:
-        ui.show_error(exc)
+        markup.show_error(exc)
     else:
-        job = ui.submit(spec)
+        job = job_widgets.submit(spec) if job_widgets.source_loads(target) else None
         if job is not None and job.active:
             st.session_state["transfer_job"] = job.job_id
 if st.session_state.get("transfer_job") and st.session_state["transfer_job"] != sweep_pending:  # else shown above
-    ui.watch_job(st.session_state["transfer_job"])
+    job_widgets.watch_job(st.session_state["transfer_job"])

@@ -187,7 +187,7 @@ def test_dataset_text_is_never_markup_and_nothing_leaves_the_app(tmp_path_factor
                 no_errors(page)
             found = page.evaluate(_MARKUP_JS)
             assert not any(found.values()), (path, found)
-            bodies[path] = page.inner_text("body").replace("\u2060", "")  # ui.plain's invisible word joiners
+            bodies[path] = page.inner_text("body").replace("\u2060", "")  # ui.markup.plain's invisible word joiners
         assert not outside, sorted(set(outside))
         shown = bodies["explorer"]
         for literal in ("**bold** _em_ :red[red] :material/home: $\\color{red}{x}$ `tick`",

@@ -169,16 +169,16 @@ def test_the_sweep_and_each_point_record_the_data_they_were_computed_from(fake_i
 def test_the_pages_show_a_running_sweeps_stored_points(fake_inputs: list[float], tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch, n_points: int) -> None:
     from backend.runs.demo import run_demo
-    from backend.views import dashboard
+    from backend.views import catalog, mitigation
     from tests.test_pages import _open, _text
 
     spec = _spec()
     with pytest.raises(Stop):
         run_demo(spec, _stop_at(n_points))
     sweep_id = spec.sweep.run_id()
-    assert dashboard.latest("sweep", "synthetic", "fake") == sweep_id  # a running sweep with stored points
-    assert dashboard.sweep_progress(sweep_id) == ("running", n_points, 4)
-    view = dashboard.sweep_view(sweep_id)
+    assert catalog.latest("sweep", "synthetic", "fake") == sweep_id  # a running sweep with stored points
+    assert mitigation.sweep_progress(sweep_id) == ("running", n_points, 4)
+    view = mitigation.sweep_view(sweep_id)
     assert len(view.points) == n_points and len(view.original)
     for page in ("mitigation", "utility", "overview"):
         at = _open(page, tmp_path, monkeypatch, model="fake")

@@ -80,7 +80,7 @@ def test_auroc_axis_never_hides_a_bar_below_the_usual_floor() -> None:
 def test_sweep_series_keep_one_colour_whichever_epsilon_the_slider_selects() -> None:
     """Colours are keyed by the series label (one per epsilon of the sweep, one per reference), not by the order in
     which a figure happens to draw its series: moving the slider must not swap them."""
-    from backend.views.dashboard import ORIGINAL, RETRAINED
+    from backend.views.mitigation import ORIGINAL, RETRAINED
 
     pts = _points()
 
@@ -102,7 +102,7 @@ def test_sweep_series_keep_one_colour_whichever_epsilon_the_slider_selects() -> 
 
 
 def test_the_selected_epsilon_is_drawn_bold_and_the_references_thin() -> None:
-    from backend.views.dashboard import RETRAINED
+    from backend.views.mitigation import RETRAINED
 
     rows = _curves().replace({"series": {"retrained, no DP": RETRAINED}})
     fig = figures.mitigation_view(rows, _points(), 1.0, title="t")
@@ -164,15 +164,15 @@ def test_runs_side_by_side_one_trace_per_run_and_pool_in_one_colour(tmp_path: Pa
     """Audit runs and a DP run overlaid: the lift and the recall figure each have one line per (run, pool), and a
     run's colour is the same in both and whichever other runs are shown."""
     from backend.runs import store
-    from backend.views import dashboard
+    from backend.views import compare
     from tests.helpers.seed import seed_store
 
     ids = seed_store(tmp_path)
     dp = store.load_sweep_points(ids["sweep"]).sort_values("epsilon")["run_id"].iloc[0]
     chosen = [ids["audit:demo"], ids["audit:openai-vit-b-16"], dp]
-    rows = dashboard.run_rows(chosen)
+    rows = compare.run_rows(chosen)
     rows = rows[rows["level"] == "study"]
-    labels = dashboard.run_labels(chosen)
+    labels = compare.run_labels(chosen)
     colors = figures.run_label_colors(labels, chosen)
     lines = {}
     for y in ("lift", "recall"):
@@ -191,7 +191,7 @@ def test_runs_side_by_side_one_trace_per_run_and_pool_in_one_colour(tmp_path: Pa
     assert figures.run_colors(chosen[1:])[dp] == figures.run_colors([dp, chosen[1]])[dp]
     assert "nominal, per pair" in labels[dp] and "demo · synthetic (n_patients=2000)" in labels[dp]
     assert labels[ids["audit:demo"]] == f"demo · synthetic (n_patients=2000) · {ids['audit:demo']}"
-    table = dashboard.model_comparison(chosen).set_index("audit_run")
+    table = compare.model_comparison(chosen).set_index("audit_run")
     dp_rows = store.load_metrics(dp).query("variant == 'dp' and k == 1 and level == 'study' and pool_kind == 'random'")
     top = dp_rows.sort_values("n").iloc[-1]
     assert table.loc[dp, "lift_max"] == pytest.approx(top["recall"] / top["chance"])

@@ -16,7 +16,7 @@ import pytest
 
 from backend.runs import store
 from backend.specs import AuditSpec, EmbedSpec, LadderSpec, ProbeSpec, SourceSpec
-from backend.views import dashboard
+from backend.views import catalog, compare, launch, status
 from tests.helpers.tiny_models import TINY_RUNGS, TINY_SOURCE_OPTIONS, register_tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_comparison_table_equals_the_stored_rows(tmp_path: Path, monkeypatch: py
     other = ProbeSpec(source=SourceSpec(options={"n_patients": 99}), model="m-weak")  # another dataset: not used
     persist_probe(other.run_id(), other, _probe_rows(0.5, 0.5), "cpu")
 
-    table = dashboard.model_comparison([weak, strong]).set_index("model")
+    table = compare.model_comparison([weak, strong]).set_index("model")
     stored = store.load_metrics([weak, strong])
     for model, run_id in (("m-weak", weak), ("m-strong", strong)):
         r = table.loc[model]
@@ -126,7 +126,7 @@ def test_comparison_table_equals_the_stored_rows(tmp_path: Path, monkeypatch: py
     assert s["probe_run"] == probe.run_id() and s["linear"] == 0.71  # not the frozen-feature probe (0.99)
     w = table.loc["m-weak"]
     assert pd.isna(w["probe_run"]) and w["probe_from"] == "not measured" and math.isnan(w["linear"]) and math.isnan(w["zero_shot"])
-    shown = dashboard.comparison_display(table.reset_index()).set_index("Model")
+    shown = compare.comparison_display(table.reset_index()).set_index("Model")
     assert shown.loc["m-weak", "Linear-probe AUROC [95% CI]"] == "not measured"
     assert shown.loc["m-strong", "Zero-shot AUROC [95% CI]"] == "0.630 [0.610, 0.660]"
     assert shown.loc["m-strong", "Lift at N=100 [95% CI]"] == "20.0x [16.0, 24.0] at N=100"
@@ -158,9 +158,9 @@ def test_ladder_cli_on_a_tiny_setting_prints_the_json(tmp_path: Path, monkeypatc
             assert rec[key] is None or {"auroc", "ci_low", "ci_high"} <= set(rec[key])
     spec = LadderSpec(rungs=tuple(rungs), source=SourceSpec(options={**TINY_SOURCE_OPTIONS, "n_patients": 40}),
                       n_bootstrap=5)
-    assert all(p["trained"] and p["audited"] and p["probed"] for p in dashboard.ladder_estimate(spec)["plan"])
-    assert dashboard.ladder_estimate(spec)["seconds"] == 0  # everything stored: a second run recomputes nothing
-    table = dashboard.model_comparison([r["audit_run"] for r in doc["rungs"]])
+    assert all(p["trained"] and p["audited"] and p["probed"] for p in launch.ladder_estimate(spec)["plan"])
+    assert launch.ladder_estimate(spec)["seconds"] == 0  # everything stored: a second run recomputes nothing
+    table = compare.model_comparison([r["audit_run"] for r in doc["rungs"]])
     assert np.allclose(table["lift_max"], [r["lift_largest_n"]["lift"] for r in doc["rungs"]])
 
 
@@ -177,8 +177,8 @@ def test_pages_show_the_comparison_table(page: str, tmp_path: Path, monkeypatch:
     shown = tables[0].set_index("Model")
     assert shown.loc["openai-vit-b-16", "Linear-probe AUROC [95% CI]"] == "not measured"
     assert shown.loc["demo", "AUROCs from"] == "epsilon sweep's original model"
-    expected = dashboard.comparison_display(dashboard.model_comparison(
-        list(dashboard.audit_runs("synthetic")["run_id"]))).set_index("Model")
+    expected = compare.comparison_display(compare.model_comparison(
+        list(catalog.audit_runs("synthetic")["run_id"]))).set_index("Model")
     assert shown.loc["demo"].equals(expected.loc["demo"])
 
 
@@ -187,7 +187,7 @@ def test_models_page_offers_the_ladder_with_an_estimate(tmp_path: Path, monkeypa
 
     at = _open("models_jobs", tmp_path, monkeypatch)
     assert any("Train the ladder" == b.label for b in at.button)
-    text = " ".join(c.value for c in at.caption).replace("\\", "")  # ui.plain escapes markdown
+    text = " ".join(c.value for c in at.caption).replace("\\", "")  # ui.markup.plain escapes markdown
     assert "92 steps x 1.1 s" in text and "1,680 steps" in text  # nothing cached: every rung's training counted
 
 
@@ -215,16 +215,16 @@ def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, monkey
     spec = LadderSpec(rungs=("demo-weak", "demo"), n_bootstrap=3)
     job = jobs.submit(spec)
     assert job.kind == "ladder" and job.active
-    assert [j.job_id for j in dashboard.running_jobs("audit", "synthetic", None)] == [job.job_id]
-    assert [j.job_id for j in dashboard.running_jobs("audit", "synthetic", "demo-weak")] == [job.job_id]
-    assert dashboard.running_jobs("audit", "synthetic", "openai-vit-b-16") == []
-    assert dashboard.running_jobs("audit", "openi", None) == []
-    assert "model ladder job" in dashboard.pending_text("audit", job, "synthetic", "demo-weak")
+    assert [j.job_id for j in status.running_jobs("audit", "synthetic", None)] == [job.job_id]
+    assert [j.job_id for j in status.running_jobs("audit", "synthetic", "demo-weak")] == [job.job_id]
+    assert status.running_jobs("audit", "synthetic", "openai-vit-b-16") == []
+    assert status.running_jobs("audit", "openi", None) == []
+    assert "model ladder job" in status.pending_text("audit", job, "synthetic", "demo-weak")
     for rung in spec.rungs:  # every rung's audit stored: nothing is pending any more
         audit = spec.audit(rung)
         store.upsert_run(audit.run_id(), "audit", audit.to_json(), "running")
         store.finish_run(audit.run_id(), metrics={"model": pd.DataFrame([_curve(10, 0.5)])})
-    assert dashboard.running_jobs("audit", "synthetic", None) == []
+    assert status.running_jobs("audit", "synthetic", None) == []
     jobs.cancel(job.job_id, grace_s=0.1, wait=True)
 
 
@@ -246,7 +246,7 @@ def test_the_ladder_job_runs_in_a_worker_and_stores_each_rung(tmp_path: Path, mo
     summary = store.get_run(spec.run_id())["summary"]
     assert [r["model"] for r in summary["rungs"]] == list(spec.rungs)
     assert all(r["probe_run"] is None for r in summary["rungs"])
-    table = dashboard.model_comparison([r["audit_run"] for r in summary["rungs"]])
+    table = compare.model_comparison([r["audit_run"] for r in summary["rungs"]])
     assert (table["probe_from"] == "not measured").all()  # probe=False: the table says so
     assert jobs.submit(spec).status == "done"
     seen: list[int] = []

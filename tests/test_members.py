@@ -165,7 +165,7 @@ def test_sweep_stores_members_per_point_and_the_mitigation_page_shows_them(tmp_p
     from backend.runs import store
     from backend.runs.persist import persist_sweep
     from backend.specs import DPSpec, SourceSpec, SweepSpec
-    from backend.views import dashboard
+    from backend.views import mitigation
     from tests.helpers.tiny_models import register_tiny_models
 
     register_tiny_models()
@@ -178,16 +178,16 @@ def test_sweep_stores_members_per_point_and_the_mitigation_page_shows_them(tmp_p
     assert "members" in results[1].to_dict() and results[1].members_groups["n_patients"] >= 2
     store.upsert_run(spec.run_id(), "sweep", spec.to_json(), "running")
     persist_sweep(spec.run_id(), spec, results, "cpu")
-    table, groups = dashboard.members_table(spec.run_id())
-    assert list(dict.fromkeys(table["heads"])) == [dashboard.ORIGINAL, dashboard.RETRAINED, "ε=4"]
+    table, groups = mitigation.members_table(spec.run_id())
+    assert list(dict.fromkeys(table["heads"])) == [mitigation.ORIGINAL, mitigation.RETRAINED, "ε=4"]
     assert groups["members"]["patients"] == groups["non_members"]["patients"] == results[0].members_groups["n_patients"]
     np.testing.assert_allclose(table["gap"], table["member_recall"] - table["nonmember_recall"], atol=1e-12)
     original = members_headline(results[0].members)
-    np.testing.assert_allclose(table[table["heads"] == dashboard.ORIGINAL]["gap"], original["gap"], atol=1e-12)
-    shown = dashboard.members_display(table)
+    np.testing.assert_allclose(table[table["heads"] == mitigation.ORIGINAL]["gap"], original["gap"], atol=1e-12)
+    shown = mitigation.members_display(table)
     assert list(shown.columns) == ["Heads", "N", "Members R@1 [95% CI]", "Non-members R@1 [95% CI]", "Gap [95% CI]"]
-    note = dashboard.members_note(table)
-    assert note == (dashboard.MEMBERS_NO_GAP if gap_contains_zero(table) else dashboard.MEMBERS_GAP)
+    note = mitigation.members_note(table)
+    assert note == (mitigation.MEMBERS_NO_GAP if gap_contains_zero(table) else mitigation.MEMBERS_GAP)
     # the page
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
     at.session_state["model"] = "tiny-random"
@@ -201,12 +201,12 @@ def test_sweep_stores_members_per_point_and_the_mitigation_page_shows_them(tmp_p
 
 
 def test_members_note_names_what_dp_does_and_does_not_protect() -> None:
-    from backend.views import dashboard
+    from backend.views import mitigation
 
     rows = pd.DataFrame({"gap_ci_low": [-0.01, -0.02], "gap_ci_high": [0.02, 0.01]})
-    assert dashboard.members_note(rows) == dashboard.MEMBERS_NO_GAP
-    assert "capability of the model, not memorisation" in dashboard.MEMBERS_NO_GAP
-    assert dashboard.members_note(rows.assign(gap_ci_low=[0.01, -0.02])) == dashboard.MEMBERS_GAP
-    assert dashboard.members_note(pd.DataFrame()) is None
+    assert mitigation.members_note(rows) == mitigation.MEMBERS_NO_GAP
+    assert "capability of the model, not memorisation" in mitigation.MEMBERS_NO_GAP
+    assert mitigation.members_note(rows.assign(gap_ci_low=[0.01, -0.02])) == mitigation.MEMBERS_GAP
+    assert mitigation.members_note(pd.DataFrame()) is None
     # an older sweep (no members stored) reads as empty
-    assert dashboard._members_rows(None).empty
+    assert mitigation._members_rows(None).empty

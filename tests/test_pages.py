@@ -76,15 +76,15 @@ def test_overview_headline_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_relinkage_page_overlays_runs(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.runs import store
-    from backend.views import dashboard
+    from backend.views import catalog
 
     at = _open("relinkage", seeded, monkeypatch)
-    audits = list(dashboard.audit_runs("synthetic")["run_id"])
+    audits = list(catalog.audit_runs("synthetic")["run_id"])
     picker = at.multiselect(key="overlay_runs")
     assert sorted(picker.value) == sorted(audits)  # default: the newest audit of each model on this dataset
     table = at.dataframe[0].value
     assert {r.split(" · ")[0] for r in table["run"]} == {"demo", "openai-vit-b-16"} and (table["lift"] > 1).all()
-    points = store.load_sweep_points(dashboard.latest("sweep", "synthetic", "demo"))
+    points = store.load_sweep_points(catalog.latest("sweep", "synthetic", "demo"))
     dp = points.sort_values("epsilon")["run_id"].iloc[0]
     picker.set_value([audits[0], dp]).run()
     assert not at.exception
@@ -239,7 +239,7 @@ _MARKUP = ("**bold**", "**id**", "![](", "](http", "<img", "<script", "$x$", "`t
 
 
 def _live_markup(text: str) -> list[str]:
-    """The markup in Markdown `text` that is not backslash-escaped (nor broken by ui.plain's word joiner)."""
+    """The markup in Markdown `text` that is not backslash-escaped (nor broken by ui.markup.plain's word joiner)."""
     import re
 
     bare = re.sub(r"\\.", "", text)
@@ -274,15 +274,15 @@ def crafted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_plain_escapes_every_markup() -> None:
-    import ui
     from tests.helpers.seed import CRAFTED_ID, CRAFTED_REPORT
+    from ui import markup
 
     for crafted_text in (CRAFTED_REPORT, CRAFTED_ID):
-        assert _live_markup(crafted_text) and not _live_markup(ui.plain(crafted_text))
-    text = ui.plain(":material/home: http://h.org www.h.org a@b.c")
+        assert _live_markup(crafted_text) and not _live_markup(markup.plain(crafted_text))
+    text = markup.plain(":material/home: http://h.org www.h.org a@b.c")
     assert text.count("\u2060") == 4  # icon and autolinks broken (they survive backslash escapes)
-    assert ui.plain("p001") == "p001" and ui.plain("Pleural effusion small") == "Pleural effusion small"
-    assert "<" not in ui.highlighted("<b>x</b> effusion", {"effusion"}).replace("<mark>", "").replace("</mark>", "")
+    assert markup.plain("p001") == "p001" and markup.plain("Pleural effusion small") == "Pleural effusion small"
+    assert "<" not in markup.highlighted("<b>x</b> effusion", {"effusion"}).replace("<mark>", "").replace("</mark>", "")
 
 
 def test_explorer_shows_crafted_reports_and_ids_as_text(crafted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,11 +325,11 @@ def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, mon
     submitted; a loadable folder goes into the spec."""
     import pandas as pd
 
-    import ui
     from backend.errors import SourceError
     from backend.runs import gpu_queue, jobs
     from backend.sources import load_source
     from tests.helpers.fixtures_data import write_image
+    from ui import markup
 
     for var in ("CXR_OPENI_ROOT", "CXR_MIMIC_ROOT", "CXR_CHEXPERT_PLUS_ROOT"):
         monkeypatch.delenv(var, raising=False)
@@ -342,7 +342,7 @@ def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, mon
     at.text_input(key=f"root-{source}").set_value(missing).run()
     _button(at, "Embed only").click().run()
     assert not at.exception and not spawned
-    assert [e.value for e in at.error] == [ui.plain(str(cli_error.value))]
+    assert [e.value for e in at.error] == [markup.plain(str(cli_error.value))]
     if source != "csv":
         return
     data = tmp_path / "csv-data"
@@ -413,7 +413,7 @@ def _progress_texts(at: AppTest) -> list[str]:
 
 
 def _shown(at: AppTest) -> str:
-    """The page's Markdown text as the reader sees it (ui.plain's backslash escapes removed)."""
+    """The page's Markdown text as the reader sees it (ui.markup.plain's backslash escapes removed)."""
     import re
 
     return re.sub(r"\\(.)", r"\1", _text(at))
@@ -563,19 +563,19 @@ def test_models_and_jobs_shows_each_runs_provenance_and_exports_it(seeded: Path,
 
 def test_overview_verdict_names_strongest_side_information_members_and_caveats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ui
-    from backend.views import dashboard, report
+    from backend.views import catalog, report, verdict
     from tests.helpers.seed import add_side_information
+    from ui import markup
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     add_side_information(seed_store(tmp_path))
     at = _open("overview", tmp_path, monkeypatch)
-    v = dashboard.verdict("audit-sideinfo", dashboard.latest("sweep", "synthetic", "demo"))
+    v = verdict.verdict("audit-sideinfo", catalog.latest("sweep", "synthetic", "demo"))
     lines = {x["key"]: x for x in v["lines"]}
     metrics = {m.label: m for m in at.metric}
     strongest = lines["strongest"]
     if (strongest["pool"], strongest["n"]) in {(x["pool"], x["n"]) for k, x in lines.items() if k.startswith("lift_")}:
-        assert ui.plain(strongest["sentence"]) in _text(at)  # a card above already shows it: one sentence
+        assert markup.plain(strongest["sentence"]) in _text(at)  # a card above already shows it: one sentence
     else:
         assert metrics[f"Strongest: N={strongest['n']:,}"].value == f"{strongest['lift']:.1f}x"
     assert metrics["Side info: N=100"].value == f"{lines['matched:sex+age_band_100']['lift']:.1f}x"

@@ -11,7 +11,7 @@ import pytest
 
 from backend.runs import snapshot, store
 from backend.specs import AuditSpec, DemoSpec, EmbedSpec, SweepSpec, spec_from_json
-from backend.views import dashboard
+from backend.views import catalog, mitigation, verdict
 from tests.helpers.seed import SOURCE, seed_store
 
 SHIPPED = snapshot.read_manifest()
@@ -60,10 +60,10 @@ def test_make_then_import_round_trips_every_stored_row(cache: Path, tmp_path: Pa
             pd.testing.assert_frame_equal(rows(old), rows(new))
     run = store.get_run(snapshot.snapshot_id(ids["audit:demo"]))
     assert snapshot.is_snapshot(run) and run["summary"]["snapshot"]["original_run"] == ids["audit:demo"]
-    head = dashboard.headline(SOURCE.name, "demo")  # the pages find the imported runs
+    head = verdict.headline(SOURCE.name, "demo")  # the pages find the imported runs
     assert head["audit_run"] == snapshot.snapshot_id(ids["audit:demo"])
     assert head["sweep_run"] == snapshot.snapshot_id(ids["sweep"])
-    view = dashboard.sweep_view(head["sweep_run"])
+    view = mitigation.sweep_view(head["sweep_run"])
     assert len(view.points) == len(demo.sweep.epsilons)
 
 
@@ -75,9 +75,9 @@ def test_a_real_run_of_the_same_spec_replaces_the_snapshot_on_the_pages(cache: P
     snapshot.make_snapshot(out, demo)
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "fresh"))
     snapshot.import_snapshot(out, expected=demo)
-    assert dashboard.headline(SOURCE.name, "demo")["audit_run"].endswith(snapshot.SUFFIX)
+    assert verdict.headline(SOURCE.name, "demo")["audit_run"].endswith(snapshot.SUFFIX)
     seed_store()  # the "recomputed" runs, stored later under their real ids
-    assert dashboard.headline(SOURCE.name, "demo")["audit_run"] == ids["audit:demo"]
+    assert verdict.headline(SOURCE.name, "demo")["audit_run"] == ids["audit:demo"]
 
 
 @pytest.mark.skipif(SHIPPED is None, reason="no snapshot shipped in backend/demo_snapshot/")
@@ -170,4 +170,4 @@ def test_import_is_skipped_when_nothing_ships_or_switched_off(cache: Path, tmp_p
     assert snapshot.import_snapshot(tmp_path / "nothing") == []
     monkeypatch.setenv("CXR_DEMO_SNAPSHOT", "0")
     assert snapshot.import_snapshot() == []
-    assert dashboard.latest("audit") is None
+    assert catalog.latest("audit") is None

@@ -1,8 +1,9 @@
 """Project rules that the code's import graph can check (docs/DESIGN.md, "Layers").
 
 backend imports only downward: specs (with errors, settings, progress, registry), sources, models, embed,
-relink, audit/probe, dp, runs, views, then cli; pages import only ui, backend.views, backend.specs,
-backend.runs and backend.errors. No import circle, no `_private` name imported from another package, no
+relink, audit/probe, dp, runs, views, then cli; the dashboard (app.py, ui/, app_pages/) imports only ui,
+backend.views, backend.specs, backend.runs and backend.errors, and is the only code that imports streamlit. No
+import circle, no `_private` name imported from another package, no
 sys.path edits, and late (function-level) imports only of modules that bring torch, open_clip, faiss,
 opacus, sklearn or duckdb (to keep them off the dashboard's or the CLI's import path).
 """
@@ -21,7 +22,8 @@ BACKEND = REPO / "backend"
 LAYERS = (("errors", "settings", "progress", "registry", "specs"), ("sources",), ("models",), ("embed",),
           ("relink",), ("audit", "probe"), ("dp",), ("runs",), ("views",), ("cli", "__main__"))
 HEAVY = {"torch", "open_clip", "faiss", "opacus", "sklearn", "duckdb", "torchvision"}
-PAGE_IMPORTS = {"ui", "backend.views", "backend.specs", "backend.runs", "backend.errors"}
+DASHBOARD_IMPORTS = {"ui", "backend.views", "backend.specs", "backend.runs", "backend.errors"}
+DASHBOARD = [REPO / "app.py", *sorted((REPO / "ui").glob("*.py")), *sorted((REPO / "app_pages").glob("*.py"))]
 
 
 def module_name(path: Path) -> str:
@@ -140,7 +142,7 @@ def test_no_private_name_crosses_packages() -> None:
 
     wrong = []
     for py in [*BACKEND.rglob("*.py"), *(REPO / "tests").rglob("*.py"), *(REPO / "bench").glob("*.py"),
-               *(REPO / "app_pages").glob("*.py"), REPO / "ui.py", REPO / "app.py"]:
+               *DASHBOARD]:
         mod = module_name(py)
         for m, attr, _ in imports(py):
             if m.startswith("backend") and attr.startswith("_") and package(_resolve(m) or m) != package(mod):
@@ -148,14 +150,17 @@ def test_no_private_name_crosses_packages() -> None:
     assert wrong == []
 
 
-def test_pages_import_only_ui_views_specs_runs_errors() -> None:
+def test_dashboard_imports_only_ui_views_specs_runs_errors() -> None:
+    """app.py, the ui package and the pages read the store through backend.views and launch specs through
+    backend.runs; no source, setting or model code of their own."""
     wrong = []
-    for page in [*(REPO / "app_pages").glob("*.py"), REPO / "app.py"]:
-        for m, _, _ in imports(page):
-            if not (m.startswith("backend") or (REPO / f"{m.split('.')[0]}.py").exists()):
-                continue  # the standard library and third-party packages (heavy ones: test_pages_do_no_ml_or_sql)
-            if not any(m == allowed or m.startswith(allowed + ".") for allowed in PAGE_IMPORTS):
-                wrong.append(f"{page.name}: {m}")
+    for py in DASHBOARD:
+        for m, _, _ in imports(py):
+            top = m.split(".")[0]
+            if not ((REPO / f"{top}.py").exists() or (REPO / top / "__init__.py").exists()):
+                continue  # the standard library and third-party packages (heavy ones: test_dashboard_does_no_ml_or_sql)
+            if not any(m == allowed or m.startswith(allowed + ".") for allowed in DASHBOARD_IMPORTS):
+                wrong.append(f"{py.relative_to(REPO)}: {m}")
     assert wrong == []
 
 
@@ -168,7 +173,7 @@ def test_nothing_edits_sys_path() -> None:
 def test_docstrings_cite_only_files_in_the_repository() -> None:
     cited = re.compile(r"\b((?:backend|docs|tests|bench|app_pages)/[\w/.-]+\.(?:py|md|json)|DESIGN\.md|INTERFACES\.md)")
     missing = []
-    for py in [*BACKEND.rglob("*.py"), REPO / "ui.py", REPO / "app.py"]:
+    for py in [*BACKEND.rglob("*.py"), *DASHBOARD]:
         for ref in set(cited.findall(py.read_text())):
             path = REPO / ("docs/" + ref if "/" not in ref else ref)
             if not path.exists():
@@ -181,23 +186,27 @@ def test_backend_never_imports_streamlit() -> None:
     assert offenders == []
 
 
-def test_pages_do_no_ml_or_sql() -> None:
-    offenders = {p.name: sorted({i.split(".")[0] for i, _, _ in imports(p)} & HEAVY)
-                 for p in (REPO / "app_pages").glob("*.py")}
+def test_dashboard_does_no_ml_or_sql() -> None:
+    offenders = {str(p.relative_to(REPO)): sorted({i.split(".")[0] for i, _, _ in imports(p)} & HEAVY)
+                 for p in DASHBOARD}
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_only_ui_and_pages_import_streamlit() -> None:
-    allowed = {"app.py", "ui.py"}
-    offenders = [p.name for p in REPO.glob("*.py")
-                 if p.name not in allowed and any(i.split(".")[0] == "streamlit" for i, _, _ in imports(p))]
-    assert offenders == []
+def test_only_the_dashboard_imports_streamlit() -> None:
+    """Outside app.py, ui/ and app_pages/ no code imports streamlit (tests/ drives the app through
+    streamlit.testing)."""
+    outside = [p for p in REPO.rglob("*.py") if p.relative_to(REPO).parts[0] not in
+               {"app.py", "ui", "app_pages", "tests", "cache"} and not p.relative_to(REPO).parts[0].startswith(".")]
+    offenders = [str(p.relative_to(REPO)) for p in outside
+                 if any(i.split(".")[0] == "streamlit" for i, _, _ in imports(p))]
+    assert outside and offenders == []
 
 
 def test_dashboard_lists_the_registry_without_importing_torch() -> None:
     """The model list on every page comes from the torch-free registry, and it is the registry's list."""
-    code = ("import sys, json; from backend.views import dashboard; import ui; "
-            "print(json.dumps([dashboard.known_models(), sorted(m for m in sys.modules if m.split('.')[0] in "
+    ui_modules = ", ".join(module_name(p) for p in DASHBOARD if p.parent.name == "ui")
+    code = (f"import sys, json; from backend.views import catalog; import {ui_modules}; "
+            "print(json.dumps([catalog.known_models(), sorted(m for m in sys.modules if m.split('.')[0] in "
             f"{sorted(HEAVY - {'duckdb'})!r})]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     known, heavy_loaded = json.loads(out)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from backend.runs import store
-from backend.views import dashboard
+from backend.views import catalog, status, verdict
 from tests.helpers.seed import add_side_information, seed_store
 
 
@@ -25,7 +25,7 @@ def ids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_verdict_numbers_are_the_stored_rows(ids: dict[str, str]) -> None:
-    v = dashboard.verdict(ids["audit:demo"], ids["sweep"])
+    v = verdict.verdict(ids["audit:demo"], ids["sweep"])
     lines = {line["key"]: line for line in v["lines"]}
     rows = store.load_metrics(ids["audit:demo"]).query("variant == 'model' and k == 1 and level == 'study'")
     for pool in ("random", "hard"):
@@ -55,24 +55,24 @@ def test_verdict_numbers_are_the_stored_rows(ids: dict[str, str]) -> None:
 def test_verdict_chooses_the_asked_epsilon(ids: dict[str, str]) -> None:
     pts = store.load_sweep_points(ids["sweep"])
     eps = sorted(e for e in pts["epsilon"] if math.isfinite(e))[-1]
-    assert dashboard.verdict(ids["audit:demo"], ids["sweep"], epsilon=eps)["epsilon"] == eps
-    assert dashboard.verdict(None, None) == {"lines": []}
+    assert verdict.verdict(ids["audit:demo"], ids["sweep"], epsilon=eps)["epsilon"] == eps
+    assert verdict.verdict(None, None) == {"lines": []}
 
 
 def test_job_times_estimate_the_time_left_from_the_pace_so_far() -> None:
-    t = dashboard.job_times(started=1000.0, finished=None, fraction=0.25, now=1060.0)
+    t = status.job_times(started=1000.0, finished=None, fraction=0.25, now=1060.0)
     assert t["elapsed_s"] == 60 and t["left_s"] == pytest.approx(180) and "about 0:03:00 left" in t["text"]
-    assert dashboard.job_times(1000.0, None, 0.01, 1060.0)["left_s"] is None  # too early to say
-    done = dashboard.job_times(1000.0, 1090.0, 1.0, 5000.0)
+    assert status.job_times(1000.0, None, 0.01, 1060.0)["left_s"] is None  # too early to say
+    done = status.job_times(1000.0, 1090.0, 1.0, 5000.0)
     assert done["elapsed_s"] == 90 and done["left_s"] is None and "took 0:01:30" in done["text"]
-    assert dashboard.job_times(None, None, 0.0, 5.0)["text"] == "not started"
+    assert status.job_times(None, None, 0.0, 5.0)["text"] == "not started"
 
 
 def test_run_inputs_names_the_data_hash(ids: dict[str, str]) -> None:
     run_id = ids["audit:demo"]
     store.set_run_inputs(run_id, {"data_hash": "abcdef0123456789", "n_pairs": 1234})
-    assert dashboard.run_inputs(run_id) == f"run {run_id}: computed from data abcdef012345 (1,234 pairs)"
-    assert dashboard.run_inputs(None) == ""
+    assert status.run_inputs(run_id) == f"run {run_id}: computed from data abcdef012345 (1,234 pairs)"
+    assert status.run_inputs(None) == ""
 
 
 def test_report_opens_with_the_verdict_caveats_and_readable_names(ids: dict[str, str]) -> None:
@@ -81,9 +81,9 @@ def test_report_opens_with_the_verdict_caveats_and_readable_names(ids: dict[str,
     from backend.views import report
 
     source, model = "synthetic", "demo"  # the seeded store's demo audit and sweep (tests/helpers/seed.py)
-    assert dashboard.latest("audit", source, model) == ids["audit:demo"]
+    assert catalog.latest("audit", source, model) == ids["audit:demo"]
     text = report.build_report(source, model)
-    v = dashboard.verdict(dashboard.latest("audit", source, model), dashboard.headline(source, model).get("sweep_run"))
+    v = verdict.verdict(catalog.latest("audit", source, model), verdict.headline(source, model).get("sweep_run"))
     import html as html_mod
 
     for line in v["lines"]:
@@ -97,7 +97,7 @@ def test_report_opens_with_the_verdict_caveats_and_readable_names(ids: dict[str,
 
 
 def test_verdict_names_the_strongest_measured_relinkage(ids: dict[str, str]) -> None:
-    v = dashboard.verdict(ids["audit:demo"], ids["sweep"])
+    v = verdict.verdict(ids["audit:demo"], ids["sweep"])
     line = next(x for x in v["lines"] if x["key"] == "strongest")
     rows = store.load_metrics(ids["audit:demo"]).query("variant == 'model' and k == 1 and level == 'study'")
     lift = rows["recall"] / rows["chance"]  # independent of the stored lift column
@@ -121,7 +121,7 @@ def side_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
 
 
 def test_verdict_says_what_side_information_and_membership_do(side_info: dict[str, str]) -> None:
-    v = dashboard.verdict(side_info["audit:sideinfo"], side_info["sweep"])
+    v = verdict.verdict(side_info["audit:sideinfo"], side_info["sweep"])
     lines = {x["key"]: x for x in v["lines"]}
     rows = store.load_metrics("audit-sideinfo").query("k == 1 and level == 'study'")
     for tag, n in (("100", 100), ("max", 2000)):
@@ -136,8 +136,8 @@ def test_verdict_says_what_side_information_and_membership_do(side_info: dict[st
         capped = m["effective_n"] < n - 0.5  # fewer matching reports than N: the sentence says how many
         assert (f"(about {m['effective_n']:,.0f} such reports exist on average)" in line["sentence"]) == capped
     # the shipped demo's case: at N=2,829 only about 446 reports match on sex and age band
-    assert dashboard._capped({"n": 2829, "effective_n": 446.3}) == " (about 446 such reports exist on average)"
-    assert dashboard._capped({"n": 100, "effective_n": 100.0}) == ""
+    assert verdict._capped({"n": 2829, "effective_n": 446.3}) == " (about 446 such reports exist on average)"
+    assert verdict._capped({"n": 100, "effective_n": 100.0}) == ""
     pts = store.load_sweep_points(side_info["sweep"])
     strongest = pts[np.isfinite(pts["epsilon"])].sort_values("epsilon").iloc[0]
     i = int(pts.index[pts["run_id"] == strongest["run_id"]][0])
@@ -154,12 +154,12 @@ def test_verdict_says_what_side_information_and_membership_do(side_info: dict[st
     text = report.build_report("synthetic", "demo")
     import html as html_mod
 
-    shown = dashboard.verdict(dashboard.latest("audit", "synthetic", "demo"),
-                              dashboard.headline("synthetic", "demo").get("sweep_run"))
+    shown = verdict.verdict(catalog.latest("audit", "synthetic", "demo"),
+                            verdict.headline("synthetic", "demo").get("sweep_run"))
     assert any(x["key"].startswith("members_") for x in shown["lines"])
     for line in shown["lines"]:
         assert html_mod.escape(line["sentence"]) in text
-    assert provenance_named(text, dashboard.latest("audit", "synthetic", "demo"))
+    assert provenance_named(text, catalog.latest("audit", "synthetic", "demo"))
 
 
 def provenance_named(text: str, run_id: str) -> bool:
@@ -174,5 +174,5 @@ def provenance_named(text: str, run_id: str) -> bool:
 
 
 def test_verdict_without_matched_pools_or_members_has_no_such_lines(ids: dict[str, str]) -> None:
-    keys = {x["key"] for x in dashboard.verdict(ids["audit:demo"], ids["sweep"])["lines"]}
+    keys = {x["key"] for x in verdict.verdict(ids["audit:demo"], ids["sweep"])["lines"]}
     assert not any(k.startswith(("matched:", "members_")) for k in keys)

@@ -26,7 +26,7 @@ from backend.models.demo_config import RUNGS
 from backend.progress import phased_progress
 from backend.runs.ladder import ladder_estimate, run_ladder
 from backend.specs import LADDER_RUNGS, LadderSpec, SourceSpec, check_ci_floor, parse_options
-from backend.views.dashboard import model_comparison
+from backend.views.compare import model_comparison
 
 
 def _num(value: Any) -> float | None:

@@ -31,7 +31,7 @@ from backend import settings
 from backend.errors import OutputError, UnknownRunError
 from backend.runs import store
 from backend.runs.provenance import FIELD_NAMES, FIELDS
-from backend.views.dashboard import DEFINITIONS
+from backend.views.definitions import DEFINITIONS
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 TABLES = ("curves", "auroc", "privacy", "sweep_points", "members")

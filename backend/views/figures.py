@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
 from backend.specs import POOL_NAMES, pool_name
-from backend.views.dashboard import ORIGINAL, RETRAINED, epsilon_label, series_label
+from backend.views.mitigation import ORIGINAL, RETRAINED, epsilon_label, series_label
 
 POOL_DASH = {"random": "solid", "hard": "dash", "full": "dot"}
 POOL_NAME = POOL_NAMES
@@ -60,7 +60,7 @@ def run_label_colors(labels: dict[str, str], run_ids: list[str]) -> dict[str, st
 def sweep_colors(epsilons: list[float] | pd.Series) -> dict[str, str]:
     """Series label -> colour for a sweep: each finite epsilon a fixed colour of a purple-to-orange scale by its
     rank in the grid (stronger privacy darker), the two references their own (REFERENCE_COLORS). Keyed by the
-    label (dashboard.series_label), never by drawing order, so colours do not swap when the slider moves."""
+    label (mitigation.series_label), never by drawing order, so colours do not swap when the slider moves."""
     finite = sorted({float(e) for e in epsilons if math.isfinite(e)})
     spots = [0.08 + 0.7 * i / max(1, len(finite) - 1) for i in range(len(finite))]
     colors = dict(zip((series_label(e) for e in finite), sample_colorscale("Plasma", spots) if finite else [],

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from backend.runs import provenance, store
-from backend.views import dashboard, figures
+from backend.views import catalog, compare, figures, mitigation, verdict
+from backend.views.definitions import DEFINITIONS
 
 PACKAGES = ("numpy", "pandas", "torch", "open_clip_torch", "opacus", "duckdb", "plotly", "streamlit", "scikit-learn")
 THREAT = (
@@ -85,14 +86,14 @@ def _spec_block(run_id: str | None) -> str:
 
 
 def _relink_section(source: str | None, model: str | None, first: list[bool]) -> tuple[str, list[str]]:
-    runs = dashboard.audit_runs(source)
+    runs = catalog.audit_runs(source)
     ids = runs["run_id"].tolist() if len(runs) else []
     if not ids:
         return "<h2>Re-linkage</h2><p>No finished audit for this dataset yet.</p>", []
-    rows = dashboard.relink_rows(ids, variant="model")
+    rows = catalog.relink_rows(ids, variant="model")
     fig = figures.recall_curves(rows, k=1, title="Recall@1 against pool size (all audited models)")
     parts = ["<h2>Re-linkage</h2>", _figure(fig, first), "<h3>Lift table (K=1)</h3>",
-             _table(dashboard.lift_table(rows, k=1))]
+             _table(compare.lift_table(rows, k=1))]
     return "".join(parts), ids
 
 
@@ -106,16 +107,16 @@ def _figure(fig: object, first: list[bool]) -> str:
 def _mitigation_section(sweep_id: str | None, first: list[bool]) -> str:
     if not sweep_id:
         return "<h2>Mitigation</h2><p>No finished epsilon sweep for this dataset and model.</p>"
-    view = dashboard.sweep_view(sweep_id)
+    view = mitigation.sweep_view(sweep_id)
     pts = view.points.copy()
     cols = [c for c in ("epsilon", "epsilon_achieved", "guarantee", "privacy_unit", "objective", "noise_multiplier", "delta",
                         "r1_random", "r1_hard", "auroc_linear", "auroc_zero_shot", "reduction", "auroc_change")
             if c in pts.columns]
     curves = view.metrics[~view.metrics["variant"].str.startswith("transfer:")].copy()
-    curves["series"] = [dashboard.series_label(e) for e in curves["epsilon"]]
+    curves["series"] = [mitigation.series_label(e) for e in curves["epsilon"]]
     parts = ["<h2>Mitigation (DP projection heads)</h2>",
-             f"<p>{html.escape(dashboard.DEFINITIONS['nominal'])}</p>",
-             f"<p>{html.escape(dashboard.DEFINITIONS['certified'])}</p>",
+             f"<p>{html.escape(DEFINITIONS['nominal'])}</p>",
+             f"<p>{html.escape(DEFINITIONS['certified'])}</p>",
              _table(pts[cols].rename(columns=MITIGATION_COLUMNS)),
              _figure(figures.recall_curves(curves[curves["pool_kind"] == "random"], series="series",
                                            title="Recall@1 by epsilon (random pools)",
@@ -124,7 +125,7 @@ def _mitigation_section(sweep_id: str | None, first: list[bool]) -> str:
     strongest = pts[np.isfinite(pts["epsilon"])]
     if len(strongest):
         eps = float(strongest["epsilon"].min())
-        probe, _ = dashboard.utility_frames(view, eps)
+        probe, _ = mitigation.utility_frames(view, eps)
         macro = probe[probe["label"] == "macro"] if "label" in probe.columns else probe.iloc[0:0]
         if len(macro):
             keep = [c for c in ("series", "method", "auroc", "ci_low", "ci_high") if c in macro.columns]
@@ -145,18 +146,18 @@ def _mitigation_section(sweep_id: str | None, first: list[bool]) -> str:
 def build_report(source: str | None, model: str | None) -> str:
     """The complete HTML document for one dataset and model."""
     first = [True]
-    head = dashboard.headline(source, model)
+    head = verdict.headline(source, model)
     relink_html, audit_ids = _relink_section(source, model, first)
     numbers = pd.DataFrame([{"quantity": f"lift of Recall@1 at N={n}", "before": head.get(f"before_{key}", np.nan),
                              "after (strongest DP)": head.get(f"after_{key}", np.nan)}
                             for key, n in (("100", 100), ("max", head.get("n_max")))])
-    audit_id = dashboard.latest("audit", source, model)
-    verdict = dashboard.verdict(audit_id, head.get("sweep_run"))
+    audit_id = catalog.latest("audit", source, model)
+    lines = verdict.verdict(audit_id, head.get("sweep_run"))["lines"]
     verdict_html = "".join(f"<li><b>{html.escape(line['label'])}</b>: {html.escape(line['sentence'])}</li>"
-                           for line in verdict["lines"]) or "<li>No finished audit yet.</li>"
+                           for line in lines) or "<li>No finished audit yet.</li>"
     warning = f'<p class="warn">{html.escape(SYNTHETIC_WARNING)}</p>' if source == "synthetic" else ""
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in CAVEATS)
-    defs = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in dashboard.DEFINITIONS.items())
+    defs = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS.items())
     specs = "".join(_spec_block(r) for r in [*audit_ids, head.get("sweep_run")])
     vers = _table(pd.DataFrame(sorted(versions().items()), columns=["package", "version"]))
     when = datetime.now(UTC).isoformat(timespec="seconds")

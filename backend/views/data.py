@@ -1,0 +1,34 @@
+"""One dataset as the Data page shows it (no Streamlit): the source loaded with its default options, its counts
+per split, label prevalence and the attributes side-information pools can match on; LABELS, the 14 findings,
+for the pages (which import no source code)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from backend import sources
+from backend.sources.schema import LABELS as LABELS
+from backend.sources.schema import SourceData, match_attributes
+from backend.specs import MATCH_ATTRIBUTES
+
+
+def load(name: str) -> SourceData:
+    """A source loaded with its default options: the pair table, its counts and the image reader."""
+    return sources.load_source(name)
+
+
+def data_summary(pairs: pd.DataFrame, labels: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(counts per split, label prevalence per split) of a canonical pair table."""
+    counts = pairs.groupby("split").agg(pairs=("pair_id", "size"), studies=("study_id", "nunique"),
+                                        patients=("patient_id", "nunique")).reset_index()
+    prevalence = pairs.groupby("split")[list(labels)].mean().T.reset_index(names="label")
+    return counts, prevalence
+
+
+def match_summary(pairs: pd.DataFrame) -> str:
+    """One sentence: the attributes side-information pools (`--match`) can use on this table, and those they cannot."""
+    can = match_attributes(pairs)
+    cannot = [a for a in MATCH_ATTRIBUTES if a not in can]
+    name = lambda attrs: ", ".join(a.replace("_", " ") for a in attrs)  # noqa: E731
+    return (f"Side-information pools (audit --match) can match on: {name(can)}."
+            + (f" Not on: {name(cannot)} (not given for every pair)." if cannot else ""))
