@@ -37,6 +37,8 @@ if source == "synthetic":
                "not the size of the risk on real data.")
 
 head = loaders.headline(source, model)
+if head.get("sweep_note"):
+    st.warning(markup.plain(head["sweep_note"]))
 if head.get("audit_run"):
     verdict = loaders.verdict(head["audit_run"], head.get("sweep_run"))
     lines = {line["key"]: line for line in verdict["lines"]}

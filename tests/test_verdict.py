@@ -176,3 +176,35 @@ def provenance_named(text: str, run_id: str) -> bool:
 def test_verdict_without_matched_pools_or_members_has_no_such_lines(ids: dict[str, str]) -> None:
     keys = {x["key"] for x in verdict.verdict(ids["audit:demo"], ids["sweep"])["lines"]}
     assert not any(k.startswith(("matched:", "members_")) for k in keys)
+
+
+def test_the_overview_pairs_an_audit_only_with_a_sweep_of_the_same_data(fresh_cache: Path) -> None:
+    """Two data sets of one source and one model (two synthetic option sets; two csv folders alike): the newest
+    sweep is paired with the audit only when it was computed from the same data, and the page says when not."""
+    import time
+
+    from backend.runs import store
+    from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+    from backend.views import catalog, verdict
+
+    def stored(spec: object, kind: str, data_hash: str) -> str:
+        store.upsert_run(spec.run_id(), kind, spec.to_json(), "running")
+        store.finish_run(spec.run_id(), summary={"inputs": {"data_hash": data_hash}})
+        time.sleep(0.01)  # distinct creation times: "newest" is well defined
+        return spec.run_id()
+
+    a, b = SourceSpec(options={"n_patients": 40}), SourceSpec(options={"n_patients": 99})
+    audit = stored(AuditSpec(embed=EmbedSpec(source=a, model="demo")), "audit", "aaaa")
+    sweep_b = stored(SweepSpec(base=DPSpec(source=b, model="demo"), epsilons=(1.0,)), "sweep", "bbbb")
+    sweep, note = catalog.paired_sweep(audit, "demo")
+    assert sweep is None and sweep_b in note and "other data" in note and "n_patients=99" in note
+    head = verdict.headline("synthetic", "demo")
+    assert head["audit_run"] == audit and head["sweep_run"] is None and head["sweep_note"] == note
+    sweep_a = stored(SweepSpec(base=DPSpec(source=a, model="demo"), epsilons=(2.0,)), "sweep", "aaaa")
+    assert catalog.paired_sweep(audit, "demo") == (sweep_a, None)  # the newest is on the same data
+    sweep_b2 = stored(SweepSpec(base=DPSpec(source=b, model="demo"), epsilons=(3.0,)), "sweep", "bbbb")
+    sweep, note = catalog.paired_sweep(audit, "demo")
+    assert sweep == sweep_a and sweep_b2 in note and sweep_a in note
+    edited = stored(SweepSpec(base=DPSpec(source=a, model="demo"), epsilons=(4.0,)), "sweep", "cccc")
+    sweep, note = catalog.paired_sweep(audit, "demo")  # the same options, but the data changed since the audit
+    assert sweep == sweep_a and edited in note

@@ -78,6 +78,65 @@ def latest(kind: str, source: str | None = None, model: str | None = None) -> st
     return str(runs["run_id"].iloc[0]) if len(runs) else None
 
 
+def data_identity(run_id: str) -> dict[str, Any]:
+    """What a run was computed from, to pair only runs of the same data: the source spec (name, folder, options,
+    section policy), the data hash and the local weights' identity it recorded (when it did), and whether it was
+    evaluated on transfer targets too (their data then enters its hash)."""
+    run = store.get_run(run_id) or {}
+    try:
+        spec = json.loads(run.get("spec") or "{}")
+    except json.JSONDecodeError:
+        spec = {}
+    node = spec.get("base", spec)
+    source = node.get("source") or (node.get("embed") or {}).get("source") or {}
+    inputs = (run.get("summary") or {}).get("inputs") or {}
+    return {"source": {k: source.get(k) for k in ("name", "root", "options", "section_policy")},
+            "data_hash": inputs.get("data_hash"), "weights": inputs.get("weights"),
+            "transfer": bool(node.get("transfer"))}
+
+
+def same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two data_identity values name the same data and weights: the same source spec always; the same
+    data hash and weights where both runs recorded them (a sweep with transfer targets hashes their data too, so
+    its hash is compared with nothing)."""
+    if a["source"] != b["source"]:
+        return False
+    if a["data_hash"] and b["data_hash"] and not (a["transfer"] or b["transfer"]) and a["data_hash"] != b["data_hash"]:
+        return False
+    return not (a["weights"] and b["weights"] and a["weights"] != b["weights"])
+
+
+def describe_data(identity: dict[str, Any]) -> str:
+    """A short text of what data a run read, for the note that two runs differ."""
+    src = identity["source"]
+    parts = [str(src.get("name") or "?")]
+    if src.get("root"):
+        parts.append(f"folder {src['root']}")
+    if src.get("options"):
+        parts.append(", ".join(f"{k}={v}" for k, v in sorted(src["options"].items())))
+    if identity["data_hash"]:
+        parts.append(f"data {identity['data_hash']}")
+    return " · ".join(parts)
+
+
+def paired_sweep(audit_id: str, model: str | None) -> tuple[str | None, str | None]:
+    """The newest sweep of `model` computed from the same data as audit `audit_id` (same_data), and a note when
+    the newest sweep of that source and model was computed from other data (it is then not shown beside it)."""
+    identity = data_identity(audit_id)
+    newest = latest("sweep", identity["source"]["name"], model)
+    if newest is None or same_data(identity, data_identity(newest)):
+        return newest, None
+    runs = stored_runs("sweep")
+    runs = runs[(runs["source"] == identity["source"]["name"]) & (runs["model"] == model)] if len(runs) else runs
+    match = next((str(r) for r in runs["run_id"] if same_data(identity, data_identity(str(r)))), None) \
+        if len(runs) else None
+    note = (f"The newest epsilon sweep ({newest}) was computed from other data ({describe_data(data_identity(newest))}) "
+            f"than this audit ({describe_data(identity)}); "
+            + (f"shown beside it: the newest sweep on the same data ({match})." if match else
+               "no sweep on the same data is stored, so no mitigation is shown beside this audit."))
+    return match, note
+
+
 def audit_runs(source: str | None = None) -> pd.DataFrame:
     """The newest finished audit per model (for overlays)."""
     runs = stored_runs("audit")

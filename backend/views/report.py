@@ -156,6 +156,7 @@ def build_report(source: str | None, model: str | None) -> str:
     verdict_html = "".join(f"<li><b>{html.escape(line['label'])}</b>: {html.escape(line['sentence'])}</li>"
                            for line in lines) or "<li>No finished audit yet.</li>"
     warning = f'<p class="warn">{html.escape(SYNTHETIC_WARNING)}</p>' if source == "synthetic" else ""
+    note = f'<p class="warn">{html.escape(head["sweep_note"])}</p>' if head.get("sweep_note") else ""
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in CAVEATS)
     defs = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS.items())
     specs = "".join(_spec_block(r) for r in [*audit_ids, head.get("sweep_run")])
@@ -170,7 +171,7 @@ pre{{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}}dt{{font-wei
 table,pre,.js-plotly-plot,.plotly-graph-div{{page-break-inside:avoid}}pre{{white-space:pre-wrap}}}}</style></head><body>
 <h1>CXR re-linkage audit</h1>
 <p>Dataset <b>{_fmt(source)}</b>, model <b>{_fmt(model)}</b>. Generated {when} (UTC).</p>
-{warning}
+{warning}{note}
 <h2>Verdict</h2><ul>{verdict_html}</ul>
 <h2>What this does not show (privacy caveats)</h2><ul>{caveats}</ul>
 <h2>The threat</h2><p>{html.escape(THREAT)}</p>

@@ -13,16 +13,18 @@ import pandas as pd
 
 from backend.runs import store
 from backend.specs import MATCH_PREFIX, pool_name
-from backend.views.catalog import latest
+from backend.views.catalog import latest, paired_sweep
 from backend.views.compare import lift_at, point
 from backend.views.mitigation import members_table, reference_point, series_label, sweep_view
 
 
 def headline(source: str | None, model: str | None) -> dict[str, Any]:
-    """Lift (R@1, random pool, study level) at N=100 and the largest N, before and after mitigation."""
+    """Lift (R@1, random pool, study level) at N=100 and the largest N, before and after mitigation: the newest
+    audit, and the newest sweep computed from the same data (catalog.paired_sweep; "sweep_note" says when the
+    newest sweep of this source and model was computed from other data and so is not paired with it)."""
     audit_id = latest("audit", source, model)
-    sweep_id = latest("sweep", source, model)
-    out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": sweep_id}
+    sweep_id, note = paired_sweep(audit_id, model) if audit_id else (latest("sweep", source, model), None)
+    out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": sweep_id, "sweep_note": note}
     if audit_id:
         rows = store.load_metrics(audit_id)
         out.update(before_100=lift_at(rows, 100), before_max=lift_at(rows, None),
