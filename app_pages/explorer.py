@@ -41,6 +41,9 @@ with left:
     try:
         image = loaders.pair_image(run_id, row["image_path"])
         st.image(image, caption=markup.plain(f"{pair_id} · {row['view']} · patient {row['patient_id']}"), width="stretch")
+        if loaders.data_changed_since(run_id):
+            st.warning("The dataset changed since this run was computed: this image may not be the one it embedded. "
+                       "Run the audit again to see the current data.")
     except RelinkError as exc:
         st.caption(markup.plain(f"Image unavailable: {exc}"))
     st.caption("Labels: " + (", ".join(lbl for lbl in data.LABELS if row[lbl] == 1) or "none positive"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -50,3 +52,30 @@ def test_ties_count_half_and_only_distinctive_words_are_shared() -> None:
     assert freq["clear"] == 1.0 and freq["azygos"] == 0.25
     assert shared_words("Clear lungs, azygos fissure", "clear azygos lobe", freq, max_df=0.3) == {"azygos"}
     assert shared_words("Clear lungs, azygos fissure", "clear azygos lobe") == {"clear", "azygos"}
+
+
+def test_an_image_path_is_the_datasets_never_the_apps_folder(tmp_path, monkeypatch) -> None:
+    """A csv dataset whose image is `assets/icon.png`: the explorer shows the dataset's image, not the app's own
+    icon found from the app's working folder; after the data changes, the page can say so."""
+    from PIL import Image
+
+    from backend.runs import store
+    from backend.sources import load_source
+    from backend.views.explorer import data_changed_since, read_image
+
+    repo = Path(__file__).resolve().parent.parent
+    assert (repo / "assets" / "icon.png").is_file()
+    monkeypatch.chdir(repo)  # where the app runs
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    (data / "assets").mkdir(parents=True)
+    Image.new("L", (9, 7), color=200).save(data / "assets" / "icon.png")
+    pd.DataFrame([{"image_path": "assets/icon.png", "report": "No effusion.", "patient_id": "P1"}]).to_csv(
+        data / "pairs.csv", index=False)
+    source = load_source("csv", root=str(data))
+    assert read_image("assets/icon.png", source).size == (9, 7)  # the dataset's, not the app's icon
+    store.upsert_run("audit-x", "audit", "{}", "running")
+    store.finish_run("audit-x", summary={"inputs": {"data_hash": source.digest()}})
+    assert not data_changed_since("audit-x", source)
+    Image.new("L", (9, 7), color=10).save(data / "assets" / "icon.png")
+    assert data_changed_since("audit-x", load_source("csv", root=str(data)))

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from backend.errors import RelinkError
 from backend.views import catalog, compare, data, explorer, launch, mitigation, status
 from backend.views import verdict as verdict_view
 
@@ -153,7 +154,18 @@ def device_summary() -> str:
 
 
 def pair_image(run_id: str, image_path: str) -> Any:
-    """An explorer image: a file on disk directly, else through the run's (cached) source."""
-    if Path(image_path).is_file():
+    """An explorer image: an absolute file path directly, else through the run's (cached) source, against the
+    dataset's folder (explorer.read_image)."""
+    if Path(image_path).is_absolute() and Path(image_path).is_file():
         return explorer.read_image(image_path)
     return explorer.read_image(image_path, run_source(run_id))
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def data_changed_since(run_id: str) -> bool:
+    """Whether the run's data changed since it was computed (explorer.data_changed_since); False when its source
+    cannot be loaded here (the image says why)."""
+    try:
+        return explorer.data_changed_since(run_id, run_source(run_id))
+    except RelinkError:
+        return False

@@ -195,9 +195,19 @@ def load_run_source(run_id: str) -> Any:
 
 
 def read_image(image_path: str, source: Any = None) -> Image.Image:
-    """The image of a pair: a file path directly, else through the run's SourceData; ImageReadError otherwise."""
-    if image_path and Path(image_path).is_file():
+    """The image of a pair. A relative path is the dataset's own: it is read only through the run's SourceData,
+    against the dataset's folder as the embedding read it, never against the app's working folder (where a
+    dataset's `assets/icon.png` would find the app's own icon). An absolute path that is a file is opened as it
+    is. ImageReadError otherwise."""
+    if image_path and Path(image_path).is_absolute() and Path(image_path).is_file():
         return Image.open(image_path)
     if source is None:
         raise ImageReadError(f"Image {image_path!r} is not a file and no source was given to read it.")
     return source.read_image(image_path)
+
+
+def data_changed_since(run_id: str, source: Any) -> bool:
+    """Whether the data the run recorded (its data hash) differs from the source as it is now: an image shown
+    may then not be the one the run embedded. False when the run recorded no data hash."""
+    recorded = (((store.get_run(run_id) or {}).get("summary") or {}).get("inputs") or {}).get("data_hash")
+    return bool(recorded) and source is not None and source.digest() != recorded
