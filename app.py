@@ -17,9 +17,9 @@ st.set_page_config(page_title="CXR Re-Link Audit", page_icon=ICON, layout="wide"
 
 snapshot.ensure_snapshot()  # the shipped demo results, so a first start shows every page populated
 page = st.navigation(navigation.pages())
-st.session_state["selection"] = navigation.sidebar()
-snapshot.snapshot_banner(*st.session_state["selection"])
-try:
+try:  # the sidebar and the banner read the store too: a damaged, held or read-only one is named, never a traceback
+    st.session_state["selection"] = navigation.sidebar()
+    snapshot.snapshot_banner(*st.session_state["selection"])
     page.run()
 except RelinkError as exc:  # e.g. the results database held by another process for too long: say what to do
     markup.show_error(exc)

@@ -419,13 +419,12 @@ def _shown(at: AppTest) -> str:
     return re.sub(r"\\(.)", r"\1", _text(at))
 
 
-def test_a_second_session_shows_a_running_sweep_as_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_session_shows_a_running_sweep_as_running(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sweep (or the demo job's sweep) queued or running in another session is shown with its progress, never as
     "No epsilon sweep yet"."""
     from backend.runs.demo import default_demo_spec
     from backend.specs import DPSpec, SourceSpec, SweepSpec
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     _running_job(SweepSpec(base=DPSpec(source=SourceSpec(name="synthetic"), model="demo")))
     for page in ("mitigation", "utility"):
         at = _open(page, tmp_path, monkeypatch)
@@ -529,12 +528,11 @@ def test_tables_wrap_long_text_and_labels_fit(seeded: Path, monkeypatch: pytest.
     assert all(len(m.label) <= 30 for m in at.metric), [m.label for m in at.metric]  # a card cuts longer labels
 
 
-def test_relinkage_shows_side_information_pools_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relinkage_shows_side_information_pools_by_default(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run with a pool matched on side information (the demo's sex+age band) draws it without a click."""
     from backend.specs import pool_name
     from tests.helpers.seed import add_side_information
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     add_side_information(seed_store(tmp_path))
     at = _open("relinkage", tmp_path, monkeypatch)
     at.multiselect(key="overlay_runs").set_value(["audit-sideinfo"]).run()
@@ -562,12 +560,11 @@ def test_models_and_jobs_shows_each_runs_provenance_and_exports_it(seeded: Path,
 
 
 def test_overview_verdict_names_strongest_side_information_members_and_caveats(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.views import catalog, report, verdict
     from tests.helpers.seed import add_side_information
     from ui import markup
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     add_side_information(seed_store(tmp_path))
     at = _open("overview", tmp_path, monkeypatch)
     v = verdict.verdict("audit-sideinfo", catalog.latest("sweep", "synthetic", "demo"))
@@ -585,3 +582,37 @@ def test_overview_verdict_names_strongest_side_information_members_and_caveats(
     caveats = next(e for e in at.expander if e.label.startswith("Privacy caveats"))
     shown = "\n".join(m.value for m in caveats.markdown)
     assert len(report.CAVEATS) == shown.count("\n- ") + 1 and "Only the projection heads are private" in shown
+
+
+@pytest.mark.parametrize("damage", ["truncated database", "cache under a file"])
+def test_a_damaged_store_or_unusable_cache_is_named_on_the_page_not_a_traceback(
+        damage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidebar and the snapshot banner read the store before the page does: a damaged database or a cache
+    that cannot be written gives the named message (what happened, what to do) and no exception box."""
+    from backend import settings
+    from backend.runs import store
+
+    cache = tmp_path / "cache"
+    if damage == "truncated database":
+        monkeypatch.setenv("CXR_CACHE_DIR", str(cache))
+        for i in range(300):
+            store.upsert_run(f"r{i}", "selftest", "{}" + "x" * 5000, "done")
+        with open(settings.db_path(), "r+b") as fh:
+            fh.truncate(1024 * 1024)
+        expected = "damaged or unreadable"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        cache = tmp_path / "a-file" / "cache"
+        expected = "cannot be created or written"
+    monkeypatch.setenv("CXR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("CXR_DEMO_SNAPSHOT", "1")
+    import streamlit as st
+
+    st.cache_data.clear()  # a fresh server: nothing cached from the tests before
+    st.cache_resource.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["model"] = "demo"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [str(e.value) for e in [*at.error, *at.warning]]
+    assert any(expected in text for text in shown), shown
