@@ -35,6 +35,14 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache folder of this test's own (CXR_CACHE_DIR = its tmp_path): its store, embeddings and jobs
+    are seen by no other test. A test that needs a second cache sets CXR_CACHE_DIR itself."""
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture()
 def openi_dir() -> Path:
     """The real OpenI reports beside the repository; the test is skipped when they are absent."""
     if not (SHARED_OPENI / "NLMCXR_reports.tgz").is_file():

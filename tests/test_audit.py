@@ -55,8 +55,7 @@ def test_cli_audit_end_to_end_with_tiny_demo_training(tmp_path: Path, capsys: py
     assert "curve points" in capsys.readouterr().out
 
 
-def test_run_audit_matches_the_metric_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+def test_run_audit_matches_the_metric_engine(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = AuditSpec(embed=EmbedSpec(source=SourceSpec(options=TINY_SOURCE_OPTIONS), model="tiny-random",
                                      split="all", batch_size=16), ks=(1,), n_bootstrap=10, seed=3)
     result = run_audit(spec)
@@ -98,9 +97,8 @@ def test_cli_options_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "openai-vit-b-16" in listing and "biomedclip" in listing and "chexzero" in listing
 
 
-def test_cli_embed_prints_the_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_cli_embed_prints_the_cache_folder(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     assert main(["embed", *SOURCE_ARGS, "--model", "tiny-random", "--split", "all", "--batch-size", "16"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert Path(doc["path"]).parent == tmp_path / "embeddings" and doc["pairs"] > doc["distinct_reports"] > 0
@@ -169,13 +167,12 @@ def _csv_dataset(root: Path, patients: int, label: bool = False) -> None:
     pd.DataFrame(rows).to_csv(root / "pairs.csv", index=False)
 
 
-def test_editing_the_data_gives_fresh_results_not_the_cached_ones(tmp_path: Path,
+def test_editing_the_data_gives_fresh_results_not_the_cached_ones(tmp_path: Path, fresh_cache: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     from tests.helpers.fixtures_data import write_image
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"
     _csv_dataset(data, patients=20)
     spec = AuditSpec(embed=EmbedSpec(source=SourceSpec(name="csv", root=str(data)), model="tiny-random", split="all",
@@ -197,7 +194,7 @@ def test_editing_the_data_gives_fresh_results_not_the_cached_ones(tmp_path: Path
     np.testing.assert_array_equal(fresh.image_emb[4], es.image_emb[4])
 
 
-def test_two_images_of_one_size_and_one_mtime_swapped_give_new_embeddings(tmp_path: Path,
+def test_two_images_of_one_size_and_one_mtime_swapped_give_new_embeddings(tmp_path: Path, fresh_cache: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder unpacked from a zip gives every file one mtime; two images of one size swapped (what this audit
     measures) must change the data hash and the embeddings, not reuse the cached ones."""
@@ -205,7 +202,6 @@ def test_two_images_of_one_size_and_one_mtime_swapped_give_new_embeddings(tmp_pa
 
     from PIL import Image
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"
     _csv_dataset(data, patients=20)
     rng = np.random.default_rng(5)
@@ -230,13 +226,12 @@ def test_two_images_of_one_size_and_one_mtime_swapped_give_new_embeddings(tmp_pa
     np.testing.assert_array_equal(after.image_emb[row["img/4.png"]], before.image_emb[row["img/3.png"]])
 
 
-def test_pairs_the_source_drops_are_counted_with_their_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_pairs_the_source_drops_are_counted_with_their_reason(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture) -> None:
     """A csv whose every other report is empty: the audit keeps 10 of 20 pairs and its JSON (and the command's
     output) says that 10 were dropped for an empty report, not just `pairs: 10`."""
     import pandas as pd
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"
     _csv_dataset(data, patients=20)
     table = pd.read_csv(data / "pairs.csv")

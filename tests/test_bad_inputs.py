@@ -200,15 +200,14 @@ def test_sweep_spec_checks_every_point_at_construction() -> None:
     assert (SweepSpec().run_id(), DPSpec().run_id()) == ("sweep-411479e608a2", "dp-e91d606dd555")
 
 
-def test_cache_folder_is_recreated_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_folder_is_recreated_and_checked(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     from backend import settings
     from backend.errors import CacheError
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     sub = settings.cache_subdir("results")
-    shutil.rmtree(tmp_path / "cache")
+    shutil.rmtree(fresh_cache)
     assert settings.cache_subdir("results") == sub and sub.is_dir()  # removed folders come back
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "file" / "cache"))
@@ -223,17 +222,16 @@ def test_cpu_and_default_devices_pass(device: str | None) -> None:
     check_device(device)
 
 
-def test_dp_and_sweep_results_are_also_kept_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dp_and_sweep_results_are_also_kept_in_the_cache(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     from backend.cli.dp import write_result
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     write_result(None, {"kind": "sweep", "x": 1}, "sweep-0123456789ab")
-    assert json.loads((tmp_path / "cache" / "results" / "sweep-0123456789ab.json").read_text())["x"] == 1
+    assert json.loads((fresh_cache / "results" / "sweep-0123456789ab.json").read_text())["x"] == 1
     write_result(tmp_path / "out.json", {"x": 2}, "dp-0123456789ab")
     assert json.loads((tmp_path / "out.json").read_text()) == {"x": 2}
-    assert (tmp_path / "cache" / "results" / "dp-0123456789ab.json").is_file()
+    assert (fresh_cache / "results" / "dp-0123456789ab.json").is_file()
 
 
 def test_sources_passes_its_options_to_the_source(capsys: pytest.CaptureFixture) -> None:

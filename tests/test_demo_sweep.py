@@ -186,13 +186,12 @@ def test_the_pages_show_a_running_sweeps_stored_points(fake_inputs: list[float],
     assert f"{n_points} of 4 points stored" in _text(_open("mitigation", tmp_path, monkeypatch, model="fake"))
 
 
-def test_the_demo_bar_gives_each_part_its_measured_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_bar_gives_each_part_its_measured_share(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bar's shares are the parts' measured times for what is left to do (no training share when the
     weights are cached, none for stored parts), so that elapsed x (1 - f) / f estimates the time left from the start."""
     from backend.models.demo_config import DEFAULT_DEMO, demo_dir
     from backend.runs.demo import DEMO_TIMES_S, default_demo_spec, demo_plan
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     spec = default_demo_spec()
     t = DEMO_TIMES_S
     n_results = len(spec.sweep.points()) + 1  # the grid and the original model's reference
@@ -220,7 +219,7 @@ def test_the_sweep_bar_gives_its_preparation_the_share_asked_for(fake_inputs: li
     assert points == sorted(points) and points[0] > 700 and seen[-1][0] == 1000
 
 
-def test_recompute_demo_is_a_command_whose_estimate_computes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_recompute_demo_is_a_command_whose_estimate_computes_nothing(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
     """The Overview's Recompute is `python -m backend recompute-demo`; --estimate prints the plan (the demo's run
     ids and each part's estimated seconds) and stores nothing."""
@@ -229,7 +228,6 @@ def test_recompute_demo_is_a_command_whose_estimate_computes_nothing(tmp_path: P
     from backend.__main__ import main
     from backend.runs.demo import default_demo_spec
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     assert main(["recompute-demo", "--n-patients", "30", "--estimate"]) == 0
     plan = json.loads(capsys.readouterr().out)
     spec = default_demo_spec(30)

@@ -24,12 +24,6 @@ register_tiny_models()
 SPEC = EmbedSpec(source=SourceSpec(options=TINY_SOURCE_OPTIONS), model="tiny-random", split="all", batch_size=8)
 
 
-@pytest.fixture()
-def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
-    return tmp_path
-
-
 def test_embeddings_unit_norm_dedup_and_heads(fresh_cache: Path) -> None:
     es = embed_split(SPEC, chunk_size=16, num_workers=0)
     n = len(es)

@@ -92,8 +92,7 @@ def test_audit_archive_holds_the_per_query_table(ids: dict[str, str], monkeypatc
     assert "sweep_points.csv" not in z.namelist() and "members.csv" not in z.namelist()
 
 
-def test_members_rows_are_exported(ids: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+def test_members_rows_are_exported(ids: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_cache: Path) -> None:
     rows = [{"n": n, "member_recall": 0.5 / n, "nonmember_recall": 0.4 / n, "gap": 0.1 / n, "gap_ci_low": -0.01,
              "gap_ci_high": 0.2 / n} for n in (10, 100)]
     store.upsert_run("dp-x", "dp", "{}", "running")
@@ -125,8 +124,7 @@ def test_cli_writes_the_same_archive(ids: dict[str, str], monkeypatch: pytest.Mo
     assert out.read_bytes() == export.archive_bytes(ids["audit:openai-vit-b-16"])
 
 
-def test_provenance_is_recorded_per_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+def test_provenance_is_recorded_per_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_cache: Path) -> None:
     store.upsert_run("audit-a", "audit", "{}", "queued")
     before = time.time()
     store.set_run_status("audit-a", "running")
@@ -165,8 +163,7 @@ def test_code_version_outside_a_git_checkout(monkeypatch: pytest.MonkeyPatch, tm
     assert provenance.stamp()["package_version"] == provenance.package_version()
 
 
-def test_an_older_store_without_provenance_stays_readable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+def test_an_older_store_without_provenance_stays_readable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_cache: Path) -> None:
     old_ddl = store._DDL.split("CREATE TABLE IF NOT EXISTS run_provenance")[0] + \
         "INSERT OR REPLACE INTO meta VALUES ('schema_version', '1');"
     con = duckdb.connect(str(settings.db_path()))

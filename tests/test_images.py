@@ -128,8 +128,7 @@ def test_loader_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         image_loader(cpu, True)
 
 
-def test_embed_split_uses_the_fast_path_on_files(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+def test_embed_split_uses_the_fast_path_on_files(model, tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "data"
     rows = []
     for k in range(8):

@@ -18,11 +18,7 @@ from backend.runs.demo import default_demo_spec
 from backend.sources.inputs import data_inputs, file_sources
 from backend.specs import AuditSpec, DemoSpec, DPSpec, EmbedSpec, SelfTestSpec, SourceSpec, SweepSpec, spec_from_json
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # every test here gets a cache of its own
 
 
 def _wait(job_id: str, until: tuple[str, ...], timeout: float = 60.0) -> jobs.Job:

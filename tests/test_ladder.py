@@ -94,10 +94,9 @@ def _probe_rows(linear: float, zero: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_comparison_table_equals_the_stored_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_comparison_table_equals_the_stored_rows(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.runs.persist import persist_probe
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     source = SourceSpec(options={"n_patients": 50})
     weak = _seed_audit("m-weak", {10: 0.3, 100: 0.05, 700: 0.004}, source)
     strong = _seed_audit("m-strong", {10: 0.6, 100: 0.2, 700: 0.02}, source)
@@ -133,11 +132,10 @@ def test_comparison_table_equals_the_stored_rows(tmp_path: Path, monkeypatch: py
     assert shown.loc["m-weak", "Lift at the largest N [95% CI]"] == "2.8x [2.2, 3.4] at N=700"
 
 
-def test_ladder_cli_on_a_tiny_setting_prints_the_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_ladder_cli_on_a_tiny_setting_prints_the_json(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from backend.__main__ import main
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     register_tiny_models()
     rungs = list(TINY_RUNGS)
     options = [f"{k}={v}" for k, v in {**TINY_SOURCE_OPTIONS, "n_patients": 40}.items()]
@@ -191,13 +189,12 @@ def test_models_page_offers_the_ladder_with_an_estimate(tmp_path: Path, monkeypa
     assert "92 steps x 1.1 s" in text and "1,680 steps" in text  # nothing cached: every rung's training counted
 
 
-def test_the_rungs_probe_equals_the_probe_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_rungs_probe_equals_the_probe_command(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """model_probe (the ladder's) gives exactly the probe rows of `python -m backend probe` (original_result)."""
     from backend.dp import model_probe, original_result
     from backend.dp.eval import prepare
     from backend.specs import DPSpec
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     register_tiny_models()
     spec = DPSpec(source=SourceSpec(options={**TINY_SOURCE_OPTIONS, "n_patients": 40}), model="demo-tiny",
                   audit=AuditSpec(n_bootstrap=5))
@@ -207,10 +204,9 @@ def test_the_rungs_probe_equals_the_probe_command(tmp_path: Path, monkeypatch: p
     assert {"linear-probe", "zero-shot"} <= set(ours["method"])
 
 
-def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.runs import gpu_queue, jobs
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)  # stays queued: no worker
     spec = LadderSpec(rungs=("demo-weak", "demo"), n_bootstrap=3)
     job = jobs.submit(spec)
@@ -228,12 +224,11 @@ def test_a_running_ladder_job_is_shown_as_a_pending_audit(tmp_path: Path, monkey
     jobs.cancel(job.job_id, grace_s=0.1, wait=True)
 
 
-def test_the_ladder_job_runs_in_a_worker_and_stores_each_rung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_ladder_job_runs_in_a_worker_and_stores_each_rung(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The job path (kind, worker, persist) on two tiny rungs; the bar only moves forward; resubmitting reuses it."""
     from backend.runs import gpu_queue, jobs, worker
     from backend.runs.ladder import run_ladder
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     register_tiny_models()
     monkeypatch.setattr(gpu_queue, "spawn_worker", lambda job_id, log_path: None)
     monkeypatch.setattr(worker.signal, "signal", lambda *a: None)

@@ -120,13 +120,12 @@ def test_too_few_patients_is_a_spec_error() -> None:
         member_groups(_split("train", 20, 1.0, 0), _split("test", 5, 1.0, 1), max_patients=1)
 
 
-def test_cli_members_prints_json_with_both_groups_and_the_gap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_cli_members_prints_json_with_both_groups_and_the_gap(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture) -> None:
     from backend.__main__ import main
     from tests.helpers.tiny_models import register_tiny_models
 
     register_tiny_models()
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "members.json"
     rc = main(["members", "--model", "tiny-random", "--source-option", "n_patients=40", "--source-option", "image_size=64",
                "--epsilons", "inf", "4", "--epochs", "1", "--batch-size", "16", "--n-bootstrap", "50",

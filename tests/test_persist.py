@@ -13,10 +13,9 @@ from backend.runs import persist, store
 from backend.specs import EmbedSpec
 
 
-def test_persist_embed_takes_a_real_embedding_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_persist_embed_takes_a_real_embedding_set(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An EmbeddingSet's meta is a DataFrame (no truth value): embedding an already-cached split used to fail
     with 'The truth value of a DataFrame is ambiguous'."""
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     n, d = 5, 4
     meta = pd.DataFrame({"pair_id": [f"p{i}" for i in range(n)], "study_id": [f"s{i}" for i in range(n)]})
     es = EmbeddingSet(meta=meta, image_emb=np.zeros((n, d), np.float32), report_emb=np.zeros((n, d), np.float32),

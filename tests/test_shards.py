@@ -41,10 +41,9 @@ def test_two_devices_give_the_one_device_arrays(tmp_path: Path, monkeypatch: pyt
     assert two.info["key"] == one.info["key"]
 
 
-def test_a_failing_shard_fails_the_job_with_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_shard_fails_the_job_with_its_traceback(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     register_model(ModelEntry("tiny-broken-shard", "fails to load (tests)", "synthetic", "none",
                               "tests.helpers.tiny_models:load_broken"))
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXR_EMBED_DEVICES", "cpu,cpu")
     real_model = compute.load_model("tiny-random", device="cpu")  # the parent's model loads; the shards' do not
     monkeypatch.setattr(compute, "load_model", lambda *a, **k: real_model)

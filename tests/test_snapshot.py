@@ -18,10 +18,10 @@ SHIPPED = snapshot.read_manifest()
 
 
 @pytest.fixture()
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+def cache(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh cache with the shipped snapshot switched on."""
     monkeypatch.setenv("CXR_DEMO_SNAPSHOT", "1")
-    return tmp_path / "cache"
+    return fresh_cache
 
 
 def _seeded_demo(ids: dict[str, str]) -> DemoSpec:

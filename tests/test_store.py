@@ -20,11 +20,6 @@ from tests.helpers.seed import relink_rows
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture()
-def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
-    return tmp_path
-
 
 def test_run_round_trip_and_finished_runs_never_change(fresh_cache: Path) -> None:
     rows = relink_rows(seed=1, strength=0.3)

@@ -43,8 +43,7 @@ def test_top_k_all_equals_brute_force(engine: str) -> None:
     assert idx_all.shape == (57, 5)
 
 
-def test_top_k_table_ranks_each_query(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
+def test_top_k_table_ranks_each_query(tmp_path: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     es = embed_split(EmbedSpec(source=SourceSpec(options=TINY_SOURCE_OPTIONS), model="tiny-random", split="all",
                                batch_size=8), device="cpu", num_workers=0)
     table = top_k_table(es, 5, "cpu")
