@@ -139,7 +139,7 @@ def test_ladder_cli_on_a_tiny_setting_prints_the_json(tmp_path: Path, fresh_cach
     register_tiny_models()
     rungs = list(TINY_RUNGS)
     options = [f"{k}={v}" for k, v in {**TINY_SOURCE_OPTIONS, "n_patients": 40}.items()]
-    args = ["ladder", "--rungs", *rungs, *sum((["--source-option", o] for o in options), []), "--n-bootstrap", "5"]
+    args = ["ladder", "--rungs", *rungs, *sum((["--source-option", o] for o in options), []), "--n-bootstrap", "50"]
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["kind"] == "ladder" and [r["model"] for r in doc["rungs"]] == rungs
@@ -155,7 +155,7 @@ def test_ladder_cli_on_a_tiny_setting_prints_the_json(tmp_path: Path, fresh_cach
         for key in ("linear_probe_auroc", "zero_shot_auroc"):
             assert rec[key] is None or {"auroc", "ci_low", "ci_high"} <= set(rec[key])
     spec = LadderSpec(rungs=tuple(rungs), source=SourceSpec(options={**TINY_SOURCE_OPTIONS, "n_patients": 40}),
-                      n_bootstrap=5)
+                      n_bootstrap=50)
     assert all(p["trained"] and p["audited"] and p["probed"] for p in launch.ladder_estimate(spec)["plan"])
     assert launch.ladder_estimate(spec)["seconds"] == 0  # everything stored: a second run recomputes nothing
     table = compare.model_comparison([r["audit_run"] for r in doc["rungs"]])

@@ -112,7 +112,7 @@ def test_cli_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path))
     out = tmp_path / "a.json"
     args = ["audit", *[f"--source-option={k}={v}" for k, v in TINY_SOURCE_OPTIONS.items()], "--model", "tiny-random",
-            "--split", "all", "--n-bootstrap", "5", "--ks", "1", "--json", str(out)]
+            "--split", "all", "--n-bootstrap", "50", "--ks", "1", "--json", str(out)]
     assert main([*args, "--match", "view+site", "--match", "labels+view"]) == 0
     kinds = {r["pool_kind"] for r in json.loads(out.read_text())["rows"]}
     assert kinds == {"random", "hard", "full", "matched:view+site", "matched:labels+view"}
