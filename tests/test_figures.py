@@ -205,7 +205,11 @@ def test_series_names_are_text_not_plotly_markup() -> None:
                           "k": 1, "n": n, "recall": 0.5 / n, "ci_low": 0.4 / n, "ci_high": 0.6 / n, "chance": 1 / n,
                           "lift": 0.5, "effective_n": n} for n in (10, 100)])
     names = [t.name for t in figures.recall_curves(rows).data if t.mode == "lines+markers"]
-    assert names == ["&lt;a href=&#x27;http://example.invalid&#x27;&gt;x&lt;/a&gt; · random pool · study"]
+    assert names == ["&lt;a href='http://example.invalid'&gt;x&lt;/a&gt; · random pool · study"]
+    # quotes stay quotes: plotly decodes &lt; &gt; &amp; only, so &quot; or &#x27; would be shown as written
+    rows["model"] = 'local:/models/"best" & co'
+    names = [t.name for t in figures.recall_curves(rows).data if t.mode == "lines+markers"]
+    assert names == ['local:/models/"best" &amp; co · random pool · study']
 
 
 def test_pool_size_axes_label_the_1_2_5_steps_in_full() -> None:

@@ -98,7 +98,8 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
         color = (colors or {}).get(name) or palette[i % len(palette)]
         faded = emphasis is not None and name != emphasis
         for (pool, level), g in g_series.groupby(["pool_kind", "level"]):
-            label = html.escape(f"{name} · {pool_name(pool)} · {level}")  # plotly renders tags in names: text only
+            # plotly renders tags in names (text only: < > & escaped) and decodes &lt; &gt; &amp; but not &quot;
+            label = html.escape(f"{name} · {pool_name(pool)} · {level}", quote=False)
             x = g["n"].tolist()
             width = (1.5 if faded else 3.0 if emphasis is not None else 2.0) * (1.0 if level == "study" else 0.5)
             fig.add_trace(go.Scatter(x=x + x[::-1], y=g["ci_high"].tolist() + g["ci_low"].tolist()[::-1],
