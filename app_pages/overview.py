@@ -44,8 +44,15 @@ if head.get("audit_run"):
     lines = {line["key"]: line for line in verdict["lines"]}
     st.subheader("Verdict: how far above chance does this model re-link?")
     st.caption("Lift of Recall@1 over chance (1x = guessing), study level, with its 95% CI.")
-    cols = st.columns(4)
-    for col, key in zip(cols, ("lift_random_100", "lift_random_max", "lift_hard_100", "lift_hard_max"), strict=True):
+    keys, seen = [], set()
+    for key in ("lift_random_100", "lift_random_max", "lift_hard_100", "lift_hard_max"):
+        line = lines.get(key)
+        if line is not None and (line["pool"], line["n"]) in seen:
+            continue  # a database under N=100: the largest N is the N=100 card already, not a second card
+        seen.add((line["pool"], line["n"]) if line is not None else key)
+        keys.append(key)
+    cols = st.columns(len(keys))
+    for col, key in zip(cols, keys, strict=True):
         line = lines.get(key)
         with col:
             if line is None:

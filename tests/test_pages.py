@@ -616,3 +616,26 @@ def test_a_damaged_store_or_unusable_cache_is_named_on_the_page_not_a_traceback(
     assert not at.exception, [e.value for e in at.exception]
     shown = [str(e.value) for e in [*at.error, *at.warning]]
     assert any(expected in text for text in shown), shown
+
+
+def test_a_database_under_100_studies_gets_one_card_per_pool_not_two(fresh_cache: Path) -> None:
+    """With every N below 100 the N=100 point is the largest N: the Overview shows it once per pool."""
+    from types import SimpleNamespace
+
+    from backend.runs import persist
+    from backend.specs import AuditSpec, EmbedSpec
+    from tests.helpers.seed import SOURCE, relink_rows
+
+    spec = AuditSpec(embed=EmbedSpec(source=SOURCE, model="demo"))
+    rows = relink_rows(0, 0.2)
+    rows = rows[rows["n"] <= 40]
+    persist.persist_audit(spec.run_id(), spec, SimpleNamespace(rows=rows, per_query=None, embedding_path=None,
+                                                               summary={}), "cpu")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["model"] = "demo"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [m.label for m in at.metric]
+    cards = [label for label in labels if label.startswith("N=")]
+    n_max = int(rows["n"].max())
+    assert sorted(cards) == [f"N={n_max}, pathology-matched", f"N={n_max}, random pool"], labels
