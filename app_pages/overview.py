@@ -3,7 +3,7 @@
 import streamlit as st
 
 from backend.runs.demo import default_demo_spec
-from backend.views import catalog, figures, report
+from backend.views import catalog, figures, report, status
 from backend.views.definitions import DEFINITIONS
 from ui import job_widgets, loaders, markup, navigation, snapshot, widgets
 
@@ -39,6 +39,9 @@ if source == "synthetic":
 head = loaders.headline(source, model)
 if head.get("sweep_note"):
     st.warning(markup.plain(head["sweep_note"]))
+dropped = status.drops_note(head.get("audit_run"))
+if dropped:
+    st.caption(markup.plain(dropped))
 if head.get("audit_run"):
     verdict = loaders.verdict(head["audit_run"], head.get("sweep_run"))
     lines = {line["key"]: line for line in verdict["lines"]}

@@ -208,3 +208,20 @@ def test_the_overview_pairs_an_audit_only_with_a_sweep_of_the_same_data(fresh_ca
     edited = stored(SweepSpec(base=DPSpec(source=a, model="demo"), epsilons=(4.0,)), "sweep", "cccc")
     sweep, note = catalog.paired_sweep(audit, "demo")  # the same options, but the data changed since the audit
     assert sweep == sweep_a and edited in note
+
+
+def test_the_pairs_a_source_dropped_are_named_on_the_overview_and_in_the_report(fresh_cache: Path) -> None:
+    from types import SimpleNamespace
+
+    from backend.runs import persist
+    from backend.specs import AuditSpec, EmbedSpec
+    from backend.views import report, status
+    from tests.helpers.seed import SOURCE, relink_rows
+
+    spec = AuditSpec(embed=EmbedSpec(source=SOURCE, model="demo"))
+    result = SimpleNamespace(rows=relink_rows(0, 0.2), per_query=None, embedding_path=None, summary={},
+                             counts={"pairs": 5, "dropped": {"empty_report": 5, "missing_report": 0}})
+    persist.persist_audit(spec.run_id(), spec, result, "cpu")
+    note = status.drops_note(spec.run_id())
+    assert note == "Left out by the source before the split: 5 pair(s) with empty report."
+    assert note in report.build_report("synthetic", "demo")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from backend.runs import provenance, store
-from backend.views import catalog, compare, figures, mitigation, verdict
+from backend.views import catalog, compare, figures, mitigation, status, verdict
 from backend.views.definitions import DEFINITIONS
 
 PACKAGES = ("numpy", "pandas", "torch", "open_clip_torch", "opacus", "duckdb", "plotly", "streamlit", "scikit-learn")
@@ -157,6 +157,8 @@ def build_report(source: str | None, model: str | None) -> str:
                            for line in lines) or "<li>No finished audit yet.</li>"
     warning = f'<p class="warn">{html.escape(SYNTHETIC_WARNING)}</p>' if source == "synthetic" else ""
     note = f'<p class="warn">{html.escape(head["sweep_note"])}</p>' if head.get("sweep_note") else ""
+    dropped = status.drops_note(audit_id)
+    note += f"<p>{html.escape(dropped)}</p>" if dropped else ""
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in CAVEATS)
     defs = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS.items())
     specs = "".join(_spec_block(r) for r in [*audit_ids, head.get("sweep_run")])

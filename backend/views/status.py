@@ -115,6 +115,18 @@ def run_inputs(run_id: str | None) -> str:
             f"({int(inputs.get('n_pairs') or 0):,} pairs)")
 
 
+def drops_note(run_id: str | None) -> str | None:
+    """What the run's source left out before the split, by reason (an audit's counts.dropped), as one sentence;
+    None when it left nothing out or did not record it."""
+    run = store.get_run(run_id) if run_id else None
+    dropped = {k: int(v) for k, v in ((((run or {}).get("summary") or {}).get("counts") or {}).get("dropped")
+                                      or {}).items() if v}
+    if not dropped:
+        return None
+    parts = [f"{n:,} pair(s) with {reason.replace('_', ' ')}" for reason, n in dropped.items()]
+    return "Left out by the source before the split: " + "; ".join(parts) + "."
+
+
 def snapshot_note(run_id: str | None) -> dict[str, Any] | None:
     """{made, code_version, original_run} when `run_id` is an imported demo snapshot run, else None."""
     run = store.get_run(run_id) if run_id else None
