@@ -49,11 +49,12 @@ with st.form("launch"):
                                           help="Embed, then measure Recall@K against pool size.")
 match = ("+".join(a for a in MATCH_ATTRIBUTES if a in side),) if side and audit_clicked else ()
 dataset = SourceSpec(name=source, root=root)
-if (embed_clicked or audit_clicked) and (not (launch.needs_root(source) or match) or job_widgets.source_loads(dataset, match)):
+if embed_clicked or audit_clicked:
     embed = EmbedSpec(source=dataset, model=chosen, split=split)
     spec = AuditSpec(embed=embed, pools=tuple(pools) or POOL_KINDS, n_bootstrap=int(n_boot),
                      match=match) if audit_clicked else embed
-    job_widgets.submit(spec)
+    if job_widgets.launch_ok(spec):  # the model, the bootstrap, the pools, the data and its split: before any job
+        job_widgets.submit(spec)
 
 st.subheader("The model ladder")
 st.markdown("Three demo models of the same architecture, trained by the project with increasing in-domain "

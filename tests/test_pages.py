@@ -639,3 +639,37 @@ def test_a_database_under_100_studies_gets_one_card_per_pool_not_two(fresh_cache
     cards = [label for label in labels if label.startswith("N=")]
     n_max = int(rows["n"].max())
     assert sorted(cards) == [f"N={n_max}, pathology-matched", f"N={n_max}, random pool"], labels
+
+
+def test_the_launch_form_checks_model_bootstrap_pools_and_split_before_any_job(tmp_path: Path) -> None:
+    """What the form can know before a job starts is refused with the command line's message: a missing or
+    unnamed checkpoint, too few resamples, a year pool on MIMIC, an empty split of a csv data set."""
+    import pandas as pd
+
+    from backend.errors import RelinkError
+    from backend.specs import AuditSpec, EmbedSpec, SourceSpec
+    from backend.views import launch
+    from tests.helpers.fixtures_data import write_image
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"x")
+    data = tmp_path / "csv"
+    for i in range(4):
+        write_image(data / f"img/{i}.png", seed=i)
+    pd.DataFrame([{"image_path": f"img/{i}.png", "report": f"Report {i}.", "patient_id": f"P{i}", "split": "train"}
+                  for i in range(4)]).to_csv(data / "pairs.csv", index=False)
+    csv = SourceSpec(name="csv", root=str(data))
+    cases = [
+        (EmbedSpec(model=f"local:{tmp_path / 'missing.pt'}#ViT-B-32"), "does not exist"),
+        (EmbedSpec(model=f"local:{ckpt}"), "Name the architecture"),
+        (EmbedSpec(model="no-such-model"), "no-such-model"),
+        (AuditSpec(embed=EmbedSpec(model="demo"), n_bootstrap=10), "too few for a 95% CI"),
+        (AuditSpec(embed=EmbedSpec(source=SourceSpec(name="mimic-cxr", root=str(tmp_path)), model="demo"),
+                   match=("sex+year",)), "shifts each patient's dates"),
+        (AuditSpec(embed=EmbedSpec(source=csv, model="demo", split="test")), "no pairs in the test split"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(RelinkError, match=message):
+            launch.check_launch(spec)
+    launch.check_launch(AuditSpec(embed=EmbedSpec(source=csv, model="demo", split="train")))
+    launch.check_launch(EmbedSpec(model=f"local:{ckpt}#ViT-B-32"))

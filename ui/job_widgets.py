@@ -34,9 +34,19 @@ def submit(spec: Any) -> jobs.Job | None:
 def source_loads(spec: SourceSpec, match: tuple[str, ...] = ()) -> bool:
     """Check a dataset before a launch (launch.check_source: it loads, and gives every attribute the pools of
     `match` are matched on); on failure show the error and return False."""
+    return _checked(lambda: launch.check_source(spec, match), f"Checking the {spec.name} dataset ...")
+
+
+def launch_ok(spec: Any) -> bool:
+    """Check a job's spec before it is submitted (launch.check_launch: the model, the bootstrap, the pools, the data
+    set and its split); on failure show the error and return False."""
+    return _checked(lambda: launch.check_launch(spec), "Checking the model and the dataset ...")
+
+
+def _checked(check: Any, what: str) -> bool:
     try:
-        with st.spinner(f"Checking the {spec.name} dataset ..."):
-            launch.check_source(spec, match)
+        with st.spinner(what):
+            check()
     except RelinkError as exc:
         show_error(exc)
         return False

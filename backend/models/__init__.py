@@ -68,6 +68,26 @@ def file_id(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_model(name: str) -> None:
+    """What can be known of a model before any job starts, without torch: a registered name, or a `local:`
+    checkpoint that exists and names its architecture (a file needs #<open_clip config>, a folder its
+    open_clip_config.json). ModelUnavailableError saying what to fix otherwise; loading checks the rest."""
+    if not name.startswith(LOCAL_PREFIX):
+        get_model(name)
+        return
+    path_text, _, config = name[len(LOCAL_PREFIX):].partition("#")
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise ModelUnavailableError(f"{path} has no open_clip_config.json; use local:<checkpoint file>#<config>.")
+        return
+    if not path.is_file():
+        raise ModelUnavailableError(f"Checkpoint {path} does not exist (from model name {name!r}).")
+    if not config:
+        raise ModelUnavailableError(f"Name the architecture of {path}: local:{path_text}#<open_clip config>, "
+                                    "e.g. #ViT-B-32.")
+
+
 def local_weights_id(name: str) -> str | None:
     """The weights identity of a `local:<path>[#config]` model without loading it (None for a registered
     model, or when the path is not there: loading it then fails with its own message): the checkpoint file's

@@ -27,7 +27,16 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from backend.errors import ModelUnavailableError
-from backend.models import BIOMEDCLIP_REPO, CHEXZERO_ENV, LOCAL_PREFIX, OPENAI_B16_REPO, file_id, hub, local_weights_id
+from backend.models import (
+    BIOMEDCLIP_REPO,
+    CHEXZERO_ENV,
+    LOCAL_PREFIX,
+    OPENAI_B16_REPO,
+    check_model,
+    file_id,
+    hub,
+    local_weights_id,
+)
 from backend.models.towers import HeadSlot, image_head_slot, text_head_slot
 
 log = logging.getLogger(__name__)
@@ -196,22 +205,14 @@ def load_chexzero(device: torch.device | None, progress: Any = None, checkpoint:
 
 
 def load_local(device: torch.device | None, progress: Any = None, name: str = "", **_: Any) -> LoadedModel:
-    spec = name[len(LOCAL_PREFIX):]
-    path, _, config = spec.partition("#")
+    check_model(name)  # exists, names its architecture
+    path, _, config = name[len(LOCAL_PREFIX):].partition("#")
     p = Path(path).expanduser()
     if p.is_dir():
-        if not (p / "open_clip_config.json").is_file():
-            raise ModelUnavailableError(f"{p} has no open_clip_config.json; use local:<checkpoint file>#<config>.")
         with hub.translate_errors(name, str(p)), quiet_open_clip():
             model = open_clip.create_model(f"local-dir:{p}", device="cpu")
             tokenizer = open_clip.get_tokenizer(f"local-dir:{p}")
         return wrap_model(name, model, tokenizer, device, weights_id=local_weights_id(name))
-    if not p.is_file():
-        raise ModelUnavailableError(f"Checkpoint {p} does not exist (from model name {name!r}).")
-    if not config:
-        raise ModelUnavailableError(
-            f"Name the architecture of {p}: local:{path}#<open_clip config>, e.g. #ViT-B-32. "
-            f"Known configs include: {', '.join(open_clip.list_models()[:8])} ...")
     if open_clip.get_model_config(config) is None:
         raise ModelUnavailableError(f"Unknown open_clip config {config!r}; see open_clip.list_models().")
     with hub.translate_errors(name, str(p)), quiet_open_clip():

@@ -9,10 +9,20 @@ from typing import Any
 
 from backend import settings
 from backend.errors import RelinkError, SpecError
+from backend.models import check_model
 from backend.runs import ladder, store
-from backend.sources import get_source, load_source
+from backend.sources import SourceData, check_match, get_source, load_source
 from backend.sources.schema import match_attributes
-from backend.specs import DEFAULT_EPSILONS, DPSpec, LadderSpec, SourceSpec, SweepSpec, spec_from_json
+from backend.specs import (
+    DEFAULT_EPSILONS,
+    AuditSpec,
+    DPSpec,
+    LadderSpec,
+    SourceSpec,
+    SweepSpec,
+    check_ci_floor,
+    spec_from_json,
+)
 from backend.views.catalog import is_hub_model
 
 
@@ -47,7 +57,7 @@ def default_root(name: str) -> str:
     return str(root) if root else ""
 
 
-def check_source(spec: SourceSpec, match: tuple[str, ...] = ()) -> None:
+def check_source(spec: SourceSpec, match: tuple[str, ...] = ()) -> SourceData:
     """Before any job starts, load a source as a job would and check that it gives every attribute the pools of
     `match` ("sex+age_band", ...) are matched on: raises the SourceError the command line gives for the same folder
     and options (bad folder, unknown option), or a SpecError naming the attributes the pair table lacks. The
@@ -62,6 +72,25 @@ def check_source(spec: SourceSpec, match: tuple[str, ...] = ()) -> None:
     if missing:
         raise SpecError(f"The {spec.name} dataset does not give {', '.join(missing)} for every pair, so pools cannot "
                         f"be matched on it. Match on attributes it gives: {', '.join(given)}.")
+    return data
+
+
+def check_launch(spec: Any) -> None:
+    """Everything a launch form can check before a job starts, with the command line's own errors: the model
+    (registered, or a local checkpoint that exists and names its architecture), the bootstrap floor, pools the
+    source can be matched on, and for a file-based source or matched pools the data set itself (check_source) and
+    the split holding pairs. Raises the RelinkError to show."""
+    embed = spec.embed if isinstance(spec, AuditSpec) else spec
+    check_model(embed.model)
+    match = spec.match if isinstance(spec, AuditSpec) else ()
+    if isinstance(spec, AuditSpec):
+        check_ci_floor(spec.n_bootstrap)
+        check_match(embed.source.name, match)
+    if needs_root(embed.source.name) or match:
+        data = check_source(embed.source, match)
+        if embed.split != "all" and not (data.pairs["split"] == embed.split).any():
+            raise SpecError(f"The {embed.source.name} dataset has no pairs in the {embed.split} split; choose "
+                            f"another split (it has: {', '.join(sorted(set(data.pairs['split'])))}).")
 
 
 def sweep_spec(sweep_id: str | None) -> SweepSpec | None:
