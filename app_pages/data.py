@@ -3,7 +3,7 @@
 import streamlit as st
 
 from backend.errors import RelinkError
-from backend.views import catalog, data
+from backend.views import catalog, data, launch
 from ui import loaders, markup, navigation, widgets
 
 source, model = navigation.selection()
@@ -17,8 +17,15 @@ st.dataframe(catalog.sources_table(), hide_index=True, row_height=widgets.WRAP_R
 st.subheader(f"Dataset: {markup.plain(source)}")
 if source == "synthetic":
     st.warning("SYNTHETIC: generated images and reports; no patient data.")
+root = None
+if launch.needs_root(source):  # the same field (and value) as the launch form on Models and jobs
+    root = st.text_input(f"Folder of the {source} dataset", value=launch.default_root(source), key=f"root-{source}",
+                         help="The dataset's folder on this machine (the command line's --root).").strip() or None
+    if root is None:
+        st.info(f"Name the folder of the {source} dataset above to see its counts and sample pairs.")
+        st.stop()
 try:
-    pairs, stats = loaders.source_tables(source)
+    pairs, stats = loaders.source_tables(source, root)
 except RelinkError as exc:
     markup.show_error(exc)
     st.stop()
@@ -44,7 +51,7 @@ sample = pairs.sample(min(4, len(pairs)), random_state=0)
 for _, row in sample.iterrows():
     img_col, text_col = st.columns([1, 2])
     try:
-        img_col.image(loaders.run_source_image(source, row["image_path"]), caption=markup.plain(f"{row['pair_id']} · {row['view']}"),
+        img_col.image(loaders.run_source_image(source, row["image_path"], root), caption=markup.plain(f"{row['pair_id']} · {row['view']}"),
                       width="stretch")
     except RelinkError as exc:
         img_col.caption(markup.plain(f"image unavailable: {exc}"))

@@ -673,3 +673,24 @@ def test_the_launch_form_checks_model_bootstrap_pools_and_split_before_any_job(t
             launch.check_launch(spec)
     launch.check_launch(AuditSpec(embed=EmbedSpec(source=csv, model="demo", split="train")))
     launch.check_launch(EmbedSpec(model=f"local:{ckpt}#ViT-B-32"))
+
+
+def test_the_data_page_takes_the_folder_of_a_folder_based_source(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A csv data set is shown once its folder is named on the page (it used to say 'pass --root', which the page
+    does not offer)."""
+    import pandas as pd
+
+    from tests.helpers.fixtures_data import write_image
+
+    data = tmp_path / "csv"
+    for i in range(6):
+        write_image(data / f"img/{i}.png", seed=i)
+    pd.DataFrame([{"image_path": f"img/{i}.png", "report": f"Report {i}.", "patient_id": f"P{i}"}
+                  for i in range(6)]).to_csv(data / "pairs.csv", index=False)
+    monkeypatch.delenv("CXR_CSV_ROOT", raising=False)
+    at = _open("data", tmp_path / "cache", monkeypatch, source="csv")
+    assert "Name the folder of the csv dataset" in _text(at) and not at.metric
+    at.text_input(key="root-csv").set_value(str(data)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert {m.label: m.value for m in at.metric}["pairs"] == "6"

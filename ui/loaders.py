@@ -133,19 +133,20 @@ def run_source(run_id: str) -> Any:
     return explorer.load_run_source(run_id)
 
 
-@st.cache_resource(show_spinner="Loading the dataset ...", max_entries=3)
-def source_data(name: str) -> Any:
-    """A loaded source (pair table + image reader) with default options; read-only, so shared."""
-    return data.load(name)
+@st.cache_resource(show_spinner="Loading the dataset ...", max_entries=3, ttl=60)
+def source_data(name: str, root: str | None = None) -> Any:
+    """A loaded source (pair table + image reader) from its folder (None: the source's default), default options;
+    read-only, so shared; loaded again after a minute (a folder's files may change)."""
+    return data.load(name, root)
 
 
-def source_tables(name: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    loaded = source_data(name)
+def source_tables(name: str, root: str | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    loaded = source_data(name, root)
     return loaded.pairs, dict(loaded.stats)
 
 
-def run_source_image(name: str, image_path: str) -> Any:
-    return explorer.read_image(image_path, source_data(name))
+def run_source_image(name: str, image_path: str, root: str | None = None) -> Any:
+    return explorer.read_image(image_path, source_data(name, root))
 
 
 @st.cache_data(show_spinner=False)

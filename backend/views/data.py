@@ -12,9 +12,10 @@ from backend.sources.schema import SourceData, match_attributes
 from backend.specs import MATCH_ATTRIBUTES
 
 
-def load(name: str) -> SourceData:
-    """A source loaded with its default options: the pair table, its counts and the image reader."""
-    return sources.load_source(name)
+def load(name: str, root: str | None = None) -> SourceData:
+    """A source loaded from `root` (None: its default folder) with its default options: the pair table, its counts
+    and the image reader."""
+    return sources.load_source(name, root=root)
 
 
 def data_summary(pairs: pd.DataFrame, labels: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
