@@ -351,8 +351,9 @@ def test_sources_that_need_a_folder_ask_for_one(source: str, tmp_path: Path, mon
     pd.DataFrame([{"image_path": f"img/{k}.png", "report": f"Report {k}.", "patient_id": f"P{k // 2}"}
                   for k in range(4)]).to_csv(data / "pairs.csv", index=False)
     at.text_input(key="root-csv").set_value(str(data)).run()
+    next(s for s in at.selectbox if s.label == "Split").set_value("all")  # 2 patients: no test split of their own
     _button(at, "Embed only").click().run()
-    assert not at.exception and not at.error and len(spawned) == 1
+    assert not at.exception and not at.error and len(spawned) == 1, [e.value for e in at.error]
     assert jobs.get_job(spawned[0]).spec.count(str(data)) == 1
 
 
