@@ -243,3 +243,20 @@ def test_pairs_the_source_drops_are_counted_with_their_reason(tmp_path: Path, fr
     counts = json.loads(out.read_text())["counts"]
     assert counts["pairs"] == 10 and counts["dropped"] == {"empty_report": 10}
     assert "10 pair(s): empty report" in capsys.readouterr().out
+
+
+def test_an_audit_onto_a_full_disk_keeps_the_old_json_and_the_computed_embeddings(
+        fresh_cache: Path, tmpfs, capsys: pytest.CaptureFixture) -> None:
+    """--json on a full disk: one named error, the old result file as it was, and the embeddings computed on the
+    way kept in the cache (a second run reads them; only the write is redone)."""
+    disk = tmpfs("16k")
+    old = disk / "audit.json"
+    old.write_text(json.dumps({"old": "x" * 12000}))
+    before = old.read_bytes()
+    args = ["audit", "--source", "synthetic", *SOURCE_ARGS, "--model", "tiny-random", "--split", "all",
+            "--n-bootstrap", "0", "--ks", "1", "--json", str(old)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: Could not write" in err and "No space left" in err and "Traceback" not in err, err
+    assert old.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["audit.json"]
+    assert len(list((fresh_cache / "embeddings").iterdir())) == 1  # the work done is kept
