@@ -225,3 +225,27 @@ def test_the_pairs_a_source_dropped_are_named_on_the_overview_and_in_the_report(
     note = status.drops_note(spec.run_id())
     assert note == "Left out by the source before the split: 5 pair(s) with empty report."
     assert note in report.build_report("synthetic", "demo")
+
+
+def test_models_are_compared_on_one_data_set_only(fresh_cache: Path) -> None:
+    """The Re-linkage overlay's defaults and the model comparison take the newest audit per model of the newest
+    audit's data set: an older audit of another option set of the same source is left out."""
+    import time
+
+    from backend.runs import store
+    from backend.specs import AuditSpec, EmbedSpec, SourceSpec
+    from backend.views import catalog
+
+    def stored(source: SourceSpec, model: str, data_hash: str) -> str:
+        spec = AuditSpec(embed=EmbedSpec(source=source, model=model))
+        store.upsert_run(spec.run_id(), "audit", spec.to_json(), "running")
+        store.finish_run(spec.run_id(), summary={"inputs": {"data_hash": data_hash}})
+        time.sleep(0.01)
+        return spec.run_id()
+
+    a, b = SourceSpec(options={"n_patients": 40}), SourceSpec(options={"n_patients": 99})
+    old_other = stored(b, "openai-vit-b-16", "bbbb")
+    same_a = stored(a, "biomedclip", "aaaa")
+    newest = stored(a, "demo", "aaaa")
+    assert catalog.audit_runs("synthetic")["run_id"].tolist() == [newest, same_a]
+    assert old_other not in catalog.audit_runs("synthetic")["run_id"].tolist()

@@ -95,15 +95,15 @@ def data_identity(run_id: str) -> dict[str, Any]:
             "transfer": bool(node.get("transfer"))}
 
 
-def same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two data_identity values name the same data and weights: the same source spec always; the same
-    data hash and weights where both runs recorded them (a sweep with transfer targets hashes their data too, so
-    its hash is compared with nothing)."""
+def same_data(a: dict[str, Any], b: dict[str, Any], *, weights: bool = True) -> bool:
+    """Whether two data_identity values name the same data (and, with `weights`, the same local weights): the
+    same source spec always; the same data hash and weights where both runs recorded them (a sweep with transfer
+    targets hashes their data too, so its hash is compared with nothing)."""
     if a["source"] != b["source"]:
         return False
     if a["data_hash"] and b["data_hash"] and not (a["transfer"] or b["transfer"]) and a["data_hash"] != b["data_hash"]:
         return False
-    return not (a["weights"] and b["weights"] and a["weights"] != b["weights"])
+    return not (weights and a["weights"] and b["weights"] and a["weights"] != b["weights"])
 
 
 def describe_data(identity: dict[str, Any]) -> str:
@@ -138,10 +138,15 @@ def paired_sweep(audit_id: str, model: str | None) -> tuple[str | None, str | No
 
 
 def audit_runs(source: str | None = None) -> pd.DataFrame:
-    """The newest finished audit per model (for overlays)."""
+    """The newest finished audit per model (for overlays and model comparisons), all of one data set: that of the
+    newest audit of `source` (same_data, the models' weights aside), so two folders or option sets of one source
+    are never compared as if they were one."""
     runs = stored_runs("audit")
     if source and len(runs):
         runs = runs[runs["source"] == source]
+        if len(runs):
+            reference = data_identity(str(runs["run_id"].iloc[0]))
+            runs = runs[[same_data(reference, data_identity(str(r)), weights=False) for r in runs["run_id"]]]
     return runs.drop_duplicates("model") if len(runs) else runs
 
 
