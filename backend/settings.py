@@ -31,10 +31,31 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 _WRITABLE: set[Path] = set()  # folders already shown to be writable in this process
+_READING_ONLY = [False]  # this process only reads the cache (export, jobs): a read-only cache folder will do
+
+
+@contextlib.contextmanager
+def reading_only() -> Iterator[None]:
+    """While the block runs, this process only reads the cache (the export and jobs commands): a cache folder that
+    exists but cannot be written (a read-only copy, a read-only mount) is used as it is, the results database is
+    opened read-only, and nothing is written into the cache."""
+    before = _READING_ONLY[0]
+    _READING_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _READING_ONLY[0] = before
+
+
+def is_reading_only() -> bool:
+    return _READING_ONLY[0]
 
 
 def _ensure_folder(path: Path) -> Path:
-    """Create `path` and check that a file can be written in it (once per process); CacheError otherwise."""
+    """Create `path` and check that a file can be written in it (once per process); CacheError otherwise. In a
+    process that only reads (reading_only), an existing readable folder is enough."""
+    if _READING_ONLY[0] and path.is_dir() and os.access(path, os.R_OK | os.X_OK):
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)  # every call: a test or a user may have removed it
         if path not in _WRITABLE:

@@ -248,3 +248,24 @@ def test_export_replaces_a_file_only_when_told(ids: dict[str, str], monkeypatch:
     assert out.read_bytes() == export.archive_bytes(ids["sweep"])
     assert main(["export", ids["sweep"], "--out", str(tmp_path)]) == 2  # a folder: named, not a traceback
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_export_and_jobs_read_a_read_only_copy_of_the_cache(tmpfs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A privacy officer's read-only copy of the results (a read-only mount): the commands that only read it
+    (export, export --list, jobs) work; a command that would write says the folder cannot be written."""
+    import subprocess
+
+    cache = tmpfs("64m")
+    monkeypatch.setenv("CXR_CACHE_DIR", str(cache))
+    ids = seed_store(cache)
+    expected = export.archive_bytes(ids["sweep"])
+    subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+    out = tmp_path / "from-read-only.zip"
+    assert main(["export", "--list"]) == 0 and ids["sweep"] in capsys.readouterr().out
+    assert main(["export", ids["sweep"], "--out", str(out)]) == 0
+    assert out.read_bytes() == expected
+    assert main(["jobs"]) == 0
+    assert not settings.is_reading_only()  # only while those commands ran
+    assert main(["audit", "--json", str(tmp_path / "a.json")]) == 2
+    assert "cannot be created or written" in capsys.readouterr().err

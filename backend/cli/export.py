@@ -10,6 +10,13 @@ from backend.errors import SpecError
 
 
 def _export(args: argparse.Namespace) -> int:
+    from backend import settings
+
+    with settings.reading_only():  # it only reads the cache: a read-only copy of it will do
+        return _export_reading(args)
+
+
+def _export_reading(args: argparse.Namespace) -> int:
     from backend.runs import store  # DuckDB and pandas only when the command runs
     from backend.views import export
 

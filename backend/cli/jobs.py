@@ -20,8 +20,14 @@ def _when(ts: float | None) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from backend.runs import jobs
+    from backend import settings
 
+    with settings.reading_only():  # listing writes nothing: a read-only copy of the cache will do
+        return _list_reading(args)
+
+
+def _list_reading(args: argparse.Namespace) -> int:
+    from backend.runs import jobs
     rows = jobs.list_jobs(limit=args.limit)
     if not rows:
         print("no jobs yet")

@@ -111,7 +111,10 @@ def pid_alive(pid: int | None) -> bool:
 
 def refresh(now: float | None = None) -> list[str]:
     """Mark active jobs whose worker is gone (or silent for STALE_AFTER_S) as stale, then start queued jobs on
-    the GPUs that are free; returns the ids marked stale."""
+    the GPUs that are free; returns the ids marked stale. A process that only reads the cache
+    (settings.reading_only: `python -m backend jobs` on a read-only copy) changes nothing."""
+    if settings.is_reading_only():
+        return []
     import_pending()  # first: a worker that kept its result in a file and exited is done, not stale
     now = now or time.time()
     stale, waiting = [], False

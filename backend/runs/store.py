@@ -111,7 +111,7 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
     delay = 0.01
     while True:
         try:
-            con = duckdb.connect(str(path))
+            con = duckdb.connect(str(path), read_only=settings.is_reading_only() and path.is_file())
             break
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_lock_error(exc):
