@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from backend import settings
 from backend.cli.audit import check_output
 from backend.errors import SpecError
 
 
 def _export(args: argparse.Namespace) -> int:
-    from backend import settings
-
     with settings.reading_only():  # it only reads the cache: a read-only copy of it will do
         return _export_reading(args)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from backend import settings
+
 # backend.runs.jobs and backend.runs.worker (and with them DuckDB) are imported inside each command: the
 # headless audit/dp/sweep commands, which register beside these, need neither.
 
@@ -20,8 +22,6 @@ def _when(ts: float | None) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from backend import settings
-
     with settings.reading_only():  # listing writes nothing: a read-only copy of the cache will do
         return _list_reading(args)
 
