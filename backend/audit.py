@@ -19,14 +19,13 @@ import pandas as pd
 
 from backend import settings
 from backend.embed import EmbeddingSet
-from backend.embed.compute import embed_split
-from backend.errors import SpecError
+from backend.embed.compute import embed_split, select_split
 from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
 from backend.relink.index import top_k_all
 from backend.relink.rows import CURVE_COLUMNS
-from backend.sources import check_match
-from backend.sources.schema import filled, match_attributes
+from backend.sources import check_match, check_matchable, load_source
+from backend.sources.schema import match_coverage
 from backend.specs import MATCH_PREFIX, AuditSpec, to_plain
 
 
@@ -91,19 +90,14 @@ def headline(rows: pd.DataFrame, k: int = 1, level: str = "study", n_ref: int = 
 def match_codes(es: EmbeddingSet, attributes: list[str]) -> np.ndarray:
     """(n, c) float matrix whose rows are equal exactly when two pairs agree on every attribute: "labels" is the
     14-label vector (NaN as 0, as the pathology-matched pool counts it); other attributes are columns of the
-    pair table. The engine takes a study's attributes from its first pair. SpecError naming the attribute when
-    the data lacks it for some pair."""
+    pair table, which the pairs passed here must all have (the others are left out first: match_coverage).
+    The engine takes a study's attributes from its first pair."""
     parts = []
     for name in attributes:
         if name == "labels":
             parts.append(np.nan_to_num(es.labels().astype(np.float64), nan=0.0))
-            continue
-        if not filled(es.meta, name):
-            have = "missing for some pairs" if name in es.meta.columns else "not in this data"
-            raise SpecError(f"Cannot match pools on {name!r}: it is {have} (this source gives "
-                            f"{', '.join(match_attributes(es.meta))}). Choose attributes the source provides, "
-                            "or add the column to the data.")
-        parts.append(pd.factorize(es.meta[name].astype(str), sort=True)[0][:, None].astype(np.float64))
+        else:
+            parts.append(pd.factorize(es.meta[name].astype(str), sort=True)[0][:, None].astype(np.float64))
     return np.concatenate(parts, axis=1)
 
 
@@ -119,17 +113,21 @@ def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike |
         include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
         progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy(), n_grid=n_grid)
     rows = result.rows
-    for match in spec.match:  # side-information pools: the pathology-matched engine on attribute groups
+    coverage = check_matchable(spec.embed.source.name, meta, spec.match)
+    for match in spec.match:  # side-information pools: the pathology-matched engine on attribute groups, over the
+        sub = es.subset(match_coverage(meta, match))  # pairs whose attributes are known (the others left out)
+        m = sub.meta
         matched = relink_curves(
-            es.image_emb, es.report_emb, meta["study_id"].to_numpy(), meta["patient_id"].to_numpy(),
-            meta["report"].to_numpy(), match_codes(es, match.split("+")), pools=("hard",), ks=tuple(spec.ks),
+            sub.image_emb, sub.report_emb, m["study_id"].to_numpy(), m["patient_id"].to_numpy(),
+            m["report"].to_numpy(), match_codes(sub, match.split("+")), pools=("hard",), ks=tuple(spec.ks),
             include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
-            pair_id=meta["pair_id"].to_numpy(), n_grid=n_grid).rows
+            pair_id=m["pair_id"].to_numpy(), n_grid=n_grid).rows
         matched = matched[matched["pool_kind"] == "hard"].assign(pool_kind=MATCH_PREFIX + match)
         rows = pd.concat([rows, matched], ignore_index=True)
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
               "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique()),
-              "dropped": source_drops(es.info.get("source_stats") or {})}
+              "dropped": source_drops(es.info.get("source_stats") or {}),
+              **({"matched_pools": coverage} if coverage else {})}
     inputs = {"data_hash": "", "n_pairs": len(meta), **(es.info.get("inputs") or {})}
     if es.info.get("key"):
         inputs["embedding_key"] = es.info["key"]
@@ -154,8 +152,12 @@ def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: 
     Raises DeviceError before any work when `device` is unknown or not present."""
     settings.check_device(device)
     check_match(spec.embed.source.name, spec.match)  # before any embedding
-    es = embeddings if embeddings is not None else embed_split(spec.embed, progress, device=device)
-    return audit_embeddings(es, spec, progress)
+    if embeddings is None:
+        source = load_source(spec.embed.source.name, root=spec.embed.source.root,
+                             section_policy=spec.embed.source.section_policy, **spec.embed.source.options)
+        check_matchable(spec.embed.source.name, select_split(source.pairs, spec.embed.split), spec.match)
+        embeddings = embed_split(spec.embed, progress, device=device, source=source)
+    return audit_embeddings(embeddings, spec, progress)
 
 
 TOPK_COLUMNS: tuple[str, ...] = ("pair_id", "study_id", "patient_id", "rank", "candidate_study_id",

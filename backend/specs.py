@@ -85,6 +85,8 @@ def parse_option(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise SpecError(f"Option {text.strip()!r} is not KEY=VALUE (e.g. n_patients=500, or sites=B).")
+    if raw.strip().lower() in ("true", "false"):  # True/FALSE as well as JSON's true/false
+        return key.strip(), raw.strip().lower() == "true"
     try:
         return key.strip(), json.loads(raw.strip())
     except json.JSONDecodeError:

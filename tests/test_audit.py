@@ -242,7 +242,7 @@ def test_pairs_the_source_drops_are_counted_with_their_reason(tmp_path: Path, fr
                  "--n-bootstrap", "0", "--ks", "1", "--json", str(out)]) == 0
     counts = json.loads(out.read_text())["counts"]
     assert counts["pairs"] == 10 and counts["dropped"] == {"empty_report": 10}
-    assert "10 pair(s): empty report" in capsys.readouterr().out
+    assert "Left out by the source before the split: 10 pair(s) with empty report." in capsys.readouterr().out
 
 
 def test_an_audit_onto_a_full_disk_keeps_the_old_json_and_the_computed_embeddings(

@@ -84,16 +84,43 @@ def test_side_information_shrinks_the_effective_pool() -> None:
     assert eff("random") > eff("matched:view") > eff("matched:view+site")
 
 
-def test_missing_attribute_is_named(tmp_path: Path) -> None:
+def test_an_attribute_no_pair_has_is_refused_with_what_to_do() -> None:
     data = _data(seed=8)
     es = _es(data, _study_attr(data, 0, ["PA"]))
-    with pytest.raises(SpecError, match="'sex'.*not in this data"):
+    with pytest.raises(SpecError, match=r"'sex'.*known for 0 of \d+ pairs.*match on what the data gives: labels, view"):
         audit_embeddings(es, AuditSpec(match=("sex",)))
-    es.meta.loc[3, "view"] = None
-    with pytest.raises(SpecError, match="'view'.*missing for some pairs"):
+    es.meta["view"] = "UNKNOWN"  # a source without views (OpenI without its metadata file): not a silent random pool
+    with pytest.raises(SpecError, match=r"'view'.*known for 0 of"):
         audit_embeddings(es, AuditSpec(match=("view",)))
     with pytest.raises(SpecError, match="shoe_size"):
         AuditSpec(match=("view+shoe_size",))
+
+
+def test_pairs_lacking_the_attribute_are_left_out_of_that_pool_only() -> None:
+    """Studies whose view is unknown (None, blank or UNKNOWN) are neither queries nor candidates of the view pool,
+    counted in counts["matched_pools"]; the pool over the others equals explicit pool sampling over the others,
+    and every other pool still holds every pair."""
+    data = _data(seed=9, dup_texts=False)
+    view = _study_attr(data, 4, ["PA", "AP"]).astype(object)
+    studies = list(dict.fromkeys(data["study_id"]))
+    for value, study in zip((None, "", "UNKNOWN", None), studies[2:40:10], strict=True):
+        view[data["study_id"] == study] = value
+    es = _es(data, view)
+    known = np.array([v not in (None, "", "UNKNOWN") for v in view])
+    spec = AuditSpec(ks=KS, n_bootstrap=0, match=("view",))
+    res = audit_embeddings(es, spec)
+    assert res.counts["matched_pools"] == {"view": {"pairs": int(known.sum()), "left_out": int((~known).sum())}}
+    plain = audit_embeddings(es, AuditSpec(ks=KS, n_bootstrap=0)).rows
+    pd.testing.assert_frame_equal(res.rows[res.rows.pool_kind != "matched:view"].reset_index(drop=True), plain)
+    sub = {k: v[known] for k, v in data.items()}
+    sub_es = es.subset(known)
+    groups = match_codes(sub_es, ["view"])
+    for n_pool in (2, 5):
+        mean, se = _mc(dict(sub, labels=groups), n_pool, KS, True, "study", n_pools=300, seed=n_pool)
+        for i, k in enumerate(KS):
+            got = res.rows[(res.rows.pool_kind == "matched:view") & (res.rows.level == "study") & (res.rows.k == k)
+                           & (res.rows.n == n_pool)].recall.iloc[0]
+            assert abs(got - mean[i]) <= 4.5 * se[i] + 1e-9, (n_pool, k, got, mean[i], se[i])
 
 
 def test_run_ids_without_side_information_are_unchanged() -> None:

@@ -10,7 +10,7 @@ import pytest
 from backend.errors import ImageReadError, SourceError, SpecError
 from backend.sources import load_source
 from backend.sources.mimic_cxr import parse_report, study_folder
-from tests.helpers.fixtures_data import write_corrupt, write_mimic
+from tests.helpers.fixtures_data import write_corrupt, write_mimic, zip_mimic_reports
 
 
 def test_loads_official_layout_with_official_split(tmp_path: Path) -> None:
@@ -133,3 +133,51 @@ def test_year_pools_are_refused_on_mimic_before_any_work(capsys: pytest.CaptureF
         run_audit(spec)
     check_match("mimic-cxr", ("sex+age_band", "view"))
     check_match("synthetic", ("year",))
+
+
+@pytest.mark.parametrize("top", ["", "mimic-cxr-reports/"])
+def test_reports_read_from_the_zip_as_downloaded(tmp_path: Path, top: str) -> None:
+    write_mimic(tmp_path / "jpg")
+    expected = load_source("mimic-cxr", root=str(tmp_path / "jpg")).pairs
+    archive = zip_mimic_reports(tmp_path / "jpg", tmp_path / "dl" / "mimic-cxr-reports.zip", top=top)
+    assert not list((tmp_path / "jpg").rglob("*.txt"))
+    data = load_source("mimic-cxr", root=str(tmp_path / "jpg"), reports_root=str(archive))
+    pd.testing.assert_frame_equal(data.pairs, expected)
+    archive.rename(tmp_path / "jpg" / "mimic-cxr-reports.zip")  # beside the images: found without the option
+    pd.testing.assert_frame_equal(load_source("mimic-cxr", root=str(tmp_path / "jpg")).pairs, expected)
+
+
+def test_reports_folder_at_either_level_and_a_bad_zip(tmp_path: Path) -> None:
+    write_mimic(tmp_path / "jpg")
+    expected = load_source("mimic-cxr", root=str(tmp_path / "jpg")).pairs
+    for txt in (tmp_path / "jpg" / "files").rglob("*.txt"):
+        dest = tmp_path / "reports" / txt.relative_to(tmp_path / "jpg")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        txt.rename(dest)
+    for level in ("reports", "reports/files"):
+        data = load_source("mimic-cxr", root=str(tmp_path / "jpg"), reports_root=str(tmp_path / level))
+        pd.testing.assert_frame_equal(data.pairs, expected)
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(SourceError, match=r"not a readable zip file .*download mimic-cxr-reports.zip again"):
+        load_source("mimic-cxr", root=str(tmp_path / "jpg"), reports_root=str(tmp_path / "broken.zip"))
+    with pytest.raises(SourceError, match=r"do not exist; pass reports_root=<mimic-cxr-reports.zip"):
+        load_source("mimic-cxr", root=str(tmp_path / "jpg"), reports_root=str(tmp_path / "nowhere.zip"))
+
+
+def test_an_image_missing_from_the_split_file_takes_its_patients_split(tmp_path: Path) -> None:
+    info = write_mimic(tmp_path, n_patients=4)
+    full = load_source("mimic-cxr", root=str(tmp_path)).pairs.set_index("pair_id")["split"]
+    split = pd.read_csv(tmp_path / "mimic-cxr-2.0.0-split.csv.gz", dtype={"dicom_id": str})
+    lonely = info["meta"][-1]["subject_id"]  # every image of this patient leaves the file: the hash split
+    dropped = split[(split.index % 3 == 0) | (split["subject_id"] == lonely)]
+    split.drop(dropped.index).to_csv(tmp_path / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    data = load_source("mimic-cxr", root=str(tmp_path))
+    got = data.pairs.set_index("pair_id")["split"]
+    assert data.stats["not_in_split_file"] == len(dropped)
+    kept = ~got.index.isin(dropped["dicom_id"]) | (data.pairs.set_index("pair_id")["patient_id"] != f"p{lonely}")
+    assert (got[kept] == full[kept]).all()
+    assert data.pairs.groupby("patient_id")["split"].nunique().max() == 1
+    split.loc[0, "split"] = "test" if split.loc[0, "split"] != "test" else "train"  # the file contradicts itself
+    split.to_csv(tmp_path / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    with pytest.raises(SourceError, match=r"split file puts patient 'p\d+' in two splits .*remove the file"):
+        load_source("mimic-cxr", root=str(tmp_path))

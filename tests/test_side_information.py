@@ -23,6 +23,7 @@ from backend.sources.schema import (
     SIDE_COLUMNS,
     age_band,
     match_attributes,
+    match_coverage,
     normalise_sex,
     side_information,
     table_digest,
@@ -125,9 +126,10 @@ def test_csv_side_information(tmp_path: Path) -> None:
         r["age_band"] = ["80+", "", "18-39", "60-79"][k]
     p = load_source("csv", root=str(_folder(tmp_path / "b", bands))).pairs
     assert p["age_band"].tolist() == ["80+", None, "18-39", "60-79"] and "age" not in p.columns
-    assert "age_band" not in match_attributes(p)  # a blank band: the pool cannot match on it
+    assert "age_band" in match_attributes(p)  # a blank band: that pair is left out of age-band pools
+    assert match_coverage(p, "age_band").tolist() == [True, False, True, True]
     plain = load_source("csv", root=str(_folder(tmp_path / "c", _rows(4)))).pairs
-    assert not set(SIDE_COLUMNS) & set(plain.columns) and match_attributes(plain) == ["labels", "view", "site"]
+    assert not set(SIDE_COLUMNS) & set(plain.columns) and match_attributes(plain) == ["labels", "site"]  # no view column: every view UNKNOWN
 
 
 def test_chexpert_plus_sex_and_age(tmp_path: Path) -> None:
@@ -142,7 +144,8 @@ def test_chexpert_plus_sex_and_age(tmp_path: Path) -> None:
     by = data.pairs.drop_duplicates("patient_id").set_index("patient_id")
     assert by["sex"].tolist() == ["F", "M", None, "F"] and by["age_band"].tolist() == ["18-39"] * 3 + ["80+"]
     assert "year" not in data.pairs.columns and data.stats["sex_known"] == 9
-    assert match_attributes(data.pairs) == ["labels", "view", "site", "age_band"]  # unknown sex: no sex pools
+    assert match_attributes(data.pairs) == ["labels", "view", "site", "sex", "age_band"]
+    assert (match_coverage(data.pairs, "sex+age_band") == (data.pairs["patient_id"] != "patient00003")).all()
     table.assign(year=2011).to_csv(csv, index=False)  # a derived CSV with a year column
     assert (load_source("chexpert-plus", root=str(tmp_path)).pairs["year"] == 2011).all()
     table.drop(columns=["sex", "age"]).to_csv(csv, index=False)
@@ -188,8 +191,12 @@ def test_matched_pools_on_sex_age_band_year_equal_explicit_pool_sampling() -> No
     es.meta["year"] = pd.array(_study_attr(data, 2, ["2015", "2016"]).astype(int), dtype="Int64")
     matches = ("sex+age_band", "sex+age_band+year")
     assert_matched_pools_equal_sampling(es, data, matches, AuditSpec(ks=KS, n_bootstrap=0, match=matches))
-    es.meta.loc[0, "year"] = pd.NA
-    with pytest.raises(SpecError, match="'year'.*missing for some pairs.*gives labels, view, sex, age_band"):
+    es.meta.loc[0, "year"] = pd.NA  # one pair without a year: left out of the year pool only, and counted
+    counts = audit_embeddings(es, AuditSpec(ks=(1,), n_bootstrap=0, match=("sex", "sex+year"))).counts
+    assert counts["matched_pools"] == {"sex": {"pairs": len(es), "left_out": 0},
+                                       "sex+year": {"pairs": len(es) - 1, "left_out": 1}}
+    es.meta["year"] = pd.NA
+    with pytest.raises(SpecError, match="'sex\\+year'.*year is known for 0 of .*gives: labels, view, sex, age_band"):
         audit_embeddings(es, AuditSpec(match=("sex+year",)))
 
 

@@ -16,6 +16,7 @@ from backend.progress import phased_progress
 from backend.settings import atomic_write, check_device
 from backend.sources import check_match
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec, check_ci_floor, parse_options
+from backend.views.definitions import left_out_notes
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)
         print(f"embeddings: {args.save_embeddings}")
     print(f"{len(result.rows)} curve points -> {out}")
-    dropped = result.counts.get("dropped") or {}
-    if any(dropped.values()):
-        print("left out by the source before the split: " + ", ".join(
-            f"{n} pair(s): {reason.replace('_', ' ')}" for reason, n in dropped.items() if n))
+    for note in left_out_notes(result.counts):
+        print(note)
     table = result.headline()
     if not table.empty:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

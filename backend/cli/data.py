@@ -51,6 +51,9 @@ def _sources(args: argparse.Namespace) -> int:
             continue
         stats = {**data.stats, "splits": data.pairs["split"].value_counts().to_dict()}
         print("    " + json.dumps(stats, default=int))
+        if data.stats.get("images_checked") == 0:
+            print("    images not checked: a missing or unreadable image stops an audit when it is reached; "
+                  "--source-option check_images=true checks them now and skips and counts the bad ones")
     return 0
 
 

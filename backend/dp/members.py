@@ -69,17 +69,6 @@ class MemberGroups:
                 "largest_common_n": int(self.n_grid[-1]), "pools": POOLS_NOTE}
 
 
-def subset(es: Any, mask: np.ndarray) -> Any:
-    """The EmbeddingSet's pairs where mask (n,) is True (meta re-indexed; heads and info kept)."""
-    mask = np.asarray(mask, dtype=bool)
-
-    def pick(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[mask]
-
-    return dataclasses.replace(es, meta=es.meta[mask].reset_index(drop=True), image_emb=pick(es.image_emb),
-                               report_emb=pick(es.report_emb), image_feat=pick(es.image_feat), text_feat=pick(es.text_feat))
-
-
 def largest_pool(meta: pd.DataFrame, include_same_patient: bool = False) -> int:
     """The largest random pool N of a split's audit: its studies, less the other studies of the patient with the
     fewest (they are not distractors unless include_same_patient)."""
@@ -109,8 +98,8 @@ def member_groups(train: Any, test: Any, *, max_patients: int | None = None, see
     rng = np.random.default_rng(seed)
     chosen_m = set(rng.choice(np.asarray(train_pat, dtype=object), size=n, replace=False))
     chosen_n = set(test_pat) if n == len(test_pat) else set(rng.choice(test_pat, size=n, replace=False))
-    members = subset(train, train.meta["patient_id"].isin(chosen_m).to_numpy())
-    non_members = subset(test, test.meta["patient_id"].isin(chosen_n).to_numpy())
+    members = train.subset(train.meta["patient_id"].isin(chosen_m).to_numpy())
+    non_members = test.subset(test.meta["patient_id"].isin(chosen_n).to_numpy())
     common = min(largest_pool(members.meta, include_same_patient), largest_pool(non_members.meta, include_same_patient))
     return MemberGroups(members, non_members, n, tuple(default_grid(max(common, 2))), seed, include_same_patient)
 

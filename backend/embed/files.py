@@ -3,6 +3,7 @@ files (a finished cache folder, and the portable npz anyone can recompute the me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,17 @@ class EmbeddingSet:
     def labels(self) -> np.ndarray:
         """(n, 14) float32 labels, 1/0/NaN, in CheXpert order."""
         return self.meta[list(LABELS)].to_numpy(dtype=np.float32)
+
+    def subset(self, mask: np.ndarray) -> EmbeddingSet:
+        """The pairs where mask (n,) is True (meta re-indexed; heads, info and path kept)."""
+        mask = np.asarray(mask, dtype=bool)
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[mask]
+
+        return dataclasses.replace(self, meta=self.meta[mask].reset_index(drop=True), image_emb=pick(self.image_emb),
+                                   report_emb=pick(self.report_emb), image_feat=pick(self.image_feat),
+                                   text_feat=pick(self.text_feat))
 
 
 def write_set(es: EmbeddingSet, folder: Path) -> None:

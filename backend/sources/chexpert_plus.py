@@ -6,7 +6,8 @@ Layout under `root` (official names):
                                    frontal_lateral (Frontal/Lateral), ap_pa (AP/PA/blank), optional split, ...
                                    (option csv= names another file; .csv.gz works too)
     images                         at path_to_image, relative to root, or the release's PNG copies:
-                                   PNG/<path_to_image with .png>, <path_to_image with .png>
+                                   PNG/<path_to_image with .png> (also PNG/PNG/..., as the PNG zip unpacks
+                                   into a PNG folder), <path_to_image with .png>
     chexbert_labels/report_fixed.json   CheXbert labels, JSON lines {"path_to_image": ..., "<label>": 1/0/-1/null}
                                    (also found: impression_fixed.json, findings_fixed.json, in root or in
                                    chexbert_labels/; option labels= names any JSON-lines or CSV file keyed by
@@ -36,6 +37,7 @@ from backend.sources.csv_source import normalise_split
 from backend.sources.files import (
     drop_bad_images,
     find_file,
+    image_stats,
     inside_root,
     label_columns,
     make_reader,
@@ -61,13 +63,18 @@ LABEL_FILES = ("chexbert_labels/report_fixed.json", "report_fixed.json", "chexbe
                "impression_fixed.json", "chexbert_labels/findings_fixed.json", "findings_fixed.json")
 
 
+PNG_FOLDERS = ("PNG", "PNG/PNG")  # the PNG release unpacks to PNG/ (or PNG/PNG/ when unzipped into a PNG folder)
+
+
 def resolve_image(root: Path, image_path: str) -> Path:
-    """The file of a path_to_image: as given, else the PNG copy (PNG/<path>.png or <path>.png)."""
+    """The file of a path_to_image: as given, else the PNG copy (<folder>/<path>.png for each of PNG_FOLDERS,
+    or <path>.png beside the csv); the path as given when none exists (its error names it)."""
     direct = root / image_path
     if direct.is_file():
         return direct
     png = Path(image_path).with_suffix(".png")
-    for candidate in (root / "PNG" / png, root / png, root / "PNG" / image_path):
+    for candidate in (*(root / folder / png for folder in PNG_FOLDERS), root / png,
+                      *(root / folder / image_path for folder in PNG_FOLDERS)):
         if candidate.is_file():
             return candidate
     return direct
@@ -186,7 +193,7 @@ def load_chexpert_plus(root: str | None = None, section_policy: str = "findings+
     out = finalize_pairs(pairs, "chexpert-plus")
     stats = {"rows": len(table), "pairs": len(out), "studies": int(out["study_id"].nunique()),
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped,
-             "skipped_images": skipped, "labelled": int(label_path is not None), "official_split": int(official is not None),
+             **image_stats(check_images, skipped), "labelled": int(label_path is not None), "official_split": int(official is not None),
              **side_stats(out)}
     return SourceData(name="chexpert-plus", pairs=out, read_image=make_reader(base, resolve_image, _IMAGE_HINT),
                       root=str(base), stats=stats, image_file=lambda p: resolve_image(base, p))

@@ -40,6 +40,7 @@ from backend.errors import SourceError
 from backend.sources import SourceInfo, register_source
 from backend.sources.files import (
     drop_bad_images,
+    image_stats,
     inside_root,
     label_columns,
     make_reader,
@@ -135,7 +136,7 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
         pairs["split"] = assign_split(pairs["patient_id"])
     out = finalize_pairs(pairs, "csv")
     stats = {"rows": len(table), "pairs": len(out), "studies": int(out["study_id"].nunique()),
-             "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped, "skipped_images": skipped,
+             "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped, **image_stats(check_images, skipped),
              "labelled_columns": sum(lab in table.columns for lab in LABELS), **side_stats(out)}
     return SourceData(name="csv", pairs=out, read_image=make_reader(base), root=str(base), stats=stats,
                       image_file=lambda p: base / p)

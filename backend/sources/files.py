@@ -207,6 +207,12 @@ def drop_bad_images(pairs: pd.DataFrame, root: Path, resolve: Callable[[Path, st
     return pairs.loc[keep].reset_index(drop=True), int((~keep).sum())
 
 
+def image_stats(checked: bool, skipped: int = 0) -> dict[str, int]:
+    """The stats entries on a source's images: {"images_checked": 1, "skipped_images": n} after a check, and only
+    {"images_checked": 0} without one (an unchecked image is not known to be readable: no "0 skipped")."""
+    return {"images_checked": 1, "skipped_images": int(skipped)} if checked else {"images_checked": 0}
+
+
 CHUNK = 64  # at most this many images per task of the thread pool (not one future per image: 377k of them)
 FLUSH_EVERY = 5000  # new verdicts written to the cache at least this often, so an interrupted scan keeps them
 LOG_EVERY_S = 10.0  # without a progress callback: a log line this often during a long scan

@@ -3,11 +3,13 @@
 Layout under `root` (the official names; each CSV may be gzipped or not):
     mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ViewPosition, ...   (required)
     mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split train/validate/test
-                                        (the official split, used as is; absent -> patient-hash split)
+                                        (the official split, used as is; absent -> patient-hash split; an image
+                                        the file lacks takes its patient's split from the file, else the hash's)
     mimic-cxr-2.0.0-chexpert.csv(.gz)   subject_id, study_id + 14 labels 1/0/-1/blank (absent -> NaN labels)
     files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg            the images (read lazily)
-and the reports, from the MIMIC-CXR (not -JPG) project, under `reports_root` (default: root; a
-'mimic-cxr-reports' folder inside root is found too):
+and the reports, from the MIMIC-CXR (not -JPG) project: `mimic-cxr-reports.zip` read as downloaded, or the
+folder it was extracted into (the one holding files/, or files/ itself), named by `reports_root` (default: root's
+mimic-cxr-reports.zip, else its mimic-cxr-reports/ folder, else root itself):
     files/pXX/pXXXXXXXX/sXXXXXXXX.txt   free text with FINDINGS: / IMPRESSION: headings
 
 Side information: `year` from the metadata's StudyDate (YYYYMMDD). MIMIC dates are shifted into
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,7 @@ from backend.sources.files import (
     drop_bad_images,
     find_file,
     find_optional,
+    image_stats,
     label_columns,
     make_reader,
     read_table,
@@ -95,23 +99,69 @@ def study_folder(subject_id: int | str, study_id: int | str) -> str:
     return f"files/p{subject[:2]}/p{subject}/s{study_id}"
 
 
-def _reports_base(root: Path, reports_root: str | None) -> Path:
+REPORTS_ZIP = "mimic-cxr-reports.zip"
+_REPORT_ENTRY = re.compile(r"(?:^|/)files/p\d+/p(\d+)/s(\d+)\.txt$")
+
+
+class ReportFiles:
+    """The MIMIC-CXR reports, where the publisher's download leaves them: `mimic-cxr-reports.zip` read in place
+    (entries files/pXX/pXXXXXXXX/sXXXXXXXX.txt, with or without a top folder), or the extracted folder named at
+    either level (the folder that holds files/, or files/ itself). `text(subject, study)` -> the report or None."""
+
+    def __init__(self, location: Path) -> None:
+        self.location = location
+        self._zip: zipfile.ZipFile | None = None
+        self._entries: dict[tuple[str, str], str] = {}
+        if location.is_file():
+            try:
+                self._zip = zipfile.ZipFile(location)
+                names = self._zip.namelist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise SourceError(f"MIMIC-CXR reports archive {str(location)!r} is not a readable zip file ({exc}); "
+                                  f"download {REPORTS_ZIP} again from physionet.org/content/mimic-cxr.") from exc
+            for name in names:
+                match = _REPORT_ENTRY.search(name)
+                if match:
+                    self._entries[(match.group(1), match.group(2))] = name
+            self.base = location
+        else:
+            self.base = location.parent if location.name == "files" and not (location / "files").is_dir() else location
+
+    def text(self, subject_id: object, study_id: object) -> str | None:
+        if self._zip is not None:
+            name = self._entries.get((str(subject_id), str(study_id)))
+            return self._zip.read(name).decode("utf-8", errors="replace") if name is not None else None
+        path = self.base / f"{study_folder(subject_id, study_id)}.txt"
+        return path.read_text(errors="replace") if path.is_file() else None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+
+def report_files(root: Path, reports_root: str | None) -> ReportFiles:
+    """Where the reports are: `reports_root` (the zip, or the extracted folder at either level; relative to root
+    or absolute), else root's mimic-cxr-reports.zip, mimic-cxr-reports/ folder or root itself."""
     if reports_root is not None:
-        base = Path(reports_root).expanduser()
-        if not base.is_dir():
-            raise SourceError(f"MIMIC-CXR reports folder {str(base)!r} does not exist; check reports_root.")
-        return base
-    nested = root / "mimic-cxr-reports"
-    return nested if nested.is_dir() else root
+        given = Path(reports_root).expanduser()
+        given = given if given.is_absolute() else root / given
+        if not given.exists():
+            raise SourceError(f"MIMIC-CXR reports {str(given)!r} do not exist; pass reports_root=<{REPORTS_ZIP} as "
+                              "downloaded, or the folder it was extracted into>.")
+        return ReportFiles(given)
+    for candidate in (root / REPORTS_ZIP, root / "mimic-cxr-reports"):
+        if candidate.exists():
+            return ReportFiles(candidate)
+    return ReportFiles(root)
 
 
-def read_study_reports(base: Path, studies: pd.DataFrame) -> pd.DataFrame:
-    """study_id, findings, impression for every (subject_id, study_id) whose sXXX.txt exists."""
+def read_study_reports(reports: ReportFiles, studies: pd.DataFrame) -> pd.DataFrame:
+    """study_id, findings, impression for every (subject_id, study_id) whose report exists."""
     rows = []
     for subject, study in zip(studies["subject_id"], studies["study_id"], strict=True):
-        path = base / f"{study_folder(subject, study)}.txt"
-        if path.is_file():
-            findings, impression = parse_report(path.read_text(errors="replace"))
+        text = reports.text(subject, study)
+        if text is not None:
+            findings, impression = parse_report(text)
             rows.append({"study_id": study, "findings": findings or None, "impression": impression or None})
     return pd.DataFrame(rows, columns=["study_id", "findings", "impression"])
 
@@ -133,6 +183,27 @@ def _split(root: Path) -> pd.DataFrame | None:
         return None
     table = read_table(path, ["dicom_id", "split"], "MIMIC-CXR split file", dtype={"dicom_id": str})
     return pd.DataFrame({"dicom_id": table["dicom_id"], "split": normalise_split(table["split"], str(path))})
+
+
+def _official_split(pairs: pd.DataFrame, split: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The split file's split for each image. An image the file lacks (a partial or older file) takes the split
+    its patient's other images have in the file, else the patient-hash split; returns (pairs, images the file
+    lacks). SourceError when the file itself puts one patient in two splits."""
+    out = pairs.merge(split, on="dicom_id", how="left")
+    listed = out.dropna(subset=["split"]).groupby("patient_id")["split"]
+    mixed = listed.nunique()
+    if (mixed > 1).any():
+        raise SourceError(f"The MIMIC-CXR split file puts patient {mixed[mixed > 1].index[0]!r} in two splits "
+                          f"({', '.join(sorted(listed.unique()[mixed[mixed > 1].index[0]]))}); use the official "
+                          f"{SPLIT}.gz or remove the file to use the patient-hash split.")
+    missing = out["split"].isna()
+    if missing.any():
+        of_patient = out["patient_id"].map(listed.first())
+        hashed = pd.Series(assign_split(out["patient_id"]), index=out.index)
+        out["split"] = out["split"].fillna(of_patient).fillna(hashed)
+        log.warning("mimic-cxr: %d image(s) are not in the split file; each takes its patient's split from the file, "
+                    "or the patient-hash split for a patient the file does not list", int(missing.sum()))
+    return out, int(missing.sum())
 
 
 PATIENTS_COLUMNS = ("subject_id", "gender", "anchor_age")  # MIMIC-IV hosp/patients.csv; anchor_year optional
@@ -185,12 +256,16 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
                       dtype={"dicom_id": str})
     patients = _patients(base, patients_csv) if patients_csv is not None else None
     studies = meta[["subject_id", "study_id"]].drop_duplicates()
-    reports = read_study_reports(_reports_base(base, reports_root), studies)
+    files = report_files(base, reports_root)
+    try:
+        reports = read_study_reports(files, studies)
+    finally:
+        files.close()
     missing_reports = len(studies) - len(reports)
     if len(reports) == 0:
-        raise SourceError(f"No MIMIC-CXR report files (files/pXX/pXXXXXXXX/sXXXXXXXX.txt) under "
-                          f"{str(_reports_base(base, reports_root))!r}; extract mimic-cxr-reports.zip there or pass "
-                          "reports_root=<folder>.")
+        raise SourceError(f"No MIMIC-CXR report of this metadata's studies (files/pXX/pXXXXXXXX/sXXXXXXXX.txt) in "
+                          f"{str(files.location)!r}; pass reports_root=<{REPORTS_ZIP} from the MIMIC-CXR project, or "
+                          "the folder it was extracted into>.")
     table = meta.merge(reports, on="study_id", how="inner")
     labels = _labels(base, blank_as)
     if labels is not None:
@@ -212,16 +287,16 @@ def load_mimic_cxr(root: str | None = None, section_policy: str = "findings+impr
     if check_images:
         pairs, skipped = drop_bad_images(pairs, base, source="mimic-cxr")
     split = _split(base)
+    not_in_split = 0
     if split is not None:
-        pairs = pairs.merge(split, on="dicom_id", how="left")
-        pairs["split"] = pairs["split"].fillna(pd.Series(assign_split(pairs["patient_id"]), index=pairs.index))
+        pairs, not_in_split = _official_split(pairs, split)
     else:
         pairs["split"] = assign_split(pairs["patient_id"])
     out = finalize_pairs(pairs, "mimic-cxr")
     stats = {"images": len(meta), "pairs": len(out), "studies": int(out["study_id"].nunique()),
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped,
-             "dropped_missing_report": int(missing_reports), "skipped_images": skipped,
-             "official_split": int(split is not None), "labelled": int(labels is not None), **side_stats(out)}
+             "dropped_missing_report": int(missing_reports), **image_stats(check_images, skipped),
+             "official_split": int(split is not None), **({"not_in_split_file": not_in_split} if split is not None else {}), "labelled": int(labels is not None), **side_stats(out)}
     return SourceData(name="mimic-cxr", pairs=out, read_image=make_reader(base, hint=_IMAGE_HINT), root=str(base),
                       stats=stats, image_file=lambda p: base / p)
 
@@ -237,4 +312,7 @@ register_source(SourceInfo(
     unmatchable=(("year", "MIMIC-CXR shifts each patient's dates by its own random offset (into 2100-2200), so "
                   "years compare only within one patient and a pool matched on them models no real attacker. "
                   "Match on sex+age_band (with patients_csv=) or view instead."),),
+    match_hints=tuple((a, "MIMIC-CXR gives no sex or age: pass --source-option patients_csv=<MIMIC-IV "
+                          "hosp/patients.csv.gz> (MIMIC-IV, another credentialed PhysioNet project).")
+                      for a in ("sex", "age_band")),
 ))

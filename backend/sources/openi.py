@@ -1,11 +1,14 @@
 """OpenI: the Indiana University chest X-ray collection (NLM), in its official layout.
 
-Layout under `root` (what NLM ships; everything but the reports is optional):
+Layout under `root` (NLM's files unless said otherwise; everything but the reports is optional):
     NLMCXR_reports.tgz            ecgen-radiology/1.xml ... 3955.xml (read straight from the archive)
       or ecgen-radiology/         the same XML files, extracted
     NLMCXR_png/                   CXR<uid>_IM-<a>-<b>.png, one per <parentImage id=...> (or the PNGs directly
                                   in root, as `tar xzf NLMCXR_png.tgz` leaves them)
-    nlmcxr_dicom_metadata.csv(.gz)  one row per image id with the DICOM 'View Position' (PA, AP, LL, ...)
+    nlmcxr_dicom_metadata.csv(.gz)  one row per image id with the DICOM 'View Position' (PA, AP, LL, ...):
+                                  NOT part of NLM's download; torchxrayvision derives it from NLM's DICOM
+                                  files and publishes it. Without it every view is UNKNOWN (a view pool is
+                                  refused, never a silent random pool)
 
 Pairs: one per parentImage; study = report XML (study_id 'openi-<n>' for ecgen-radiology/<n>.xml).
 OpenI has NO patient identifier across reports, so patient_id = study_id: a patient with several reports
@@ -31,7 +34,7 @@ import pandas as pd
 from backend.errors import SourceError
 from backend.settings import data_root
 from backend.sources import SourceInfo, register_source
-from backend.sources.files import drop_bad_images, find_optional, make_reader, require_root
+from backend.sources.files import drop_bad_images, find_optional, image_stats, make_reader, require_root
 from backend.sources.labeler import label_reports
 from backend.sources.schema import (
     LABELS,
@@ -214,12 +217,13 @@ def load_openi(root: str | None = None, section_policy: str = "findings+impressi
     table, dropped = apply_section_policy(table, section_policy)
     skipped = 0
     png_present = image_dir == "" or (base / PNG_DIR).is_dir()
-    if png_present if check_images is None else check_images:
+    checked = bool(png_present if check_images is None else check_images)
+    if checked:
         table, skipped = drop_bad_images(table, base, resolve_image, "openi")
     table["split"] = assign_split(table["patient_id"])
     pairs = finalize_pairs(table, "openi")
     stats.update(pairs=len(pairs), studies=int(pairs["study_id"].nunique()), patients=int(pairs["patient_id"].nunique()),
-                 dropped_empty_report=dropped, skipped_images=skipped, images_folder_present=int(png_present))
+                 dropped_empty_report=dropped, images_folder_present=int(png_present), **image_stats(checked, skipped))
     log.debug("openi: %s", stats)
     return SourceData(name="openi", pairs=pairs, read_image=make_reader(base, resolve_image, _IMAGE_HINT), root=str(base), stats=stats,
                       image_file=lambda p: resolve_image(base, p))
@@ -273,4 +277,7 @@ register_source(SourceInfo(
     description="Indiana University chest X-rays (OpenI, NLM): 3,955 reports, 7,470 images; public download.",
     loader=load_openi,
     needs_root=True,
+    match_hints=(("view", "OpenI's views come from nlmcxr_dicom_metadata.csv(.gz), a table derived from NLM's "
+                          "DICOM files by torchxrayvision (not in NLM's download; see docs/DATA.md): put it in the "
+                          "OpenI folder."),),
 ))

@@ -227,18 +227,46 @@ def side_stats(pairs: pd.DataFrame) -> dict[str, int]:
     return {f"{c}_known": int(pairs[c].notna().sum()) for c in SIDE_COLUMNS if c in pairs.columns}
 
 
-def filled(pairs: pd.DataFrame, column: str) -> bool:
-    """Whether every pair of the table has a (non-blank) value in `column`."""
+UNKNOWN_VIEW = "UNKNOWN"  # normalise_view of a blank or unreadable view
+
+
+def known(pairs: pd.DataFrame, column: str) -> np.ndarray:
+    """Which pairs have a value in `column`: not missing, not blank, and for `view` not UNKNOWN_VIEW ("labels", the
+    14 label columns, is known everywhere: an unknown label counts as 0). All False when the column is absent."""
+    if column == "labels":
+        return np.ones(len(pairs), dtype=bool)
     if column not in pairs.columns:
-        return False
+        return np.zeros(len(pairs), dtype=bool)
     col = pairs[column]
-    return not (col.isna().any() or (col.astype(str).str.strip() == "").any())
+    text = col.astype(str).str.strip()
+    ok = col.notna() & (text != "") & (text.str.lower() != "none")
+    if column == "view":
+        ok &= text.str.upper() != UNKNOWN_VIEW
+    return ok.to_numpy(dtype=bool)
+
+
+def filled(pairs: pd.DataFrame, column: str) -> bool:
+    """Whether every pair of the table has a value in `column` (see known)."""
+    return bool(known(pairs, column).all()) and column in pairs.columns
 
 
 def match_attributes(pairs: pd.DataFrame) -> list[str]:
-    """The attributes (backend.specs.MATCH_ATTRIBUTES) pools can match on in this table: "labels" always (an
-    unknown label counts as 0), the others when every pair has a value."""
-    return [a for a in MATCH_ATTRIBUTES if a == "labels" or filled(pairs, a)]
+    """The attributes (backend.specs.MATCH_ATTRIBUTES) pools can match on in this table: "labels" always, the
+    others when at least one pair has a value (pairs without one are left out of that pool: match_coverage)."""
+    return [a for a in MATCH_ATTRIBUTES if known(pairs, a).any()]
+
+
+def match_coverage(pairs: pd.DataFrame, match: str) -> np.ndarray:
+    """The pairs a side-information pool ("sex+age_band") is measured on: those with every attribute known.
+
+    The one policy for a pair that lacks one (a subject absent from MIMIC-IV's patients file, sex "Unknown",
+    a view the data does not give): it is left out of that matched pool, as query and as candidate (an attacker
+    matching on sex cannot place a report whose sex nobody knows), and counted (AuditResult.counts
+    ["matched_pools"]); every other pool keeps it."""
+    mask = np.ones(len(pairs), dtype=bool)
+    for attribute in match.split("+"):
+        mask &= known(pairs, attribute)
+    return mask
 
 
 def _clean(text: object) -> str:

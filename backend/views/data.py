@@ -8,7 +8,7 @@ import pandas as pd
 
 from backend import sources
 from backend.sources.schema import LABELS as LABELS
-from backend.sources.schema import SourceData, match_attributes
+from backend.sources.schema import SourceData, known, match_attributes
 from backend.specs import MATCH_ATTRIBUTES
 
 
@@ -27,9 +27,13 @@ def data_summary(pairs: pd.DataFrame, labels: tuple[str, ...]) -> tuple[pd.DataF
 
 
 def match_summary(pairs: pd.DataFrame) -> str:
-    """One sentence: the attributes side-information pools (`--match`) can use on this table, and those they cannot."""
+    """One sentence: the attributes side-information pools (`--match`) can use on this table, how many pairs each
+    is known for where some lack it (they are left out of that pool), and the attributes no pair has."""
     can = match_attributes(pairs)
     cannot = [a for a in MATCH_ATTRIBUTES if a not in can]
     name = lambda attrs: ", ".join(a.replace("_", " ") for a in attrs)  # noqa: E731
+    partial = [(a, int(known(pairs, a).sum())) for a in can if not known(pairs, a).all()]
     return (f"Side-information pools (audit --match) can match on: {name(can)}."
-            + (f" Not on: {name(cannot)} (not given for every pair)." if cannot else ""))
+            + "".join(f" {a.replace('_', ' ').capitalize()} is known for {n:,} of {len(pairs):,} pairs; the others are "
+                      "left out of pools matched on it." for a, n in partial)
+            + (f" Not on: {name(cannot)} (no pair gives it)." if cannot else ""))

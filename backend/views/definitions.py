@@ -3,6 +3,10 @@ export's README (plain text; no Streamlit)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from backend.specs import MATCH_PREFIX, pool_name
+
 DEFINITIONS: dict[str, str] = {
     "recall": "Recall@K(N): probability that the true report is among the K most similar of a pool of N "
               "candidate reports that contains it (exact expectation over random pools).",
@@ -34,3 +38,20 @@ DEFINITIONS: dict[str, str] = {
             "scored higher + half the reports scored equal (ties broken at random, on average); the same patient's "
             "other studies are left out, as in the audit.",
 }
+
+
+def left_out_notes(counts: dict[str, Any]) -> list[str]:
+    """What an audit left out, as sentences (the command's output, the Overview and the report word it alike):
+    the source's drops before the split by reason (counts["dropped"]), and per side-information pool the pairs
+    left out because an attribute is unknown for them (counts["matched_pools"], schema.match_coverage)."""
+    notes = []
+    dropped = {k: int(v) for k, v in (counts.get("dropped") or {}).items() if v}
+    if dropped:
+        notes.append("Left out by the source before the split: " + "; ".join(
+            f"{n:,} pair(s) with {reason.replace('_', ' ')}" for reason, n in dropped.items()) + ".")
+    for match, c in (counts.get("matched_pools") or {}).items():
+        if int(c.get("left_out") or 0):
+            notes.append(f"The pool {pool_name(MATCH_PREFIX + match)} leaves out {int(c['left_out']):,} of "
+                         f"{int(c['left_out']) + int(c['pairs']):,} pairs whose {match.replace('+', ' or ')} is "
+                         "unknown (every other pool keeps them).")
+    return notes

@@ -11,8 +11,7 @@ from backend import settings
 from backend.errors import RelinkError, SpecError
 from backend.models import check_model
 from backend.runs import ladder, store
-from backend.sources import SourceData, check_match, get_source, load_source
-from backend.sources.schema import match_attributes
+from backend.sources import SourceData, check_match, check_matchable, get_source, load_source
 from backend.specs import (
     DEFAULT_EPSILONS,
     AuditSpec,
@@ -58,20 +57,17 @@ def default_root(name: str) -> str:
 
 
 def check_source(spec: SourceSpec, match: tuple[str, ...] = ()) -> SourceData:
-    """Before any job starts, load a source as a job would and check that it gives every attribute the pools of
-    `match` ("sex+age_band", ...) are matched on: raises the SourceError the command line gives for the same folder
-    and options (bad folder, unknown option), or a SpecError naming the attributes the pair table lacks. The
+    """Before any job starts, load a source as a job would and check that the pools of `match` ("sex+age_band",
+    ...) can be served (sources.check_matchable: pairs lacking an attribute are left out of that pool, a pool
+    nobody can be placed in is refused): raises the SourceError the command line gives for the same folder and
+    options (bad folder, unknown option), or a SpecError saying what the pair table lacks. The
     synthetic source is checked on a 5-patient prefix (its options and columns are the same; the full table takes
     seconds to generate)."""
     options = dict(spec.options)
     if spec.name == "synthetic":
         options["n_patients"] = 5
     data = load_source(spec.name, root=spec.root, section_policy=spec.section_policy, **options)
-    given = match_attributes(data.pairs)
-    missing = [a for a in dict.fromkeys(a for m in match for a in m.split("+")) if a not in given]
-    if missing:
-        raise SpecError(f"The {spec.name} dataset does not give {', '.join(missing)} for every pair, so pools cannot "
-                        f"be matched on it. Match on attributes it gives: {', '.join(given)}.")
+    check_matchable(spec.name, data.pairs, match)
     return data
 
 

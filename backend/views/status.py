@@ -14,6 +14,7 @@ from backend.errors import RelinkError
 from backend.runs import jobs, provenance, snapshot, store
 from backend.specs import LadderSpec, spec_from_json
 from backend.views.catalog import spec_info
+from backend.views.definitions import left_out_notes
 
 RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep", "ladder": "Model ladder"}
 
@@ -116,15 +117,11 @@ def run_inputs(run_id: str | None) -> str:
 
 
 def drops_note(run_id: str | None) -> str | None:
-    """What the run's source left out before the split, by reason (an audit's counts.dropped), as one sentence;
-    None when it left nothing out or did not record it."""
+    """What the run left out (the source's drops before the split by reason, pairs a side-information pool
+    could not place: audit.left_out_notes) as one paragraph; None when nothing was left out or not recorded."""
     run = store.get_run(run_id) if run_id else None
-    dropped = {k: int(v) for k, v in ((((run or {}).get("summary") or {}).get("counts") or {}).get("dropped")
-                                      or {}).items() if v}
-    if not dropped:
-        return None
-    parts = [f"{n:,} pair(s) with {reason.replace('_', ' ')}" for reason, n in dropped.items()]
-    return "Left out by the source before the split: " + "; ".join(parts) + "."
+    notes = left_out_notes(((run or {}).get("summary") or {}).get("counts") or {})
+    return " ".join(notes) or None
 
 
 def snapshot_note(run_id: str | None) -> dict[str, Any] | None:

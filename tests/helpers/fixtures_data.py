@@ -148,6 +148,19 @@ def write_mimic(root: Path, n_patients: int = 3, studies_per_patient: int = 2, g
     return {"n_images": len(meta), "n_studies": len(chex), "meta": meta}
 
 
+def zip_mimic_reports(root: Path, archive: Path, top: str = "") -> Path:
+    """Move the report files of a write_mimic tree into a zip as the MIMIC-CXR project ships them
+    (mimic-cxr-reports.zip: entries files/pXX/pXXXXXXXX/sXXXXXXXX.txt, under `top` when given)."""
+    import zipfile
+
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for txt in sorted((root / "files").rglob("*.txt")):
+            out.write(txt, f"{top}{txt.relative_to(root).as_posix()}")
+            txt.unlink()
+    return archive
+
+
 # ---- CheXpert Plus ----------------------------------------------------------------------------------
 
 CHEXPERT_PLUS_CSV = "df_chexpert_plus_240401.csv"
