@@ -127,6 +127,7 @@ def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike |
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
               "patients": int(meta["patient_id"].nunique()), "distinct_reports": int(meta["report"].nunique()),
               "dropped": source_drops(es.info.get("source_stats") or {}),
+              "labelled_pairs": int((~np.isnan(es.labels())).any(axis=1).sum()),
               **({"matched_pools": coverage} if coverage else {})}
     inputs = {"data_hash": "", "n_pairs": len(meta), **(es.info.get("inputs") or {})}
     if es.info.get("key"):

@@ -242,7 +242,10 @@ def test_pairs_the_source_drops_are_counted_with_their_reason(tmp_path: Path, fr
                  "--n-bootstrap", "0", "--ks", "1", "--json", str(out)]) == 0
     counts = json.loads(out.read_text())["counts"]
     assert counts["pairs"] == 10 and counts["dropped"] == {"empty_report": 10}
-    assert "Left out by the source before the split: 10 pair(s) with empty report." in capsys.readouterr().out
+    assert counts["labelled_pairs"] == 0  # no label column: said, not a silent random pool under another name
+    printed = capsys.readouterr().out
+    assert "Left out by the source before the split: 10 pair(s) with empty report." in printed
+    assert "No pair of this data has a finding label: the pathology-matched pool is the random pool" in printed
 
 
 def test_an_audit_onto_a_full_disk_keeps_the_old_json_and_the_computed_embeddings(

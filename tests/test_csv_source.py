@@ -121,3 +121,28 @@ def test_accepted_label_forms(tmp_path: Path) -> None:
     got = load_source("csv", root=str(tmp_path)).pairs.set_index("image_path")["Edema"]
     expected = [1.0, 0.0, float("nan"), 1.0, 0.0, float("nan"), 0.0, 0.0]
     assert got.loc[[r["image_path"] for r in rows]].tolist() == pytest.approx(expected, nan_ok=True)
+
+
+def test_misnamed_columns_are_named_with_the_close_match(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"image_path": r["image_path"], "report": r["report"], "patient_id": r["patient_id"],
+             "Pleural_Effusion": r["Pleural Effusion"], "PatientSex": "F", "ViewPosition": "PA", "report_date": 2020}
+            for r in _rows()]
+    with caplog.at_level("WARNING"):
+        data = load_source("csv", root=str(_folder(tmp_path, rows)))
+    assert data.stats["unread_columns"] == {"Pleural_Effusion": "Pleural Effusion", "PatientSex": "sex",
+                                            "ViewPosition": "view"}
+    assert "column 'Pleural_Effusion' is not read; did you mean 'Pleural Effusion'?" in caplog.text
+    assert data.pairs["Pleural Effusion"].isna().all() and "sex" not in data.pairs.columns
+
+
+def test_without_any_label_the_pathology_pool_is_said_to_be_the_random_pool(tmp_path: Path) -> None:
+    from backend.views.data import match_summary
+    from backend.views.definitions import coverage_notes
+
+    rows = [{k: v for k, v in r.items() if k in ("image_path", "report", "patient_id")} for r in _rows()]
+    pairs = load_source("csv", root=str(_folder(tmp_path, rows))).pairs
+    assert "No pair has a finding label: the pathology-matched pool is the random pool" in match_summary(pairs)
+    assert "No pair has a finding label" not in match_summary(load_source("csv", root=str(_folder(
+        tmp_path / "b", _rows()))).pairs)
+    assert any("pathology-matched pool is the random pool" in n for n in coverage_notes({"labelled_pairs": 0}))
+    assert coverage_notes({"labelled_pairs": 3}) == []

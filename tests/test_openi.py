@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from backend.errors import ImageReadError, SourceError
@@ -140,3 +141,21 @@ def test_pngs_extracted_flat_into_root(tmp_path: Path) -> None:
     data = load_source("openi", root=str(root))
     assert data.pairs["image_path"].iloc[0] == "CXR1_1_IM-0001-3001.png" and data.stats["skipped_images"] == 0
     assert data.read_image(data.pairs["image_path"].iloc[0]).size == (16, 16)
+
+
+def test_the_kaggle_copy_reads_as_the_nlm_layout(tmp_path: Path) -> None:
+    """indiana_reports.csv + indiana_projections.csv + images/images_normalized/: the same studies, report texts
+    and labels as NLM's archive, the view from the projection, the images found."""
+    from tests.helpers.fixtures_data import write_openi_kaggle
+
+    nlm = load_source("openi", root=str(write_openi(tmp_path / "nlm"))).pairs
+    (tmp_path / "kaggle").mkdir()
+    data = load_source("openi", root=str(write_openi_kaggle(tmp_path / "kaggle")))
+    kaggle = data.pairs
+    assert data.stats["layout"] == "kaggle" and data.stats["skipped_images"] == 0
+    cols = ["study_id", "report", *LABELS]
+    by_study = lambda t: t.drop_duplicates("study_id")[cols].sort_values("study_id").reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(by_study(kaggle), by_study(nlm))
+    assert len(kaggle) == len(nlm) and set(kaggle["pair_id"]) - set(nlm["pair_id"]) == {"CXR1_IM-0001-3001", "CXR1_IM-0001-4001"}
+    assert kaggle.groupby("study_id")["view"].apply(list).to_dict()["openi-2"] == ["FRONTAL", "LATERAL"]
+    assert data.read_image(kaggle["image_path"].iloc[0]).size == (16, 16)

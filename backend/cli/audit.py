@@ -16,7 +16,7 @@ from backend.progress import phased_progress
 from backend.settings import atomic_write, check_device
 from backend.sources import check_match
 from backend.specs import POOL_KINDS, AuditSpec, EmbedSpec, SourceSpec, check_ci_floor, parse_options
-from backend.views.definitions import left_out_notes
+from backend.views.definitions import coverage_notes
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)
         print(f"embeddings: {args.save_embeddings}")
     print(f"{len(result.rows)} curve points -> {out}")
-    for note in left_out_notes(result.counts):
+    for note in coverage_notes(result.counts):
         print(note)
     table = result.headline()
     if not table.empty:

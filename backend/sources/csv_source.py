@@ -32,6 +32,7 @@ images are skipped (stats['skipped_images']) unless check_images=False.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +59,8 @@ from backend.sources.schema import (
     side_information,
     side_stats,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CSV = "pairs.csv"
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
@@ -107,6 +110,9 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
     if table.empty:
         raise SourceError(f"CSV {str(path)!r} has a header but no rows; add one row per image-report pair.")
     _check_duplicates(table, path)
+    misses = near_misses([str(c) for c in table.columns])
+    for col, name in misses.items():
+        log.warning("csv %s: column %r is not read; did you mean %r? Rename it to use it.", path, col, name)
     inside_root(base, table["image_path"].astype(str), f"CSV {str(path)!r}")
     findings, impression = _text_columns(table, path)
     report_only = "findings" not in table.columns and "impression" not in table.columns
@@ -137,9 +143,39 @@ def load_csv_source(root: str | None = None, section_policy: str = "findings+imp
     out = finalize_pairs(pairs, "csv")
     stats = {"rows": len(table), "pairs": len(out), "studies": int(out["study_id"].nunique()),
              "patients": int(out["patient_id"].nunique()), "dropped_empty_report": dropped, **image_stats(check_images, skipped),
-             "labelled_columns": sum(lab in table.columns for lab in LABELS), **side_stats(out)}
+             "labelled_columns": sum(lab in table.columns for lab in LABELS), **side_stats(out),
+             **({"unread_columns": misses} if misses else {})}
     return SourceData(name="csv", pairs=out, read_image=make_reader(base), root=str(base), stats=stats,
                       image_file=lambda p: base / p)
+
+
+KNOWN_COLUMNS: tuple[str, ...] = ("image_path", "patient_id", "study_id", "pair_id", "report", "findings", "impression",
+                                  "view", "split", "site", "sex", "age", "age_band", "year", *LABELS)
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def near_misses(columns: list[str]) -> dict[str, str]:
+    """Columns the source does not read that look like one it does (Pleural_Effusion -> Pleural Effusion,
+    PatientSex -> sex, ViewPosition -> view): {column: the known name}, for known names the table lacks. Same
+    letters ignoring case and separators, a known name that ends the column (PatientSex), or a close spelling."""
+    import difflib
+
+    absent = [k for k in KNOWN_COLUMNS if k not in columns]
+    squashed = {_squash(k): k for k in absent}
+    out = {}
+    for col in columns:
+        if col in KNOWN_COLUMNS:
+            continue
+        key = _squash(col)
+        hit = squashed.get(key) or next((k for sq, k in squashed.items() if len(sq) >= 3 and
+                                         (key.endswith(sq) or key.startswith(sq))), None)
+        hit = hit or next(iter(difflib.get_close_matches(key, list(squashed), n=1, cutoff=0.85)), None)
+        if hit is not None:
+            out[col] = squashed.get(hit, hit)
+    return out
 
 
 def _check_duplicates(table: pd.DataFrame, path: Path) -> None:

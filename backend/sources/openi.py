@@ -10,6 +10,13 @@ Layout under `root` (NLM's files unless said otherwise; everything but the repor
                                   files and publishes it. Without it every view is UNKNOWN (a view pool is
                                   refused, never a silent random pool)
 
+or the widely used Kaggle copy ("Chest X-rays (Indiana University)"), read when NLM's reports are absent:
+    indiana_reports.csv           uid, MeSH (";"-separated), findings, impression, ...   (one row per report)
+    indiana_projections.csv       uid, filename (<n>_IM-....dcm.png), projection (Frontal / Lateral)
+    images/images_normalized/     the PNGs by filename (or images_normalized/ in root)
+  its uid is NLM's report number and CXR<filename without .dcm.png> NLM's image id, so pair and study ids are
+  those of NLM's layout; the view is the projection (FRONTAL / LATERAL).
+
 Pairs: one per parentImage; study = report XML (study_id 'openi-<n>' for ecgen-radiology/<n>.xml).
 OpenI has NO patient identifier across reports, so patient_id = study_id: a patient with several reports
 counts as several patients (patient-level linkage and patient-disjoint splits are per report here).
@@ -34,7 +41,15 @@ import pandas as pd
 from backend.errors import SourceError
 from backend.settings import data_root
 from backend.sources import SourceInfo, register_source
-from backend.sources.files import drop_bad_images, find_optional, image_stats, make_reader, require_root
+from backend.sources.files import (
+    drop_bad_images,
+    find_file,
+    find_optional,
+    image_stats,
+    make_reader,
+    read_table,
+    require_root,
+)
 from backend.sources.labeler import label_reports
 from backend.sources.schema import (
     LABELS,
@@ -120,7 +135,8 @@ def _iter_xml(root: Path) -> Iterator[tuple[int, bytes]]:
                 yield int(path.stem), path.read_bytes()
         return
     raise SourceError(f"No OpenI reports in {str(root)!r}: expected {REPORTS_ARCHIVE} or an extracted "
-                      f"{REPORTS_DIR}/ folder. Get them with: python -m backend download openi --dest {root}")
+                      f"{REPORTS_DIR}/ folder (or the Kaggle copy's {KAGGLE_REPORTS}). Get NLM's with: "
+                      f"python -m backend download openi --dest {root}")
 
 
 def read_reports(root: str | Path) -> list[OpenIReport]:
@@ -130,6 +146,38 @@ def read_reports(root: str | Path) -> list[OpenIReport]:
         raise SourceError(f"The OpenI reports in {str(root)!r} hold no ecgen-radiology/<n>.xml files; "
                           "re-download NLMCXR_reports.tgz.")
     return sorted(reports, key=lambda r: r.number)
+
+
+KAGGLE_REPORTS = "indiana_reports.csv"
+KAGGLE_PROJECTIONS = "indiana_projections.csv"
+KAGGLE_IMAGE_DIRS = ("images/images_normalized", "images_normalized")
+
+
+def is_kaggle(root: Path) -> bool:
+    """Whether root holds the Kaggle copy and not NLM's reports (NLM's layout wins when both are there)."""
+    return (not (root / REPORTS_ARCHIVE).is_file() and not (root / REPORTS_DIR).is_dir()
+            and find_optional(root, (KAGGLE_REPORTS,)) is not None)
+
+
+def read_kaggle(root: Path) -> tuple[list[OpenIReport], dict[str, str], dict[str, str]]:
+    """(reports, image id -> view, image id -> image path relative to root) of the Kaggle copy."""
+    reports_path = find_file(root, (KAGGLE_REPORTS,), "OpenI reports table")
+    table = read_table(reports_path, ["uid", "findings", "impression"], "OpenI (Kaggle) reports table")
+    proj_path = find_file(root, (KAGGLE_PROJECTIONS,), "OpenI (Kaggle) projections table",
+                          f"It lists each image's filename and projection beside {KAGGLE_REPORTS}.")
+    proj = read_table(proj_path, ["uid", "filename", "projection"], "OpenI (Kaggle) projections table")
+    image_dir = next((d for d in KAGGLE_IMAGE_DIRS if (root / d).is_dir()), KAGGLE_IMAGE_DIRS[0])
+    image_id = proj["filename"].astype(str).str.replace(r"\.dcm\.png$|\.png$", "", regex=True).radd("CXR")
+    images = proj.assign(image_id=image_id).groupby("uid")["image_id"].apply(list).to_dict()
+    text = lambda v: "" if pd.isna(v) else " ".join(str(v).split())  # noqa: E731
+    reports = [OpenIReport(number=int(r.uid), uid=f"CXR{int(r.uid)}", findings=text(r.findings),
+                           impression=text(r.impression), indication=text(getattr(r, "indication", "")),
+                           comparison=text(getattr(r, "comparison", "")), image_ids=images.get(r.uid, []),
+                           mesh=[m.strip() for m in text(getattr(r, "MeSH", "")).split(";") if m.strip()])
+               for r in table.itertuples(index=False)]
+    views = {i: _view(v) for i, v in zip(image_id, proj["projection"], strict=True)}
+    paths = {i: f"{image_dir}/{f}" for i, f in zip(image_id, proj["filename"].astype(str), strict=True)}
+    return sorted(reports, key=lambda r: r.number), views, paths
 
 
 def read_views(root: Path) -> dict[str, str]:
@@ -166,15 +214,18 @@ def resolve_image(root: Path, image_path: str) -> Path:
     return path.with_name(alt) if alt != path.name and path.with_name(alt).is_file() else path
 
 
-def report_table(reports: list[OpenIReport], views: dict[str, str], image_dir: str) -> pd.DataFrame:
-    """One row per parentImage, before labels, section policy and split."""
+def report_table(reports: list[OpenIReport], views: dict[str, str], image_dir: str,
+                 paths: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per parentImage, before labels, section policy and split (paths: image id -> file, when the
+    layout names the files otherwise than <image_dir>/<id>.png)."""
     rows = []
     for rep in reports:
         for image_id in rep.image_ids:
             view = views.get(image_id) or views.get(_ALT_ID.sub(r"\1_\2", image_id)) or "UNKNOWN"
             rows.append({
                 "pair_id": image_id, "study_id": f"openi-{rep.number}", "patient_id": f"openi-{rep.number}",
-                "image_path": f"{image_dir}/{image_id}.png" if image_dir else f"{image_id}.png",
+                "image_path": (paths or {}).get(image_id) or (f"{image_dir}/{image_id}.png" if image_dir
+                                                              else f"{image_id}.png"),
                 "view": view, "findings": rep.findings or None, "impression": rep.impression or None,
                 "site": "openi", "mesh": "; ".join(rep.mesh), "report_number": rep.number,
             })
@@ -205,10 +256,14 @@ def load_openi(root: str | None = None, section_policy: str = "findings+impressi
         raise SourceError(f"Unknown option(s) for source 'openi': {sorted(options)}; known: use_mesh, check_images.")
 
     base = require_root(root if root is not None else data_root("openi"), "openi", "CXR_OPENI_ROOT")
-    reports = read_reports(base)
+    kaggle = is_kaggle(base)
+    if kaggle:
+        reports, views, paths = read_kaggle(base)
+        image_dir = str(Path(next(iter(paths.values()), KAGGLE_IMAGE_DIRS[0])).parent)
+    else:
+        reports, views, paths, image_dir = read_reports(base), read_views(base), None, _image_dir(base)
     stats = collection_stats(reports)
-    image_dir = _image_dir(base)
-    table = report_table(reports, read_views(base), image_dir)
+    table = report_table(reports, views, image_dir, paths)
     texts = [" ".join(p for p in (r.findings, r.impression) if p) for r in reports]
     labels = label_reports(texts, [r.mesh for r in reports] if use_mesh else None)
     label_of = {r.number: labels[i] for i, r in enumerate(reports)}
@@ -216,14 +271,15 @@ def load_openi(root: str | None = None, section_policy: str = "findings+impressi
     table = pd.concat([table, pd.DataFrame(lab, columns=list(LABELS))], axis=1)
     table, dropped = apply_section_policy(table, section_policy)
     skipped = 0
-    png_present = image_dir == "" or (base / PNG_DIR).is_dir()
+    png_present = image_dir == "" or (base / image_dir).is_dir()
     checked = bool(png_present if check_images is None else check_images)
     if checked:
         table, skipped = drop_bad_images(table, base, resolve_image, "openi")
     table["split"] = assign_split(table["patient_id"])
     pairs = finalize_pairs(table, "openi")
     stats.update(pairs=len(pairs), studies=int(pairs["study_id"].nunique()), patients=int(pairs["patient_id"].nunique()),
-                 dropped_empty_report=dropped, images_folder_present=int(png_present), **image_stats(checked, skipped))
+                 dropped_empty_report=dropped, images_folder_present=int(png_present), layout="kaggle" if kaggle else "nlm",
+                 **image_stats(checked, skipped))
     log.debug("openi: %s", stats)
     return SourceData(name="openi", pairs=pairs, read_image=make_reader(base, resolve_image, _IMAGE_HINT), root=str(base), stats=stats,
                       image_file=lambda p: resolve_image(base, p))

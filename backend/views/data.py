@@ -36,4 +36,6 @@ def match_summary(pairs: pd.DataFrame) -> str:
     return (f"Side-information pools (audit --match) can match on: {name(can)}."
             + "".join(f" {a.replace('_', ' ').capitalize()} is known for {n:,} of {len(pairs):,} pairs; the others are "
                       "left out of pools matched on it." for a, n in partial)
-            + (f" Not on: {name(cannot)} (no pair gives it)." if cannot else ""))
+            + (f" Not on: {name(cannot)} (no pair gives it)." if cannot else "")
+            + (" No pair has a finding label: the pathology-matched pool is the random pool on this data."
+               if not pairs[list(LABELS)].notna().to_numpy().any() else ""))

@@ -40,10 +40,11 @@ DEFINITIONS: dict[str, str] = {
 }
 
 
-def left_out_notes(counts: dict[str, Any]) -> list[str]:
-    """What an audit left out, as sentences (the command's output, the Overview and the report word it alike):
-    the source's drops before the split by reason (counts["dropped"]), and per side-information pool the pairs
-    left out because an attribute is unknown for them (counts["matched_pools"], schema.match_coverage)."""
+def coverage_notes(counts: dict[str, Any]) -> list[str]:
+    """What an audit left out or could not tell apart, as sentences (the command's output, the Overview and the
+    report word it alike): the source's drops before the split by reason (counts["dropped"]), per side-information
+    pool the pairs left out because an attribute is unknown for them (counts["matched_pools"],
+    schema.match_coverage), and data without any finding label (counts["labelled_pairs"] == 0)."""
     notes = []
     dropped = {k: int(v) for k, v in (counts.get("dropped") or {}).items() if v}
     if dropped:
@@ -54,4 +55,7 @@ def left_out_notes(counts: dict[str, Any]) -> list[str]:
             notes.append(f"The pool {pool_name(MATCH_PREFIX + match)} leaves out {int(c['left_out']):,} of "
                          f"{int(c['left_out']) + int(c['pairs']):,} pairs whose {match.replace('+', ' or ')} is "
                          "unknown (every other pool keeps them).")
+    if counts.get("labelled_pairs") == 0:
+        notes.append("No pair of this data has a finding label: the pathology-matched pool is the random pool here "
+                     "(add the 14 CheXpert label columns to compare them).")
     return notes

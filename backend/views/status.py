@@ -14,7 +14,7 @@ from backend.errors import RelinkError
 from backend.runs import jobs, provenance, snapshot, store
 from backend.specs import LadderSpec, spec_from_json
 from backend.views.catalog import spec_info
-from backend.views.definitions import left_out_notes
+from backend.views.definitions import coverage_notes
 
 RUN_NAMES = {"audit": "Audit", "sweep": "Epsilon sweep", "ladder": "Model ladder"}
 
@@ -118,9 +118,9 @@ def run_inputs(run_id: str | None) -> str:
 
 def drops_note(run_id: str | None) -> str | None:
     """What the run left out (the source's drops before the split by reason, pairs a side-information pool
-    could not place: audit.left_out_notes) as one paragraph; None when nothing was left out or not recorded."""
+    could not place: audit.coverage_notes) as one paragraph; None when nothing was left out or not recorded."""
     run = store.get_run(run_id) if run_id else None
-    notes = left_out_notes(((run or {}).get("summary") or {}).get("counts") or {})
+    notes = coverage_notes(((run or {}).get("summary") or {}).get("counts") or {})
     return " ".join(notes) or None
 
 

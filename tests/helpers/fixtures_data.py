@@ -96,6 +96,23 @@ def write_openi(root: Path, *, archive: bool = True, images: bool = True, metada
     return root
 
 
+def write_openi_kaggle(root: Path) -> Path:
+    """The Kaggle copy of OpenI: indiana_reports.csv, indiana_projections.csv, images/images_normalized/<n>_IM-....
+    dcm.png, holding OPENI_REPORTS (the XML's CXR<n>_... image ids without 'CXR', frontal first)."""
+    reports, projections = [], []
+    for k, (n, findings, impression, ids, mesh) in enumerate(OPENI_REPORTS):
+        reports.append({"uid": n, "MeSH": ";".join(mesh), "Problems": "normal", "image": "Xray Chest PA",
+                        "indication": "Cough", "comparison": "None.", "findings": findings or None,
+                        "impression": impression or None})
+        for v, image_id in enumerate(ids):
+            name = image_id.replace("CXR1_1_", "CXR1_").removeprefix("CXR") + ".dcm.png"
+            projections.append({"uid": n, "filename": name, "projection": "Frontal" if v == 0 else "Lateral"})
+            write_image(root / "images" / "images_normalized" / name, seed=10 * k + v)
+    pd.DataFrame(reports).to_csv(root / "indiana_reports.csv", index=False)
+    pd.DataFrame(projections).to_csv(root / "indiana_projections.csv", index=False)
+    return root
+
+
 # ---- MIMIC-CXR-JPG ----------------------------------------------------------------------------------
 
 MIMIC_REPORT = """                                 FINAL REPORT
