@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from backend.__main__ import main
-from backend.distributed import rank_device, share, torchrun_env
+from backend.distributed import Ranks, rank_device, share, torchrun_env
+from backend.embed.compute import default_chunk_size
 from backend.errors import SpecError
 from backend.models import load_model
 from backend.relink import relink_curves
@@ -92,6 +93,32 @@ def test_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         rank_device("cuda:1", 0)
 
 
+def test_gather_rows_keeps_every_bit() -> None:
+    """The real all_gather (a one-process gloo group): float32 scores, negative zero, NaN and large int64 counts
+    arrive as they were sent."""
+    import torch.distributed as dist
+
+    scores = np.array([0.1, -0.0, np.nan, 3.4e38, -1e-45], dtype=np.float32)
+    counts = np.array([0, -1, 2**62, 7, 5], dtype=np.int64)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        got = Ranks(0, 1, 0, "cpu").gather_rows({"score": scores, "b": counts}, 5)
+    finally:
+        dist.destroy_process_group()
+    assert got["score"].dtype == np.float32 and got["score"].tobytes() == scores.tobytes()
+    assert got["b"].dtype == np.int64 and got["b"].tobytes() == counts.tobytes()
+
+
+def test_chunk_size_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXR_EMBED_CHUNK_SIZE", raising=False)
+    assert default_chunk_size() == 512
+    monkeypatch.setenv("CXR_EMBED_CHUNK_SIZE", "64")
+    assert default_chunk_size() == 64
+    monkeypatch.setenv("CXR_EMBED_CHUNK_SIZE", "0")
+    with pytest.raises(SpecError, match="CXR_EMBED_CHUNK_SIZE"):
+        default_chunk_size()
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A random-weights checkpoint (local:), and the audit's JSON from one process."""
@@ -110,7 +137,7 @@ def _torchrun(setup: dict, cache: str, out: Path, **env: str) -> subprocess.Comp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "backend", "audit", *ARGS, "--model", setup["model"], "--json", str(out)]
     keep = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent, env={
         **keep, "CXR_CACHE_DIR": str(setup["tmp"] / cache), "CXR_EMBED_CHUNK_SIZE": CHUNK, "OMP_NUM_THREADS": "1",
         **env})
 
