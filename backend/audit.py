@@ -12,7 +12,7 @@ import platform
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from backend.relink.rows import CURVE_COLUMNS
 from backend.sources import check_match, check_matchable, load_source
 from backend.sources.schema import match_coverage
 from backend.specs import MATCH_PREFIX, AuditSpec, to_plain
+
+if TYPE_CHECKING:
+    from backend.distributed import Ranks
 
 
 @dataclass
@@ -102,16 +105,17 @@ def match_codes(es: EmbeddingSet, attributes: list[str]) -> np.ndarray:
 
 
 def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike | None = None, *,
-                     n_grid: tuple[int, ...] | None = None) -> AuditResult:
+                     n_grid: tuple[int, ...] | None = None, ranks: Ranks | None = None) -> AuditResult:
     """Re-linkage curves of an already embedded split under the pools/Ks/bootstrap of `spec`; n_grid: the pool
-    sizes N (default: the 1-2-5 grid up to the split's largest pool)."""
+    sizes N (default: the 1-2-5 grid up to the split's largest pool); ranks: a torchrun rank's place (each counts
+    its share of the queries; every rank returns the one-process result)."""
 
     meta = es.meta
     result = relink_curves(
         es.image_emb, es.report_emb, meta["study_id"].to_numpy(), meta["patient_id"].to_numpy(),
         meta["report"].to_numpy(), es.labels(), pools=tuple(spec.pools), ks=tuple(spec.ks),
         include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
-        progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy(), n_grid=n_grid)
+        progress=progress or null_progress, pair_id=meta["pair_id"].to_numpy(), n_grid=n_grid, ranks=ranks)
     rows = result.rows
     coverage = check_matchable(spec.embed.source.name, meta, spec.match)
     for match in spec.match:  # side-information pools: the pathology-matched engine on attribute groups, over the
@@ -121,7 +125,7 @@ def audit_embeddings(es: EmbeddingSet, spec: AuditSpec, progress: ProgressLike |
             sub.image_emb, sub.report_emb, m["study_id"].to_numpy(), m["patient_id"].to_numpy(),
             m["report"].to_numpy(), match_codes(sub, match.split("+")), pools=("hard",), ks=tuple(spec.ks),
             include_same_patient=spec.include_same_patient, n_bootstrap=spec.n_bootstrap, seed=spec.seed,
-            pair_id=m["pair_id"].to_numpy(), n_grid=n_grid).rows
+            pair_id=m["pair_id"].to_numpy(), n_grid=n_grid, ranks=ranks).rows
         matched = matched[matched["pool_kind"] == "hard"].assign(pool_kind=MATCH_PREFIX + match)
         rows = pd.concat([rows, matched], ignore_index=True)
     counts = {"pairs": len(meta), "studies": int(meta["study_id"].nunique()),
@@ -147,8 +151,9 @@ def source_drops(stats: dict[str, Any]) -> dict[str, int]:
 
 
 def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: str | None = None,
-              embeddings: EmbeddingSet | None = None) -> AuditResult:
-    """Embed spec.embed (cached/resumable; trains the demo model on first use) and measure re-linkage.
+              embeddings: EmbeddingSet | None = None, ranks: Ranks | None = None) -> AuditResult:
+    """Embed spec.embed (cached/resumable; trains the demo model on first use) and measure re-linkage; with `ranks`
+    (a torchrun group, backend.distributed) both steps are shared among the ranks.
 
     Raises DeviceError before any work when `device` is unknown or not present."""
     settings.check_device(device)
@@ -157,8 +162,8 @@ def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: 
         source = load_source(spec.embed.source.name, root=spec.embed.source.root,
                              section_policy=spec.embed.source.section_policy, **spec.embed.source.options)
         check_matchable(spec.embed.source.name, select_split(source.pairs, spec.embed.split), spec.match)
-        embeddings = embed_split(spec.embed, progress, device=device, source=source)
-    return audit_embeddings(embeddings, spec, progress)
+        embeddings = embed_split(spec.embed, progress, device=device, source=source, ranks=ranks)
+    return audit_embeddings(embeddings, spec, progress, ranks=ranks)
 
 
 TOPK_COLUMNS: tuple[str, ...] = ("pair_id", "study_id", "patient_id", "rank", "candidate_study_id",

@@ -4,6 +4,7 @@
 #   bash bench/gpu_suite.sh [info] [tests] [loading] [relink] [scale] [probe] [recompute]   (default: these seven in this
 #   order; info..scale take about 4 min on an H200, recompute up to 5.5 min more: with
 #   little time, run `info tests loading relink scale`) and the older parts on request: [embed] [dp] [demo]
+#   [distributed]
 #     info: GPU, cores, package versions; tests: the CUDA tests (engine on the GPU = CPU; nvJPEG path = reference);
 #     loading: real-size JPEG loading CPU vs PIL, nvJPEG, ViT-B/16 end to end: the old per-batch loop, then
 #       the project's, then CPU shares 0.25 and 0.4 (bench/bench_loading.py);
@@ -14,6 +15,8 @@
 #     embed: ViT-B-16 images/s in fp32/fp16/bf16 (bench/gpu_embed.py);
 #     dp: the DP tests on CUDA, then DP epoch vs non-private epoch (bench/bench_dp.py, 128-d and 768-d heads);
 #     demo: demo-training scan on the GPU (bench/demo_scan.py), then the end-to-end demo audit with --device cuda
+#     distributed: the audit from an empty cache, one process on one GPU against torchrun with one rank per GPU
+#       (bench/distributed.py; needs 2 GPUs or more)
 #
 # Python packages the GPU machine lacks can be put in .whl/ as wheels (git-ignored): they are installed first.
 # Every step has its own time limit and writes its full output to $OUT/<step>.txt; a failed step does not
@@ -74,6 +77,11 @@ for part in "${parts[@]}"; do
       step demo_e2e 180 bash -c "$PY -m backend prepare-demo --device cuda && \
         $PY -m backend audit --source synthetic --model demo --device cuda --json $OUT/audit_cuda.json"
       ;;
-    *) echo "usage: bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale] [embed] [dp] [demo]"; exit 2 ;;
+    distributed)
+      gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+      if [ "$gpus" -lt 2 ]; then echo "== distributed: needs 2 GPUs or more, this machine has $gpus"
+      else step distributed 300 $PY -m bench.distributed --patients 3000 --device cuda --nproc "$gpus" --json; fi
+      ;;
+    *) echo "usage: bash bench/gpu_suite.sh [info] [tests] [probe] [loading] [relink] [recompute] [scale] [embed] [dp] [demo] [distributed]"; exit 2 ;;
   esac
 done

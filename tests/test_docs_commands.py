@@ -20,6 +20,7 @@ STARTS = (("python", "-m", "backend"), ("python3", "-m", "backend"), ("cxr-relin
 ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 INLINE = re.compile(r"`([^`\n]+)`")
 META = re.compile(r"^([A-Z][A-Z_]*|\.\.\.)$")
+LAUNCHERS = ("torchrun", "srun")  # launchers whose `-m backend ...` is the backend's command line
 
 
 def _snippets(text: str) -> list[tuple[int, str]]:
@@ -56,6 +57,9 @@ def commands(text: str) -> list[tuple[int, list[str]]]:
             continue
         while tokens and ENV.match(tokens[0]):
             tokens.pop(0)
+        if tokens[:1] and tokens[0] in LAUNCHERS and "-m" in tokens:  # torchrun [options] -m backend ARGS
+            i = tokens.index("-m")
+            tokens = ["python", *tokens[i:]]
         for start in STARTS:
             if tuple(tokens[:len(start)]) == start:
                 args = tokens[len(start):]
@@ -107,9 +111,10 @@ def test_a_removed_or_misspelled_flag_is_caught() -> None:
     text = ("Run `python -m backend audit --no-such-flag 1 --json out.json` or:\n\n```bash\n"
             "CXR_CACHE_DIR=/tmp/c python -m backend sweep \\\n    --epsilons 1 inf --objectiv in-batch  # typo\n"
             "cxr-relink audit --json out.json | tail\ncxr-relink COMMAND --help\n"
-            "python -m backend ladder [--rungs demo] [--estimat]\n```\n")
+            "python -m backend ladder [--rungs demo] [--estimat]\n"
+            "srun torchrun --nnodes 2 --nproc-per-node 8 \\\n  -m backend audit --json out.json --nproc 2\n```\n")
     found = commands(text)
-    assert [args[0] for _, args in found] == ["audit", "sweep", "audit", "ladder"]
+    assert [args[0] for _, args in found] == ["audit", "sweep", "audit", "ladder", "audit"]
     errors = [parse_error(args) for _, args in found]
     assert "--no-such-flag" in errors[0] and "--objectiv" in errors[1] and errors[2] is None
-    assert "--estimat" in errors[3]
+    assert "--estimat" in errors[3] and "--nproc" in errors[4]

@@ -76,3 +76,74 @@ def test_cli_writes_parquet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     table = pd.read_parquet(out)
     assert list(table.columns) == list(TOPK_COLUMNS) and set(table["rank"]) == {1, 2, 3}
     assert "true report within the top 3" in done.stdout
+
+
+class _GpuIndex:
+    """faiss's GpuIndexFlatIP as the CPU build can stand it in: the same calls, served by IndexFlatIP."""
+
+    made: list[int] = []
+
+    def __new__(cls, resources: object, d: int, config: object):
+        import faiss
+
+        cls.made.append(config.device)
+        return faiss.IndexFlatIP(d)
+
+
+def _faiss_with_gpu(monkeypatch: pytest.MonkeyPatch, gpus: int = 1) -> list[str]:
+    """The installed faiss-cpu with faiss-gpu's names added (one GPU seen); returns the log of GPU-to-CPU copies."""
+    import types
+
+    import faiss
+
+    import backend.relink.index as index
+
+    copies: list[str] = []
+    fake = types.SimpleNamespace(
+        IndexFlatIP=faiss.IndexFlatIP, get_num_gpus=lambda: gpus, StandardGpuResources=object,
+        GpuIndexFlatConfig=lambda: types.SimpleNamespace(device=-1), GpuIndexFlatIP=_GpuIndex,
+        index_gpu_to_cpu=lambda idx: copies.append("cpu") or idx)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    index._gpu_resources.cache_clear()
+    monkeypatch.setattr(index, "GPU_MAX_K", 5)
+    _GpuIndex.made.clear()
+    return copies
+
+
+def test_the_cpu_build_falls_back_to_the_cpu_index() -> None:
+    import faiss
+
+    from backend.relink.index import ReportIndex, faiss_gpu, flat_ip_index
+
+    if hasattr(faiss, "GpuIndexFlatIP") and faiss.get_num_gpus() > 0:
+        pytest.skip("faiss with GPU support and a GPU: the fallback is not taken here")
+    assert faiss_gpu(None) is None and faiss_gpu("cuda:0") is None
+    assert type(flat_ip_index(8, "cuda")) is faiss.IndexFlatIP
+    assert ReportIndex(np.eye(4), "cuda").on_gpu is False
+
+
+def test_the_gpu_index_gives_the_cpu_index_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.relink.index import ReportIndex, faiss_gpu, top_k_all
+
+    rng = np.random.default_rng(9)
+    q, r = rng.standard_normal((31, 12)), rng.standard_normal((150, 12))
+    want_idx, want_scores = _brute(q, r, 7)
+    cpu_idx, cpu_scores = ReportIndex(r, "cpu").search(q, 7)  # the real CPU index, before faiss-gpu's names appear
+    copies = _faiss_with_gpu(monkeypatch)
+    assert faiss_gpu("cpu") is None and faiss_gpu("cuda:1") is None  # CPU asked; a GPU the machine lacks
+    assert faiss_gpu(None) == 0 and faiss_gpu("cuda") == 0
+    gpu = ReportIndex(r, "cuda:0")
+    assert gpu.on_gpu and _GpuIndex.made == [0]
+    idx, scores = gpu.search(q, 4)
+    np.testing.assert_array_equal(idx, want_idx[:, :4])
+    np.testing.assert_array_equal(idx, cpu_idx[:, :4])
+    np.testing.assert_allclose(scores, want_scores[:, :4], atol=1e-5)
+    assert copies == []
+    idx, _ = gpu.search(q, 7)  # k past the GPU's limit: the same vectors searched on the CPU
+    assert copies == ["cpu"]
+    np.testing.assert_array_equal(idx, want_idx)
+    # the top-k export on a CUDA device takes faiss's GPU index (no torch on a GPU here) for k within its limit
+    idx, scores = top_k_all(q, r, 3, device="cuda")
+    assert _GpuIndex.made == [0, 0]
+    np.testing.assert_array_equal(idx, want_idx[:, :3])
+    np.testing.assert_array_equal(scores, cpu_scores[:, :3])

@@ -97,12 +97,17 @@ def cmd_prepare_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from backend.distributed import process_group
     from backend.embed.compute import embed_split
 
     check_device(args.device)
-    es = embed_split(embed_spec_from(args), phased_progress("embed"), device=args.device)
-    print(json.dumps({"path": str(es.path), "pairs": len(es), "dim": int(es.image_emb.shape[1]),
-                      "distinct_reports": es.info.get("n_reports")}, indent=1))
+    with process_group(args.device) as ranks:  # under torchrun: this rank's share of the chunks (docs/SCALE.md)
+        lead = ranks is None or ranks.lead
+        es = embed_split(embed_spec_from(args), phased_progress("embed") if lead else None,
+                         device=ranks.device if ranks else args.device, ranks=ranks)
+    if lead:
+        print(json.dumps({"path": str(es.path), "pairs": len(es), "dim": int(es.image_emb.shape[1]),
+                          "distinct_reports": es.info.get("n_reports")}, indent=1))
     return 0
 
 
@@ -132,12 +137,18 @@ def _cuda() -> bool:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from backend.audit import run_audit
+    from backend.distributed import process_group
 
     spec = audit_spec_from(args)
     out = check_output(args.json, "--json")  # before any work: a bad path must not cost an embedding
     check_output(args.save_embeddings, "--save-embeddings")
     check_device(args.device)
-    result = run_audit(spec, phased_progress("audit"), device=args.device)
+    with process_group(args.device) as ranks:  # under torchrun: shared embedding and counting (docs/SCALE.md)
+        lead = ranks is None or ranks.lead
+        result = run_audit(spec, phased_progress("audit") if lead else None,
+                           device=ranks.device if ranks else args.device, ranks=ranks)
+    if not lead:
+        return 0  # rank 0 alone writes
     atomic_write(out, lambda p: p.write_text(result.to_json()))
     if args.save_embeddings:
         save_npz(load_embedding_set(result.embedding_path), args.save_embeddings)

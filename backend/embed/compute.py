@@ -10,12 +10,14 @@ boundaries and batches are fixed by the key, so a resumed run yields the same ar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from backend import settings
+from backend.distributed import Ranks
 from backend.embed.files import (
     META_COLUMNS,
     EmbeddingSet,
@@ -42,7 +45,7 @@ from backend.embed.images import (
     prefetch_batches,
 )
 from backend.embed.shards import embed_devices, owner, run_shards
-from backend.errors import SourceError
+from backend.errors import SourceError, SpecError
 from backend.models import MODELS, get_model, load_model, register_model
 from backend.models.openclip import LoadedModel
 from backend.progress import ProgressLike, null_progress
@@ -197,23 +200,30 @@ def batch_pieces(spans: list[tuple[int, int]], workers: int) -> tuple[list[list[
 
 
 def _image_chunks(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int, num_workers: int,
-                  folder: Path, chunk_size: int, mine: Callable[[int], bool], progress: ProgressLike, total: int,
-                  ) -> np.ndarray | None:
-    """Compute the image chunks that `mine` picks and that are not on disk yet (their batches fed across chunks by
-    _image_feed); returns every chunk stacked when all are mine (else None: another process has the rest)."""
+                  folder: Path, chunk_size: int, progress: ProgressLike, total: int) -> np.ndarray:
+    """Every image chunk stacked: those on disk loaded, the others computed (their batches fed across chunks by
+    _image_feed) and written."""
     n_chunks = -(-len(paths) // chunk_size)
-    todo = [c for c in range(n_chunks) if mine(c) and not _chunk_path(folder, "image", c).is_file()]
+    todo = [c for c in range(n_chunks) if not _chunk_path(folder, "image", c).is_file()]
     feed = _image_feed(lm, source, paths, todo, chunk_size, batch_size, num_workers)
     try:
-        if all(mine(c) for c in range(n_chunks)):
-            return _run_chunks("image", len(paths), lambda a, b: _image_chunk(lm, paths[a:b], batch_size, feed),
-                               folder, chunk_size, progress, 0, total)
+        return _run_chunks("image", len(paths), lambda a, b: _image_chunk(lm, paths[a:b], batch_size, feed),
+                           folder, chunk_size, progress, 0, total)
+    finally:
+        feed.close()  # a failed chunk leaves no reads or DataLoader workers running
+
+
+def _write_image_chunks(lm: LoadedModel, source: SourceData, paths: list[str], batch_size: int, num_workers: int,
+                        folder: Path, chunk_size: int, todo: list[int], after_chunk: Callable[[], None]) -> None:
+    """Compute and write the image chunks numbered `todo` (increasing), calling after_chunk() after each."""
+    feed = _image_feed(lm, source, paths, todo, chunk_size, batch_size, num_workers)
+    try:
         for c in todo:
             a = c * chunk_size
             _chunk("image", c, folder, lambda a=a: _image_chunk(lm, paths[a:a + chunk_size], batch_size, feed))
-        return None
+            after_chunk()
     finally:
-        feed.close()  # a failed chunk leaves no reads or DataLoader workers running
+        feed.close()
 
 
 def _text_chunk(lm: LoadedModel, texts: list[str], batch_size: int) -> np.ndarray:
@@ -264,6 +274,45 @@ def _run_chunks(kind: str, n: int, compute: Callable[[int, int], np.ndarray], fo
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+def chunk_count(n_paths: int, n_texts: int, chunk_size: int) -> tuple[int, int]:
+    """(image chunks, text chunks) of a job; the job's chunks are numbered images first, then texts."""
+    return -(-n_paths // chunk_size), -(-n_texts // chunk_size)
+
+
+def missing_chunks(folder: Path, n_paths: int, n_texts: int, chunk_size: int) -> list[int]:
+    """The numbers of the job's chunks not yet on disk in `folder` (its chunks/ folder), in order."""
+    n_img, n_txt = chunk_count(n_paths, n_texts, chunk_size)
+    return [c for c in range(n_img + n_txt)
+            if not (_chunk_path(folder, "image", c) if c < n_img else _chunk_path(folder, "text", c - n_img)).is_file()]
+
+
+def compute_share(lm: LoadedModel, src: SourceData, paths: list[str], texts: list[str], folder: Path, chunk_size: int,
+                  batch_size: int, num_workers: int, mine: Callable[[int], bool],
+                  progress: ProgressLike = null_progress) -> None:
+    """Compute into `folder` the chunks (numbered as chunk_count says) that `mine` picks and that are not on disk:
+    one process's share of a job embedded by several (backend.embed.shards on one host, torchrun ranks,
+    backend.distributed). Test hook: $CXR_TEST_KILL_AFTER_CHUNK = "RANK:N" kills the process of that torchrun rank
+    (SIGKILL, as an out-of-memory kill would) once it has written N chunks."""
+    n_img = chunk_count(len(paths), len(texts), chunk_size)[0]
+    todo = [c for c in missing_chunks(folder, len(paths), len(texts), chunk_size) if mine(c)]
+    written = 0
+
+    def after_chunk() -> None:
+        nonlocal written
+        written += 1
+        progress(written, len(todo), "embedding this process's chunks")
+        hook = os.environ.get("CXR_TEST_KILL_AFTER_CHUNK", "")
+        if hook and hook == f"{os.environ.get('RANK')}:{written}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _write_image_chunks(lm, src, paths, batch_size, num_workers, folder, chunk_size, [c for c in todo if c < n_img],
+                        after_chunk)
+    for c in (c - n_img for c in todo if c >= n_img):
+        a = c * chunk_size
+        _chunk("text", c, folder, lambda a=a: _text_chunk(lm, texts[a:a + chunk_size], batch_size))
+        after_chunk()
+
+
 def _shard(rank: int, world: int, device: str, spec_json: str, entry: Any, paths: list[str], texts: list[str],
            folder: str, chunk_size: int, num_workers: int) -> None:
     """One process of a multi-device job (backend.embed.shards): the chunks `owner` gives this rank."""
@@ -272,14 +321,8 @@ def _shard(rank: int, world: int, device: str, spec_json: str, entry: Any, paths
     spec = spec_from_json(spec_json)
     src = load_source(spec.source.name, root=spec.source.root, section_policy=spec.source.section_policy,
                       **spec.source.options)
-    lm = load_model(spec.model, device=device)
-    out = Path(folder)
-    n_img = -(-len(paths) // chunk_size)
-    _image_chunks(lm, src, paths, spec.batch_size, num_workers, out, chunk_size, lambda c: owner(c, world) == rank,
-                  null_progress, len(paths))
-    for c, a in enumerate(range(0, len(texts), chunk_size)):
-        if owner(n_img + c, world) == rank:
-            _chunk("text", c, out, lambda a=a: _text_chunk(lm, texts[a:a + chunk_size], spec.batch_size))
+    compute_share(load_model(spec.model, device=device), src, paths, texts, Path(folder), chunk_size,
+                  spec.batch_size, num_workers, lambda c: owner(c, world) == rank)
 
 
 def _auto_workers(n: int, batch_size: int, file_based: bool = False) -> int:
@@ -290,11 +333,16 @@ def _auto_workers(n: int, batch_size: int, file_based: bool = False) -> int:
 
 
 def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device: str | torch.device | None = None,
-                model: LoadedModel | None = None, chunk_size: int = CHUNK_SIZE,
-                num_workers: int | None = None, source: SourceData | None = None) -> EmbeddingSet:
+                model: LoadedModel | None = None, chunk_size: int | None = None,
+                num_workers: int | None = None, source: SourceData | None = None,
+                ranks: Ranks | None = None) -> EmbeddingSet:
     """Embed the pairs of `spec.split` with `spec.model`; cached and resumable (see module docstring).
 
-    Returns the EmbeddingSet (path set to its cache folder). `model`/`source` reuse already-loaded objects."""
+    Returns the EmbeddingSet (path set to its cache folder). `model`/`source` reuse already-loaded objects.
+    chunk_size: items per resumable chunk (default $CXR_EMBED_CHUNK_SIZE, else CHUNK_SIZE). ranks: this process's
+    place in a torchrun group (backend.distributed): every rank computes its share of the chunks, rank 0 writes the
+    set, every rank returns it."""
+    chunk_size = chunk_size or default_chunk_size()
     settings.check_device(device)  # DeviceError before any work (e.g. cuda on a machine without CUDA)
     progress = progress or null_progress
     src = source or load_source(spec.source.name, root=spec.source.root,
@@ -307,22 +355,77 @@ def embed_split(spec: EmbedSpec, progress: ProgressLike | None = None, *, device
     inputs = {"data_hash": src.digest(), "n_pairs": len(pairs)}  # every pair of the source: what a job depends on
     folder = settings.cache_subdir("embeddings") / key
     es = None
-    if not (folder / "done.json").is_file():
-        # one process embeds a key at a time: a second run of the same split (the command line beside a dashboard
-        # job) waits, then reads the finished set instead of racing on the chunks the first one assembles and removes
-        def waiting() -> None:
-            log.info("another process is embedding %s; waiting for it", folder)
-            progress(0, 1, "waiting for another process embedding the same split")
 
+    # one process embeds a key at a time: a second run of the same split (the command line beside a dashboard
+    # job) waits, then reads the finished set instead of racing on the chunks the first one assembles and removes
+    def waiting() -> None:
+        log.info("another process is embedding %s; waiting for it", folder)
+        progress(0, 1, "waiting for another process embedding the same split")
+
+    def embed_into() -> EmbeddingSet:
+        return _embed_into(folder, spec, src, pairs, lm, loader, key, meta, inputs, device, chunk_size, num_workers,
+                           progress)
+
+    if ranks is not None:
+        es = _embed_ranks(ranks, folder, spec, src, pairs, lm, chunk_size, num_workers, progress, waiting, embed_into)
+    elif not (folder / "done.json").is_file():
         with settings.exclusive(folder / ".lock", waiting):
             if not (folder / "done.json").is_file():
-                es = _embed_into(folder, spec, src, pairs, lm, loader, key, meta, inputs, device, chunk_size,
-                                 num_workers, progress)
+                es = embed_into()
     if es is None:
         log.info("embeddings cached: %s", folder)
         es = load_embedding_set(folder)
     es.meta = meta  # ids, patients and labels always come from the current table
     es.info = {**es.info, "inputs": inputs, "source_stats": dict(src.stats)}  # the drops happened before the split
+    return es
+
+
+def default_chunk_size() -> int:
+    """Items per resumable chunk: $CXR_EMBED_CHUNK_SIZE, else CHUNK_SIZE (part of the cache key)."""
+    value = os.environ.get("CXR_EMBED_CHUNK_SIZE", "").strip()
+    if not value:
+        return CHUNK_SIZE
+    if not value.isdigit() or int(value) < 1:
+        raise SpecError(f"CXR_EMBED_CHUNK_SIZE={value!r}: give a positive number of items (default {CHUNK_SIZE}).")
+    return int(value)
+
+
+def _job_items(pairs: pd.DataFrame) -> tuple[np.ndarray, list[str], list[str]]:
+    """(each pair's report number, the distinct report texts, the image paths) of a split: what its chunks embed
+    (each distinct report text once)."""
+    codes, reports = pd.factorize(pairs["report"])
+    return codes, [str(t) for t in reports], pairs["image_path"].tolist()
+
+
+def _embed_ranks(ranks: Ranks, folder: Path, spec: EmbedSpec, src: SourceData, pairs: pd.DataFrame, lm: LoadedModel,
+                 chunk_size: int, num_workers: int | None, progress: ProgressLike, waiting: Callable[[], None],
+                 embed_into: Callable[[], EmbeddingSet]) -> EmbeddingSet | None:
+    """A split embedded by the ranks of a torchrun group, into the shared cache folder. Rank 0 holds the key's lock
+    throughout (a dashboard job on the same key waits), lists the chunks not on disk and hands them round robin to
+    the ranks, so a rerun after a killed rank computes only what is missing, spread over all of them. Each rank
+    computes its chunks; after a barrier rank 0 assembles and writes the set exactly as one process does (the
+    chunks fix the bits) and returns it; the others return None once it is written."""
+    _, texts, paths = _job_items(pairs)
+    chunks = folder / "chunks"
+    es = None
+    with settings.exclusive(folder / ".lock", waiting) if ranks.lead else contextlib.nullcontext():
+        todo = None
+        if ranks.lead and not (folder / "done.json").is_file():
+            todo = missing_chunks(chunks, len(paths), len(texts), chunk_size)
+            total = sum(chunk_count(len(paths), len(texts), chunk_size))
+            log.info("embedding %s on %d processes: %d chunk(s), %d on disk, %d to compute", folder, ranks.world,
+                     total, total - len(todo), len(todo))
+        todo = ranks.broadcast(todo)
+        if todo is not None:
+            chunks.mkdir(parents=True, exist_ok=True)
+            mine = set(todo[ranks.rank::ranks.world])
+            workers = (_auto_workers(len(paths), spec.batch_size, src.image_file is not None)
+                       if num_workers is None else num_workers)
+            compute_share(lm, src, paths, texts, chunks, chunk_size, spec.batch_size,
+                          max(0, workers // ranks.local_world), mine.__contains__, progress)
+            ranks.barrier()  # every chunk is on disk
+            es = embed_into() if ranks.lead else None
+    ranks.barrier()  # the set is written
     return es
 
 
@@ -332,20 +435,17 @@ def _embed_into(folder: Path, spec: EmbedSpec, src: SourceData, pairs: pd.DataFr
     """Compute the split's chunks (resuming from those on disk), write the finished set into `folder`, return it."""
     chunks = folder / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
-    codes, reports = pd.factorize(pairs["report"])  # each distinct report text is embedded once
-    texts = [str(t) for t in reports]
-    paths = pairs["image_path"].tolist()
+    codes, texts, paths = _job_items(pairs)
     total = len(paths) + len(texts)
     workers = _auto_workers(len(paths), spec.batch_size, src.image_file is not None) if num_workers is None else num_workers
     devices = embed_devices(device)
-    if len(devices) > 1:  # every GPU: one process each computes its chunks; the loops below then only read them
+    if len(devices) > 1 and missing_chunks(chunks, len(paths), len(texts), chunk_size):
+        # every GPU: one process each computes its chunks; the loops below then only read them
         entry = None if spec.model.startswith("local:") else get_model(spec.model)
         run_shards(_shard, devices, (spec.to_json(), entry, paths, texts, str(chunks), chunk_size,
                                      max(0, workers // len(devices))), chunks,
                    lambda: min(total, chunk_size * len(list(chunks.glob("*.npy")))), total, progress)
-    image_feat = _image_chunks(lm, src, paths, spec.batch_size, workers, chunks, chunk_size, lambda c: True,
-                               progress, total)
-    assert image_feat is not None  # every chunk is this process's
+    image_feat = _image_chunks(lm, src, paths, spec.batch_size, workers, chunks, chunk_size, progress, total)
     text_feat_u = _run_chunks("text", len(texts), lambda a, b: _text_chunk(
         lm, texts[a:b], spec.batch_size), chunks, chunk_size, progress, len(paths), total)
     es = EmbeddingSet(

@@ -33,6 +33,8 @@ CPU_LANES = 2  # blocks counted at once on the CPU (cpu_lanes)
 MIN_LANE_ROWS = 256  # query rows a lane's block needs for its matmul to be worth the candidates it streams
 _LANES_LOCK = threading.Lock()
 NUMPY_ON_CPU = True  # count CPU blocks with numpy (faster); False runs the torch code path that GPUs use
+COUNT_DTYPES: dict[str, type] = {"score": np.float32, **{key: np.int64 for key in
+                                  ("b", "t", "bh", "th", "pb", "pt", "pbh", "pth")}}  # what count_block returns
 _LOW_BITS = np.array([(1 << q) - 1 for q in range(64)], dtype=np.uint64)  # the q lowest bits of a word
 
 
@@ -322,6 +324,8 @@ def count_all(q_emb: np.ndarray, true: np.ndarray, cands: Candidates, *, include
     calling thread. Returns the arrays of count_block, each (n_q,), in the original query order."""
     dev = resolve_device(device)
     n_q = q_emb.shape[0]
+    if n_q == 0:  # a torchrun rank with no queries of its own
+        return {key: np.empty(0, dtype=dtype) for key, dtype in COUNT_DTYPES.items()}
     lanes = cpu_lanes(cands.m, block_size) if dev.type == "cpu" else 1
     per_block = CUDA_BLOCK_ELEMENTS if dev.type == "cuda" else DEFAULT_BLOCK_ELEMENTS // lanes
     block = int(block_size) if block_size else max(1, min(n_q, per_block // max(cands.m, 1)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,9 @@ from backend.progress import ProgressLike
 from backend.relink.normalise import normalised_rows
 from backend.relink.rows import curve_rows, distinct_rows, per_query_frame, summary_dict
 from backend.specs import POOL_KINDS, POOL_NAMES
+
+if TYPE_CHECKING:
+    from backend.distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,8 @@ def relink_curves(image_emb: np.ndarray, report_emb: np.ndarray, study_id: Seque
                   ks: Sequence[int] = (1, 5, 10), n_grid: Sequence[int] | None = None, include_same_patient: bool = False,
                   n_bootstrap: int = 200, seed: int = 0, block_size: int | None = None, device: str | None = None,
                   progress: ProgressLike | None = None, pair_id: Sequence[Any] | None = None,
-                  query_mask: np.ndarray | None = None, overwrite_emb: bool = False) -> RelinkResult:
+                  query_mask: np.ndarray | None = None, overwrite_emb: bool = False,
+                  ranks: Ranks | None = None) -> RelinkResult:
     """Re-linkage curves of n image-report pairs (semantics in the module docstring).
 
     Args:
@@ -107,6 +111,9 @@ def relink_curves(image_emb: np.ndarray, report_emb: np.ndarray, study_id: Seque
         are writable C-contiguous float32 arrays) instead of copying them; their contents are unspecified
         afterwards. Saves a copy of the candidate reports (0.8 GB at 400,000 candidates); the results are
         the same bits.
+        ranks: this process's place in a torchrun group (backend.distributed): it counts its share of the queries
+        (a contiguous run in label order) against every candidate, the counts of all ranks are gathered, and every
+        rank returns the result of one process, bit for bit (the counts are per query).
     Returns RelinkResult (rows, summary, per_query). Raises SpecError on malformed inputs.
     """
     from backend.relink.counts import (  # late: torch (off the dashboard's path)
@@ -144,9 +151,18 @@ def relink_curves(image_emb: np.ndarray, report_emb: np.ndarray, study_id: Seque
     true = inv[study[queries]]
     log.info("relink: %d queries, %d candidate reports, device %s", queries.size, cands.m, resolve_device(device))
     q_rows = queries if img.shape[0] == n else np.arange(queries.size)
-    counts = count_all(normalised_rows(img, q_rows, "image_emb", in_place=own_img), true, cands,
+    # a torchrun rank counts a contiguous run of the queries in label order (count_all's own order), then gathers
+    order = np.argsort(cands.label[true], kind="stable") if ranks is not None else np.arange(queries.size)
+    a, b = ranks.share(queries.size) if ranks is not None else (0, queries.size)
+    sel = order[a:b]
+    counts = count_all(normalised_rows(img, q_rows[sel], "image_emb", in_place=own_img), true[sel], cands,
                        include_same_patient=include_same_patient, block_size=block_size, device=device,
                        progress=progress)
+    if ranks is not None:
+        gathered = ranks.gather_rows(counts, queries.size)  # in `order`
+        counts = {key: np.empty_like(val) for key, val in gathered.items()}
+        for key, val in gathered.items():
+            counts[key][order] = val
     cands.emb = cands.emb[:0]  # counted: the candidates' matrix (0.8 GB at 400,000) is not held through the curve
     groups = _group_sizes(cands, true, include_same_patient)
     q_patient = pd.factorize(patient[queries])[0]
