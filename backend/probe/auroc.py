@@ -27,12 +27,15 @@ ROW_COLUMNS = ("label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "exclude
 
 @dataclass
 class ProbeResult:
-    """rows: DataFrame ROW_COLUMNS, one row per label then one 'macro' row; excluded: labels left out."""
+    """rows: DataFrame ROW_COLUMNS, one row per label then one 'macro' row; excluded: labels left out; scores: the
+    (n, L) scores the AUROCs were computed from, NaN in the columns of excluded labels (not serialised: a paired
+    comparison of two sets of scores on the same examples needs them, backend.relink.paired)."""
 
     rows: pd.DataFrame
     macro_auroc: float
     macro_ci: tuple[float, float]
     excluded: list[str] = field(default_factory=list)
+    scores: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"macro_auroc": self.macro_auroc, "macro_ci": list(self.macro_ci), "excluded": self.excluded,
@@ -86,7 +89,9 @@ def auroc_table(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, reasons:
     excluded = [labels[j] for j, r in enumerate(reasons) if r]
     if excluded:
         log.info("AUROC: %d label(s) excluded: %s", len(excluded), ", ".join(excluded))
-    return ProbeResult(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), macro, macro_ci, excluded)
+    kept = np.full(scores.shape, np.nan)
+    kept[:, used] = scores[:, used]
+    return ProbeResult(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), macro, macro_ci, excluded, kept)
 
 
 def bootstrap_aurocs(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, used: list[int], n: int, seed: int) -> np.ndarray:

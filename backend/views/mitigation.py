@@ -14,6 +14,7 @@ import pandas as pd
 
 from backend.runs import store
 from backend.specs import POOL_KINDS
+from backend.views import cuts
 
 # The two references every DP point is compared with, one name each on every page, figure and report.
 ORIGINAL = "original model"
@@ -34,7 +35,9 @@ class SweepView:
     """Everything the Mitigation page needs about one finished sweep, read once.
 
     points: one row per epsilon (epsilon, run_id, guarantee, privacy_unit, objective, noise_multiplier,
-    r1_random, r1_hard at the largest N, auroc_linear, auroc_zero_shot, reduction, auroc_change);
+    r1_random, r1_hard at the largest N, auroc_linear, auroc_zero_shot, reduction (at the largest N),
+    auroc_change, zero_shot_change, and cuts.point_cuts's columns: Recall@1 and the cut at N=100, 1,000 and the
+    largest N with paired CIs, the AUROC changes' paired CIs, `paired`);
     metrics: relink rows of every point (+ epsilon); probe: probe rows of every point (+ epsilon)."""
 
     sweep_id: str
@@ -71,6 +74,15 @@ def reference_point(points: pd.DataFrame) -> pd.Series | None:
     return base.iloc[0] if len(base) else None
 
 
+def _bootstrap_of(sweep_id: str) -> tuple[int, int]:
+    """(n_bootstrap, seed) of the audit settings a sweep's points were evaluated with (200, 0 when unreadable)."""
+    try:
+        audit = json.loads((store.get_run(sweep_id) or {}).get("spec") or "{}").get("base", {}).get("audit", {})
+        return int(audit.get("n_bootstrap", 200)), int(audit.get("seed", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 200, 0
+
+
 def sweep_view(sweep_id: str) -> SweepView:
     """A sweep read from the store once: its points (SweepView.points, epsilon ascending) with the reduction and
     AUROC change against the reference point (without one, against the grid's last point), and their rows."""
@@ -99,6 +111,10 @@ def sweep_view(sweep_id: str) -> SweepView:
     if ref is not None:
         points["reduction"] = 1 - points["r1_random"] / ref["r1_random"]
         points["auroc_change"] = points["auroc_linear"] - ref["auroc_linear"]
+        points["zero_shot_change"] = points["auroc_zero_shot"] - ref["auroc_zero_shot"]
+        n_boot, seed = _bootstrap_of(sweep_id)
+        points = points.merge(cuts.point_cuts(points, metrics, str(ref["run_id"]), n_boot=n_boot, seed=seed),
+                              on="run_id", how="left")
     return SweepView(sweep_id, points.sort_values("epsilon").reset_index(drop=True), metrics, probe,
                      own_rows[own_rows["variant"] == "original"], own_probe[own_probe["variant"] == "original"])
 
