@@ -14,9 +14,9 @@ import pandas as pd
 from backend.runs import store
 from backend.specs import MATCH_PREFIX, pool_name
 from backend.views import cuts
-from backend.views.definitions import STUDY_LABEL, STUDY_LIFT
 from backend.views.catalog import latest, paired_sweep, spec_info
 from backend.views.compare import lift_at, point
+from backend.views.definitions import STUDY_LABEL, STUDY_LIFT
 from backend.views.mitigation import members_table, reference_point, series_label, sweep_view
 
 
