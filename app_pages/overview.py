@@ -86,7 +86,7 @@ if head.get("audit_run"):
         for col, line in zip(st.columns(len(dp_lines) + len(auroc)), [*dp_lines, *auroc], strict=True):
             with col:
                 if line["key"].startswith("dp_"):
-                    widgets.metric(cuts.n_phrase(line["n"]), line["after"]["recall"], DEFINITIONS["recall"],
+                    widgets.metric(cuts.n_phrase(line["n"], card=True), line["after"]["recall"], DEFINITIONS["recall"],
                                    fmt="{:.4f}", delta=f"{line['change']:+.0%} vs {line['before']['recall']:.4f}, "
                                                        "retrained heads", delta_color="inverse")
                 else:

@@ -72,8 +72,8 @@ def test_overview_headline_numbers(seeded: Path, monkeypatch: pytest.MonkeyPatch
     assert not at.button  # no demo button once results exist
     # no "strongest" card (the noisiest maximum of the curve); every DP card names its N and pool
     assert not any(m.label.startswith("Strongest") for m in at.metric) and "strongest re" not in _text(at)
-    assert {"Recall@1 at N=100, random pool", "Recall@1 at N=1,000, random pool",
-            "Recall@1 at N=2,000, random pool"} <= set(labels)
+    assert {"R@1 at N=100, random pool", "R@1 at N=1,000, random pool", "R@1 at N=2,000, random pool"} <= set(labels)
+    assert all(len(label) <= 30 for label in labels), labels  # a card cuts longer labels
     # a CI chip carries no arrow (it would read as "increasing"); a change keeps its direction
     chips = [m for m in at.metric if m.proto.delta.startswith("95% CI")]
     assert chips and all(m.proto.direction == m.proto.MetricDirection.NONE for m in chips)

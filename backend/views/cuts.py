@@ -39,9 +39,10 @@ def read_points(metrics: pd.DataFrame) -> dict[str, int]:
     return {**out, "max": ns[-1]}
 
 
-def n_phrase(n: int, pool: str = "random pool") -> str:
-    """How a card names where it reads: "Recall@1 at N=100, random pool"."""
-    return f"Recall@1 at N={n:,}, {pool}"
+def n_phrase(n: int, pool: str = "random pool", *, card: bool = False) -> str:
+    """How a number names where it reads: "Recall@1 at N=100, random pool" (card: "R@1 at N=100, random pool", short
+    enough for a card's label, at most 30 characters up to N=1,000,000)."""
+    return f"{'R@1' if card else 'Recall@1'} at N={n:,}, {pool}"
 
 
 def _row(rows: pd.DataFrame, n: int) -> pd.Series | None:
