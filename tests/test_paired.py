@@ -118,3 +118,23 @@ def test_a_sweep_without_per_query_outcomes_shows_the_cut_without_a_ci(sweep: st
     assert not dp["paired"].any() and dp["cut_100"].notna().all() and dp["cut_100_low"].isna().all()
     assert cuts.interval(0.25, math.nan, math.nan) == "+25% (CI needs a recompute)"
     assert cuts.interval(0.25, 0.1, 0.4) == "+25% [95% CI +10% to +40%]"
+
+
+def test_the_report_opens_with_the_recommendation_and_holds_cis_and_the_members_table(sweep: str) -> None:
+    import html
+
+    from backend.views import mitigation, report
+    from backend.views.recommend import Target, recommend
+
+    text = report.build_report("synthetic", "fake")
+    want = recommend(mitigation.sweep_view(sweep).points, Target())
+    assert text.index("<h2>Recommendation</h2>") < text.index("<h2>Verdict</h2>")
+    assert html.escape(want["sentence"]) in text and html.escape(want["rule"]) in text
+    # one baseline per table, named in its column headers; every cut and cost with its paired CI
+    assert "retrained heads, no DP (baseline) [95% CI]" in text and "original model (as audited)" in text
+    assert "Recall@1 cut at N=100 vs retrained heads, no DP [paired 95% CI]" in text
+    assert "[95% CI" in text and "CI needs a recompute" not in text
+    members, _ = mitigation.members_table(sweep, every_n=True)
+    assert not members.empty and "<h2>Members against non-members</h2>" in text
+    for n in sorted(set(members["n"])):
+        assert f"<td>{n}</td>" in text  # every N measured
