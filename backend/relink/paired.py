@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from backend.errors import SpecError
-from backend.relink.bootstrap import bootstrap_means, bootstrap_weights, percentile_ci
+from backend.relink.bootstrap import bootstrap_means, bootstrap_weights, percentile_ci, weighted_auc
 from backend.relink.stats import expected_recall
 from backend.sources.schema import LABELS
 
@@ -72,8 +72,6 @@ def macro_replicates(frame: pd.DataFrame, method: str, labels: Sequence[str], co
                      weights: np.ndarray) -> tuple[float, np.ndarray]:
     """(macro AUROC, (B,) macro AUROC of each resample) of one arm's `method` scores over `labels`; a resample in
     which no label has both classes is NaN."""
-    from backend.probe.auroc import weighted_auc  # late: scikit-learn (off the dashboard's import path)
-
     point, reps = [], []
     row_w = weights[:, codes]
     for name in labels:
