@@ -93,13 +93,19 @@ def scored_labels(base: pd.DataFrame, point: pd.DataFrame, method: str) -> list[
 
 
 def paired_auroc(base: pd.DataFrame, point: pd.DataFrame, method: str = "linear", *, n_boot: int = 200,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, memo: dict | None = None) -> dict[str, Any]:
     """The change of `method`'s macro AUROC (point - base; negative is a cost) with its paired 95% CI, over the
-    labels both arms scored: {"base", "point", "change", "change_low", "change_high", "n_labels"}."""
+    labels both arms scored: {"base", "point", "change", "change_low", "change_high", "n_labels"}. memo: a dict
+    kept across calls with one baseline, so that its replicates are computed once."""
     _check_same_queries(base, point)
     labels = scored_labels(base, point, method)
     codes, weights = patient_weights(base, n_boot, seed)
-    a, boot_a = macro_replicates(base, method, labels, codes, weights)
+    key = (id(base), method, tuple(labels), n_boot, seed)
+    if memo is None or key not in memo:
+        found = macro_replicates(base, method, labels, codes, weights)
+        if memo is not None:
+            memo[key] = found
+    a, boot_a = memo[key] if memo is not None else found
     b, boot_b = macro_replicates(point, method, labels, codes, weights)
     diff = boot_b - boot_a
     low, high = percentile_ci(diff[np.isfinite(diff)][:, None])

@@ -69,7 +69,7 @@ def point_cuts(points: pd.DataFrame, metrics: pd.DataFrame, ref_run: str | None,
     tags = read_points(own)
     ref_rows = own[own["run_id"] == ref_run] if ref_run else own.iloc[0:0]
     base = _outcomes(ref_run) if ref_run else None
-    out = []
+    out, memo = [], {}  # memo: the baseline's AUROC replicates, computed once for every point
     for run_id in points["run_id"]:
         rows = own[own["run_id"] == run_id]
         rec: dict[str, Any] = {"run_id": run_id}
@@ -95,7 +95,7 @@ def point_cuts(points: pd.DataFrame, metrics: pd.DataFrame, ref_run: str | None,
                 for tag, c in zip(tags, cuts.itertuples(), strict=True):
                     rec[f"cut_{tag}_low"], rec[f"cut_{tag}_high"] = c.cut_low, c.cut_high
                 for key, method in (("auroc_change", "linear"), ("zero_shot_change", "zero-shot")):
-                    got = paired_auroc(base, mine, method, n_boot=n_boot, seed=seed)
+                    got = paired_auroc(base, mine, method, n_boot=n_boot, seed=seed, memo=memo)
                     rec[f"{key}_low"], rec[f"{key}_high"] = got["change_low"], got["change_high"]
                 rec["paired"] = True
             except (RelinkError, KeyError) as exc:  # other queries, or a frame without some column
