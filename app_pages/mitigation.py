@@ -1,9 +1,10 @@
 """Mitigation: an epsilon slider over the stored sweep (instant), the badge, curves, AUROC, frontier."""
 
+import pandas as pd
 import streamlit as st
 
 from backend.specs import DEFAULT_EPSILONS, OBJECTIVES, PRIVACY_UNITS, DPSpec, SourceSpec, SweepSpec
-from backend.views import launch, mitigation
+from backend.views import cuts, launch, mitigation
 from backend.views.definitions import DEFINITIONS
 from ui import job_widgets, loaders, markup, navigation, widgets
 
@@ -32,25 +33,30 @@ if sweep_id:
         ref = mitigation.reference_point(pts)
         widgets.guarantee_badge(str(p.get("guarantee") or ""), str(p.get("privacy_unit") or ""),
                                 str(p.get("objective") or ""))
-        cols = st.columns(4)
-        for col, (key, name, help_key, fmt, good) in zip(cols, (
-                ("r1_random", "Recall@1, random pool", "recall", "{:.4f}", "inverse"),  # short: cards cut long labels
-                ("r1_hard", "Recall@1, pathology-matched", "hard", "{:.4f}", "inverse"),
-                ("auroc_linear", "Linear-probe macro AUROC", "auroc", "{:.3f}", "normal"),
-                ("auroc_zero_shot", "Zero-shot macro AUROC", "auroc", "{:.3f}", "normal")), strict=True):
-            is_ref = ref is not None and p["run_id"] == ref["run_id"]
-            delta = None if ref is None or is_ref else f"{p[key] - ref[key]:+.4f} vs retrained heads, no DP"
+        is_ref = ref is not None and p["run_id"] == ref["run_id"]
+        tags = [t for t in ("100", "1000", "max") if f"n_{t}" in pts.columns and pd.notna(p.get(f"n_{t}"))]
+        cols = st.columns(len(tags) + 2)
+        for col, tag in zip(cols, tags, strict=False):  # Recall@1 where it is measurable, each card naming its N
             with col:
-                where = " At the largest pool size N of the sweep." if key.startswith("r1_") else ""
-                widgets.metric(name, float(p[key]), DEFINITIONS[help_key] + where, fmt=fmt, delta=delta,
-                               delta_color=good)
-        red = float(p.get("reduction", float("nan")))
-        change = ("the reference: heads retrained without DP" if ref is not None and p["run_id"] == ref["run_id"] else
-                  f"Recall@1 {red:.1%} lower than the retrained heads" if red >= 0 else
-                  f"Recall@1 {-red:.1%} higher than the retrained heads (the noise moved the heads; it cannot remove "
-                  "what the frozen encoders already link)")
-        st.caption(f"{change}, linear-probe AUROC change "
-                   f"{p.get('auroc_change', float('nan')):+.3f} · noise multiplier {p.get('noise_multiplier', float('nan')):.3g}"
+                delta = None if ref is None or is_ref else f"{-float(p[f'cut_{tag}']):+.0%} vs retrained heads"
+                widgets.metric(cuts.n_phrase(int(p[f"n_{tag}"]), card=True), float(p[f"r1_{tag}"]), DEFINITIONS["recall"],
+                               fmt="{:.4f}", delta=delta, delta_color="inverse")
+                if not is_ref:
+                    st.caption("cut " + markup.plain(cuts.interval(float(p[f"cut_{tag}"]), float(p[f"cut_{tag}_low"]),
+                                                                   float(p[f"cut_{tag}_high"]), "{:.0%}")))
+        for col, (key, ci, name) in zip(cols[len(tags):], (("auroc_linear", "auroc_change", "Linear-probe macro AUROC"),
+                                                           ("auroc_zero_shot", "zero_shot_change", "Zero-shot macro AUROC")),
+                                        strict=True):
+            with col:
+                delta = None if ref is None or is_ref else f"{p[key] - ref[key]:+.3f} vs retrained heads"
+                widgets.metric(name, float(p[key]), DEFINITIONS["auroc"], fmt="{:.3f}", delta=delta, delta_color="normal")
+                if not is_ref and ref is not None:
+                    st.caption("change " + markup.plain(cuts.interval(float(p[key] - ref[key]), float(p[f"{ci}_low"]),
+                                                                      float(p[f"{ci}_high"]), "{:+.3f}")))
+        change = ("the reference: heads retrained without DP" if is_ref else
+                  "against the heads retrained without DP (the baseline of every number here); the frontier reads "
+                  f"the cut at {'N=100' if '100' in tags else 'the largest N'}")
+        st.caption(f"{change} · noise multiplier {p.get('noise_multiplier', float('nan')):.3g}"
                    f" · delta {p.get('delta', float('nan')):.2g} · accountant's ε {p.get('epsilon_achieved', float('nan')):.3g}"
                    f" · run {markup.plain(p['run_id'])}",
                    help=DEFINITIONS["reduction"])
@@ -60,6 +66,7 @@ if sweep_id:
 
     st.subheader("Members vs non-members", help=DEFINITIONS["members"])
     members, groups = loaders.members_table(sweep_id)
+    every_n = loaders.members_table(sweep_id, every_n=True)[0]
     if members.empty:
         st.caption("This sweep did not measure members against non-members (sweeps launched from now on do); "
                    "`python -m backend members` measures them for any model and epsilons.")
@@ -70,7 +77,7 @@ if sweep_id:
                                     f"non-member patients (test split, {groups['non_members']['pairs']} pairs); both "
                                     f"audited with the same pool sizes N, up to {groups['largest_common_n']}."))
         st.dataframe(mitigation.members_display(members), hide_index=True)
-        note = mitigation.members_note(members)
+        note = mitigation.members_note(every_n)
         if note:
             st.info(markup.plain(note))
 elif not sweep_pending:

@@ -3,9 +3,10 @@
 import streamlit as st
 
 from backend.runs.demo import default_demo_spec
-from backend.views import catalog, figures, report, status
+from backend.views import catalog, cuts, figures, report, status
 from backend.views.definitions import DEFINITIONS
-from ui import job_widgets, loaders, markup, navigation, snapshot, widgets
+from backend.views.verdict import study_comparison as verdict_view_sentence
+from ui import job_widgets, loaders, markup, navigation, recommendation, snapshot, widgets
 
 
 def demo_button(label: str, what: str, *, primary: bool) -> None:
@@ -46,7 +47,8 @@ if head.get("audit_run"):
     verdict = loaders.verdict(head["audit_run"], head.get("sweep_run"))
     lines = {line["key"]: line for line in verdict["lines"]}
     st.subheader("Verdict: how far above chance does this model re-link?")
-    st.caption("Lift of Recall@1 over chance (1x = guessing), study level, with its 95% CI.")
+    st.caption("The original model (the audited model's own heads): lift of Recall@1 over chance (1x = guessing), "
+               "study level, with its 95% CI.")
     keys, seen = [], set()
     for key in ("lift_random_100", "lift_random_max", "lift_hard_100", "lift_hard_max"):
         line = lines.get(key)
@@ -66,39 +68,32 @@ if head.get("audit_run"):
                            DEFINITIONS["lift"] + " " + DEFINITIONS[line["pool"]],
                            delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
             st.caption(markup.plain(line["sentence"]))
-    shown = {(line["pool"], line["n"]) for line in lines.values() if line["key"].startswith("lift_")}
-    strongest = lines.get("strongest")
-    if strongest and (strongest["pool"], strongest["n"]) in shown:  # already a card above: one line, not a second card
-        st.caption(markup.plain(strongest["sentence"]))
-    extra = [line for line in verdict["lines"] if (line["key"] == "strongest" and (line["pool"], line["n"]) not in shown)
-             or line["key"].startswith("matched:")]
-    if extra:  # the strongest re-linkage measured, and what side information does to it
+    extra = [line for line in verdict["lines"] if line["key"].startswith("matched:")]
+    if extra:  # what side information does: the lift beside what the attacker gains (absolute Recall@1, pool size)
         for col, line in zip(st.columns(4), extra[:4], strict=False):
             with col:
-                if line["key"] == "strongest":
-                    widgets.metric(f"Strongest: N={line['n']:,}", line["lift"], DEFINITIONS["lift"],
-                                   delta=f"95% CI {line['lift_low']:.1f}x-{line['lift_high']:.1f}x", delta_color="off")
-                else:
-                    widgets.metric(f"Side info: N={line['n']:,}", line["lift"], "Lift in pools whose distractors share "
-                                   "the matched attributes with the query: " + figures.pool_name(line["pool"]) + ".",
-                                   delta=f"{line['delta']:+.1f}x vs random pool", delta_color="inverse")
+                r = line["random"]
+                widgets.metric(f"Side info: N={line['n']:,}", line["lift"], "Lift in pools whose distractors share "
+                               "the matched attributes with the query: " + figures.pool_name(line["pool"]) + ".",
+                               delta=f"attacker's Recall@1 {r['recall']:.4f} → {line['recall']:.4f} "
+                                     f"({line['effective_n']:,.0f} candidates)", delta_color="off")
                 st.caption(markup.plain(line["sentence"]))
     if "epsilon" in verdict:
-        st.subheader(f"With DP projection heads at ε={verdict['epsilon']:g}")
+        st.subheader(f"With DP projection heads at ε={verdict['epsilon']:g}, against the retrained heads (no DP)")
         widgets.guarantee_badge(verdict.get("guarantee", ""), verdict.get("privacy_unit", ""), verdict.get("objective", ""))
-        cols = st.columns(4)
-        for col, key in zip(cols, ("dp_100", "dp_max", "auroc_linear", "auroc_zero_shot"), strict=True):
-            line = lines.get(key)
-            if line is None:
-                continue
+        dp_lines = [line for line in verdict["lines"] if line["key"].startswith("dp_")]
+        auroc = [lines[k] for k in ("auroc_linear", "auroc_zero_shot") if k in lines]
+        for col, line in zip(st.columns(len(dp_lines) + len(auroc)), [*dp_lines, *auroc], strict=True):
             with col:
-                if key.startswith("dp_"):
-                    widgets.metric(f"Recall@1, N={line['n']:,}", line["after"]["recall"], DEFINITIONS["recall"], fmt="{:.4f}",
-                                   delta=f"{line['change']:+.0%} vs retrained heads, no DP", delta_color="inverse")
+                if line["key"].startswith("dp_"):
+                    widgets.metric(cuts.n_phrase(line["n"], card=True), line["after"]["recall"], DEFINITIONS["recall"],
+                                   fmt="{:.4f}", delta=f"{line['change']:+.0%} vs {line['before']['recall']:.4f}, "
+                                                       "retrained heads", delta_color="inverse")
                 else:
-                    widgets.metric("Linear-probe AUROC" if key == "auroc_linear" else "Zero-shot AUROC", line["after"],
-                                   DEFINITIONS["auroc"], fmt="{:.3f}",
-                                   delta=f"{line['change']:+.3f} vs retrained heads, no DP", delta_color="normal")
+                    widgets.metric("Linear-probe AUROC" if line["key"] == "auroc_linear" else "Zero-shot AUROC",
+                                   line["after"], DEFINITIONS["auroc"], fmt="{:.3f}",
+                                   delta=f"{line['change']:+.3f} vs {line['before']:.3f}, retrained heads",
+                                   delta_color="normal")
                 st.caption(markup.plain(line["sentence"]))
         members = [line for line in verdict["lines"] if line["key"].startswith("members_")]
         for col, line in zip(st.columns(4), members, strict=False):
@@ -107,15 +102,23 @@ if head.get("audit_run"):
                                fmt="{:+.4f}", delta=f"95% CI {line['delta_low']:+.4f} to {line['delta_high']:+.4f}",
                                delta_color="off")
                 st.caption(markup.plain(line["sentence"]))
-        st.caption("Baselines: *retrained heads, no DP* are trained exactly like the DP heads but without noise "
-                   "(the fair comparison for what the noise does); the *original model* is the model's own heads "
-                   "(on Re-linkage and Mitigation). The strongest ε of the sweep is shown; slide ε on Mitigation.")
+        base_100 = next((line["before"] for line in dp_lines if line["n"] <= 100), None)
+        orig_100 = lines.get("lift_random_100")
+        both = (f" At N={orig_100['n']:,} that is Recall@1 {orig_100['recall']:.4f} for the original model (the lift "
+                f"cards above) and {base_100['recall']:.4f} for the retrained heads (the baseline of every number in "
+                "this section)." if base_100 is not None and orig_100 is not None else "")
+        st.caption("Two baselines, one per table: the lift cards above are the **original model** (the model's own "
+                   "heads, as audited); every DP number here is against the **retrained heads, no DP** (trained "
+                   "exactly like the DP heads but without noise: the fair comparison for what the noise does)."
+                   + markup.plain(both) + " The strongest ε of the sweep is shown; slide ε on Mitigation.")
+        recommendation.section(head["sweep_run"])
     with st.expander("Privacy caveats: what these numbers do not show"):
         st.markdown("\n".join(f"- {markup.plain(c)}" for c in report.CAVEATS))
-    st.caption("Recall@1, study level. Lift 1x = chance. Details on Re-linkage and Mitigation.")
     rows = loaders.relink_rows((head["audit_run"],))
-    st.plotly_chart(figures.recall_curves(rows[rows["level"] == "study"], k=1, title=f"{model} on {source}: Recall@1 "
-                                          "against pool size"), key="overview_curve")
+    st.plotly_chart(figures.overview_lift(rows, title=f"{model} on {source}: lift of Recall@1 over chance against "
+                                                      "pool size"), key="overview_curve")
+    st.caption("Lift of Recall@1 over chance, study level, one colour per pool, log axes (1x = chance). "
+               + markup.plain(verdict_view_sentence(rows)) + " Details on Re-linkage and Mitigation.")
     audited = loaders.audit_runs(source)
     if len(audited) > 1:
         st.subheader("Audited models side by side")

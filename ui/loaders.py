@@ -88,9 +88,10 @@ def _sweep_view(sweep_id: str, version: tuple[str, int, int]) -> mitigation.Swee
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def members_table(sweep_id: str) -> tuple[pd.DataFrame, dict]:
-    """Members against non-members stored with a finished sweep (empty when it did not measure them)."""
-    return mitigation.members_table(sweep_id)
+def members_table(sweep_id: str, every_n: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Members against non-members stored with a finished sweep (empty when it did not measure them); at N=100 and
+    the largest N, or at every N measured."""
+    return mitigation.members_table(sweep_id, every_n=every_n)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -19,9 +19,11 @@ WRAP_ROW_HEIGHT = 72
 
 def metric(label: str, value: float | None, definition: str, fmt: str = "{:.1f}x", delta: str | None = None,
            delta_color: str = "inverse") -> None:
-    """A number with its definition on hover; 'n/a' when absent."""
+    """A number with its definition on hover; 'n/a' when absent. A chip that is not a change (delta_color "off": a
+    CI, a baseline) carries no arrow, which would read as "increasing"."""
     shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
-    st.metric(label, shown, delta=delta, help=definition, delta_color=delta_color)
+    st.metric(label, shown, delta=delta, help=definition, delta_color=delta_color,
+              delta_arrow="off" if delta_color == "off" else "auto")
 
 
 def slider_points(labels: list[str], note: str) -> None:

@@ -27,7 +27,7 @@ from backend.models import load_model
 from backend.probe import ZERO_SHOT_PROMPTS, linear_probe, zero_shot
 from backend.progress import ProgressLike, null_progress
 from backend.sources import load_source
-from backend.sources.schema import combined_digest
+from backend.sources.schema import LABELS, combined_digest
 from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -152,12 +152,30 @@ def frozen_reference(inputs: EvalInputs, audit: AuditSpec) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+OUTCOME_COUNTS: tuple[str, ...] = ("beaters", "ties", "eligible", "beaters_hard", "ties_hard", "eligible_hard")
+
+
+def outcome_frame(per_query: pd.DataFrame, labels: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The per-query outcomes of one set of heads on the test split, what paired comparisons of two sets of heads
+    resample (backend.relink.paired): per query image (in pair order) its patient, the study-level counts that its
+    expected Recall@K at any pool size comes from (random and pathology-matched pools: OUTCOME_COUNTS, as
+    backend.relink.rows.per_query_frame names them), its 14 labels ("y:<label>") and each probe's scores
+    ("<method>:<label>", NaN for a label the probe left out)."""
+    frame = per_query[["patient_id", *OUTCOME_COUNTS]].reset_index(drop=True).copy()
+    cols = {f"y:{name}": labels[:, j] for j, name in enumerate(LABELS)}
+    for method, values in scores.items():
+        cols.update({f"{method}:{name}": values[:, j] for j, name in enumerate(LABELS)})
+    return pd.concat([frame, pd.DataFrame(cols)], axis=1)
+
+
 def evaluate(heads: dict, inputs: EvalInputs, audit: AuditSpec,
-             progress: ProgressLike = null_progress, *, relink: bool = True) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+             progress: ProgressLike = null_progress, *, relink: bool = True,
+             outcomes: dict[str, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """Audit and probe the heads on the in-domain test split and every transfer target.
 
     Returns (relink rows with a `target` column, {target: relink summary}, probe rows with target/method/features).
-    relink=False: the probes only (empty relink rows and summaries).
+    relink=False: the probes only (empty relink rows and summaries). outcomes: a dict that receives, under
+    "in-domain", the in-domain per-query outcomes (outcome_frame) when relink is True.
     """
 
     tr = inputs.train
@@ -177,6 +195,8 @@ def evaluate(heads: dict, inputs: EvalInputs, audit: AuditSpec,
         patient = te.meta["patient_id"].to_numpy()
         lp = linear_probe(train_emb, tr.labels(), img, te.labels(), patient, n_bootstrap=audit.n_bootstrap, seed=audit.seed)
         zs = zero_shot(img, pos, neg, te.labels(), patient, n_bootstrap=audit.n_bootstrap, seed=audit.seed)
+        if relink and outcomes is not None and target == "in-domain":
+            outcomes[target] = outcome_frame(res.per_query, te.labels(), {"linear": lp.scores, "zero-shot": zs.scores})
         probes += [_probe_rows(lp, target, "linear-probe", "projected"), _probe_rows(zs, target, "zero-shot", "projected")]
     if inputs.frozen_rows is not None:
         probes.append(inputs.frozen_rows)

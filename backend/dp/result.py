@@ -19,7 +19,9 @@ class DPResult:
     relink_rows: audit curve rows + `target` ('in-domain' or a transfer source); probe_rows: probe.ROW_COLUMNS +
     target, method ('linear-probe' | 'zero-shot'), features ('projected' | 'frozen'). heads: not serialised.
     members: members against non-members (backend.dp.members.MEMBER_COLUMNS, one row per N) when the sweep
-    measured them, with members_groups (the groups' sizes and pool sizes).
+    measured them, with members_groups (the groups' sizes and pool sizes). per_query: the in-domain per-query
+    outcomes (backend.dp.eval.outcome_frame) that paired CIs against another point resample; stored beside the
+    run (backend.runs.persist), not in to_dict.
     """
 
     spec: DPSpec
@@ -32,6 +34,7 @@ class DPResult:
     members: pd.DataFrame | None = None
     members_groups: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)  # the data it was computed from: EvalInputs.data_inputs()
+    per_query: pd.DataFrame | None = field(default=None, repr=False)  # in-domain outcomes (dp.eval.outcome_frame)
 
     def headline(self) -> pd.DataFrame:
         """Per target: R@1 at the largest pool (random, hard) and macro AUROCs, with CIs (one row per target)."""

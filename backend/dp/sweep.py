@@ -29,9 +29,11 @@ def _point(spec: DPSpec, inputs: EvalInputs, progress: ProgressLike) -> DPResult
     trained = train_heads(spec, inputs.train, inputs.bank, progress, logit_scale=inputs.logit_scale,
                           device=inputs.device)
     heads = trained.as_dict()
-    rows, summary, probes = evaluate(heads, inputs, spec.audit)
+    outcomes: dict[str, pd.DataFrame] = {}
+    rows, summary, probes = evaluate(heads, inputs, spec.audit, outcomes=outcomes)
     return DPResult(spec, "dp" if spec.private else "retrained", trained.privacy, rows, summary, probes, heads,
-                    inputs=inputs.data_inputs(), **_members_fields(heads, inputs, spec))
+                    inputs=inputs.data_inputs(), per_query=outcomes.get("in-domain"),
+                    **_members_fields(heads, inputs, spec))
 
 
 def _members_fields(heads: dict, inputs: EvalInputs, spec: DPSpec) -> dict[str, Any]:

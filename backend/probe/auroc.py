@@ -3,7 +3,7 @@
 Labels are 1/0/NaN; NaN entries are masked per label. A label that cannot be scored (its reason from
 `exclusion`) is left out of the macro average and listed with the reason. CIs bootstrap over patients (not
 pairs) with backend.relink.bootstrap: each replicate draws patients with replacement and weights their rows
-by the draw counts; the AUROC of every replicate comes from one sorted pass (`weighted_auc`).
+by the draw counts; the AUROC of every replicate comes from one sorted pass (backend.relink.bootstrap.weighted_auc).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from backend.errors import SpecError
-from backend.relink.bootstrap import bootstrap_weights, percentile_ci
+from backend.relink.bootstrap import bootstrap_weights, percentile_ci, weighted_auc
 from backend.sources.schema import LABELS
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,15 @@ ROW_COLUMNS = ("label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "exclude
 
 @dataclass
 class ProbeResult:
-    """rows: DataFrame ROW_COLUMNS, one row per label then one 'macro' row; excluded: labels left out."""
+    """rows: DataFrame ROW_COLUMNS, one row per label then one 'macro' row; excluded: labels left out; scores: the
+    (n, L) scores the AUROCs were computed from, NaN in the columns of excluded labels (not serialised: a paired
+    comparison of two sets of scores on the same examples needs them, backend.relink.paired)."""
 
     rows: pd.DataFrame
     macro_auroc: float
     macro_ci: tuple[float, float]
     excluded: list[str] = field(default_factory=list)
+    scores: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"macro_auroc": self.macro_auroc, "macro_ci": list(self.macro_ci), "excluded": self.excluded,
@@ -86,7 +89,9 @@ def auroc_table(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, reasons:
     excluded = [labels[j] for j, r in enumerate(reasons) if r]
     if excluded:
         log.info("AUROC: %d label(s) excluded: %s", len(excluded), ", ".join(excluded))
-    return ProbeResult(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), macro, macro_ci, excluded)
+    kept = np.full(scores.shape, np.nan)
+    kept[:, used] = scores[:, used]
+    return ProbeResult(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), macro, macro_ci, excluded, kept)
 
 
 def bootstrap_aurocs(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, used: list[int], n: int, seed: int) -> np.ndarray:
@@ -102,24 +107,6 @@ def bootstrap_aurocs(scores: np.ndarray, y: np.ndarray, patient: np.ndarray, use
         m = ~np.isnan(y[:, j])
         out[:, j] = weighted_auc(scores[m, j], y[m, j] == 1, weights[:, m])
     return out
-
-
-def weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(B,) AUROC of score (n,) for the classes positive (n,) bool under each row of weights (B, n): the
-    weighted probability that a positive scores above a negative, equal scores counting one half - what
-    sklearn's roc_auc_score(positive, score, sample_weight=w) computes, for all B weightings in one pass
-    (sorted once). With integer weights every sum is exact in float64 and only the final division rounds.
-    NaN where one class has zero total weight."""
-    order = np.argsort(score, kind="stable")
-    s, pos, w = score[order], positive[order], weights[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of equal scores, ascending
-    p = np.add.reduceat(np.where(pos, w, 0.0), starts, axis=1)
-    q = np.add.reduceat(np.where(pos, 0.0, w), starts, axis=1)
-    below = np.cumsum(q, axis=1) - q  # negative weight strictly below each group
-    total_p, total_q = p.sum(axis=1), q.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (p * (below + 0.5 * q)).sum(axis=1) / (total_p * total_q)
-    return np.where((total_p > 0) & (total_q > 0), auc, np.nan)
 
 
 def _row_nanmean(values: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The patient bootstrap, one implementation for every metric: multinomial resample weights over groups
-(patients) from a seed, weighted means and medians of per-row values under them, and percentile intervals.
+(patients) from a seed, weighted means, medians and AUROCs of per-row values under them, and percentile intervals.
 
 A replicate draws the groups with replacement (numpy's default_rng(seed), one draw of all groups per
 replicate, in order) and weights each group by how often it was drawn; callers weight rows by their group's
@@ -72,3 +72,21 @@ def bootstrap_medians(values: np.ndarray, group: np.ndarray, weights: np.ndarray
         hi = sorted_vals[np.searchsorted(cum, total // 2, side="right")]
         out[b] = 0.5 * (lo + hi)
     return out
+
+
+def weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B,) AUROC of score (n,) for the classes positive (n,) bool under each row of weights (B, n): the
+    weighted probability that a positive scores above a negative, equal scores counting one half - what
+    sklearn's roc_auc_score(positive, score, sample_weight=w) computes, for all B weightings in one pass
+    (sorted once). With integer weights every sum is exact in float64 and only the final division rounds.
+    NaN where one class has zero total weight."""
+    order = np.argsort(score, kind="stable")
+    s, pos, w = score[order], positive[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of equal scores, ascending
+    p = np.add.reduceat(np.where(pos, w, 0.0), starts, axis=1)
+    q = np.add.reduceat(np.where(pos, 0.0, w), starts, axis=1)
+    below = np.cumsum(q, axis=1) - q  # negative weight strictly below each group
+    total_p, total_q = p.sum(axis=1), q.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (p * (below + 0.5 * q)).sum(axis=1) / (total_p * total_q)
+    return np.where((total_p > 0) & (total_q > 0), auc, np.nan)

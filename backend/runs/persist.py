@@ -94,15 +94,19 @@ def members_summary(result: Any) -> dict[str, Any]:
 
 
 def persist_dp(run_id: str, spec: Any, result: Any, device: str, started: float | None = None) -> None:
-    """DPResult (relink rows, probe rows, privacy dict, transfer as `target`) -> one finished DP run. started: when
-    its computation began (a sweep's point: see `_point_start`), else when the run began running."""
+    """DPResult (relink rows, probe rows, privacy dict, transfer as `target`, per-query outcomes as the run's
+    per_query artifact) -> one finished DP run. started: when its computation began (a sweep's point: see
+    `_point_start`), else when the run began running."""
     metrics, probe = dp_records(result)
     store.upsert_run(run_id, "dp", spec.to_json(), "running")
     summary = dict(_get(result, "relink_summary", "summary", default={}) or {})
     summary["label"] = _get(result, "label", default="dp")
     summary.update(members_summary(result))
     summary.update(_inputs_summary(result))
-    store.finish_run(run_id, summary=summary, device=device, metrics=metrics, probe=probe,
+    per_query = _get(result, "per_query")
+    artifacts = ({"per_query": store.save_per_query(run_id, per_query)}
+                 if isinstance(per_query, pd.DataFrame) and len(per_query) else None)
+    store.finish_run(run_id, summary=summary, device=device, metrics=metrics, probe=probe, artifacts=artifacts,
                      privacy=dict(_get(result, "privacy", default={}) or {}), started=started)
 
 

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
 from backend.specs import POOL_NAMES, pool_name
+from backend.views.definitions import STUDY_LABEL, STUDY_LIFT
 from backend.views.mitigation import ORIGINAL, RETRAINED, epsilon_label, series_label
 
 POOL_DASH = {"random": "solid", "hard": "dash", "full": "dot"}
@@ -128,13 +129,43 @@ def recall_curves(rows: pd.DataFrame, *, k: int = 1, series: str = "model", titl
     return fig
 
 
-def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
-    """Re-linkage reduction against linear-probe AUROC change, one marker per epsilon, joined in epsilon order
-    (inf, the retrained heads without DP, last). The selected epsilon is ringed, and its label is an annotation
-    with a background, above the ring (a label on the plain marker would sit under the ring, and points close
-    together would print their labels over it)."""
+def overview_lift(rows: pd.DataFrame, *, title: str = "", study: bool = True) -> go.Figure:
+    """Lift of Recall@1 over chance against pool size N (log-log), one colour per pool with its CI band, the chance
+    line at 1x and, with `study`, the study's real-data figures as labelled reference markers (STUDY_LIFT)."""
+    sel = rows[(rows["k"] == 1) & (rows["level"] == "study")]
+    names = [pool_name(p) for p in sel["pool_kind"]]
+    palette = qualitative.D3
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(names))}
+    fig = recall_curves(sel.assign(series=names), series="series", y="lift", colors=colors,
+                        title=title or "Lift of Recall@1 over chance against pool size")
+    for trace in fig.data:  # one legend entry per pool: "random pool", not "random pool · random pool · study"
+        if trace.name and " · " in trace.name:
+            trace.name = trace.name.split(" · ")[0]
+    if study:
+        fig.add_trace(go.Scatter(x=[n for n, _ in STUDY_LIFT], y=[v for _, v in STUDY_LIFT], mode="markers+text",
+                                 name=f"study: {STUDY_LABEL}", text=[f"study: {v:g}x" for _, v in STUDY_LIFT],
+                                 textposition="top center", marker={"symbol": "diamond-open", "size": 12,
+                                                                    "color": "#444444", "line": {"width": 2}},
+                                 hovertemplate="study (real data): N=%{x:,}, lift %{y:g}x<extra></extra>"))
+    n_max = max([float(sel["n"].max()) if len(sel) else 1.0, *(float(n) for n, _ in STUDY_LIFT if study)])
+    fig.update_layout(yaxis_type="log", yaxis_title="lift of Recall@1 over chance (log scale)",
+                      xaxis=pool_size_ticks(n_max))
+    return fig
+
+
+def frontier(points: pd.DataFrame, selected: float | None = None, at: str = "100") -> go.Figure:
+    """The cut of Recall@1 at the read point `at` ("100", "1000", "max": views.cuts.read_points) against the
+    linear-probe AUROC change, one marker per epsilon with its paired 95% CIs as error bars (where stored), joined
+    in epsilon order (inf, the retrained heads without DP, last). The selected epsilon is ringed, and its label is
+    an annotation with a background, above the ring (a label on the plain marker would sit under the ring, and
+    points close together would print their labels over it)."""
     fig = go.Figure()
     points = points.sort_values("epsilon", kind="stable")  # inf sorts last
+    if f"cut_{at}" in points.columns:
+        points = points.assign(reduction=points[f"cut_{at}"])
+        where = f"N={int(points[f'n_{at}'].dropna().iloc[0]):,}" if points[f"n_{at}"].notna().any() else "largest N"
+    else:
+        where = "largest N"
     colors = sweep_colors(points["epsilon"])
     labels = [f"ε={epsilon_label(e)}".replace("inf (no DP)", "∞") for e in points["epsilon"]]
     chosen = _same(points["epsilon"], selected) if selected is not None else pd.Series(False, index=points.index)
@@ -142,13 +173,20 @@ def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
     # a label below a point beside the ring starts one line lower, clear of the ring's lower edge
     text = ["" if hit else (f"<br>{t}" if pos == "bottom center" else t)
             for t, hit, pos in zip(labels, chosen, positions, strict=True)]
-    fig.add_trace(go.Scatter(x=points["auroc_change"], y=points["reduction"], mode="lines+markers+text",
+    bars = {}
+    if f"cut_{at}_low" in points.columns and points[f"cut_{at}_low"].notna().any():
+        bars = {"error_y": {"type": "data", "symmetric": False, "array": points[f"cut_{at}_high"] - points["reduction"],
+                            "arrayminus": points["reduction"] - points[f"cut_{at}_low"], "color": "#999999"},
+                "error_x": {"type": "data", "symmetric": False,
+                            "array": points["auroc_change_high"] - points["auroc_change"],
+                            "arrayminus": points["auroc_change"] - points["auroc_change_low"], "color": "#999999"}}
+    fig.add_trace(go.Scatter(x=points["auroc_change"], y=points["reduction"], mode="lines+markers+text", **bars,
                              text=text, customdata=labels, textposition=positions, name="sweep",
                              line={"color": "#BBBBBB", "width": 1},
                              marker={"size": 9, "color": [colors.get(series_label(e), "#444444")
                                                           for e in points["epsilon"]]},
-                             hovertemplate="%{customdata}<br>AUROC change=%{x:+.3f}<br>re-linkage reduction=%{y:.1%}"
-                                           "<extra></extra>"))
+                             hovertemplate="%{customdata}<br>AUROC change=%{x:+.3f}<br>Recall@1 cut at " + where +
+                                           "=%{y:.1%}<extra></extra>"))
     if selected is not None:
         hit = points[chosen]
         fig.add_trace(go.Scatter(x=hit["auroc_change"], y=hit["reduction"], mode="markers", name="selected ε",
@@ -159,12 +197,14 @@ def frontier(points: pd.DataFrame, selected: float | None = None) -> go.Figure:
             fig.add_annotation(x=x, y=y, text=f"<b>{text}</b>", showarrow=True, arrowcolor="red", arrowwidth=1.5,
                                ax=0, ay=-34, standoff=10, font={"color": "red"}, bgcolor="rgba(255,255,255,0.92)",
                                bordercolor="red", borderpad=2)
-    y = points["reduction"].dropna()
+    y = pd.concat([points[c] for c in ("reduction", f"cut_{at}_low", f"cut_{at}_high") if c in points.columns]).dropna()
     if len(y):  # headroom above the highest point for its label (and the selected label's box)
         span = max(float(y.max() - y.min()), 0.05)
         fig.update_yaxes(range=[float(y.min()) - 0.1 * span, float(y.max()) + 0.3 * span])
-    fig.update_layout(title="Privacy-utility frontier", showlegend=False, xaxis_title="linear-probe macro AUROC change vs no DP",
-                      yaxis_title="Recall@1 reduction at largest N", yaxis_tickformat=".0%", height=380,
+    fig.update_layout(title="Privacy-utility frontier", showlegend=False,
+                      xaxis_title="linear-probe macro AUROC change vs retrained heads, no DP",
+                      yaxis_title=f"Recall@1 cut at {where} (random pool) vs retrained heads", yaxis_tickformat=".0%",
+                      height=380,
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return fig
 
@@ -207,7 +247,8 @@ def auroc_bars(probe: pd.DataFrame, *, series: str, method: str = "linear", titl
     return fig
 
 
-def mitigation_view(curves: pd.DataFrame, points: pd.DataFrame, selected: float, *, title: str) -> go.Figure:
+def mitigation_view(curves: pd.DataFrame, points: pd.DataFrame, selected: float, *, title: str,
+                    at: str = "100") -> go.Figure:
     """The Mitigation page's one figure: Recall@1 curves (left, log N) beside the privacy-utility frontier
     (right) with the selected epsilon ringed. One figure, so that a slider move redraws one plot, not two
     (each plotly redraw costs the browser about 130 ms). Colours are fixed per series over the whole sweep
@@ -216,7 +257,7 @@ def mitigation_view(curves: pd.DataFrame, points: pd.DataFrame, selected: float,
 
     left = recall_curves(curves, series="series", title=title, colors=sweep_colors(points["epsilon"]),
                          emphasis=series_label(selected))
-    right = frontier(points, selected=selected)
+    right = frontier(points, selected=selected, at=at)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.09,
                         subplot_titles=("Recall@1 against pool size N", "Privacy-utility frontier"))
     for trace in left.data:
@@ -228,8 +269,8 @@ def mitigation_view(curves: pd.DataFrame, points: pd.DataFrame, selected: float,
     fig.update_xaxes(type="log", title_text="pool size N (log scale)", row=1, col=1,
                      **pool_size_ticks(float(curves["n"].max()) if len(curves) else 1.0))
     fig.update_yaxes(range=[0, 1.02], title_text="Recall@1", row=1, col=1)
-    fig.update_xaxes(title_text="linear-probe macro AUROC change vs no DP", row=1, col=2)
-    fig.update_yaxes(title_text="Recall@1 reduction at largest N", tickformat=".0%", range=right.layout.yaxis.range,
+    fig.update_xaxes(title_text=right.layout.xaxis.title.text, row=1, col=2)
+    fig.update_yaxes(title_text=right.layout.yaxis.title.text, tickformat=".0%", range=right.layout.yaxis.range,
                      row=1, col=2)
     fig.update_layout(title=title, height=620, legend=left.layout.legend, margin={"l": 50, "r": 20, "t": 80, "b": 40})
     return fig

@@ -14,6 +14,7 @@ import pandas as pd
 
 from backend.runs import store
 from backend.specs import POOL_KINDS
+from backend.views import cuts
 
 # The two references every DP point is compared with, one name each on every page, figure and report.
 ORIGINAL = "original model"
@@ -34,7 +35,9 @@ class SweepView:
     """Everything the Mitigation page needs about one finished sweep, read once.
 
     points: one row per epsilon (epsilon, run_id, guarantee, privacy_unit, objective, noise_multiplier,
-    r1_random, r1_hard at the largest N, auroc_linear, auroc_zero_shot, reduction, auroc_change);
+    r1_random, r1_hard at the largest N, auroc_linear, auroc_zero_shot, reduction (at the largest N),
+    auroc_change, zero_shot_change, and cuts.point_cuts's columns: Recall@1 and the cut at N=100, 1,000 and the
+    largest N with paired CIs, the AUROC changes' paired CIs, `paired`);
     metrics: relink rows of every point (+ epsilon); probe: probe rows of every point (+ epsilon)."""
 
     sweep_id: str
@@ -71,6 +74,15 @@ def reference_point(points: pd.DataFrame) -> pd.Series | None:
     return base.iloc[0] if len(base) else None
 
 
+def _bootstrap_of(sweep_id: str) -> tuple[int, int]:
+    """(n_bootstrap, seed) of the audit settings a sweep's points were evaluated with (200, 0 when unreadable)."""
+    try:
+        audit = json.loads((store.get_run(sweep_id) or {}).get("spec") or "{}").get("base", {}).get("audit", {})
+        return int(audit.get("n_bootstrap", 200)), int(audit.get("seed", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 200, 0
+
+
 def sweep_view(sweep_id: str) -> SweepView:
     """A sweep read from the store once: its points (SweepView.points, epsilon ascending) with the reduction and
     AUROC change against the reference point (without one, against the grid's last point), and their rows."""
@@ -99,6 +111,10 @@ def sweep_view(sweep_id: str) -> SweepView:
     if ref is not None:
         points["reduction"] = 1 - points["r1_random"] / ref["r1_random"]
         points["auroc_change"] = points["auroc_linear"] - ref["auroc_linear"]
+        points["zero_shot_change"] = points["auroc_zero_shot"] - ref["auroc_zero_shot"]
+        n_boot, seed = _bootstrap_of(sweep_id)
+        points = points.merge(cuts.point_cuts(points, metrics, str(ref["run_id"]), n_boot=n_boot, seed=seed),
+                              on="run_id", how="left")
     return SweepView(sweep_id, points.sort_values("epsilon").reset_index(drop=True), metrics, probe,
                      own_rows[own_rows["variant"] == "original"], own_probe[own_probe["variant"] == "original"])
 
@@ -145,29 +161,33 @@ MEMBERS_GAP = ("Where a gap's 95% CI lies above 0, those heads re-link their own
                "ones (memorisation): that is the part DP on the heads bounds.")
 
 
-def _members_rows(records: Any, n_ref: int = 100) -> pd.DataFrame:
-    """Stored members rows (one per N) -> the rows at N = n_ref (or the largest N below it) and the largest N."""
+def _members_rows(records: Any, n_ref: int = 100, every_n: bool = False) -> pd.DataFrame:
+    """Stored members rows (one per N) -> the rows at N = n_ref (or the largest N below it) and the largest N (every
+    row with every_n)."""
     rows = pd.DataFrame(list(records or []))
     if rows.empty or "n" not in rows.columns:
         return pd.DataFrame()
     rows = rows.apply(pd.to_numeric, errors="coerce").sort_values("n")
+    if every_n:
+        return rows
     near = rows[rows["n"] <= n_ref]
     picks = ([near.index[-1]] if len(near) else []) + [rows.index[-1]]
     return rows.loc[list(dict.fromkeys(picks))]
 
 
-def members_table(sweep_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Members against non-members stored with a sweep: (rows at N = 100 and the largest common N for the original
-    model, the retrained heads without DP and each epsilon, with `heads` and `epsilon` columns; the groups' sizes).
-    Empty when the sweep did not measure them (sweeps made before, the shipped snapshot)."""
+def members_table(sweep_id: str, every_n: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Members against non-members stored with a sweep: (rows at N = 100 and the largest common N, or at every N
+    measured with every_n, for the original model, the retrained heads without DP and each epsilon, with `heads` and
+    `epsilon` columns; the groups' sizes). Empty when the sweep did not measure them (sweeps made before, the
+    shipped snapshot)."""
     summary = (store.get_run(sweep_id) or {}).get("summary") or {}
-    parts = [_members_rows(summary.get("members")).assign(heads=ORIGINAL, epsilon=math.inf)]
+    parts = [_members_rows(summary.get("members"), every_n=every_n).assign(heads=ORIGINAL, epsilon=math.inf)]
     groups = dict(summary.get("members_groups") or {})
     pts = store.load_sweep_points(sweep_id)
     for run_id, eps in sorted(zip(pts["run_id"], pts["epsilon"], strict=True), key=lambda p: -p[1]):
         point = (store.get_run(run_id) or {}).get("summary") or {}
         groups = groups or dict(point.get("members_groups") or {})
-        parts.append(_members_rows(point.get("members")).assign(heads=series_label(eps), epsilon=eps))
+        parts.append(_members_rows(point.get("members"), every_n=every_n).assign(heads=series_label(eps), epsilon=eps))
     parts = [p for p in parts if "n" in p.columns]
     if not parts:
         return pd.DataFrame(), groups
@@ -192,10 +212,15 @@ def members_display(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def members_note(table: pd.DataFrame) -> str | None:
-    """The plain sentence under the table: MEMBERS_NO_GAP when every gap's CI contains 0, MEMBERS_GAP when one
-    lies above 0, None without rows (or without CIs)."""
+    """The plain sentence under the table (table: members_table's rows at every N): MEMBERS_NO_GAP when every gap's
+    CI contains 0, MEMBERS_GAP naming the heads and N where one lies above 0, None without rows (or without CIs)."""
     if table.empty or table[["gap_ci_low", "gap_ci_high"]].isna().any().any():
         return None
     if ((table["gap_ci_low"] <= 0) & (table["gap_ci_high"] >= 0)).all():
-        return MEMBERS_NO_GAP
-    return MEMBERS_GAP if (table["gap_ci_low"] > 0).any() else None
+        return MEMBERS_NO_GAP + f" Checked at every pool size measured (N={', '.join(f'{n:,}' for n in sorted(set(table['n'])))})."
+    above = table[table["gap_ci_low"] > 0]
+    if not len(above):
+        return None
+    where = "; ".join(f"{heads}: N={', '.join(f'{int(n):,}' for n in sorted(g['n']))}"
+                      for heads, g in above.groupby("heads", sort=False))
+    return MEMBERS_GAP + f" Above 0 at: {where}."

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from backend.runs import provenance, store
-from backend.views import catalog, compare, figures, mitigation, status, verdict
+from backend.views import catalog, compare, cuts, figures, mitigation, status, verdict
 from backend.views.definitions import DEFINITIONS
+from backend.views.recommend import Target, recommend
 
 PACKAGES = ("numpy", "pandas", "torch", "open_clip_torch", "opacus", "duckdb", "plotly", "streamlit", "scikit-learn")
 THREAT = (
@@ -46,7 +47,8 @@ MITIGATION_COLUMNS = {  # stored column -> the name a reader sees
     "privacy_unit": "privacy unit", "objective": "objective", "noise_multiplier": "noise multiplier",
     "delta": "delta", "r1_random": "Recall@1, random pool, largest N", "r1_hard": "Recall@1, pathology-matched, largest N",
     "auroc_linear": "linear-probe macro AUROC", "auroc_zero_shot": "zero-shot macro AUROC",
-    "reduction": "Recall@1 reduction vs no DP", "auroc_change": "linear-probe AUROC change vs no DP"}
+    "reduction": "Recall@1 cut at the largest N vs retrained heads, no DP",
+    "auroc_change": "linear-probe AUROC change vs retrained heads, no DP"}
 
 
 def versions() -> dict[str, str]:
@@ -117,7 +119,7 @@ def _mitigation_section(sweep_id: str | None, first: list[bool]) -> str:
     parts = ["<h2>Mitigation (DP projection heads)</h2>",
              f"<p>{html.escape(DEFINITIONS['nominal'])}</p>",
              f"<p>{html.escape(DEFINITIONS['certified'])}</p>",
-             _table(pts[cols].rename(columns=MITIGATION_COLUMNS)),
+             _table(_with_cis(pts, pts[cols].rename(columns=MITIGATION_COLUMNS))),
              _figure(figures.recall_curves(curves[curves["pool_kind"] == "random"], series="series",
                                            title="Recall@1 by epsilon (random pools)",
                                            colors=figures.sweep_colors(pts["epsilon"])), first),
@@ -143,16 +145,82 @@ def _mitigation_section(sweep_id: str | None, first: list[bool]) -> str:
     return "".join(parts)
 
 
+def _with_cis(pts: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The sweep table plus, per read point N, the cut vs the retrained heads with its paired CI, and the AUROC
+    change's paired CI (as text: "52% [95% CI 44% to 60%]", or "(CI needs a recompute)")."""
+    out = table.copy()
+    for tag in ("100", "1000", "max"):
+        if f"cut_{tag}" in pts.columns and pts[f"n_{tag}"].notna().any():
+            n = int(pts[f"n_{tag}"].dropna().iloc[0])
+            out[f"Recall@1 cut at N={n:,} vs retrained heads, no DP [paired 95% CI]"] = [
+                cuts.interval(c, lo, hi, "{:.0%}") for c, lo, hi in
+                zip(pts[f"cut_{tag}"], pts[f"cut_{tag}_low"], pts[f"cut_{tag}_high"], strict=True)]
+    if "auroc_change_low" in pts.columns:
+        out["linear-probe AUROC change vs retrained heads, no DP [paired 95% CI]"] = [
+            cuts.interval(c, lo, hi, "{:+.3f}") for c, lo, hi in
+            zip(pts["auroc_change"], pts["auroc_change_low"], pts["auroc_change_high"], strict=True)]
+    return out
+
+
+def _recommendation_section(sweep_id: str | None) -> str:
+    """The recommendation for the default target (views.recommend.Target), at the top of the report."""
+    if not sweep_id:
+        return "<h2>Recommendation</h2><p>No finished epsilon sweep: no recommendation.</p>"
+    got = recommend(mitigation.sweep_view(sweep_id).points, Target())
+    risk = (f"<p>Risk in words: an attacker's first guess is the right report {html.escape(got['risk'])} at this "
+            f"point; without DP (retrained heads) {html.escape(got['risk_before'])}.</p>" if got["risk"] else "")
+    return (f"<h2>Recommendation</h2><p>Target: {html.escape(got['rule'])} (the default target; set your own on the "
+            f"Overview).</p><p class=\"{'ok' if got['met'] else 'warn'}\"><b>{html.escape(got['sentence'])}</b></p>{risk}")
+
+
+def _dp_table(lines: list[dict], epsilon: float | None) -> str:
+    """The DP heads against their one baseline, the retrained heads without DP, with the baseline named in every
+    column header: Recall@1 at each read point N and the macro AUROCs, each change with its paired CI."""
+    dp = [x for x in lines if x["key"].startswith("dp_")]
+    if not dp:
+        return ""
+    eps = f"{epsilon:g}" if epsilon is not None else "?"
+    rows = [{"quantity": cuts.n_phrase(x["n"]),
+             "retrained heads, no DP (baseline) [95% CI]": f"{x['before']['recall']:.4f} [{x['before']['ci_low']:.4f}, "
+                                                           f"{x['before']['ci_high']:.4f}]",
+             f"DP heads ε={eps} [95% CI]": f"{x['after']['recall']:.4f} [{x['after']['ci_low']:.4f}, "
+                                          f"{x['after']['ci_high']:.4f}]",
+             "change vs retrained heads, no DP [paired 95% CI]": cuts.interval(-x["cut"], -x["cut_high"], -x["cut_low"])}
+            for x in dp]
+    rows += [{"quantity": f"{'linear-probe' if x['key'] == 'auroc_linear' else 'zero-shot'} macro AUROC",
+              "retrained heads, no DP (baseline) [95% CI]": f"{x['before']:.3f}",
+              f"DP heads ε={eps} [95% CI]": f"{x['after']:.3f}",
+              "change vs retrained heads, no DP [paired 95% CI]": cuts.interval(x["change"], x["change_low"],
+                                                                               x["change_high"], "{:+.3f}")}
+             for x in lines if x["key"] in ("auroc_linear", "auroc_zero_shot")]
+    return f"<h3>DP heads at ε={html.escape(eps)} against the retrained heads, no DP</h3>" + _table(pd.DataFrame(rows))
+
+
+def _members_section(sweep_id: str | None, model: str | None) -> str:
+    """Members against non-members at every N measured, with what the gaps say."""
+    if not sweep_id:
+        return ""
+    table, _ = mitigation.members_table(sweep_id, every_n=True)
+    if table.empty:
+        return ("<h2>Members against non-members</h2><p>This sweep did not measure members against non-members "
+                "(sweeps launched since they are measured do).</p>")
+    note = mitigation.members_note(table) or ""
+    encoders = f" {verdict.ENCODERS_SAW_MEMBERS}" if model == "demo" else ""
+    return (f"<h2>Members against non-members</h2><p>{html.escape(DEFINITIONS['members'])}</p>"
+            f"{_table(mitigation.members_display(table))}<p>{html.escape(note + encoders)}</p>")
+
+
 def build_report(source: str | None, model: str | None) -> str:
     """The complete HTML document for one dataset and model."""
     first = [True]
     head = verdict.headline(source, model)
     relink_html, audit_ids = _relink_section(source, model, first)
-    numbers = pd.DataFrame([{"quantity": f"lift of Recall@1 at N={n}", "before": head.get(f"before_{key}", np.nan),
-                             "after (strongest DP)": head.get(f"after_{key}", np.nan)}
+    numbers = pd.DataFrame([{"quantity": f"lift of Recall@1 at N={n}, random pool",
+                             "original model (as audited)": head.get(f"before_{key}", np.nan)}
                             for key, n in (("100", 100), ("max", head.get("n_max")))])
     audit_id = catalog.latest("audit", source, model)
-    lines = verdict.verdict(audit_id, head.get("sweep_run"))["lines"]
+    said = verdict.verdict(audit_id, head.get("sweep_run"))
+    lines = said["lines"]
     verdict_html = "".join(f"<li><b>{html.escape(line['label'])}</b>: {html.escape(line['sentence'])}</li>"
                            for line in lines) or "<li>No finished audit yet.</li>"
     warning = f'<p class="warn">{html.escape(SYNTHETIC_WARNING)}</p>' if source == "synthetic" else ""
@@ -168,18 +236,20 @@ def build_report(source: str | None, model: str | None) -> str:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
 pre{{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}}dt{{font-weight:bold}}
-.warn{{background:#fff6dd;border:1px solid #e6c200;padding:8px}}
+.warn{{background:#fff6dd;border:1px solid #e6c200;padding:8px}}.ok{{background:#e8f6e8;border:1px solid #3a3;padding:8px}}
 @media print{{body{{max-width:none;margin:0;font-size:11px}}h2,h3{{page-break-after:avoid}}
 table,pre,.js-plotly-plot,.plotly-graph-div{{page-break-inside:avoid}}pre{{white-space:pre-wrap}}}}</style></head><body>
 <h1>CXR re-linkage audit</h1>
 <p>Dataset <b>{_fmt(source)}</b>, model <b>{_fmt(model)}</b>. Generated {when} (UTC).</p>
 {warning}{note}
+{_recommendation_section(head.get('sweep_run'))}
 <h2>Verdict</h2><ul>{verdict_html}</ul>
 <h2>What this does not show (privacy caveats)</h2><ul>{caveats}</ul>
 <h2>The threat</h2><p>{html.escape(THREAT)}</p>
-<h2>Headline</h2>{_table(numbers)}
-<p>Strongest DP point: epsilon {_fmt(head.get('after_eps', 'n/a'))}, guarantee {_fmt(head.get('guarantee', 'n/a'))}.</p>
-{relink_html}{_mitigation_section(head.get('sweep_run'), first)}
+<h2>Headline</h2><h3>The original model (the audited model's own heads)</h3>{_table(numbers)}
+{_dp_table(lines, said.get('epsilon'))}
+<p>Strongest DP point of the sweep: epsilon {_fmt(head.get('after_eps', 'n/a'))}, guarantee {_fmt(head.get('guarantee', 'n/a'))}.</p>
+{relink_html}{_mitigation_section(head.get('sweep_run'), first)}{_members_section(head.get('sweep_run'), model)}
 <h2>Definitions</h2><dl>{defs}</dl>
 <h2>Full specifications and provenance of every run</h2>{specs or '<p>No runs.</p>'}
 <h2>Versions</h2>{vers}
