@@ -21,6 +21,7 @@ from backend import settings
 from backend.embed import EmbeddingSet
 from backend.embed.compute import embed_split
 from backend.errors import SpecError
+from backend.models import load_model
 from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
 from backend.relink.index import top_k_all
@@ -154,8 +155,12 @@ def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: 
     Raises DeviceError before any work when `device` is unknown or not present."""
     settings.check_device(device)
     check_match(spec.embed.source.name, spec.match)  # before any embedding
-    es = embeddings if embeddings is not None else embed_split(spec.embed, progress, device=device)
-    return audit_embeddings(es, spec, progress)
+    if embeddings is not None:
+        return audit_embeddings(embeddings, spec, progress)
+    lm = load_model(spec.embed.model, device=device, progress=progress)  # trains the demo model on first use
+    result = audit_embeddings(embed_split(spec.embed, progress, device=device, model=lm), spec, progress)
+    result.inputs["weights_hash"] = lm.weights_hash  # what identifies the weights this run used
+    return result
 
 
 TOPK_COLUMNS: tuple[str, ...] = ("pair_id", "study_id", "patient_id", "rank", "candidate_study_id",
