@@ -13,7 +13,7 @@ from typing import Any
 
 from backend.errors import JobError
 from backend.models.demo_config import DEFAULT_DEMO, TRAIN_TIMES_S, is_trained
-from backend.progress import ProgressLike, forward_only, null_progress, scaled
+from backend.progress import ProgressLike, forward_only, null_progress, scaled, staged
 from backend.public_bank import default_sweep_base
 from backend.registry import resolve
 from backend.runs import store
@@ -23,6 +23,8 @@ from backend.runs.worker import device_label
 from backend.specs import DEFAULT_EPSILONS, DEMO_MATCH, AuditSpec, DemoSpec, EmbedSpec, SourceSpec, SweepSpec
 
 log = logging.getLogger(__name__)
+
+TRAINING_STAGE = "training the demo model"  # how the job's message names its first part (backend.models.demo)
 
 
 def default_demo_spec(n_patients: int | None = None) -> DemoSpec:
@@ -77,12 +79,13 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
     train_end, audit_end = bar_marks(plan, total)
     device = device_label()
     if spec.audit.embed.model == "demo":  # train (or find) the demo weights with their own progress
-        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(scaled(progress, 0, max(train_end, 1), total))
+        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(
+            staged(scaled(progress, 0, max(train_end, 1), total), TRAINING_STAGE))
     audit_id = spec.audit.run_id()
     if (store.get_run(audit_id) or {}).get("status") != "done":
         store.upsert_run(audit_id, "audit", spec.audit.to_json(), "running")
         result = resolve("backend.audit:run_audit", "The demo", JobError)(
-            spec.audit, scaled(progress, train_end, max(audit_end - train_end, 1), total))
+            spec.audit, staged(scaled(progress, train_end, max(audit_end - train_end, 1), total), "auditing the demo model"))
         persist_audit(audit_id, spec.audit, result, device)
     out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": None}
     if spec.sweep is not None:
@@ -91,7 +94,8 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
             # each part is stored as soon as it is computed (the pages show it while the sweep runs); a sweep
             # that an earlier, interrupted job left unfinished resumes without recomputing what it stored
             sweep_s = max(plan["sweep_prep"] + plan["points"], 1e-9)
-            resume_sweep(spec.sweep, scaled(progress, audit_end, max(total - audit_end, 1), total), device=device,
+            resume_sweep(spec.sweep, staged(scaled(progress, audit_end, max(total - audit_end, 1), total), "epsilon sweep"),
+                         device=device,
                          prep_share=plan["sweep_prep"] / sweep_s)
             finish_sweep(sweep_id, spec.sweep, device)
         out["sweep_run"] = sweep_id
