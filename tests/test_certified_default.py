@@ -91,3 +91,19 @@ def test_the_command_line_names_the_default_bank_in_a_certified_spec() -> None:
     args = build_parser().parse_args(["sweep", "--objective", "public-negatives", "--privacy-unit", "patient"])
     spec = dp_spec_from(args)
     assert spec.public_bank == default_demo_spec().sweep.base.public_bank
+
+
+def test_the_headline_rows_carry_the_delta_used_and_the_one_asked_for() -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from backend.dp import headline_rows
+
+    rows = pd.DataFrame([{"target": "in-domain", "pool_kind": "random", "level": "study", "k": 1, "n": 100,
+                          "recall": 0.1, "ci_low": 0.09, "ci_high": 0.11}])
+    probes = pd.DataFrame(columns=["target", "method", "features", "label", "auroc", "ci_low", "ci_high"])
+    dp = SimpleNamespace(label="dp", relink_rows=rows, probe_rows=probes,
+                         privacy={"epsilon": 1.0, "delta": 5e-6, "delta_requested": 6e-6})
+    table = headline_rows([dp])
+    assert (table["delta"].iloc[0], table["delta_requested"].iloc[0]) == (5e-6, 6e-6)
