@@ -3,7 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from backend.specs import DEFAULT_EPSILONS, OBJECTIVES, PRIVACY_UNITS, DPSpec, SourceSpec, SweepSpec
+from backend.specs import (
+    DEFAULT_EPSILONS,
+    DEFAULT_SWEEP_RECIPE,
+    OBJECTIVES,
+    PRIVACY_UNITS,
+)
 from backend.views import cuts, launch, mitigation
 from backend.views.definitions import DEFINITIONS
 from ui import job_widgets, loaders, markup, navigation, widgets
@@ -85,17 +90,20 @@ elif not sweep_pending:
 
 st.subheader("Launch a new sweep")
 st.caption(DEFINITIONS["nominal"])
+no_bank = launch.bank_warning(source)
+if no_bank:  # said before launching: a certified sweep would stop at once
+    st.warning(markup.plain(no_bank))
 with st.form("sweep"):
     eps = st.multiselect("ε grid", list(DEFAULT_EPSILONS), default=list(DEFAULT_EPSILONS),  # full width: no chip cut
                          format_func=mitigation.epsilon_label, help=DEFINITIONS["epsilon"])
     c2, c3 = st.columns(2)
-    objective = c2.selectbox("Objective", OBJECTIVES, help=DEFINITIONS["certified"])
-    unit = c3.selectbox("Privacy unit", PRIVACY_UNITS,
+    objective = c2.selectbox("Objective", OBJECTIVES, help=DEFINITIONS["certified"], index=0 if no_bank else
+                             OBJECTIVES.index(DEFAULT_SWEEP_RECIPE["objective"]))
+    unit = c3.selectbox("Privacy unit", PRIVACY_UNITS, index=PRIVACY_UNITS.index(DEFAULT_SWEEP_RECIPE["privacy_unit"]),
                         help="pair: one image-report pair is protected; patient: all of one patient's pairs.")
     st.caption(markup.plain(launch.sweep_estimate(len(DEFAULT_EPSILONS))) + " (for the default grid)")
     if st.form_submit_button("Launch sweep", type="primary"):
-        base = DPSpec(source=SourceSpec(name=source), model=model, objective=objective, privacy_unit=unit)
-        job = job_widgets.submit(SweepSpec(base=base, epsilons=tuple(sorted(eps)) or DEFAULT_EPSILONS))
+        job = job_widgets.submit(launch.launch_sweep(source, model, objective, unit, tuple(eps)))
         if job is not None and job.active:
             st.session_state["sweep_job"] = job.job_id
 if st.session_state.get("sweep_job") and st.session_state["sweep_job"] != sweep_pending:  # else shown above

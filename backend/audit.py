@@ -20,6 +20,7 @@ import pandas as pd
 from backend import settings
 from backend.embed import EmbeddingSet
 from backend.embed.compute import embed_split, select_split
+from backend.models import load_model
 from backend.progress import ProgressLike, null_progress
 from backend.relink import relink_curves
 from backend.relink.index import top_k_all
@@ -158,12 +159,16 @@ def run_audit(spec: AuditSpec, progress: ProgressLike | None = None, *, device: 
     Raises DeviceError before any work when `device` is unknown or not present."""
     settings.check_device(device)
     check_match(spec.embed.source.name, spec.match)  # before any embedding
-    if embeddings is None:
-        source = load_source(spec.embed.source.name, root=spec.embed.source.root,
-                             section_policy=spec.embed.source.section_policy, **spec.embed.source.options)
-        check_matchable(spec.embed.source.name, select_split(source.pairs, spec.embed.split), spec.match)
-        embeddings = embed_split(spec.embed, progress, device=device, source=source, ranks=ranks)
-    return audit_embeddings(embeddings, spec, progress, ranks=ranks)
+    if embeddings is not None:
+        return audit_embeddings(embeddings, spec, progress, ranks=ranks)
+    source = load_source(spec.embed.source.name, root=spec.embed.source.root,
+                         section_policy=spec.embed.source.section_policy, **spec.embed.source.options)
+    check_matchable(spec.embed.source.name, select_split(source.pairs, spec.embed.split), spec.match)
+    lm = load_model(spec.embed.model, device=device, progress=progress)  # trains the demo model on first use
+    es = embed_split(spec.embed, progress, device=device, model=lm, source=source, ranks=ranks)
+    result = audit_embeddings(es, spec, progress, ranks=ranks)
+    result.inputs["weights_hash"] = lm.weights_hash  # what identifies the weights this run used
+    return result
 
 
 TOPK_COLUMNS: tuple[str, ...] = ("pair_id", "study_id", "patient_id", "rank", "candidate_study_id",

@@ -80,4 +80,14 @@ def forward_only(progress: Progress) -> Progress:
     return update
 
 
+def staged(progress: Progress, stage: str) -> Progress:
+    """A callback whose messages name the stage of a multi-part job ("auditing the demo model: embedding ..."), so
+    a page showing only the job's message knows which part runs; a message that names its stage already is kept."""
+
+    def update(done: int, total: int, message: str = "") -> None:
+        progress(done, total, message if message.startswith(stage) else f"{stage}: {message}" if message else stage)
+
+    return update
+
+
 ProgressLike = Callable[[int, int, str], None]

@@ -67,7 +67,7 @@ def _stop_at(n_points: int):
     seen = []
 
     def progress(done: int, total: int, message: str = "") -> None:
-        if message.startswith("epsilon"):
+        if message.rpartition(": ")[2].startswith("epsilon"):  # "epsilon sweep: epsilon 0.5 (1 of 4)"
             seen.append(message)
             if len(seen) > n_points:
                 raise Stop(message)

@@ -171,3 +171,46 @@ def test_import_is_skipped_when_nothing_ships_or_switched_off(cache: Path, tmp_p
     monkeypatch.setenv("CXR_DEMO_SNAPSHOT", "0")
     assert snapshot.import_snapshot() == []
     assert catalog.latest("audit") is None
+
+
+def test_the_snapshot_records_when_it_was_computed_and_older_ones_read_not_recorded(
+        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.runs import provenance
+
+    ids = seed_store()
+    demo = _seeded_demo(ids)
+    times = store.run_times([ids["audit:demo"], ids["sweep"]])
+    manifest = snapshot.make_snapshot(tmp_path / "snap", demo)
+    first, last = times["started"].min(), times["finished"].max()
+    points = store.run_times([p for _, p in manifest["runs"][1]["sweep_points"]])
+    first, last = min(first, points["started"].min()), max(last, points["finished"].max())
+    assert manifest["computed"]["duration_s"] == round(last - first, 1) and manifest["computed"]["started"] != "not recorded"
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "fresh"))
+    snapshot.import_snapshot(tmp_path / "snap", expected=demo)
+    rid = snapshot.snapshot_id(ids["audit:demo"])
+    prov = provenance.describe(store.get_run(rid), store.run_times([rid]).iloc[0].to_dict())
+    original = times.set_index("run_id").loc[ids["audit:demo"]]
+    assert prov["started"] == original["started"] and prov["finished"] == original["finished"]
+    old = {k: v for k, v in manifest.items() if k != "computed"}
+    old["runs"] = [{k: v for k, v in r.items() if k not in ("started", "finished")} for r in manifest["runs"]]
+    described = snapshot.describe_manifest(old, expected=demo)
+    assert described["started"] == described["duration_s"] == described["weights_hash"] == "not recorded"
+    assert described["outdated"] == []
+
+
+def test_a_snapshot_of_an_older_default_sweep_is_imported_and_said_to_be_older(
+        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    ids = seed_store()
+    demo = _seeded_demo(ids)
+    manifest = snapshot.make_snapshot(tmp_path / "snap", demo)
+    newer = dataclasses.replace(demo, sweep=dataclasses.replace(demo.sweep, epsilons=(0.34, *demo.sweep.epsilons)))
+    assert snapshot.check_manifest(manifest, tmp_path / "snap", expected=newer) == []
+    assert "earlier default" in snapshot.outdated(manifest, newer)[0]
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "fresh"))
+    assert snapshot.import_snapshot(tmp_path / "snap", expected=newer)
+    note = store.get_run(snapshot.snapshot_id(ids["sweep"]))["summary"]["snapshot"]
+    assert note["outdated"] and note["weights_hash"] == "not recorded"
+    audit_changed = dataclasses.replace(demo, audit=dataclasses.replace(demo.audit, n_bootstrap=9))
+    assert snapshot.check_manifest(manifest, tmp_path / "snap", expected=audit_changed) != []  # the audit must match

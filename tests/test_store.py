@@ -82,12 +82,31 @@ def test_a_long_held_database_gives_an_actionable_error(fresh_cache: Path) -> No
     store.list_runs()
     holder = _hold_db(settings.db_path(), 5.0)
     try:
-        with pytest.raises(StoreError, match="held by another process"):
+        with pytest.raises(StoreError, match=f"is held by process {holder.pid}: .*python.*close it"):
             with store.connect(timeout_s=0.5):
                 pass
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_apps_own_short_reads_are_not_called_a_conflict(fresh_cache: Path) -> None:
+    """A lock held by the dashboard (a streamlit process) or a job worker of this app is named as such, with no
+    advice to stop it and no DuckDB "Conflicting lock" text; a foreign holder is named with its command line."""
+    duck = "IO Error: Could not set lock on file \"x.duckdb\": Conflicting lock is held in {} (PID {}) by user root."
+    for argv, expect in (([sys.executable, "-c", "import time; time.sleep(30)  # streamlit run app.py"], "the dashboard"),
+                         ([sys.executable, "-c", "import time; time.sleep(30)  # -m backend worker job-1"],
+                          "another job or command of this app")):
+        proc = subprocess.Popen(argv)
+        try:
+            text = store.busy_message(settings.db_path(), duck.format(sys.executable, proc.pid), 15)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert expect in text and f"process {proc.pid}" in text and "nothing to do" in text
+        assert "Conflicting" not in text and "stop" not in text and "close it" not in text
+    foreign = store.busy_message(settings.db_path(), duck.format("duckdb", 999_999_999), 15)
+    assert "process 999999999" in foreign and "close it" in foreign
 
 
 def test_concurrent_writer_processes_and_readers(fresh_cache: Path) -> None:

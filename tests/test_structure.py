@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = REPO / "backend"
-LAYERS = (("errors", "settings", "progress", "registry", "specs", "distributed"), ("sources",), ("models",), ("embed",),
+LAYERS = (("errors", "settings", "progress", "registry", "specs", "distributed"), ("sources", "public_bank"), ("models",), ("embed",),
           ("relink",), ("audit", "probe"), ("dp",), ("runs",), ("views",), ("cli", "__main__"))
 HEAVY = {"torch", "open_clip", "faiss", "opacus", "sklearn", "duckdb", "torchvision"}
 DASHBOARD_IMPORTS = {"ui", "backend.views", "backend.specs", "backend.runs", "backend.errors"}

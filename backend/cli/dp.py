@@ -18,6 +18,7 @@ from backend import settings
 from backend.cli.audit import check_output
 from backend.errors import SpecError
 from backend.progress import phased_progress
+from backend.public_bank import default_bank
 from backend.specs import (
     ACCOUNTANTS,
     DEFAULT_EPSILONS,
@@ -68,7 +69,8 @@ def _add_args(p: argparse.ArgumentParser, *, epsilon: bool, training: bool = Tru
         p.add_argument("--init", default="model", choices=("model", "random"), help="start from the model's heads or random")
         p.add_argument("--n-negatives", type=int, default=DPSpec.n_negatives, help="public-negatives: bank reports per step")
         p.add_argument("--public-bank", default=None, metavar="SOURCE[:k=v,...]",
-                       help="public report bank for public-negatives (default: OpenI)")
+                       help="public report bank for public-negatives (default: the synthetic generator under another "
+                       "seed for synthetic data, else OpenI from CXR_OPENI_ROOT)")
     if evaluation:  # members: random pool, K = 1, in-domain only
         p.add_argument("--transfer", action="append", default=[], metavar="SOURCE[:k=v,...]",
                        help="also evaluate on this source's test split without retraining, e.g. synthetic:sites=B")
@@ -88,6 +90,8 @@ def dp_spec_from(args: argparse.Namespace) -> DPSpec:
     recipe = {name: getattr(args, name) for name in _RECIPE if hasattr(args, name)}  # probe: DPSpec's defaults
     if recipe.get("public_bank") is not None:
         recipe["public_bank"] = parse_source(recipe["public_bank"])
+    elif recipe.get("objective") == "public-negatives":  # the default bank of the data, named in the spec
+        recipe["public_bank"] = default_bank(source)
     return DPSpec(source=source, model=args.model, epsilon=getattr(args, "epsilon", math.inf),
                   transfer=tuple(parse_source(t) for t in getattr(args, "transfer", ())), audit=audit, seed=args.seed,
                   **recipe)

@@ -29,6 +29,7 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     problems = snapshot.check_manifest(manifest, Path(args.dir))
     print("\n".join(problems) if problems else f"ok: made {manifest['made']} by {manifest['code_version']}")
+    print(json.dumps(snapshot.describe_manifest(manifest), indent=1))  # computed when, weights hash, what is older
     return 1 if problems else 0
 
 

@@ -26,6 +26,7 @@ from backend.errors import SpecError
 from backend.models import load_model
 from backend.probe import ZERO_SHOT_PROMPTS, linear_probe, zero_shot
 from backend.progress import ProgressLike, null_progress
+from backend.public_bank import NO_BANK, bank_of, check_bank
 from backend.sources import load_source
 from backend.sources.schema import LABELS, combined_digest
 from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec
@@ -47,17 +48,20 @@ class EvalInputs:
     frozen_rows: pd.DataFrame | None = None  # the reference probe on frozen encoder features
     members: Any = None  # backend.dp.members.MemberGroups: members against non-members per point (the sweep's)
     device: str | None = None  # where the model ran and the heads train (None: cuda when present, else cpu)
+    weights_hash: str = ""  # the model's weights hash (backend.models.digest), recorded with every result
 
     def data_inputs(self) -> dict[str, Any]:
-        """{"data_hash", "n_pairs"} of the data the heads were trained and evaluated on, as an audit records them:
+        """{"data_hash", "n_pairs", "weights_hash"} of the data the heads were trained and evaluated on, as an audit
+        records them, and of the model's weights:
         the source's digest (`embed_split`'s, over every pair of the source) and, with transfer targets, one hash
         over the source's and each target's digest in order; n_pairs counts the source's and the targets' pairs."""
         sets = [self.test, *self.transfer.values()]
         found = [dict((getattr(es, "info", None) or {}).get("inputs") or {}) for es in sets]
+        weights = {"weights_hash": self.weights_hash} if self.weights_hash else {}
         if not all(f.get("data_hash") for f in found):
-            return {}
+            return weights
         return {"data_hash": combined_digest([str(f["data_hash"]) for f in found]),
-                "n_pairs": sum(int(f.get("n_pairs") or 0) for f in found)}
+                "n_pairs": sum(int(f.get("n_pairs") or 0) for f in found), **weights}
 
 
 def source_label(src: SourceSpec) -> str:
@@ -77,17 +81,14 @@ def text_features(lm: Any, texts: list[str], batch_size: int = 64) -> np.ndarray
 
 
 def public_bank(spec: DPSpec, lm: Any, progress: ProgressLike = null_progress) -> np.ndarray:
-    """Text features of the public report bank (distinct reports of spec.public_bank, OpenI by default), cached.
+    """Text features of the public report bank (distinct reports of backend.public_bank.bank_of(spec)), cached.
 
     The bank must be public: its reports are used without privacy protection as negatives.
     """
 
-    src = spec.public_bank
+    src = bank_of(spec)
     if src is None:
-        if settings.data_root("openi") is None:
-            raise SpecError("The public-negatives objective needs a public report bank: OpenI was not found "
-                            "(set CXR_OPENI_ROOT to the folder with NLMCXR_reports.tgz) and no public_bank was given.")
-        src = SourceSpec(name="openi", root=str(settings.data_root("openi")))
+        raise SpecError(NO_BANK)
     key = hashlib.sha256(json.dumps([src.to_json(), lm.weights_id, lm.name]).encode()).hexdigest()[:16]
     path = settings.cache_subdir("dp_banks") / f"{key}.npy"
     if path.is_file():
@@ -107,6 +108,9 @@ def prepare(spec: DPSpec, progress: ProgressLike = null_progress, *, need_bank: 
     bank (when the objective needs it) and the prompt features; fit the frozen-feature reference probe.
     device: where the model runs and, later, the heads train (None: cuda when present, else cpu)."""
 
+    need_bank = spec.objective == "public-negatives" if need_bank is None else need_bank
+    if need_bank:
+        check_bank(spec)  # seconds, before the model loads and the splits are embedded
     lm = load_model(spec.model, device=device)
     src = load_source(spec.source.name, root=spec.source.root, section_policy=spec.source.section_policy,
                       **spec.source.options)
@@ -114,13 +118,12 @@ def prepare(spec: DPSpec, progress: ProgressLike = null_progress, *, need_bank: 
             for split in ("train", "test")}
     transfer = {source_label(t): embed_split(EmbedSpec(source=t, model=spec.model, split="test"), progress, model=lm)
                 for t in spec.transfer}
-    need_bank = spec.objective == "public-negatives" if need_bank is None else need_bank
     bank = public_bank(spec, lm, progress) if need_bank else None
     pos, neg = zip(*ZERO_SHOT_PROMPTS.values(), strict=True)
     scale = getattr(lm.model, "logit_scale", None)
     inputs = EvalInputs(sets["train"], sets["test"], bank, text_features(lm, list(pos)), text_features(lm, list(neg)),
                         float(scale.detach().exp().clamp(max=100)) if scale is not None else None, transfer,
-                        device=device)
+                        device=device, weights_hash=lm.weights_hash)
     inputs.frozen_rows = frozen_reference(inputs, spec.audit)
     return inputs
 

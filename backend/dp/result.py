@@ -78,6 +78,7 @@ def headline_rows(results: list[DPResult]) -> pd.DataFrame:
             probes = res.probe_rows[res.probe_rows["target"] == target]
             row = {"label": res.label, "target": target, "objective": p.get("objective"), "privacy_unit": p.get("privacy_unit"),
                    "target_epsilon": p.get("target_epsilon"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
+                   "delta_requested": p.get("delta_requested", p.get("delta")),
                    "guarantee": p.get("guarantee"), "noise_multiplier": p.get("noise_multiplier")}
             for pool in POOL_KINDS:
                 row.update(_largest_n(rel, pool))

@@ -13,6 +13,7 @@ of one study, or boilerplate normal reports) are all positives of each other, no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +21,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,10 @@ from PIL import Image
 from backend import settings
 from backend.errors import SourceError
 from backend.models import file_id
-from backend.models.demo_config import DEFAULT_DEMO, TRAIN_VERSION, DemoConfig, demo_dir, get_rung
+from backend.models.demo_config import DEFAULT_DEMO, TRAIN_TIMES_S, TRAIN_VERSION, DemoConfig, demo_dir, get_rung
+from backend.models.digest import state_dict_digest
 from backend.models.openclip import LoadedModel, build_architecture, wrap_model
-from backend.progress import ProgressLike, null_progress
+from backend.progress import ProgressLike, null_progress, scaled
 from backend.sources import load_source
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def render_images(read_image: Any, paths: list[str], size: int, progress: Progre
             img = img.resize((size, size), Image.BICUBIC)
         out[i] = np.asarray(img, dtype=np.uint8)
         if (i + 1) % 256 == 0 or i + 1 == len(paths):
-            progress(i + 1, len(paths), "rendering training images")
+            progress(i + 1, len(paths), "training the demo model: rendering its training images")
     return out
 
 
@@ -75,17 +78,65 @@ def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     return padded[..., shift + dy: shift + dy + size, shift + dx: shift + dx + size]
 
 
+def _log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """log_softmax over dim 1 from exp, sum and log: torch's own softmax kernels differ in the last bits between
+    its AVX2 and AVX-512 builds of them, these element-wise ops and sums do not."""
+    shifted = x - x.detach().amax(dim=1, keepdim=True)
+    return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+
+
 def multi_positive_clip_loss(img: torch.Tensor, txt: torch.Tensor, report_ids: torch.Tensor,
                              logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch where identical reports are positives of each other.
+    """Symmetric InfoNCE over a batch where identical reports are positives of each other, computed in float64
+    (a (b, b) matrix: cheap) with _log_softmax, so the loss is the same on every CPU for the same embeddings.
 
     img, txt: (b, d) L2-normalised; report_ids: (b,) int, equal ids mean identical report text."""
-    logits = logit_scale * img @ txt.t()
-    pos = (report_ids[:, None] == report_ids[None, :]).float()
+    logits = logit_scale.double() * img.double() @ txt.double().t()
+    pos = (report_ids[:, None] == report_ids[None, :]).double()
     target = pos / pos.sum(dim=1, keepdim=True)
-    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t = -(target * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
-    return (loss_i + loss_t) / 2
+    loss_i = -(target * _log_softmax(logits)).sum(dim=1).mean()
+    loss_t = -(target * _log_softmax(logits.t())).sum(dim=1).mean()
+    return ((loss_i + loss_t) / 2).float()
+
+
+TRAIN_THREADS = 2  # CPU threads of every demo training: a thread count changes how sums split, so it is fixed
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, **_: Any) -> torch.Tensor:
+    """scaled_dot_product_attention without torch's softmax kernel (_log_softmax's reason): the same arithmetic
+    on every x86 CPU for the demo's attention layers (no dropout: the demo uses none)."""
+    if dropout_p:
+        raise ValueError("the demo's reproducible attention has no dropout")
+    scores = q @ k.transpose(-2, -1) * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    if is_causal:
+        n, m = scores.shape[-2:]
+        attn_mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    weights = (scores - scores.detach().amax(dim=-1, keepdim=True)).exp()
+    return (weights / weights.sum(dim=-1, keepdim=True)) @ v
+
+
+@contextlib.contextmanager
+def reproducible_training(seed: int) -> Iterator[None]:
+    """What makes a demo training repeat bit for bit, restored afterwards: deterministic algorithms only,
+    TRAIN_THREADS CPU threads, torch's global seed (data order and augmentation draw from their own seeded
+    generator), and attention and loss without torch's softmax kernels, whose AVX2 and AVX-512 versions differ in
+    the last bits (_attention, _log_softmax). What can still differ between machines: docs/METRICS.md, "The same
+    numbers on another machine"; every run records the weights hash it used."""
+    was_deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    sdpa = F.scaled_dot_product_attention
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(TRAIN_THREADS)
+    torch.manual_seed(seed)
+    F.scaled_dot_product_attention = _attention  # what nn.MultiheadAttention calls while training
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = sdpa
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _lr_at(step: int, total: int, config: DemoConfig) -> float:
@@ -113,27 +164,48 @@ def train_demo(config: DemoConfig = DEFAULT_DEMO, progress: ProgressLike | None 
                device: str | torch.device = "cpu") -> Path:
     """Train the demo model from scratch and save it; returns the folder (weights.pt, config.json).
 
-    device: where the training steps run. The default is the CPU: the same seed gives the same weights on the
-    same CPU family, while another CPU family (other SIMD kernels in torch's float32 arithmetic) or a GPU trains
-    statistically equivalent, not bit-identical, weights."""
+    device: where the training steps run. The default is the CPU: the same seed gives bit-identical weights on one
+    machine (reproducible_training), while another CPU family (torch's softmax kernels in the attention layers) or
+    a GPU trains statistically equivalent, not bit-identical, weights; config.json records their weights hash.
+    progress: rendering, then one call per step with the time left from the measured step times."""
     progress = progress or null_progress
     dev = torch.device(device)
-    torch.manual_seed(config.seed)
+    with reproducible_training(config.seed):
+        return _train(config, progress, dev)
+
+
+def step_message(step: int, total: int, seconds: list[float], loss: float) -> str:
+    """The progress message of training step `step` of `total`: the time left from the mean of the last (up to 20)
+    measured step times on this machine."""
+    recent = seconds[-20:]
+    per_step = sum(recent) / len(recent) if recent else TRAIN_TIMES_S["step"]
+    left = per_step * (total - step)
+    return (f"training the demo model: step {step} of {total}, {per_step:.2f} s a step here, "
+            f"about {left // 60:.0f} min {left % 60:02.0f} s left (loss {loss:.3f})")
+
+
+def _train(config: DemoConfig, progress: ProgressLike, dev: torch.device) -> Path:
     model, tokenizer = build_architecture(config.arch)
     size = _image_size(model)
-    images, tokens, report_idx = load_training_data(config, size, tokenizer, progress)
+    steps_planned = config.planned_steps()
+    render_s, train_s = config.max_pairs * TRAIN_TIMES_S["render_per_pair"], steps_planned * TRAIN_TIMES_S["step"]
+    split = int(round(1000 * render_s / (render_s + train_s)))  # the bar's share of rendering (of 1000)
+    images, tokens, report_idx = load_training_data(config, size, tokenizer, scaled(progress, 0, split, 1000))
     n = len(images)
     steps_per_epoch = max(1, n // min(config.batch_size, n))
     total = steps_per_epoch * config.epochs
+    steps = scaled(progress, split, 1000 - split, 1000)  # training fills the rest of the bar, step by step
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     images_t, report_t = torch.from_numpy(images).to(dev), torch.from_numpy(report_idx).to(dev)
     tokens = tokens.to(dev)
     model.to(dev).train()
-    start, losses, step = time.time(), [], 0
+    start, losses, step, step_s = time.time(), [], 0, []
+    steps(0, total, f"training the demo model: {total} steps")
     for _epoch in range(config.epochs):
         order = torch.randperm(n, generator=gen).to(dev)
         for b in range(steps_per_epoch):
+            t0 = time.perf_counter()
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, config)
@@ -148,10 +220,13 @@ def train_demo(config: DemoConfig = DEFAULT_DEMO, progress: ProgressLike | None 
             opt.step()
             losses.append(loss.item())
             step += 1
-            progress(step, total, f"training demo model (loss {np.mean(losses[-20:]):.3f})")
-    return _save(model.cpu(), config, {"n_pairs": n, "n_reports": len(tokens), "steps": total, "device": str(dev),
-                                       "seconds": round(time.time() - start, 1),
-                                       "final_loss": float(np.mean(losses[-20:]))})
+            step_s.append(time.perf_counter() - t0)
+            steps(step, total, step_message(step, total, step_s, float(np.mean(losses[-20:]))))
+    model = model.cpu()
+    return _save(model, config, {"weights_hash": state_dict_digest(model.state_dict()), "n_pairs": n,
+                                 "n_reports": len(tokens), "steps": total, "device": str(dev),
+                                 "seconds": round(time.time() - start, 1), "threads": TRAIN_THREADS,
+                                 "final_loss": float(np.mean(losses[-20:]))})
 
 
 def _save(model: torch.nn.Module, config: DemoConfig, log_info: dict[str, Any]) -> Path:

@@ -11,6 +11,7 @@ ModelUnavailableError at once, saying how to make the weights available.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from backend.models import (
     hub,
     local_weights_id,
 )
+from backend.models.digest import state_dict_digest
 from backend.models.towers import HeadSlot, image_head_slot, text_head_slot
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class LoadedModel:
     preprocess   PIL image -> (3, H, W) float tensor (the model's own transform; "L" becomes RGB)
     tokenizer    list[str] -> (b, context_length) int64 tensor
     weights_id   identifies the weights (content hash or hub revision): part of every cache key
+    weights_hash the state_dict digest of the weights as loaded (backend.models.digest; computed on first use)
     preprocess_id  canonical JSON of the preprocessing configuration: part of every cache key
     image_head, text_head  nn.Linear copies of the projection heads: features -> embedding (pre L2 norm)
     """
@@ -72,6 +75,11 @@ class LoadedModel:
     def __post_init__(self) -> None:
         self.image_head = self.image_slot.as_linear().eval()
         self.text_head = self.text_slot.as_linear().eval()
+
+    @functools.cached_property
+    def weights_hash(self) -> str:
+        """The weights hash every run records (backend.models.digest.state_dict_digest of the loaded model)."""
+        return state_dict_digest(self.model.state_dict())
 
     def encode_image_features(self, images: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) preprocessed images -> (b, d_img_pre) pre-projection features."""

@@ -8,50 +8,42 @@ The heavy parts (training, audit, DP) are resolved by name when the job runs, so
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any
 
 from backend.errors import JobError
-from backend.models.demo_config import DEFAULT_DEMO, is_trained
-from backend.progress import ProgressLike, forward_only, null_progress, scaled
+from backend.models.demo_config import DEFAULT_DEMO, TRAIN_TIMES_S, is_trained
+from backend.progress import ProgressLike, forward_only, null_progress, scaled, staged
+from backend.public_bank import default_sweep_base
 from backend.registry import resolve
 from backend.runs import store
 from backend.runs.persist import finish_sweep, persist_audit, stored_sweep_parts
 from backend.runs.sweeps import resume_sweep
 from backend.runs.worker import device_label
-from backend.specs import DEMO_MATCH, AuditSpec, DemoSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
+from backend.specs import DEFAULT_EPSILONS, DEMO_MATCH, AuditSpec, DemoSpec, EmbedSpec, SourceSpec, SweepSpec
 
 log = logging.getLogger(__name__)
 
-
-# The demo's sweep: heads learned from scratch (init "random") under DP-SGD, so that everything they know
-# about matching images to reports comes through the noise, with clipping bound C = 10 (at C = 1 clipping
-# alone kept even epsilon 1000 9% below the retrained heads), over a grid measured to span the transition:
-# epsilon 0.01 cuts Recall@1 by 57% at N=100 (44% at the largest N) against the heads retrained without DP,
-# epsilon 8 and 1000 by under 5% (bench/sweep_grid.py; docs/RESULTS.md).
-DEMO_INIT = "random"
-DEMO_MAX_GRAD_NORM = 10.0
-DEMO_EPSILONS: tuple[float, ...] = (0.01, 0.05, 0.3, 1.0, 8.0, 1000.0, math.inf)
+TRAINING_STAGE = "training the demo model"  # how the job's message names its first part (backend.models.demo)
 
 
 def default_demo_spec(n_patients: int | None = None) -> DemoSpec:
     """The dashboard's demo: the synthetic source (sized by `n_patients`, else $CXR_DEMO_N_PATIENTS, else the
-    source's default) and the demo model, audited with random, pathology-matched and sex+age band pools (DEMO_MATCH); an
-    epsilon sweep over DEMO_EPSILONS with randomly initialised heads, C = 10."""
+    source's default) and the demo model, audited with random, pathology-matched and sex+age band pools (DEMO_MATCH);
+    the default sweep (DEFAULT_EPSILONS, DEFAULT_SWEEP_RECIPE: certified, privacy unit patient, the synthetic public
+    bank; backend.public_bank.default_sweep_base)."""
     n_patients = n_patients or int(os.environ.get("CXR_DEMO_N_PATIENTS", "0") or 0)
     options = {"n_patients": n_patients} if n_patients else {}
     embed = EmbedSpec(source=SourceSpec(name="synthetic", options=options), model="demo")
     audit = AuditSpec(embed=embed, match=DEMO_MATCH)  # + the side-information pool (sex and age band)
-    base = DPSpec(source=embed.source, model="demo", audit=AuditSpec(embed=embed), init=DEMO_INIT,
-                  max_grad_norm=DEMO_MAX_GRAD_NORM)
-    return DemoSpec(audit=audit, sweep=SweepSpec(base=base, epsilons=DEMO_EPSILONS))
+    base = default_sweep_base(embed.source, "demo", audit=AuditSpec(embed=embed))
+    return DemoSpec(audit=audit, sweep=SweepSpec(base=base, epsilons=DEFAULT_EPSILONS))
 
 
 # Seconds of each part of the demo job on a quiet 2-core x86 CPU (a timeline of the Recompute job, 2026-11-30:
 # audit 72 s, embedding the train split 140 s, about 10 s for each evaluation; training 1.1 s a step
 # alone): the bar gives each part its share of the time, so the time-left estimate holds from the first part on.
-DEMO_TIMES_S = {"step": 1.1, "render_per_pair": 0.004, "audit": 72.0, "sweep_prep": 140.0, "point": 10.0}
+DEMO_TIMES_S = {**TRAIN_TIMES_S, "audit": 72.0, "sweep_prep": 140.0, "point": 10.0}
 
 
 def demo_plan(spec: DemoSpec) -> dict[str, float]:
@@ -87,12 +79,13 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
     train_end, audit_end = bar_marks(plan, total)
     device = device_label()
     if spec.audit.embed.model == "demo":  # train (or find) the demo weights with their own progress
-        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(scaled(progress, 0, max(train_end, 1), total))
+        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(
+            staged(scaled(progress, 0, max(train_end, 1), total), TRAINING_STAGE))
     audit_id = spec.audit.run_id()
     if (store.get_run(audit_id) or {}).get("status") != "done":
         store.upsert_run(audit_id, "audit", spec.audit.to_json(), "running")
         result = resolve("backend.audit:run_audit", "The demo", JobError)(
-            spec.audit, scaled(progress, train_end, max(audit_end - train_end, 1), total))
+            spec.audit, staged(scaled(progress, train_end, max(audit_end - train_end, 1), total), "auditing the demo model"))
         persist_audit(audit_id, spec.audit, result, device)
     out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": None}
     if spec.sweep is not None:
@@ -101,7 +94,8 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
             # each part is stored as soon as it is computed (the pages show it while the sweep runs); a sweep
             # that an earlier, interrupted job left unfinished resumes without recomputing what it stored
             sweep_s = max(plan["sweep_prep"] + plan["points"], 1e-9)
-            resume_sweep(spec.sweep, scaled(progress, audit_end, max(total - audit_end, 1), total), device=device,
+            resume_sweep(spec.sweep, staged(scaled(progress, audit_end, max(total - audit_end, 1), total), "epsilon sweep"),
+                         device=device,
                          prep_share=plan["sweep_prep"] / sweep_s)
             finish_sweep(sweep_id, spec.sweep, device)
         out["sweep_run"] = sweep_id

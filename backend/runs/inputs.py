@@ -2,7 +2,8 @@
 
 A spec that reads a file-based source (backend.sources.inputs: data the user can edit) or a `local:` checkpoint
 (weights the user can overwrite in place) names inputs that can change under the same run id. A finished run
-records them (summary["inputs"]: data_hash, n_pairs, weights); a resubmission computes them again in the worker
+records them (summary["inputs"]: data_hash, n_pairs, weights, and the weights hash of the model it used,
+weights_hash, which every run records whatever its model); a resubmission computes them again in the worker
 and reuses the run only when every one is unchanged (backend/runs/worker.py).
 """
 
@@ -50,7 +51,11 @@ def run_inputs(spec: Any) -> dict[str, Any] | None:
     return inputs or None
 
 
+IDENTITY_KEYS = ("data_hash", "weights", "weights_hash")  # what identifies a run's inputs beyond its spec
+
+
 def same_inputs(recorded: dict[str, Any] | None, now: dict[str, Any]) -> bool:
-    """Whether a finished run's recorded inputs are the ones computed now (data hash and every weights identity)."""
+    """Whether a finished run's recorded inputs are the ones computed now: the data hash, every local checkpoint's
+    identity and the weights hash (backend.models.digest) of the model it used, each where `now` knows it."""
     recorded = recorded or {}
-    return all(recorded.get(key) == now.get(key) for key in ("data_hash", "weights") if key in now)
+    return all(recorded.get(key) == now.get(key) for key in IDENTITY_KEYS if key in now)

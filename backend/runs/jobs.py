@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import settings
+from backend.public_bank import check_banks
 from backend.runs import gpu_queue, store
 from backend.runs.inputs import changeable
 from backend.runs.job_records import ACTIVE, GPU_QUEUE, Job, get_job, record_end, submit_lock
@@ -46,6 +47,7 @@ __all__ = ["Job", "cancel", "get_job", "list_jobs", "pid_alive", "read_log", "re
 def submit(spec: Any, *, kind: str | None = None) -> Job:
     """Run `spec` in a detached worker unless it already finished or is running (see module doc)."""
     job_kind = get_job_kind(kind) if kind else kind_for_spec(spec)
+    check_banks(spec)  # a certified sweep without its public bank fails here, in seconds, saying what to do
     run_id = spec.run_id()
     with submit_lock():
         refresh()

@@ -111,16 +111,17 @@ def persist_dp(run_id: str, spec: Any, result: Any, device: str, started: float 
 
 
 def _inputs_summary(result: Any) -> dict[str, Any]:
-    """{"inputs": {"data_hash", "n_pairs"}} of a DPResult that recorded the data it was computed from, else {}."""
+    """{"inputs": {"data_hash", "n_pairs", "weights_hash"}} of a DPResult that recorded the data or the weights it
+    was computed from, else {}."""
     inputs = dict(_get(result, "inputs", default={}) or {})
-    return {"inputs": inputs} if inputs.get("data_hash") else {}
+    return {"inputs": inputs} if inputs.get("data_hash") or inputs.get("weights_hash") else {}
 
 
 def _stored_inputs(run_ids: list[str]) -> dict[str, Any]:
     """{"inputs": ...} of the first of `run_ids` whose summary records its data (a sweep's points share theirs)."""
     for rid in run_ids:
         inputs = ((store.get_run(rid) or {}).get("summary") or {}).get("inputs") or {}
-        if inputs.get("data_hash"):
+        if inputs.get("data_hash") or inputs.get("weights_hash"):
             return {"inputs": dict(inputs)}
     return {}
 

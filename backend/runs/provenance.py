@@ -19,12 +19,13 @@ from typing import Any
 from backend import settings
 
 PACKAGE = "cxr-relink-audit"
-FIELDS = ("code_version", "package_version", "data_hash", "n_pairs", "started", "finished", "duration_s")
+FIELDS = ("code_version", "package_version", "data_hash", "n_pairs", "weights_hash", "started", "finished", "duration_s")
 FIELD_NAMES = {  # field -> what a reader sees (page, report, export README)
     "code_version": "code version (git commit; -dirty: uncommitted changes; unknown: not a git checkout)",
     "package_version": "package version",
     "data_hash": "data hash (16 hex of SHA-256 over the pair table and each image file's size and time)",
     "n_pairs": "pairs in the data read",
+    "weights_hash": "weights hash (16 hex of SHA-256 over the model's tensors: names, dtypes, shapes, bytes)",
     "started": "started (UTC)", "finished": "finished (UTC)", "duration_s": "duration (s)"}
 
 
@@ -69,12 +70,16 @@ def describe(run: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[
     out = {"code_version": record.get("code_version") or "not recorded (stored before provenance was kept)",
            "package_version": record.get("package_version") or "not recorded",
            "data_hash": str(inputs.get("data_hash") or "") or "not recorded for this kind of run",
-           "n_pairs": inputs.get("n_pairs"), "started": started, "finished": finished,
+           "n_pairs": inputs.get("n_pairs"),
+           "weights_hash": str(inputs.get("weights_hash") or "") or "not recorded (computed before weights hashes "
+                                                                    "were kept)",
+           "started": started, "finished": finished,
            "duration_s": (finished - started) if started and finished else None}
     snap = summary.get("snapshot")
     if isinstance(snap, dict):  # imported: the snapshot's code version and date, not the importer's or the import's
         out["code_version"] = f"{snap.get('code_version', 'unknown')} (demo snapshot made {snap.get('made', '?')})"
-        out.update(started=None, finished=None, duration_s=None)
+        begun, ended = snap.get("started"), snap.get("finished")  # when the demo job computed it (newer snapshots)
+        out.update(started=begun, finished=ended, duration_s=(ended - begun) if begun and ended else None)
     return out
 
 

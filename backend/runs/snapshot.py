@@ -77,7 +77,11 @@ def _export_run(run_id: str) -> dict[str, Any]:
                          "`cxr-relink jobs` to see where it is).")
     privacy = store.load_privacy(run_id)
     points = store.load_sweep_points(run_id) if run["kind"] == "sweep" else pd.DataFrame()
+    times = store.run_times([run_id])
+    started, finished = (None, None) if not len(times) else (times["started"].iloc[0], times["finished"].iloc[0])
     return {"run_id": run_id, "kind": run["kind"], "spec": run["spec"], "summary": run["summary"],
+            "started": None if pd.isna(started) else float(started),
+            "finished": None if pd.isna(finished) else float(finished),
             "device": run.get("device") or "", "label": run.get("label") or "",
             "metrics": _by_variant(store.load_metrics(run_id)), "probe": _by_variant(store.load_probe(run_id)),
             "privacy": _records(privacy, ("run_id",))[0] if len(privacy) else None,
@@ -123,10 +127,49 @@ def make_snapshot(out: Path = SNAPSHOT_DIR, demo: DemoSpec | None = None) -> dic
         raise StoreError(f"{npz} is {npz.stat().st_size / 2**20:.1f} MB, over the 5 MB a shipped file may have.")
     manifest = {"schema": SNAPSHOT_SCHEMA, "store_schema": store.SCHEMA_VERSION,
                 "made": datetime.now(UTC).isoformat(timespec="seconds"), "code_version": made_by,
+                "computed": computed(runs),
                 "versions": versions(), "command": "cxr-relink snapshot make", "demo_spec": demo.to_dict(),
                 "runs": runs, "files": {EMBEDDINGS: {"sha256": _sha256(npz), "bytes": npz.stat().st_size}}}
     settings.atomic_write(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
     return manifest
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def computed(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the snapshot's runs were computed: the first start and the last end over its runs (UTC) and the
+    duration in seconds between them; "not recorded" for each that no run recorded."""
+    starts = [r["started"] for r in runs if r.get("started")]
+    ends = [r["finished"] for r in runs if r.get("finished")]
+    if not starts or not ends:
+        return {"started": "not recorded", "finished": "not recorded", "duration_s": "not recorded"}
+    return {"started": _iso(min(starts)), "finished": _iso(max(ends)), "duration_s": round(max(ends) - min(starts), 1)}
+
+
+def describe_manifest(manifest: dict[str, Any], expected: DemoSpec | None = None) -> dict[str, Any]:
+    """What a reader needs of a snapshot beyond its rows, "not recorded" where a snapshot made by older code lacks
+    it: when it was made and computed (start, end, duration), the weights hash of the demo model it used, and what
+    in it is older than this code's default demo (`outdated`)."""
+    runs = manifest.get("runs") or []
+    weights = ((runs[0].get("summary") or {}).get("inputs") or {}).get("weights_hash") if runs else None
+    return {"made": manifest.get("made") or "not recorded", **(manifest.get("computed") or computed(runs)),
+            "weights_hash": weights or "not recorded", "outdated": outdated(manifest, expected)}
+
+
+def outdated(manifest: dict[str, Any], expected: DemoSpec | None = None) -> list[str]:
+    """The parts of a snapshot that an older code's default demo made and this code's default no longer names: its
+    audit must match (check_manifest), while a sweep made under an earlier default is still shown, said to be older
+    (the Recompute button computes the current one)."""
+    spec = (manifest.get("demo_spec") or {}).get("sweep")
+    want = (expected or default_demo_spec()).to_dict().get("sweep")
+    if spec == want:
+        return []
+    base = (spec or {}).get("base") or {}
+    return [f"its epsilon sweep is an earlier default's ({base.get('objective', '?')} objective, privacy unit "
+            f"{base.get('privacy_unit', '?')}, epsilons {', '.join(str(e) for e in (spec or {}).get('epsilons', []))}); "
+            "Recompute computes the current default (certified, privacy unit patient)"]
 
 
 def read_manifest(folder: Path = SNAPSHOT_DIR) -> dict[str, Any] | None:
@@ -142,8 +185,9 @@ def check_manifest(manifest: dict[str, Any], folder: Path = SNAPSHOT_DIR, expect
         problems.append(f"snapshot schema {manifest.get('schema')} is not {SNAPSHOT_SCHEMA}")
     if manifest.get("store_schema") != store.SCHEMA_VERSION:
         problems.append(f"store schema {manifest.get('store_schema')} is not {store.SCHEMA_VERSION}")
-    if manifest.get("demo_spec") != (expected or default_demo_spec()).to_dict():
-        problems.append("its demo spec differs from the code's default demo (regenerate: cxr-relink snapshot make)")
+    shipped, want = manifest.get("demo_spec") or {}, (expected or default_demo_spec()).to_dict()
+    if shipped.get("audit") != want.get("audit") or shipped.get("kind") != want.get("kind"):
+        problems.append("its demo audit differs from the code's default demo (regenerate: cxr-relink snapshot make)")
     for name, info in (manifest.get("files") or {}).items():
         path = folder / name
         if not path.is_file() or _sha256(path) != info.get("sha256"):
@@ -166,7 +210,10 @@ def import_snapshot(folder: Path = SNAPSHOT_DIR, expected: DemoSpec | None = Non
     if problems:
         log.warning("demo snapshot in %s not imported: %s", folder, "; ".join(problems))
         return []
-    note = {"made": manifest["made"], "code_version": manifest["code_version"], "original_run": ""}
+    described = describe_manifest(manifest, expected)
+    note = {"made": manifest["made"], "code_version": manifest["code_version"], "original_run": "",
+            "computed": {k: described[k] for k in ("started", "finished", "duration_s")},
+            "weights_hash": described["weights_hash"], "outdated": described["outdated"]}
     done = []
     for run in manifest["runs"]:
         rid = snapshot_id(run["run_id"])
@@ -175,7 +222,8 @@ def import_snapshot(folder: Path = SNAPSHOT_DIR, expected: DemoSpec | None = Non
         if privacy is not None:  # the store keeps fields beyond its columns as JSON text in `extra`
             privacy.update(json.loads(privacy.pop("extra") or "{}"))
         store.finish_run(
-            rid, summary={**run["summary"], "snapshot": {**note, "original_run": run["run_id"]}},
+            rid, summary={**run["summary"], "snapshot": {**note, "original_run": run["run_id"],
+                                                         "started": run.get("started"), "finished": run.get("finished")}},
             artifacts={"embeddings": str(npz)} if run is manifest["runs"][0] else {}, device=run.get("device", ""),
             metrics={v: pd.DataFrame(rows) for v, rows in run["metrics"].items()},
             probe={v: pd.DataFrame(rows) for v, rows in run["probe"].items()}, privacy=privacy,

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -86,6 +87,37 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "being used by another process" in text
 
 
+def lock_holder(text: str) -> tuple[int | None, str]:
+    """(pid, command line) of the process DuckDB names in a lock error ("... (PID 123) ..."), from /proc; the
+    command line is '' when it cannot be read (another machine's process, or it has ended)."""
+    match = re.search(r"PID (\d+)", text)
+    if not match:
+        return None, ""
+    pid = int(match.group(1))
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    return pid, cmd
+
+
+def busy_message(path: Path, text: str, timeout_s: float) -> str:
+    """Why the database could not be opened within timeout_s, in words true to who holds it: this app's own
+    processes (the dashboard reading it, a job worker writing) open it for one short read or write at a time, so
+    waiting is the answer, not stopping them; anything else (a DuckDB shell, a notebook) holds it until closed."""
+    pid, cmd = lock_holder(text)
+    who = f"process {pid}" if pid is not None else "another process"
+    if "streamlit" in cmd or "app.py" in cmd:
+        return (f"The results database {path} was busy for {timeout_s:g} s: the dashboard ({who}) was reading or "
+                "writing it. It opens the file for one short read or write at a time; this is retried, nothing to do.")
+    if "backend" in cmd and ("worker" in cmd or "cxr-relink" in cmd or "-m backend" in cmd):
+        return (f"The results database {path} was busy for {timeout_s:g} s: another job or command of this app "
+                f"({who}) was writing it. It holds the file only while it writes; this is retried, nothing to do.")
+    return (f"The results database {path} is held by {who}{': ' + cmd[:120] if cmd else ''}, not one of this "
+            "app's short reads or writes. If it is a DuckDB shell or a notebook with the file open, close it; this is "
+            "retried meanwhile.")
+
+
 @contextmanager
 def connect(timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection (schema created on first use); closed on exit, committed unless it raised.
@@ -117,10 +149,7 @@ def _connect(timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
             if not _is_lock_error(exc):
                 raise _damaged(path, exc) from exc
             if time.monotonic() > deadline:
-                raise DatabaseBusy(
-                    f"The results database {path} is held by another process ({exc}). Wait for the running "
-                    "job to finish its write, or stop the other process (e.g. a DuckDB shell) and retry."
-                ) from exc
+                raise DatabaseBusy(busy_message(path, str(exc), timeout_s)) from exc
             time.sleep(delay * (1 + random.random()))  # jitter: two waiters must not retry in lockstep
             delay = min(delay * 2, 0.2)
     try:

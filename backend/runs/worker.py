@@ -211,7 +211,7 @@ def _retry(write: Any, what: str, limit_s: float) -> Any:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise
-            log.warning("%s: the database is held by another process; waiting and retrying (%.0f s left): %s",
+            log.warning("%s: the database is busy; waiting and retrying (%.0f s left): %s",
                         what, left, exc)
             time.sleep(min(delay, max(left, 0.0)))
             delay = min(delay * 2, 30.0)

@@ -80,8 +80,8 @@ def latest(kind: str, source: str | None = None, model: str | None = None) -> st
 
 def data_identity(run_id: str) -> dict[str, Any]:
     """What a run was computed from, to pair only runs of the same data: the source spec (name, folder, options,
-    section policy), the data hash and the local weights' identity it recorded (when it did), and whether it was
-    evaluated on transfer targets too (their data then enters its hash)."""
+    section policy), the data hash, the local weights' identity and the weights hash of the model it used (when it
+    recorded them), and whether it was evaluated on transfer targets too (their data then enters its hash)."""
     run = store.get_run(run_id) or {}
     try:
         spec = json.loads(run.get("spec") or "{}")
@@ -92,16 +92,19 @@ def data_identity(run_id: str) -> dict[str, Any]:
     inputs = (run.get("summary") or {}).get("inputs") or {}
     return {"source": {k: source.get(k) for k in ("name", "root", "options", "section_policy")},
             "data_hash": inputs.get("data_hash"), "weights": inputs.get("weights"),
-            "transfer": bool(node.get("transfer"))}
+            "weights_hash": inputs.get("weights_hash"), "transfer": bool(node.get("transfer"))}
 
 
 def same_data(a: dict[str, Any], b: dict[str, Any], *, weights: bool = True) -> bool:
-    """Whether two data_identity values name the same data (and, with `weights`, the same local weights): the
-    same source spec always; the same data hash and weights where both runs recorded them (a sweep with transfer
+    """Whether two data_identity values name the same data (and, with `weights`, the same weights: local
+    checkpoints' identity and the weights hash): the same source spec always; the same data hash and weights where
+    both runs recorded them (a sweep with transfer
     targets hashes their data too, so its hash is compared with nothing)."""
     if a["source"] != b["source"]:
         return False
     if a["data_hash"] and b["data_hash"] and not (a["transfer"] or b["transfer"]) and a["data_hash"] != b["data_hash"]:
+        return False
+    if weights and a.get("weights_hash") and b.get("weights_hash") and a["weights_hash"] != b["weights_hash"]:
         return False
     return not (weights and a["weights"] and b["weights"] and a["weights"] != b["weights"])
 

@@ -10,6 +10,7 @@ from typing import Any
 from backend import settings
 from backend.errors import RelinkError, SpecError
 from backend.models import check_model
+from backend.public_bank import NO_BANK, check_banks, default_bank, default_sweep_base
 from backend.runs import ladder, store
 from backend.sources import SourceData, check_match, check_matchable, get_source, load_source
 from backend.specs import (
@@ -76,6 +77,10 @@ def check_launch(spec: Any) -> None:
     (registered, or a local checkpoint that exists and names its architecture), the bootstrap floor, pools the
     source can be matched on, and for a file-based source or matched pools the data set itself (check_source) and
     the split holding pairs. Raises the RelinkError to show."""
+    if isinstance(spec, SweepSpec | DPSpec):  # a certified sweep without a public bank: said now, not after embedding
+        check_model((spec.base if isinstance(spec, SweepSpec) else spec).model)
+        check_banks(spec)
+        return
     embed = spec.embed if isinstance(spec, AuditSpec) else spec
     check_model(embed.model)
     match = spec.match if isinstance(spec, AuditSpec) else ()
@@ -87,6 +92,21 @@ def check_launch(spec: Any) -> None:
         if embed.split != "all" and not (data.pairs["split"] == embed.split).any():
             raise SpecError(f"The {embed.source.name} dataset has no pairs in the {embed.split} split; choose "
                             f"another split (it has: {', '.join(sorted(set(data.pairs['split'])))}).")
+
+
+def launch_sweep(source: str, model: str, objective: str, privacy_unit: str,
+                 epsilons: tuple[float, ...] = ()) -> SweepSpec:
+    """The sweep the Mitigation form launches: the default sweep (backend.public_bank.default_sweep_base: the same
+    grid, initialisation and clipping as the demo) with the chosen objective and privacy unit, over `epsilons`
+    (else DEFAULT_EPSILONS)."""
+    base = default_sweep_base(SourceSpec(name=source), model, objective=objective, privacy_unit=privacy_unit)
+    return SweepSpec(base=base, epsilons=tuple(sorted(set(epsilons))) or DEFAULT_EPSILONS)
+
+
+def bank_warning(source: str) -> str | None:
+    """What a launch form says before launching a certified sweep on `source` when no public bank is available
+    (None when one is: the synthetic bank, or OpenI)."""
+    return NO_BANK if default_bank(SourceSpec(name=source)) is None else None
 
 
 def sweep_spec(sweep_id: str | None) -> SweepSpec | None:
@@ -101,9 +121,9 @@ def sweep_spec(sweep_id: str | None) -> SweepSpec | None:
 def transfer_sweep(base: DPSpec | None, source: str, model: str, target: SourceSpec,
                    epsilons: tuple[float, ...] = ()) -> SweepSpec:
     """The sweep to launch from the Utility page: the shown sweep's settings (`base`; else the defaults for this
-    dataset and model) with `target` added to its transfer targets, over `epsilons` (else DEFAULT_EPSILONS).
+    dataset and model: the default sweep) with `target` added to its transfer targets, over `epsilons` (else DEFAULT_EPSILONS).
     Heads are trained on the base's dataset as before and applied, without retraining, to the target's test split."""
-    base = base or DPSpec(source=SourceSpec(name=source), model=model)
+    base = base or default_sweep_base(SourceSpec(name=source), model)
     transfer = base.transfer if target in base.transfer else (*base.transfer, target)
     return SweepSpec(base=dataclasses.replace(base, transfer=transfer),
                      epsilons=tuple(sorted(set(epsilons))) or DEFAULT_EPSILONS)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from backend.errors import RelinkError
 from backend.runs import jobs, provenance, snapshot, store
+from backend.runs.demo import TRAINING_STAGE
 from backend.specs import LadderSpec, spec_from_json
 from backend.views.catalog import spec_info
 from backend.views.definitions import coverage_notes
@@ -64,6 +65,9 @@ def pending_text(kind: str, job: jobs.Job, source: str | None, model: str | None
     via = (f" as part of the {'demo' if job.kind == 'demo' else 'model ladder'} job"
            if job.kind in ("demo", "ladder") and kind != job.kind else "")
     step = f": {job.message}" if job.message else ""
+    if job.kind == "demo" and kind != "demo" and job.message.startswith(TRAINING_STAGE):  # not "Audit running (74%)"
+        return (f"The demo job is {job.message} ({job.fraction:.0%} of the job); the {what.lower()} follows. Its "
+                "results appear on this page as soon as they are stored.")
     return (f"{what} {job.status} ({job.fraction:.0%}){target}{via}{step}. Its results appear on this page as soon "
             "as they are stored.")
 
