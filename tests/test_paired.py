@@ -4,6 +4,7 @@ on a small sweep computed here (fake embeddings: no model)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from backend.runs import store
+from backend.runs.cuts import read_points
 from backend.sources.schema import LABELS
 from backend.specs import AuditSpec, DPSpec, EmbedSpec, SourceSpec, SweepSpec
 
@@ -89,7 +91,7 @@ def test_the_cut_and_the_auroc_change_carry_paired_bootstrap_cis(sweep: str) -> 
         point = store.load_per_query(p.run_id)
         rows = store.load_metrics(p.run_id).query("variant == 'dp' and pool_kind == 'random' and level == 'study' "
                                                   "and k == 1")
-        assert p.paired and set(mitigation.cuts.read_points(rows.assign(variant="dp"))) == {"100", "max"}
+        assert p.paired and set(read_points(rows.assign(variant="dp"))) == {"100", "max"}
         for tag in ("100", "max"):
             n = int(getattr(p, f"n_{tag}"))
 
@@ -108,11 +110,30 @@ def test_the_cut_and_the_auroc_change_carry_paired_bootstrap_cis(sweep: str) -> 
         assert (p.auroc_change_low, p.auroc_change_high) == pytest.approx((low, high), abs=1e-12)
 
 
+def test_the_cis_are_kept_at_the_sweeps_finish_and_read_without_the_outcomes(sweep: str) -> None:
+    """The finished sweep's summary holds every point's cut and AUROC change with their paired CIs (what a page and
+    a shipped snapshot read); they are matched to the points by epsilon, so a renamed copy of the runs reads them."""
+    from backend.views import mitigation
+
+    computed = mitigation.sweep_view(sweep).points
+    kept = store.get_run(sweep)["summary"]["paired_cuts"]
+    assert {r["epsilon"] for r in kept} == {0.5, 8.0, None}
+    for run_id in store.load_sweep_points(sweep)["run_id"]:
+        Path(store.get_run(run_id)["artifacts"]["per_query"]).unlink()
+    read = mitigation.sweep_view(sweep).points
+    cols = [c for c in computed.columns if c.startswith(("cut_", "auroc_change", "zero_shot_change"))]
+    assert read["paired"].sum() == 3 and len(cols) >= 8
+    pd.testing.assert_frame_equal(read[cols], computed[cols], check_exact=True)
+
+
 def test_a_sweep_without_per_query_outcomes_shows_the_cut_without_a_ci(sweep: str) -> None:
     from backend.views import cuts, mitigation
 
     for run_id in store.load_sweep_points(sweep)["run_id"]:
-        Path(store.get_run(run_id)["artifacts"]["per_query"]).unlink()  # as a snapshot or an older sweep stores it
+        Path(store.get_run(run_id)["artifacts"]["per_query"]).unlink()  # as an older sweep stores it
+    summary = {k: v for k, v in store.get_run(sweep)["summary"].items() if k != "paired_cuts"}  # stored before
+    with store.connect() as con:
+        con.execute("UPDATE runs SET summary = ? WHERE run_id = ?", [json.dumps(summary), sweep])
     pts = mitigation.sweep_view(sweep).points
     dp = pts[np.isfinite(pts["epsilon"])]
     assert not dp["paired"].any() and dp["cut_100"].notna().all() and dp["cut_100_low"].isna().all()

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from backend.runs import store
+from backend.runs.cuts import paired_summary
 
 
 def _get(obj: Any, *names: str, default: Any = None) -> Any:
@@ -155,7 +156,8 @@ def persist_sweep(run_id: str, spec: Any, results: list[Any], device: str) -> No
         points.append((point_spec.epsilon, point_id))
     order = {e: i for i, e in enumerate(spec.epsilons)}
     points.sort(key=lambda p: order.get(p[0], len(order)))
-    store.finish_run(run_id, summary={"n_points": len(points), **own}, device=device, sweep_points=points,
+    paired = paired_summary(points, spec.to_json())  # the points are stored: their cuts with paired CIs, once
+    store.finish_run(run_id, summary={"n_points": len(points), **own, **paired}, device=device, sweep_points=points,
                      metrics=metrics, probe=probe)
 
 
@@ -188,7 +190,8 @@ def stored_sweep_parts(run_id: str) -> tuple[bool, set[str]]:
 def finish_sweep(run_id: str, spec: Any, device: str) -> None:
     """Mark a sweep whose parts were stored by `persist_sweep_part` as finished (its rows and points stay)."""
     points = store.load_sweep_points(run_id)
-    store.finish_run(run_id, summary={"n_points": len(points), **_stored_inputs(points["run_id"].tolist())},
+    paired = paired_summary(list(zip(points["epsilon"], points["run_id"], strict=True)), spec.to_json())
+    store.finish_run(run_id, summary={"n_points": len(points), **_stored_inputs(points["run_id"].tolist()), **paired},
                      device=device, keep_parts=True)
 
 

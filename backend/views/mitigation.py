@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from backend.runs import store
+from backend.runs.cuts import bootstrap_of, point_cuts, stored_cuts
 from backend.specs import POOL_KINDS
-from backend.views import cuts
 
 # The two references every DP point is compared with, one name each on every page, figure and report.
 ORIGINAL = "original model"
@@ -36,7 +36,7 @@ class SweepView:
 
     points: one row per epsilon (epsilon, run_id, guarantee, privacy_unit, objective, noise_multiplier,
     r1_random, r1_hard at the largest N, auroc_linear, auroc_zero_shot, reduction (at the largest N),
-    auroc_change, zero_shot_change, and cuts.point_cuts's columns: Recall@1 and the cut at N=100, 1,000 and the
+    auroc_change, zero_shot_change, and runs.cuts.point_cuts's columns: Recall@1 and the cut at N=100, 1,000 and the
     largest N with paired CIs, the AUROC changes' paired CIs, `paired`);
     metrics: relink rows of every point (+ epsilon); probe: probe rows of every point (+ epsilon)."""
 
@@ -74,15 +74,6 @@ def reference_point(points: pd.DataFrame) -> pd.Series | None:
     return base.iloc[0] if len(base) else None
 
 
-def _bootstrap_of(sweep_id: str) -> tuple[int, int]:
-    """(n_bootstrap, seed) of the audit settings a sweep's points were evaluated with (200, 0 when unreadable)."""
-    try:
-        audit = json.loads((store.get_run(sweep_id) or {}).get("spec") or "{}").get("base", {}).get("audit", {})
-        return int(audit.get("n_bootstrap", 200)), int(audit.get("seed", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 200, 0
-
-
 def sweep_view(sweep_id: str) -> SweepView:
     """A sweep read from the store once: its points (SweepView.points, epsilon ascending) with the reduction and
     AUROC change against the reference point (without one, against the grid's last point), and their rows."""
@@ -112,9 +103,13 @@ def sweep_view(sweep_id: str) -> SweepView:
         points["reduction"] = 1 - points["r1_random"] / ref["r1_random"]
         points["auroc_change"] = points["auroc_linear"] - ref["auroc_linear"]
         points["zero_shot_change"] = points["auroc_zero_shot"] - ref["auroc_zero_shot"]
-        n_boot, seed = _bootstrap_of(sweep_id)
-        points = points.merge(cuts.point_cuts(points, metrics, str(ref["run_id"]), n_boot=n_boot, seed=seed),
-                              on="run_id", how="left")
+        run = store.get_run(sweep_id) or {}
+        # kept at the sweep's finish against its epsilon = inf point; against a stand-in reference, computed here
+        paired = stored_cuts(run.get("summary"), points) if not math.isfinite(float(ref["epsilon"])) else None
+        if paired is None:  # a sweep stored before its finish kept them: compute from the per-query outcomes
+            n_boot, seed = bootstrap_of(run.get("spec"))
+            paired = point_cuts(points, metrics, str(ref["run_id"]), n_boot=n_boot, seed=seed)
+        points = points.merge(paired, on="run_id", how="left")
     return SweepView(sweep_id, points.sort_values("epsilon").reset_index(drop=True), metrics, probe,
                      own_rows[own_rows["variant"] == "original"], own_probe[own_probe["variant"] == "original"])
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from backend.runs import store
+from backend.runs.cuts import read_points
 from backend.specs import MATCH_PREFIX, pool_name
 from backend.views import cuts
 from backend.views.catalog import latest, paired_sweep, spec_info
@@ -104,11 +105,11 @@ def _ci_text(value: float, low: float, high: float, fmt: str) -> str:
 
 def _dp_lines(view: Any, chosen: pd.Series, ref: pd.Series, out: dict[str, Any]) -> list[dict[str, Any]]:
     """Recall@1 of the DP heads against the retrained heads (the baseline) at each read point of the random pool
-    (N=100, 1,000 and the largest N: cuts.read_points), with the cut's paired CI (keys dp_100, dp_1000, dp_max)."""
+    (N=100, 1,000 and the largest N: runs.cuts.read_points), with the cut's paired CI (keys dp_100, dp_1000, dp_max)."""
     own = view.metrics[view.metrics["variant"] == "dp"]
     dp_rows, ref_rows = own[own["run_id"] == chosen["run_id"]], own[own["run_id"] == ref["run_id"]]
     lines = []
-    for tag, n in cuts.read_points(own).items():
+    for tag, n in read_points(own).items():
         a, b = point(ref_rows, n), point(dp_rows, n)
         if a is None or b is None:
             continue
