@@ -186,7 +186,7 @@ def test_sweep_stores_members_per_point_and_the_mitigation_page_shows_them(tmp_p
     shown = mitigation.members_display(table)
     assert list(shown.columns) == ["Heads", "N", "Members R@1 [95% CI]", "Non-members R@1 [95% CI]", "Gap [95% CI]"]
     note = mitigation.members_note(table)
-    assert note == (mitigation.MEMBERS_NO_GAP if gap_contains_zero(table) else mitigation.MEMBERS_GAP)
+    assert note.startswith(mitigation.MEMBERS_NO_GAP if gap_contains_zero(table) else mitigation.MEMBERS_GAP)
     # the page
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
     at.session_state["model"] = "tiny-random"
@@ -202,10 +202,13 @@ def test_sweep_stores_members_per_point_and_the_mitigation_page_shows_them(tmp_p
 def test_members_note_names_what_dp_does_and_does_not_protect() -> None:
     from backend.views import mitigation
 
-    rows = pd.DataFrame({"gap_ci_low": [-0.01, -0.02], "gap_ci_high": [0.02, 0.01]})
-    assert mitigation.members_note(rows) == mitigation.MEMBERS_NO_GAP
+    rows = pd.DataFrame({"heads": ["ε=1", "ε=1"], "n": [2, 1000], "gap_ci_low": [-0.01, -0.02],
+                         "gap_ci_high": [0.02, 0.01]})
+    assert mitigation.members_note(rows) == (mitigation.MEMBERS_NO_GAP +
+                                             " Checked at every pool size measured (N=2, 1,000).")
     assert "capability of the model, not memorisation" in mitigation.MEMBERS_NO_GAP
-    assert mitigation.members_note(rows.assign(gap_ci_low=[0.01, -0.02])) == mitigation.MEMBERS_GAP
+    assert mitigation.members_note(rows.assign(gap_ci_low=[0.01, -0.02])) == (mitigation.MEMBERS_GAP +
+                                                                            " Above 0 at: ε=1: N=2.")
     assert mitigation.members_note(pd.DataFrame()) is None
     # an older sweep (no members stored) reads as empty
     assert mitigation._members_rows(None).empty

@@ -415,7 +415,7 @@ def test_the_launch_form_audits_a_pool_matched_on_side_information(tmp_path: Pat
     next(m for m in at.multiselect if m.label.startswith("Also a pool matched")).set_value(["sex"])
     _button(at, "Embed and audit").click().run()
     assert not at.exception and len(spawned) == 1
-    assert len(at.error) == 1 and "does not give sex" in at.error[0].value
+    assert len(at.error) == 1 and "sex is known for 0 of 4 pairs" in at.error[0].value
 
 
 # ---------------------------------------------------------------- progress never goes stale
