@@ -207,6 +207,32 @@ def test_the_demo_bar_gives_each_part_its_measured_share(tmp_path: Path, fresh_c
                                "points": n_results * t["point"]}
 
 
+def test_runs_stored_from_other_demo_weights_are_computed_again(fresh_cache: Path) -> None:
+    """The demo retrained under the same spec (e.g. a new training recipe): the audit and the sweep stored from the
+    old weights (their recorded weights hash differs from the cached model's) are planned and computed again;
+    with the same weights, or a run that recorded none, they are kept."""
+    import json
+
+    from backend.models.demo_config import DEFAULT_DEMO, demo_dir
+    from backend.runs.demo import default_demo_spec, demo_plan, to_compute, trained_weights_hash
+
+    spec = default_demo_spec()
+    folder = demo_dir(DEFAULT_DEMO)
+    folder.mkdir(parents=True)
+    (folder / "weights.pt").write_bytes(b"cached")
+    (folder / "config.json").write_text(json.dumps({"training": {"weights_hash": "new"}}))
+    assert trained_weights_hash(folder) == "new" and trained_weights_hash(fresh_cache) is None
+    for run_id, kind in ((spec.audit.run_id(), "audit"), (spec.sweep.run_id(), "sweep")):
+        store.upsert_run(run_id, kind, "{}", "running")
+        store.finish_run(run_id, summary={"inputs": {"weights_hash": "old"}})
+    assert to_compute(spec.audit.run_id(), "new") and to_compute(spec.sweep.run_id(), "new")
+    assert not to_compute(spec.audit.run_id(), "old") and not to_compute(spec.audit.run_id(), None)
+    plan = demo_plan(spec)
+    assert plan["train"] == 0.0 and plan["audit"] > 0 and plan["points"] > 0
+    (folder / "config.json").write_text(json.dumps({"training": {"weights_hash": "old"}}))
+    assert demo_plan(spec) == {"train": 0.0, "audit": 0.0, "sweep_prep": 0.0, "points": 0.0}
+
+
 def test_the_sweep_bar_gives_its_preparation_the_share_asked_for(fake_inputs: list[float]) -> None:
     from backend.dp import run_sweep
 

@@ -7,12 +7,14 @@ The heavy parts (training, audit, DP) are resolved by name when the job runs, so
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from backend.errors import JobError
-from backend.models.demo_config import DEFAULT_DEMO, TRAIN_TIMES_S, is_trained
+from backend.models.demo_config import DEFAULT_DEMO, TRAIN_TIMES_S, demo_dir, is_trained
 from backend.progress import ProgressLike, forward_only, null_progress, scaled, staged
 from backend.public_bank import default_sweep_base
 from backend.registry import resolve
@@ -54,9 +56,10 @@ def demo_plan(spec: DemoSpec) -> dict[str, float]:
     train = 0.0
     if spec.audit.embed.model == "demo" and not is_trained(DEFAULT_DEMO):
         train = DEFAULT_DEMO.planned_steps() * t["step"] + DEFAULT_DEMO.max_pairs * t["render_per_pair"]
-    audit = 0.0 if (store.get_run(spec.audit.run_id()) or {}).get("status") == "done" else t["audit"]
+    cached = trained_weights_hash(demo_dir(DEFAULT_DEMO)) if spec.audit.embed.model == "demo" else None
+    audit = t["audit"] if to_compute(spec.audit.run_id(), cached) else 0.0
     prep = points = 0.0
-    if spec.sweep is not None and (store.get_run(spec.sweep.run_id()) or {}).get("status") != "done":
+    if spec.sweep is not None and to_compute(spec.sweep.run_id(), cached):
         has_original, stored = stored_sweep_parts(spec.sweep.run_id())
         left = len([p for p in spec.sweep.points() if p.run_id() not in stored]) + (0 if has_original else 1)
         prep, points = (t["sweep_prep"], left * t["point"]) if left else (0.0, 0.0)
@@ -71,6 +74,23 @@ def bar_marks(plan: dict[str, float], total: int = 1000) -> tuple[int, int]:
     return train_end, train_end + round(total * plan["audit"] / seconds)
 
 
+def to_compute(run_id: str, weights_hash: str | None) -> bool:
+    """Whether the demo job computes a run: not finished yet, or finished from other demo weights than those now
+    cached (retrained under the same spec, e.g. after the training recipe changed): its recorded weights hash
+    differs."""
+    run = store.get_run(run_id) or {}
+    recorded = ((run.get("summary") or {}).get("inputs") or {}).get("weights_hash")
+    return run.get("status") != "done" or bool(weights_hash and recorded and recorded != weights_hash)
+
+
+def trained_weights_hash(folder: Any) -> str | None:
+    """The weights hash the demo training recorded in its folder's config.json (None for an older folder)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())["training"]["weights_hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, Any]:
     """Prepare the demo model, audit it, then sweep epsilon when backend.dp exists; store each part."""
     progress = forward_only(progress or null_progress)
@@ -78,11 +98,13 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
     plan = demo_plan(spec)  # the bar's shares: each part's estimated time (nothing for what is cached or stored)
     train_end, audit_end = bar_marks(plan, total)
     device = device_label()
+    weights_hash = None
     if spec.audit.embed.model == "demo":  # train (or find) the demo weights with their own progress
-        resolve("backend.models.demo:prepare_demo", "The demo", JobError)(
+        folder = resolve("backend.models.demo:prepare_demo", "The demo", JobError)(
             staged(scaled(progress, 0, max(train_end, 1), total), TRAINING_STAGE))
+        weights_hash = trained_weights_hash(folder)
     audit_id = spec.audit.run_id()
-    if (store.get_run(audit_id) or {}).get("status") != "done":
+    if to_compute(audit_id, weights_hash):
         store.upsert_run(audit_id, "audit", spec.audit.to_json(), "running")
         result = resolve("backend.audit:run_audit", "The demo", JobError)(
             spec.audit, staged(scaled(progress, train_end, max(audit_end - train_end, 1), total), "auditing the demo model"))
@@ -90,7 +112,7 @@ def run_demo(spec: DemoSpec, progress: ProgressLike | None = None) -> dict[str, 
     out: dict[str, Any] = {"audit_run": audit_id, "sweep_run": None}
     if spec.sweep is not None:
         sweep_id = spec.sweep.run_id()
-        if (store.get_run(sweep_id) or {}).get("status") != "done":
+        if to_compute(sweep_id, weights_hash):
             # each part is stored as soon as it is computed (the pages show it while the sweep runs); a sweep
             # that an earlier, interrupted job left unfinished resumes without recomputing what it stored
             sweep_s = max(plan["sweep_prep"] + plan["points"], 1e-9)
