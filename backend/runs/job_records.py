@@ -6,7 +6,6 @@ worker (backend/runs/worker.py).
 
 from __future__ import annotations
 
-import fcntl
 import threading
 import time
 from collections.abc import Iterator
@@ -101,7 +100,7 @@ def record_end(job_id: str, run_id: str, status: str, message: str, tb: str) -> 
 @contextmanager
 def submit_lock() -> Iterator[None]:
     """Check-and-insert of a run's job, and the claim of a GPU, are atomic across threads and processes (two
-    dashboards, a CLI, finishing workers): a thread lock, then an exclusive fcntl lock on
+    dashboards, a CLI, finishing workers): a thread lock, then settings.exclusive on
     cache/jobs/.submit.lock (released if the process dies). Re-entrant within a thread (submit -> refresh ->
     start_queued): only the outermost level takes the file lock."""
     global _lock_depth
@@ -113,11 +112,9 @@ def submit_lock() -> Iterator[None]:
             finally:
                 _lock_depth -= 1
             return
-        with open(settings.cache_subdir("jobs") / ".submit.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with settings.exclusive(settings.cache_subdir("jobs") / ".submit.lock"):
             _lock_depth = 1
             try:
                 yield
             finally:
                 _lock_depth = 0
-                fcntl.flock(fh, fcntl.LOCK_UN)
