@@ -83,13 +83,19 @@ def data_identity(run_id: str) -> dict[str, Any]:
     section policy), the data hash, the local weights' identity and the weights hash of the model it used (when it
     recorded them), and whether it was evaluated on transfer targets too (their data then enters its hash)."""
     run = store.get_run(run_id) or {}
+    return row_identity(run.get("spec"), run.get("summary"))
+
+
+def row_identity(spec_text: str | None, summary: dict[str, Any] | str | None) -> dict[str, Any]:
+    """data_identity of a run from its stored spec and summary (a row of stored_runs: its summary as JSON text)."""
     try:
-        spec = json.loads(run.get("spec") or "{}")
+        spec = json.loads(spec_text or "{}")
+        summary = json.loads(summary) if isinstance(summary, str) else summary
     except json.JSONDecodeError:
-        spec = {}
+        spec, summary = {}, None
     node = spec.get("base", spec)
     source = node.get("source") or (node.get("embed") or {}).get("source") or {}
-    inputs = (run.get("summary") or {}).get("inputs") or {}
+    inputs = (summary or {}).get("inputs") or {}
     return {"source": {k: source.get(k) for k in ("name", "root", "options", "section_policy")},
             "data_hash": inputs.get("data_hash"), "weights": inputs.get("weights"),
             "weights_hash": inputs.get("weights_hash"), "transfer": bool(node.get("transfer"))}
@@ -131,8 +137,8 @@ def paired_sweep(audit_id: str, model: str | None) -> tuple[str | None, str | No
         return newest, None
     runs = stored_runs("sweep")
     runs = runs[(runs["source"] == identity["source"]["name"]) & (runs["model"] == model)] if len(runs) else runs
-    match = next((str(r) for r in runs["run_id"] if same_data(identity, data_identity(str(r)))), None) \
-        if len(runs) else None
+    match = next((str(r.run_id) for r in runs.itertuples() if same_data(identity, row_identity(r.spec, r.summary))),
+                 None) if len(runs) else None
     note = (f"The newest epsilon sweep ({newest}) was computed from other data ({describe_data(data_identity(newest))}) "
             f"than this audit ({describe_data(identity)}); "
             + (f"shown beside it: the newest sweep on the same data ({match})." if match else
@@ -148,8 +154,9 @@ def audit_runs(source: str | None = None) -> pd.DataFrame:
     if source and len(runs):
         runs = runs[runs["source"] == source]
         if len(runs):
-            reference = data_identity(str(runs["run_id"].iloc[0]))
-            runs = runs[[same_data(reference, data_identity(str(r)), weights=False) for r in runs["run_id"]]]
+            reference = row_identity(runs["spec"].iloc[0], runs["summary"].iloc[0])
+            runs = runs[[same_data(reference, row_identity(r.spec, r.summary), weights=False)
+                         for r in runs.itertuples()]]
     return runs.drop_duplicates("model") if len(runs) else runs
 
 
