@@ -7,7 +7,6 @@ No database connection is ever cached.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -156,11 +155,9 @@ def device_summary() -> str:
 
 
 def pair_image(run_id: str, image_path: str) -> Any:
-    """An explorer image: an absolute file path directly, else through the run's (cached) source, against the
-    dataset's folder (explorer.read_image)."""
-    if Path(image_path).is_absolute() and Path(image_path).is_file():
-        return explorer.read_image(image_path)
-    return explorer.read_image(image_path, run_source(run_id))
+    """An explorer image (explorer.read_image): an absolute file path directly, else through the run's (cached)
+    source, loaded only then, against the dataset's folder."""
+    return explorer.read_image(image_path, lambda: run_source(run_id))
 
 
 @st.cache_data(show_spinner=False, ttl=60)

@@ -198,9 +198,12 @@ def read_image(image_path: str, source: Any = None) -> Image.Image:
     """The image of a pair. A relative path is the dataset's own: it is read only through the run's SourceData,
     against the dataset's folder as the embedding read it, never against the app's working folder (where a
     dataset's `assets/icon.png` would find the app's own icon). An absolute path that is a file is opened as it
-    is. ImageReadError otherwise."""
+    is. ImageReadError otherwise. `source`: the SourceData, or a function that loads it (called only for a
+    relative path, so that an absolute one never costs a load)."""
     if image_path and Path(image_path).is_absolute() and Path(image_path).is_file():
         return Image.open(image_path)
+    if callable(source):
+        source = source()
     if source is None:
         raise ImageReadError(f"Image {image_path!r} is not a file and no source was given to read it.")
     return source.read_image(image_path)
