@@ -622,8 +622,8 @@ def test_cpu_lanes_give_the_same_bits_restore_torch_threads_and_report_progress(
 
 
 def test_curve_differences_allow_a_few_ulps_in_derived_columns_and_nothing_in_exact_ones() -> None:
-    """What "the same numbers on another CPU" allows: derived columns (CI bounds, chance, lift) within
-    CROSS_CPU_RTOL, keys, counts and recall identical, NaN equal to NaN, rows matched in any order."""
+    """What "the same numbers on another CPU" allows: Recall@K and the derived columns (CI bounds, chance, lift)
+    within CROSS_CPU_RTOL, keys and effective N identical, NaN equal to NaN, rows matched in any order."""
     from backend.relink.rows import CROSS_CPU_RTOL, CURVE_COLUMNS, curve_differences
 
     rng = np.random.default_rng(3)
@@ -635,13 +635,14 @@ def test_curve_differences_allow_a_few_ulps_in_derived_columns_and_nothing_in_ex
     assert list(base.columns) == list(CURVE_COLUMNS)
     assert curve_differences(base.iloc[::-1], base) == []
     ulps = base.copy()
-    for col in ("ci_low", "ci_high", "chance", "lift"):
+    for col in ("recall", "ci_low", "ci_high", "chance", "lift"):
         ulps[col] = np.nextafter(np.nextafter(ulps[col], np.inf), np.inf)  # two units in the last place
     assert curve_differences(ulps, base) == []
     far = base.copy()
     far.loc[3, "lift"] *= 1 + 100 * CROSS_CPU_RTOL
-    assert [p.split(":")[0] for p in curve_differences(far, base)] == ["lift"]
+    far.loc[2, "recall"] *= 1 + 100 * CROSS_CPU_RTOL
+    assert [p.split(":")[0] for p in curve_differences(far, base)] == ["recall", "lift"]
     one_ulp = base.copy()
-    one_ulp.loc[0, "recall"] = np.nextafter(one_ulp.loc[0, "recall"], 1.0)
-    assert [p.split(":")[0] for p in curve_differences(one_ulp, base)] == ["recall"]
+    one_ulp.loc[0, "effective_n"] = np.nextafter(one_ulp.loc[0, "effective_n"], np.inf)
+    assert [p.split(":")[0] for p in curve_differences(one_ulp, base)] == ["effective_n"]
     assert curve_differences(base.iloc[:7], base) == ["7 rows against 8"]

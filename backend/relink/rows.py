@@ -31,12 +31,13 @@ CURVE_COLUMNS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "ci_
                                   "effective_n")  # what the store keeps and a headline shows
 ROW_COLUMNS: tuple[str, ...] = (*CURVE_COLUMNS, "capped_frac")  # what the engine returns
 
-# "The same numbers" on any x86-64 CPU (docs/METRICS.md, "Reproducibility"). The keys, the counts and Recall@k are
-# identical bit for bit: a hit is 0 or 1 and the tie and pool-size expectations are summed in one fixed order.
-# The derived columns go through numpy's SIMD kernels (exp, lgamma, reductions) and the bootstrap's matrix product
-# through OpenBLAS, which pick CPU-specific code at run time: they agree to a few units in the last place (seen:
-# up to 7, 8e-16) and are compared with CROSS_CPU_RTOL. On one machine every column is reproduced bit for bit.
-EXACT_ACROSS_CPUS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "recall", "effective_n")
+# "The same numbers" on any x86-64 CPU (docs/METRICS.md, "The same numbers on another machine"). The keys and the
+# effective N are identical bit for bit (counts and pool sizes: integers and sums in one fixed order). Recall@k is
+# an expectation over pools, computed through exp and log-gamma, and the CIs go through the bootstrap's matrix
+# product: numpy's SIMD kernels (its AVX-512 exp and log among them) and OpenBLAS pick CPU-specific code at run
+# time, so those columns agree to a few units in the last place (seen: 1 ulp in recall, up to 7 in a CI bound,
+# 8e-16 relative) and are compared with CROSS_CPU_RTOL. On one machine every column is reproduced bit for bit.
+EXACT_ACROSS_CPUS: tuple[str, ...] = ("pool_kind", "level", "k", "n", "effective_n")
 CROSS_CPU_RTOL = 1e-12
 
 
