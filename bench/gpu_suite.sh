@@ -51,7 +51,7 @@ pandas.__version__, 'numpy', numpy.__version__)"; } 2>&1 | tee "$OUT/device.txt"
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(info tests loading relink scale probe recompute)  # the open issue's figures first
+[ ${#parts[@]} -eq 0 ] && parts=(info tests loading relink scale probe recompute)  # the figures not yet measured on a GPU first
 for part in "${parts[@]}"; do
   case "$part" in
     info) info ;;
