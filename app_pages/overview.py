@@ -74,9 +74,11 @@ if head.get("audit_run"):
             with col:
                 r = line["random"]
                 widgets.metric(f"Side info: N={line['n']:,}", line["lift"], "Lift in pools whose distractors share "
-                               "the matched attributes with the query: " + figures.pool_name(line["pool"]) + ".",
-                               delta=f"attacker's Recall@1 {r['recall']:.4f} → {line['recall']:.4f} "
-                                     f"({line['effective_n']:,.0f} candidates)", delta_color="off")
+                               "the matched attributes with the query: " + figures.pool_name(line["pool"]) + ". Under "
+                               "it: the attacker's Recall@1 without and with the side information, and the "
+                               "candidates left.",
+                               delta=f"R@1 {r['recall']:.3f}→{line['recall']:.3f} in {line['effective_n']:,.0f}",
+                               delta_color="off")
                 st.caption(markup.plain(line["sentence"]))
     if "epsilon" in verdict:
         st.subheader(f"With DP projection heads at ε={verdict['epsilon']:g}, against the retrained heads (no DP)")

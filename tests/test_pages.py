@@ -601,8 +601,8 @@ def test_overview_verdict_names_side_information_members_and_caveats(
     side = lines["matched:sex+age_band_100"]
     assert metrics["Side info: N=100"].value == f"{side['lift']:.1f}x"
     # what the attacker gains, beside the lift: the absolute Recall@1 and the pool it is read in
-    assert metrics["Side info: N=100"].proto.delta == (f"attacker's Recall@1 {side['random']['recall']:.4f} → "
-                                                       f"{side['recall']:.4f} ({side['effective_n']:,.0f} candidates)")
+    assert metrics["Side info: N=100"].proto.delta == (f"R@1 {side['random']['recall']:.3f}→{side['recall']:.3f} "
+                                                       f"in {side['effective_n']:,.0f}")
     gap = lines["members_100"]
     assert metrics["Members gap, N=100"].value == f"{gap['delta']:+.4f}"
     assert f"{gap['delta_low']:+.4f}" in metrics["Members gap, N=100"].proto.delta

@@ -92,7 +92,7 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                     "change_high": high, "label": f"{name} macro AUROC with DP heads (ε={out['epsilon']:g})",
                     "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (retrained heads, "
                                  f"no DP: the baseline) to {after:.3f}: {_ci_text(after - before, low, high, '{:+.3f}')}. "
-                                 "The clinical utility the DP heads keep.")})
+                                 + _utility_words(low, high))})
     return out
 
 
@@ -128,6 +128,17 @@ def _dp_lines(view: Any, chosen: pd.Series, ref: pd.Series, out: dict[str, Any])
                          f"{b['ci_high']:.4f}) against {a['recall']:.4f} ({a['ci_low']:.4f}-{a['ci_high']:.4f}) for "
                          f"the heads retrained without DP (the baseline): {abs(cut):.0%} {verb} ({ci}).")})
     return lines
+
+
+def _utility_words(low: float, high: float) -> str:
+    """What a paired CI of an AUROC change says: a measurable cost (below 0), no measurable change, or a gain."""
+    if high < 0:
+        return "A measurable cost in clinical utility: the whole 95% CI lies below 0."
+    if low > 0:
+        return "A measurable gain: the whole 95% CI lies above 0."
+    if math.isfinite(low) and math.isfinite(high):
+        return "No measurable change in clinical utility: the 95% CI contains 0."
+    return "The clinical utility the DP heads keep (its CI needs a recompute)."
 
 
 def _range(a_low: float, a_high: float, b_low: float, b_high: float) -> tuple[float, float]:
