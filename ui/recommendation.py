@@ -47,4 +47,4 @@ def section(sweep_id: str) -> None:
             f"At ε={float(row['epsilon']):g}: cut at N={n:,} "
             f"{cuts.interval(float(row[f'cut_{at}']), float(row[f'cut_{at}_low']), float(row[f'cut_{at}_high']), '{:.0%}')}; "
             f"AUROC change {cuts.interval(float(row['auroc_change']), float(row['auroc_change_low']), float(row['auroc_change_high']), '{:+.3f}')}. "
-            f"An attacker's first guess is the right report {got['risk']} (without DP: {got['risk_before']})."))
+            f"An attacker's first guess is the right report {got['risk']} (heads retrained without DP: {got['risk_before']})."))
