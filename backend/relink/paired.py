@@ -11,6 +11,7 @@ Recall@1 per arm; macro = mean over the labels both arms scored of the per-label
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,7 +82,8 @@ def macro_replicates(frame: pd.DataFrame, method: str, labels: Sequence[str], co
         pos = y[m] == 1
         point.append(weighted_auc(s[m], pos, np.ones((1, int(m.sum()))))[0])
         reps.append(weighted_auc(s[m], pos, row_w[:, m]))
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a resample without any label of both classes is NaN, as documented
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
         boot = np.nanmean(np.stack(reps, axis=1), axis=1) if reps else np.full(weights.shape[0], np.nan)
     return float(np.mean(point)) if point else float("nan"), boot
 
