@@ -268,9 +268,9 @@ def test_models_are_compared_on_one_data_set_only(fresh_cache: Path) -> None:
 
 def test_an_auroc_change_is_worded_by_its_paired_ci() -> None:
     """A fall whose whole CI is below 0 is a cost, not "the utility the DP heads keep"; a CI around 0 is no change."""
-    from backend.views.verdict import _utility_words
+    from backend.views.verdict import utility_words
 
-    assert _utility_words(-0.095, -0.038).startswith("A measurable cost")
-    assert _utility_words(-0.002, 0.007).startswith("No measurable change")
-    assert _utility_words(0.001, 0.004).startswith("A measurable gain")
-    assert "needs a recompute" in _utility_words(float("nan"), float("nan"))
+    assert utility_words(-0.095, -0.038).startswith("A measurable cost")
+    assert utility_words(-0.002, 0.007).startswith("No measurable change")
+    assert utility_words(0.001, 0.004).startswith("A measurable gain")
+    assert "needs a recompute" in utility_words(float("nan"), float("nan"))

@@ -92,7 +92,7 @@ def verdict(audit_id: str | None, sweep_id: str | None = None, epsilon: float | 
                     "change_high": high, "label": f"{name} macro AUROC with DP heads (ε={out['epsilon']:g})",
                     "sentence": (f"The {name} macro AUROC over the 14 findings moves from {before:.3f} (retrained heads, "
                                  f"no DP: the baseline) to {after:.3f}: {_ci_text(after - before, low, high, '{:+.3f}')}. "
-                                 + _utility_words(low, high))})
+                                 + utility_words(low, high))})
     return out
 
 
@@ -130,7 +130,7 @@ def _dp_lines(view: Any, chosen: pd.Series, ref: pd.Series, out: dict[str, Any])
     return lines
 
 
-def _utility_words(low: float, high: float) -> str:
+def utility_words(low: float, high: float) -> str:
     """What a paired CI of an AUROC change says: a measurable cost (below 0), no measurable change, or a gain."""
     if high < 0:
         return "A measurable cost in clinical utility: the whole 95% CI lies below 0."
